@@ -1,0 +1,604 @@
+//! Typed configuration: serde defaults ← TOML (a file, or the built-in default) ← `DETOUR_*`
+//! environment variables, then [`Config::validate`].
+//!
+//! Every field is documented in `config.example.toml`, which is also the built-in default
+//! configuration (it is compiled into the binary). `${VAR}` inside any string value is replaced by
+//! that environment variable while the file is read, so an error still names the file and the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The built-in default configuration: public endpoints for five chains.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config.example.toml");
+
+/// Environment variables with the `DETOUR_` prefix that are not configuration keys.
+const NON_CONFIG_ENV: &[&str] = &["config", "log_format"];
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The client-facing HTTP listener and request limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The shared HTTP client that talks to upstreams.
+    #[serde(default)]
+    pub client: ClientConfig,
+    /// The chains served, by name; each is served at `/<name>` and `/<chain_id>`.
+    #[serde(default)]
+    pub chains: BTreeMap<String, ChainConfig>,
+}
+
+/// `[server]`: the listener clients connect to.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:8545`.
+    pub listen: SocketAddr,
+    /// Deadline for a whole client request, failover included. Default `10s`.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Largest request body accepted; larger ones get 413 without being read. Default 10 MiB.
+    pub max_body_bytes: usize,
+    /// Most members in one batch. Default 1000.
+    pub max_batch_len: usize,
+    /// How long in-flight requests may take to finish after a shutdown signal. Default `10s`.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Time a client has to send its request headers. Default `10s`.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8545)),
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 10 * 1024 * 1024,
+            max_batch_len: 1000,
+            shutdown_grace: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[client]`: how detour talks to upstreams.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// TCP + TLS connect timeout. Default `3s`.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Default per-attempt timeout (request sent to body read). Default `5s`.
+    #[serde(with = "duration")]
+    pub attempt_timeout: Duration,
+    /// Largest upstream response body accepted; larger ones fail over. Default 128 MiB.
+    pub max_response_bytes: usize,
+    /// Idle keep-alive connections are closed after this. Default `90s`.
+    #[serde(with = "duration")]
+    pub pool_idle_timeout: Duration,
+    /// Idle keep-alive connections kept per upstream host. Default 64.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            attempt_timeout: Duration::from_secs(5),
+            max_response_bytes: 128 * 1024 * 1024,
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 64,
+        }
+    }
+}
+
+/// `[chains.<name>]`: one chain and its upstreams.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// The EIP-155 chain id; `eth_chainId` and `net_version` are answered from it.
+    pub chain_id: u64,
+    /// Most upstreams tried for one request. Default 3.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: usize,
+    /// The upstreams serving this chain.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+fn default_max_attempts() -> usize {
+    3
+}
+
+/// `[[chains.<name>.upstreams]]`: one upstream node or provider.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Unique within the chain; used in logs, status and errors (the URL never is).
+    #[serde(deserialize_with = "expand")]
+    pub name: String,
+    /// `http://` or `https://` URL, which may carry an API key (it is treated as a secret).
+    #[serde(deserialize_with = "expand")]
+    pub url: String,
+    /// Priority: lower is preferred; a higher tier serves only when no lower tier can. Default 0.
+    #[serde(default)]
+    pub tier: u32,
+    /// Relative preference within a tier (divides the upstream's cost). Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Failure-domain label, free text (e.g. `aws:us-east-1`). Optional.
+    #[serde(default, deserialize_with = "expand_opt", skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Extra request headers (e.g. an API key header); values are secrets.
+    #[serde(default, deserialize_with = "expand_map", skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Largest batch this upstream accepts; larger batches are split and reassembled in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_len: Option<usize>,
+    /// Per-attempt timeout for this upstream. Default: `client.attempt_timeout`.
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Where the configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A TOML file.
+    File(PathBuf),
+    /// The built-in default (the content of `config.example.toml`).
+    BuiltIn,
+}
+
+impl Source {
+    /// Picks the source the way the CLI does: an explicit path, else `DETOUR_CONFIG`, else
+    /// `./detour.toml` if it exists, else the built-in default.
+    pub fn discover(explicit: Option<&Path>) -> Source {
+        if let Some(path) = explicit {
+            return Source::File(path.to_owned());
+        }
+        if let Some(path) = std::env::var_os("DETOUR_CONFIG").filter(|p| !p.is_empty()) {
+            return Source::File(PathBuf::from(path));
+        }
+        let local = Path::new("detour.toml");
+        if local.is_file() {
+            return Source::File(local.to_owned());
+        }
+        Source::BuiltIn
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::BuiltIn => f.write_str("built-in default config"),
+        }
+    }
+}
+
+/// Why a configuration could not be loaded: one line per problem, each naming where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `(where, why)` pairs: where is "file: key" when known.
+    pub problems: Vec<(String, String)>,
+}
+
+impl ConfigError {
+    fn one(at: impl Into<String>, why: impl Into<String>) -> Self {
+        Self {
+            problems: vec![(at.into(), why.into())],
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (at, why)) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{at}: {why}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Loads from `source`, applies `DETOUR_*` environment overrides, and validates.
+    pub fn load(source: &Source) -> Result<Config, ConfigError> {
+        let figment = match source {
+            Source::File(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError::one(
+                        path.display().to_string(),
+                        "no such file (or not a regular file)",
+                    ));
+                }
+                Figment::from(Toml::file_exact(path))
+            }
+            Source::BuiltIn => Figment::from(Toml::string(DEFAULT_CONFIG_TOML)),
+        };
+        let env = Env::prefixed("DETOUR_").ignore(NON_CONFIG_ENV).split("__");
+        Self::extract(figment.merge(env), source)
+    }
+
+    /// Parses TOML text without environment overrides (for tests and embedding), and validates.
+    pub fn from_toml(toml: &str) -> Result<Config, ConfigError> {
+        Self::extract(Figment::from(Toml::string(toml)), &Source::BuiltIn)
+    }
+
+    fn extract(figment: Figment, source: &Source) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(|e| from_figment(e, source))?;
+        config.validate().map_err(|mut e| {
+            for (at, _) in &mut e.problems {
+                *at = format!("{source}: {at}");
+            }
+            e
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what types cannot: names, URLs, uniqueness, non-zero limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut bad = |at: String, why: String| problems.push((at, why));
+        let s = &self.server;
+        for (key, d) in [
+            ("server.request_timeout", s.request_timeout),
+            ("server.header_read_timeout", s.header_read_timeout),
+            ("client.connect_timeout", self.client.connect_timeout),
+            ("client.attempt_timeout", self.client.attempt_timeout),
+        ] {
+            if d.is_zero() {
+                bad(key.into(), "must be greater than zero".into());
+            }
+        }
+        for (key, n) in [
+            ("server.max_body_bytes", s.max_body_bytes),
+            ("server.max_batch_len", s.max_batch_len),
+            ("client.max_response_bytes", self.client.max_response_bytes),
+        ] {
+            if n == 0 {
+                bad(key.into(), "must be greater than zero".into());
+            }
+        }
+        if self.chains.is_empty() {
+            bad("chains".into(), "no chain is configured".into());
+        }
+        let mut ids: BTreeMap<u64, &str> = BTreeMap::new();
+        for (name, chain) in &self.chains {
+            let at = format!("chains.{name}");
+            if let Err(why) = check_chain_name(name) {
+                bad(at.clone(), why);
+            }
+            if chain.chain_id == 0 {
+                bad(format!("{at}.chain_id"), "must be greater than zero".into());
+            } else if let Some(other) = ids.insert(chain.chain_id, name) {
+                bad(
+                    format!("{at}.chain_id"),
+                    format!("{} is already the chain id of chains.{other}", chain.chain_id),
+                );
+            }
+            if chain.max_attempts == 0 {
+                bad(format!("{at}.max_attempts"), "must be at least 1".into());
+            }
+            if chain.upstreams.is_empty() {
+                bad(format!("{at}.upstreams"), "a chain needs at least one upstream".into());
+            }
+            for (i, up) in chain.upstreams.iter().enumerate() {
+                let at = format!("{at}.upstreams[{i}]");
+                if up.name.is_empty() || up.name.chars().any(|c| c.is_control() || c == '/') {
+                    bad(format!("{at}.name"), "must be non-empty, without '/' or control characters".into());
+                }
+                if chain.upstreams[..i].iter().any(|u| u.name == up.name) {
+                    bad(format!("{at}.name"), format!("\"{}\" is used twice in chains.{name}", up.name));
+                }
+                if let Err(why) = crate::upstream::Target::parse(&up.url) {
+                    bad(format!("{at}.url"), why);
+                }
+                if up.weight == 0 {
+                    bad(format!("{at}.weight"), "must be at least 1".into());
+                }
+                if up.max_batch_len == Some(0) {
+                    bad(format!("{at}.max_batch_len"), "must be at least 1".into());
+                }
+                if up.timeout.is_some_and(|t| t.is_zero()) {
+                    bad(format!("{at}.timeout"), "must be greater than zero".into());
+                }
+                for (k, v) in &up.headers {
+                    if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                        bad(format!("{at}.headers"), format!("\"{k}\" is not a valid header name"));
+                    } else if http::HeaderValue::from_str(v).is_err() {
+                        bad(format!("{at}.headers.{k}"), "is not a valid header value".into());
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// A copy with every secret-bearing value (upstream URLs' paths, queries and credentials,
+    /// header values) replaced by `***`, for `detour check` and any other display.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for chain in c.chains.values_mut() {
+            for up in &mut chain.upstreams {
+                up.url = crate::upstream::redact_url(&up.url);
+                for v in up.headers.values_mut() {
+                    *v = "***".into();
+                }
+            }
+        }
+        c
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// Chain names become URL paths; they must not shadow each other or detour's own endpoints.
+fn check_chain_name(name: &str) -> Result<(), String> {
+    const RESERVED: &[&str] = &["healthz", "readyz", "status", "metrics", "admin"];
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err("a chain name must use only a-z, 0-9, '-' and '_'".into());
+    }
+    if name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("a chain name must not be all digits (/<chain_id> paths are numeric)".into());
+    }
+    if RESERVED.contains(&name) {
+        return Err(format!("\"{name}\" is reserved for detour's own endpoints"));
+    }
+    Ok(())
+}
+
+fn from_figment(err: figment::Error, source: &Source) -> ConfigError {
+    let problems = err
+        .into_iter()
+        .map(|e| {
+            let origin = match e.metadata.as_ref() {
+                Some(md) => match &md.source {
+                    Some(figment::Source::File(p)) => p.display().to_string(),
+                    Some(_) if md.name.contains("environment") => "environment".to_string(),
+                    _ => source.to_string(),
+                },
+                None => source.to_string(),
+            };
+            let key = match (&e.metadata, e.path.is_empty()) {
+                (_, true) => String::new(),
+                (Some(md), false) if md.name.contains("environment") => {
+                    format!(": {}", md.interpolate(&figment::Profile::Default, &e.path))
+                }
+                _ => format!(": {}", e.path.join(".")),
+            };
+            (format!("{origin}{key}"), e.kind.to_string())
+        })
+        .collect();
+    ConfigError { problems }
+}
+
+// === ${VAR} expansion ===
+
+/// Replaces each `${NAME}` in `s` with the environment variable `NAME`.
+pub fn expand_env(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unterminated \"${\" (expected \"${NAME}\")".to_string())?;
+        let name = &after[..end];
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("\"${{{name}}}\" is not a valid environment variable reference"));
+        }
+        match std::env::var(name) {
+            Ok(v) => out.push_str(&v),
+            Err(std::env::VarError::NotPresent) => {
+                return Err(format!("environment variable {name} is not set"))
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(format!("environment variable {name} is not valid UTF-8"))
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn expand<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    expand_env(&s).map_err(serde::de::Error::custom)
+}
+
+fn expand_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| expand_env(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+fn expand_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    BTreeMap::<String, String>::deserialize(d)?
+        .into_iter()
+        .map(|(k, v)| match expand_env(&v) {
+            Ok(v) => Ok((k, v)),
+            Err(e) => Err(serde::de::Error::custom(format!("header {k}: {e}"))),
+        })
+        .collect()
+}
+
+// === Durations as "500ms", "10s" ===
+
+mod duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "\"{s}\" is not a duration ({e}); write e.g. \"500ms\", \"10s\" or \"2m\""
+            ))
+        })
+    }
+}
+
+mod opt_duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        duration::deserialize(d).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [chains.mainnet]
+        chain_id = 1
+        [[chains.mainnet.upstreams]]
+        name = "a"
+        url = "http://127.0.0.1:1"
+    "#;
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.server, ServerConfig::default());
+        assert_eq!(c.client, ClientConfig::default());
+        let up = &c.chains["mainnet"].upstreams[0];
+        assert_eq!((up.tier, up.weight, c.chains["mainnet"].max_attempts), (0, 1, 3));
+    }
+
+    #[test]
+    fn built_in_default_is_valid_and_has_five_chains_with_three_operators_each() {
+        let c = Config::from_toml(DEFAULT_CONFIG_TOML).unwrap();
+        let names: Vec<_> = c.chains.keys().map(String::as_str).collect();
+        assert_eq!(names, ["arbitrum", "base", "mainnet", "optimism", "polygon"]);
+        for (name, chain) in &c.chains {
+            let hosts: std::collections::BTreeSet<_> = chain
+                .upstreams
+                .iter()
+                .map(|u| {
+                    assert!(u.url.starts_with("https://"), "{name}: {}", u.url);
+                    let host = u.url.split('/').nth(2).unwrap();
+                    // The operator: the registrable domain (last two labels).
+                    host.rsplit('.').take(2).collect::<Vec<_>>().join(".")
+                })
+                .collect();
+            assert!(hosts.len() >= 3, "{name} has fewer than three operators: {hosts:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let e = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\ntimeout = \"1s\"\n").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("server") && text.contains("timeout"), "{text}");
+    }
+
+    #[test]
+    fn durations_parse_and_bad_ones_say_how() {
+        let c = Config::from_toml(&format!("[server]\nrequest_timeout = \"500ms\"\n{MINIMAL}")).unwrap();
+        assert_eq!(c.server.request_timeout, Duration::from_millis(500));
+        let e = Config::from_toml(&format!("[server]\nrequest_timeout = \"soon\"\n{MINIMAL}")).unwrap_err();
+        assert!(e.to_string().contains("server.request_timeout"), "{e}");
+        assert!(e.to_string().contains("\"10s\""), "{e}");
+    }
+
+    #[test]
+    fn env_references_expand_and_missing_ones_name_the_variable() {
+        std::env::set_var("DETOUR_TEST_KEY_EXPAND", "s3cr3t");
+        let toml = MINIMAL.replace("http://127.0.0.1:1", "https://x.example/v3/${DETOUR_TEST_KEY_EXPAND}");
+        let c = Config::from_toml(&toml).unwrap();
+        assert_eq!(c.chains["mainnet"].upstreams[0].url, "https://x.example/v3/s3cr3t");
+        let toml = MINIMAL.replace("http://127.0.0.1:1", "https://x.example/${DETOUR_TEST_UNSET_VAR}");
+        let e = Config::from_toml(&toml).unwrap_err().to_string();
+        assert!(e.contains("DETOUR_TEST_UNSET_VAR is not set"), "{e}");
+        assert!(e.contains("chains.mainnet.upstreams.0.url"), "{e}");
+        assert!(expand_env("${oops").is_err());
+        assert_eq!(expand_env("plain $ text").unwrap(), "plain $ text");
+    }
+
+    #[test]
+    fn validation_names_each_problem() {
+        let toml = r#"
+            [chains.main-net]
+            chain_id = 1
+            [[chains.main-net.upstreams]]
+            name = "a"
+            url = "ftp://x"
+            weight = 0
+            [[chains.main-net.upstreams]]
+            name = "a"
+            url = "http://ok"
+            [chains.other]
+            chain_id = 1
+            [chains.healthz]
+            chain_id = 2
+        "#;
+        let e = Config::from_toml(toml).unwrap_err();
+        let at: Vec<_> = e.problems.iter().map(|(a, _)| a.as_str()).collect();
+        for want in [
+            "chains.main-net.upstreams[0].url",
+            "chains.main-net.upstreams[0].weight",
+            "chains.main-net.upstreams[1].name",
+            "chains.other.chain_id",
+            "chains.other.upstreams",
+            "chains.healthz",
+        ] {
+            assert!(at.iter().any(|a| a.ends_with(want)), "missing {want} in {e}");
+        }
+    }
+
+    #[test]
+    fn redacted_hides_keys_and_renders_toml() {
+        let toml = MINIMAL.replace("http://127.0.0.1:1", "https://user:pw@x.example/v3/KEY123?k=KEY456")
+            + "headers = { \"x-api-key\" = \"KEY789\" }\n";
+        let c = Config::from_toml(&toml).unwrap().redacted();
+        let text = c.to_toml();
+        for secret in ["KEY123", "KEY456", "KEY789", "pw", "user"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert!(text.contains("x.example"));
+        assert!(text.contains("request_timeout = \"10s\""), "{text}");
+    }
+}

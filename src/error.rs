@@ -1,0 +1,134 @@
+//! Errors, and the one place where a failure becomes a JSON-RPC error object for a client.
+//!
+//! Every message built here names upstreams by their configured name only; the reasons come
+//! from [`crate::forward::Failure`] texts, which were already passed through the upstream's
+//! redaction, so no URL, key or header value can reach a client.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use crate::jsonrpc::{self, INTERNAL_ERROR};
+
+/// One failed attempt, for the client's error and the logs.
+#[derive(Debug, Clone)]
+pub struct AttemptNote {
+    /// The upstream's configured name.
+    pub upstream: std::sync::Arc<str>,
+    /// What went wrong (already redacted).
+    pub reason: String,
+}
+
+/// The error object for calls no upstream answered: `-32603`, a message naming each upstream
+/// tried and why, and the same as structured `data`.
+pub fn all_failed(notes: &[AttemptNote], timed_out: bool) -> Bytes {
+    let mut message = String::from(if timed_out {
+        "request timed out before any upstream answered"
+    } else {
+        "no upstream could answer"
+    });
+    if notes.is_empty() {
+        message.push_str(" (no upstream was tried)");
+    } else {
+        message.push_str(": ");
+        for (i, n) in notes.iter().enumerate() {
+            if i > 0 {
+                message.push_str("; ");
+            }
+            message.push_str(&n.upstream);
+            message.push_str(": ");
+            message.push_str(&n.reason);
+        }
+    }
+    Bytes::from(jsonrpc::error_object(INTERNAL_ERROR, &message, Some(&attempts_data(notes))))
+}
+
+/// The error object for a write whose upstream failed after it may have received the request.
+pub fn write_not_retried(method: &str, note: &AttemptNote) -> Bytes {
+    let message = format!(
+        "{} failed on upstream {} ({}) after it may have been received; not retried elsewhere, \
+         so that it is not sent twice",
+        method, note.upstream, note.reason
+    );
+    Bytes::from(jsonrpc::error_object(
+        INTERNAL_ERROR,
+        &message,
+        Some(&attempts_data(std::slice::from_ref(note))),
+    ))
+}
+
+fn attempts_data(notes: &[AttemptNote]) -> String {
+    let mut data = String::from("{\"attempts\":[");
+    for (i, n) in notes.iter().enumerate() {
+        if i > 0 {
+            data.push(',');
+        }
+        data.push_str("{\"upstream\":");
+        data.push_str(&jsonrpc::json_string(&n.upstream));
+        data.push_str(",\"error\":");
+        data.push_str(&jsonrpc::json_string(&n.reason));
+        data.push('}');
+    }
+    data.push_str("]}");
+    data
+}
+
+/// A JSON-RPC error returned to an in-process caller of [`crate::Detour::request`].
+#[derive(Debug, Clone)]
+pub struct RpcError {
+    /// The JSON-RPC error code.
+    pub code: i64,
+    /// The error message.
+    pub message: String,
+    /// The error's `data` member, raw, if any.
+    pub data: Option<Box<RawValue>>,
+}
+
+impl RpcError {
+    /// Reads an error object as sent on the wire.
+    pub fn from_object(raw: &[u8]) -> RpcError {
+        let parsed = std::str::from_utf8(raw)
+            .ok()
+            .and_then(|s| serde_json::from_str::<&RawValue>(s).ok())
+            .and_then(jsonrpc::error_fields);
+        match parsed {
+            Some(f) => RpcError {
+                code: f.code,
+                message: f.message.into_owned(),
+                data: f.data.map(RawValue::to_owned),
+            },
+            None => RpcError {
+                code: INTERNAL_ERROR,
+                message: format!("malformed error object: {}", String::from_utf8_lossy(raw)),
+                data: None,
+            },
+        }
+    }
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JSON-RPC error {}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_failed_names_each_attempt() {
+        let notes = [
+            AttemptNote { upstream: "a".into(), reason: "connection refused".into() },
+            AttemptNote { upstream: "b\"q".into(), reason: "HTTP 503".into() },
+        ];
+        let e = RpcError::from_object(&all_failed(&notes, false));
+        assert_eq!(e.code, -32603);
+        assert_eq!(e.message, "no upstream could answer: a: connection refused; b\"q: HTTP 503");
+        let data: serde_json::Value = serde_json::from_str(e.data.unwrap().get()).unwrap();
+        assert_eq!(data["attempts"][1]["upstream"], "b\"q");
+    }
+}

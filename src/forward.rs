@@ -1,0 +1,197 @@
+//! The upstream HTTP client: one shared, pooled hyper client (HTTP/1.1 and HTTP/2 via ALPN,
+//! HTTPS through rustls with the webpki roots), and the classification of what went wrong.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::ClientConfig;
+use crate::upstream::Upstream;
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Sends requests to upstreams.
+#[derive(Clone, Debug)]
+pub struct Forwarder {
+    client: HttpClient,
+    max_response_bytes: usize,
+}
+
+/// Why an attempt produced no usable HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Connection refused, DNS failure, TLS failure or connect timeout: the request never left.
+    Connect(String),
+    /// The attempt timed out after the request may have been sent.
+    Timeout,
+    /// The connection broke after the request may have been sent.
+    Transport(String),
+    /// A non-success HTTP status with no JSON-RPC answer in the body.
+    Status(StatusCode, Option<Duration>),
+    /// The response body was larger than `client.max_response_bytes`.
+    TooLarge,
+    /// The body is not a JSON-RPC answer to what was sent.
+    Malformed(&'static str),
+}
+
+impl Failure {
+    /// Whether the failure proves the upstream did not act on the request, so that even a
+    /// write may go to another upstream.
+    pub fn never_processed(&self) -> bool {
+        match self {
+            Failure::Connect(_) => true,
+            Failure::Status(s, _) => *s == StatusCode::TOO_MANY_REQUESTS,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect(why) | Failure::Transport(why) => f.write_str(why),
+            Failure::Timeout => f.write_str("timed out"),
+            Failure::Status(s, _) => write!(f, "HTTP {}", s.as_u16()),
+            Failure::TooLarge => f.write_str("response too large"),
+            Failure::Malformed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// An HTTP answer from an upstream.
+#[derive(Debug)]
+pub struct Reply {
+    /// The status code.
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl Forwarder {
+    /// Builds the shared client.
+    pub fn new(config: &ClientConfig) -> Forwarder {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(provider)
+            // The ring provider supports the safe default protocol versions.
+            .unwrap_or_else(|_| hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(https);
+        Forwarder {
+            client,
+            max_response_bytes: config.max_response_bytes,
+        }
+    }
+
+    /// POSTs `body` to the upstream and reads the whole answer, within `timeout`.
+    pub async fn send(&self, up: &Upstream, body: Bytes, timeout: Duration) -> Result<Reply, Failure> {
+        match tokio::time::timeout(timeout, self.exchange(up, body)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Timeout),
+        }
+    }
+
+    async fn exchange(&self, up: &Upstream, body: Bytes) -> Result<Reply, Failure> {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = up.uri.clone();
+        *req.headers_mut() = up.headers.clone();
+        let resp = self.client.request(req).await.map_err(|e| describe_client_error(up, &e))?;
+        let (parts, body) = resp.into_parts();
+        if let Some(len) = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        {
+            if len > self.max_response_bytes as u64 {
+                return Err(Failure::TooLarge);
+            }
+        }
+        let body = Limited::new(body, self.max_response_bytes)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    Failure::TooLarge
+                } else {
+                    Failure::Transport(up.redact(&format!("reading the response failed: {}", root_cause(&*e))))
+                }
+            })?
+            .to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+/// The innermost error's message, which is the one that says what happened.
+fn root_cause(e: &(dyn StdError + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn describe_client_error(up: &Upstream, e: &hyper_util::client::legacy::Error) -> Failure {
+    let io_kind = {
+        let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+        let mut kind = None;
+        while let Some(err) = cur {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                kind = Some(io.kind());
+            }
+            cur = err.source();
+        }
+        kind
+    };
+    let detail = root_cause(e);
+    let chain = format!("{e:?}");
+    if e.is_connect() {
+        use std::io::ErrorKind::*;
+        let what = match io_kind {
+            Some(ConnectionRefused) => "connection refused".to_string(),
+            Some(TimedOut) => "connect timed out".to_string(),
+            _ if chain.contains("dns error") || chain.contains("failed to lookup") => {
+                format!("DNS resolution failed: {detail}")
+            }
+            _ if chain.contains("rustls") || chain.contains("InvalidCertificate") || chain.contains("tls") => {
+                format!("TLS handshake failed: {detail}")
+            }
+            _ => format!("connect failed: {detail}"),
+        };
+        return Failure::Connect(up.redact(&what));
+    }
+    Failure::Transport(up.redact(&format!("connection failed: {detail}")))
+}
+
+/// Parses a `Retry-After` header given in seconds (HTTP dates are ignored).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs))
+}

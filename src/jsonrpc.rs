@@ -1,0 +1,389 @@
+//! JSON-RPC 2.0 envelopes, kept as raw JSON.
+//!
+//! A client body is parsed once into [`Entry`]s that borrow from it: the `id` and `params` stay
+//! [`RawValue`]s, so ids are echoed exactly as sent (including integers above 2^53) and params are
+//! never re-serialised. Upstream answers are parsed the same way, and their `result`/`error` are
+//! copied into the client's response byte for byte.
+//!
+//! The standard error objects of the specification (section 5.1) are built here too.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+/// Invalid JSON was received.
+pub const PARSE_ERROR: i64 = -32700;
+/// The JSON sent is not a valid request object.
+pub const INVALID_REQUEST: i64 = -32600;
+/// The method does not exist or is not available.
+pub const METHOD_NOT_FOUND: i64 = -32601;
+/// Internal JSON-RPC error; detour uses it when no upstream could answer.
+pub const INTERNAL_ERROR: i64 = -32603;
+/// EIP-1474 "resource not found"; detour uses it for an unknown chain path.
+pub const RESOURCE_NOT_FOUND: i64 = -32001;
+
+/// One member of a client request (a single request is a batch of one).
+#[derive(Debug, Clone)]
+pub enum Entry<'a> {
+    /// A well-formed request or notification.
+    Call(Call<'a>),
+    /// Not a valid request object: answered with `-32600` and the id when it was readable.
+    Invalid {
+        /// The id to echo (`None` → `null`).
+        id: Option<&'a RawValue>,
+        /// Why the entry is invalid; sent as the error's `data`.
+        reason: &'static str,
+    },
+}
+
+/// A valid JSON-RPC request or notification.
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    /// `None` for a notification; otherwise the raw id (string, number or `null`).
+    pub id: Option<&'a RawValue>,
+    /// The method name, unescaped.
+    pub method: Cow<'a, str>,
+    /// The raw params (an array or an object), if any.
+    pub params: Option<&'a RawValue>,
+}
+
+/// The shape of a parsed client body.
+#[derive(Debug)]
+pub enum Parsed<'a> {
+    /// A single request object (or a non-array value that is not one).
+    Single(Entry<'a>),
+    /// A non-empty batch, in request order.
+    Batch(Vec<Entry<'a>>),
+    /// The body is not JSON at all: answer one `-32700` with `id: null`.
+    ParseError,
+    /// `[]`: answer one `-32600` object, not an empty array.
+    EmptyBatch,
+    /// A batch longer than the configured limit (its length).
+    BatchTooLong(usize),
+}
+
+/// Deserializes a present field, `null` included, as `Some` (serde would map `null` to `None`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+/// A request object with every member kept raw, so that validation can say exactly what is wrong.
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+}
+
+fn first_byte(raw: &RawValue) -> u8 {
+    // A RawValue holds one JSON value without surrounding whitespace, so it is never empty.
+    raw.get().as_bytes().first().copied().unwrap_or(b' ')
+}
+
+/// Whether a raw id is of a type the specification allows: string, number or null.
+fn valid_id(raw: &RawValue) -> bool {
+    matches!(first_byte(raw), b'"' | b'-' | b'0'..=b'9' | b'n')
+}
+
+/// Parses a client body. `max_batch_len` bounds the number of batch members.
+pub fn parse(body: &[u8], max_batch_len: usize) -> Parsed<'_> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace());
+    match start.map(|i| body[i]) {
+        Some(b'[') => match serde_json::from_slice::<Vec<&RawValue>>(body) {
+            Ok(items) if items.is_empty() => Parsed::EmptyBatch,
+            Ok(items) if items.len() > max_batch_len => Parsed::BatchTooLong(items.len()),
+            Ok(items) => Parsed::Batch(items.into_iter().map(parse_entry).collect()),
+            Err(_) => Parsed::ParseError,
+        },
+        _ => match serde_json::from_slice::<&RawValue>(body) {
+            Ok(raw) => Parsed::Single(parse_entry(raw)),
+            Err(_) => Parsed::ParseError,
+        },
+    }
+}
+
+/// Validates one request object.
+pub fn parse_entry(raw: &RawValue) -> Entry<'_> {
+    let invalid = |id, reason| Entry::Invalid { id, reason };
+    if first_byte(raw) != b'{' {
+        return invalid(None, "a request must be a JSON object");
+    }
+    let req: RawRequest<'_> = match serde_json::from_str(raw.get()) {
+        Ok(req) => req,
+        Err(_) => return invalid(None, "a request object must not repeat a member"),
+    };
+    let id = match req.id {
+        Some(id) if !valid_id(id) => {
+            return invalid(None, "\"id\" must be a string, a number or null")
+        }
+        id => id,
+    };
+    if req.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+        return invalid(id, "\"jsonrpc\" must be exactly \"2.0\"");
+    }
+    let method = match req.method {
+        Some(m) if first_byte(m) == b'"' => match serde_json::from_str::<Cow<'_, str>>(m.get()) {
+            Ok(method) => method,
+            Err(_) => return invalid(id, "\"method\" must be a string"),
+        },
+        Some(_) => return invalid(id, "\"method\" must be a string"),
+        None => return invalid(id, "\"method\" is missing"),
+    };
+    if let Some(p) = req.params {
+        if !matches!(first_byte(p), b'[' | b'{') {
+            return invalid(id, "\"params\" must be an array or an object");
+        }
+    }
+    Entry::Call(Call {
+        id,
+        method,
+        params: req.params,
+    })
+}
+
+// === Writing responses ===
+
+const NULL_ID: &str = "null";
+
+fn id_str(id: Option<&RawValue>) -> &str {
+    id.map_or(NULL_ID, RawValue::get)
+}
+
+/// Appends `{"jsonrpc":"2.0","id":<id>,"result":<result>}`; `result` is copied verbatim.
+pub fn write_result(out: &mut Vec<u8>, id: Option<&RawValue>, result: &[u8]) {
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id_str(id).as_bytes());
+    out.extend_from_slice(b",\"result\":");
+    out.extend_from_slice(result);
+    out.push(b'}');
+}
+
+/// Appends `{"jsonrpc":"2.0","id":<id>,"error":<error>}`; `error` (an object) is copied verbatim.
+pub fn write_error(out: &mut Vec<u8>, id: Option<&RawValue>, error: &[u8]) {
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id_str(id).as_bytes());
+    out.extend_from_slice(b",\"error\":");
+    out.extend_from_slice(error);
+    out.push(b'}');
+}
+
+/// Serializes an error object `{"code":..,"message":..[,"data":..]}`; `data` is raw JSON.
+pub fn error_object(code: i64, message: &str, data: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + message.len() + data.map_or(0, str::len));
+    out.extend_from_slice(b"{\"code\":");
+    out.extend_from_slice(code.to_string().as_bytes());
+    out.extend_from_slice(b",\"message\":");
+    write_json_string(&mut out, message);
+    if let Some(data) = data {
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(data.as_bytes());
+    }
+    out.push(b'}');
+    out
+}
+
+/// A complete error response with a standard or detour error code.
+pub fn error_response(id: Option<&RawValue>, code: i64, message: &str, data: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_error(&mut out, id, &error_object(code, message, data));
+    out
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    // Serializing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// A JSON string literal for `s`.
+pub fn json_string(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    write_json_string(&mut out, s);
+    // serde_json writes valid UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The message a standard code carries, as the specification names it.
+pub fn standard_message(code: i64) -> &'static str {
+    match code {
+        PARSE_ERROR => "Parse error",
+        INVALID_REQUEST => "Invalid Request",
+        METHOD_NOT_FOUND => "Method not found",
+        -32602 => "Invalid params",
+        INTERNAL_ERROR => "Internal error",
+        _ => "Server error",
+    }
+}
+
+// === Upstream side ===
+
+/// Appends one upstream request `{"jsonrpc":"2.0","id":<n>,"method":..,"params":..}`.
+///
+/// Upstreams see detour's own small integer ids (the entry's position in the client's batch),
+/// never the client's: the client's id is restored from the entry when the answer is written, so
+/// an upstream that mangles large or odd ids cannot change what the client sees, and answers can
+/// be matched even when an upstream reorders a batch.
+pub fn write_upstream_call(out: &mut Vec<u8>, id: usize, call: &Call<'_>) {
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id.to_string().as_bytes());
+    out.extend_from_slice(b",\"method\":");
+    write_json_string(out, &call.method);
+    if let Some(params) = call.params {
+        out.extend_from_slice(b",\"params\":");
+        out.extend_from_slice(params.get().as_bytes());
+    }
+    out.push(b'}');
+}
+
+/// One member of an upstream's answer.
+#[derive(Deserialize, Debug)]
+pub struct RawResponse<'a> {
+    /// The id the upstream echoed (detour's integer).
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub id: Option<&'a RawValue>,
+    /// The result, verbatim (may be `null`).
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub result: Option<&'a RawValue>,
+    /// The error object, verbatim.
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub error: Option<&'a RawValue>,
+}
+
+/// Parses an upstream body as one response object or a batch of them.
+/// `None` when the body is not JSON-RPC at all.
+pub fn parse_upstream(body: &[u8]) -> Option<Vec<RawResponse<'_>>> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[start] == b'[' {
+        serde_json::from_slice::<Vec<RawResponse<'_>>>(body).ok()
+    } else {
+        serde_json::from_slice::<RawResponse<'_>>(body)
+            .ok()
+            .map(|r| vec![r])
+    }
+}
+
+/// The code and message of an upstream error object, for classification and logs.
+#[derive(Deserialize, Debug, Default)]
+pub struct ErrorFields<'a> {
+    /// The error code (0 when missing or not an integer).
+    #[serde(default)]
+    pub code: i64,
+    /// The message, unescaped.
+    #[serde(borrow, default)]
+    pub message: Cow<'a, str>,
+    /// The error's data member, raw.
+    #[serde(borrow, default)]
+    pub data: Option<&'a RawValue>,
+}
+
+/// Reads an error object's code and message; `None` when it is not an object with them.
+pub fn error_fields(error: &RawValue) -> Option<ErrorFields<'_>> {
+    if first_byte(error) != b'{' {
+        return None;
+    }
+    serde_json::from_str(error.get()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(body: &str) -> Call<'_> {
+        match parse(body.as_bytes(), 10) {
+            Parsed::Single(Entry::Call(c)) => c,
+            other => panic!("expected a call, got {other:?}"),
+        }
+    }
+
+    fn invalid(body: &str) -> (Option<String>, &'static str) {
+        match parse(body.as_bytes(), 10) {
+            Parsed::Single(Entry::Invalid { id, reason }) => (id.map(|i| i.get().to_owned()), reason),
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_request_keeping_raw_parts() {
+        let c = call(r#" {"jsonrpc":"2.0","id":18446744073709551616123,"method":"eth_call","params":[{"to":"0x1"}, "latest"]} "#);
+        assert_eq!(c.id.unwrap().get(), "18446744073709551616123");
+        assert_eq!(c.method, "eth_call");
+        assert_eq!(c.params.unwrap().get(), r#"[{"to":"0x1"}, "latest"]"#);
+    }
+
+    #[test]
+    fn null_id_is_a_request_and_missing_id_a_notification() {
+        assert_eq!(call(r#"{"jsonrpc":"2.0","id":null,"method":"m"}"#).id.unwrap().get(), "null");
+        assert!(call(r#"{"jsonrpc":"2.0","method":"m"}"#).id.is_none());
+    }
+
+    #[test]
+    fn escaped_method_is_unescaped() {
+        assert_eq!(call(r#"{"jsonrpc":"2.0","id":1,"method":"eth_\u0063all"}"#).method, "eth_call");
+    }
+
+    #[test]
+    fn invalid_requests_say_why() {
+        assert_eq!(invalid(r#"{"jsonrpc":"1.0","id":1,"method":"m"}"#).0.as_deref(), Some("1"));
+        assert_eq!(invalid(r#"{"id":"a","method":"m"}"#).0.as_deref(), Some("\"a\""));
+        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":1,"method":5}"#).1, "\"method\" must be a string");
+        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":1}"#).1, "\"method\" is missing");
+        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":"x"}"#).1, "\"params\" must be an array or an object");
+        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":{},"method":"m"}"#), (None, "\"id\" must be a string, a number or null"));
+        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":[1],"method":"m"}"#).0, None);
+        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":true,"method":"m"}"#).0, None);
+        assert_eq!(invalid("1").1, "a request must be a JSON object");
+        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"m"}"#).0, None);
+    }
+
+    #[test]
+    fn body_shapes() {
+        assert!(matches!(parse(b"", 10), Parsed::ParseError));
+        assert!(matches!(parse(b"{\"jsonrpc\":", 10), Parsed::ParseError));
+        assert!(matches!(parse(b"{} x", 10), Parsed::ParseError));
+        assert!(matches!(parse(b"[1, {", 10), Parsed::ParseError));
+        assert!(matches!(parse(b" [ ] ", 10), Parsed::EmptyBatch));
+        assert!(matches!(parse(b"[1,2,3]", 2), Parsed::BatchTooLong(3)));
+        match parse(b"[1,2,3]", 10) {
+            Parsed::Batch(v) => assert!(v.iter().all(|e| matches!(e, Entry::Invalid { id: None, .. }))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn writes_responses_verbatim() {
+        let id = RawValue::from_string("\"abc\"".into()).unwrap();
+        let mut out = Vec::new();
+        write_result(&mut out, Some(&id), br#"{"a" : 1.50}"#);
+        assert_eq!(out, br#"{"jsonrpc":"2.0","id":"abc","result":{"a" : 1.50}}"#);
+        let e = error_response(None, INVALID_REQUEST, "Invalid \"x\"", Some("\"why\""));
+        assert_eq!(
+            String::from_utf8(e).unwrap(),
+            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid \"x\"","data":"why"}}"#
+        );
+    }
+
+    #[test]
+    fn upstream_calls_use_our_ids() {
+        let c = call(r#"{"jsonrpc":"2.0","id":"client","method":"eth_x","params":{"a":1}}"#);
+        let mut out = Vec::new();
+        write_upstream_call(&mut out, 7, &c);
+        assert_eq!(out, br#"{"jsonrpc":"2.0","id":7,"method":"eth_x","params":{"a":1}}"#);
+    }
+
+    #[test]
+    fn upstream_null_result_is_present() {
+        let v = parse_upstream(br#"{"jsonrpc":"2.0","id":0,"result":null}"#).unwrap();
+        assert_eq!(v[0].result.unwrap().get(), "null");
+        assert!(v[0].error.is_none());
+        assert!(parse_upstream(b"<html>").is_none());
+        let e = RawValue::from_string(r#"{"code":-32000,"message":"execution reverted"}"#.into()).unwrap();
+        let f = error_fields(&e).unwrap();
+        assert_eq!((f.code, f.message.as_ref()), (-32000, "execution reverted"));
+    }
+}

@@ -1,0 +1,425 @@
+//! The embeddable proxy: a cloneable `tower::Service` over HTTP requests (`Error = Infallible`),
+//! and a JSON-RPC-level API for in-process callers.
+//!
+//! Request path: route by URL path → read the body (bounded) → parse the envelope →
+//! answer `eth_chainId`/`net_version` and invalid entries locally → [`failover`] the rest →
+//! write the response in request order with the client's ids.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use crate::config::{Config, ConfigError};
+use crate::error::RpcError;
+use crate::forward::Forwarder;
+use crate::jsonrpc::{self, Call, Entry, Parsed, INVALID_REQUEST, PARSE_ERROR, RESOURCE_NOT_FOUND};
+use crate::pool::{Chain, Pool};
+use crate::retry::{failover, Answer};
+use crate::route::{method_kind, MethodKind};
+use crate::upstream::now_us;
+
+/// The response body type of [`Detour`]'s service.
+pub type Body = Full<Bytes>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The proxy. Cheap to clone: clones share the pool, its live state and the upstream client.
+#[derive(Clone, Debug)]
+pub struct Detour {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The current snapshot; requests load it once and keep it to the end.
+    pool: ArcSwap<Pool>,
+    /// The shared upstream HTTP client.
+    forwarder: Forwarder,
+}
+
+impl Detour {
+    /// Builds the proxy from a configuration (validated here).
+    pub fn new(config: Config) -> Result<Detour, ConfigError> {
+        let forwarder = Forwarder::new(&config.client);
+        let pool = Pool::new(config, None)?;
+        Ok(Detour {
+            inner: Arc::new(Inner {
+                pool: ArcSwap::from_pointee(pool),
+                forwarder,
+            }),
+        })
+    }
+
+    /// Swaps in a new configuration atomically. Unchanged upstreams keep their live state;
+    /// requests in flight finish on the snapshot they started with. On error nothing changes.
+    /// (The upstream client's settings, `[client]`, apply from the next start.)
+    pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
+        let current = self.inner.pool.load_full();
+        let next = Pool::new(config, Some(&current))?;
+        self.inner.pool.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// The current snapshot.
+    pub fn pool(&self) -> Arc<Pool> {
+        self.inner.pool.load_full()
+    }
+
+    /// One line per chain: its paths and its upstreams (names, tiers, redacted URLs).
+    pub fn describe(&self) -> Vec<String> {
+        self.pool()
+            .chains
+            .iter()
+            .map(|c| {
+                let ups: Vec<String> = c
+                    .upstreams
+                    .iter()
+                    .map(|u| {
+                        let region = u.region.as_deref().map(|r| format!(", {r}")).unwrap_or_default();
+                        format!("{} (tier {}{region}, {})", u.name, u.tier, u.display_url)
+                    })
+                    .collect();
+                format!(
+                    "chain {} (id {}) at {} -> {}",
+                    c.name,
+                    c.chain_id,
+                    c.paths.join(" "),
+                    ups.join("; ")
+                )
+            })
+            .collect()
+    }
+
+    /// Handles a raw JSON-RPC body for a chain (by name or decimal id), as the HTTP path does.
+    /// Returns the response body, or `None` when the request held only notifications.
+    /// An unknown chain is an `Err` carrying the JSON-RPC error response.
+    pub async fn handle_jsonrpc(&self, chain: &str, body: &[u8]) -> Result<Option<Bytes>, Bytes> {
+        let pool = self.pool();
+        match pool.route(chain) {
+            Some(c) => Ok(self.rpc(&pool, c, body).await),
+            None => Err(unknown_chain_body(&pool, chain)),
+        }
+    }
+
+    /// Sends one JSON-RPC call to a chain (by name or decimal id) with failover, in process,
+    /// and returns the upstream's `result` verbatim.
+    pub async fn request(
+        &self,
+        chain: &str,
+        method: &str,
+        params: Option<&RawValue>,
+    ) -> Result<Box<RawValue>, RpcError> {
+        let pool = self.pool();
+        let Some(c) = pool.route(chain) else {
+            return Err(RpcError {
+                code: RESOURCE_NOT_FOUND,
+                message: unknown_chain_message(&pool, chain),
+                data: None,
+            });
+        };
+        if let Some(p) = params {
+            if !matches!(p.get().as_bytes().first(), Some(b'[' | b'{')) {
+                return Err(RpcError {
+                    code: -32602,
+                    message: "params must be a JSON array or object".into(),
+                    data: None,
+                });
+            }
+        }
+        let id = RawValue::from_string("0".into()).map_err(|e| RpcError {
+            code: jsonrpc::INTERNAL_ERROR,
+            message: e.to_string(),
+            data: None,
+        })?;
+        let call = Call {
+            id: Some(&id),
+            method: method.into(),
+            params,
+        };
+        let deadline = Instant::now() + pool.config.server.request_timeout;
+        let mut answers = self.answer_calls(c, &[&call], deadline).await;
+        match answers.pop() {
+            Some(Answer::Result(r)) => {
+                let text = String::from_utf8(r.to_vec()).map_err(|_| RpcError {
+                    code: jsonrpc::INTERNAL_ERROR,
+                    message: "upstream result is not UTF-8".into(),
+                    data: None,
+                })?;
+                RawValue::from_string(text).map_err(|e| RpcError {
+                    code: jsonrpc::INTERNAL_ERROR,
+                    message: format!("upstream result is not JSON: {e}"),
+                    data: None,
+                })
+            }
+            Some(Answer::Error(e)) => Err(RpcError::from_object(&e)),
+            None => Err(RpcError::from_object(&crate::error::all_failed(&[], false))),
+        }
+    }
+
+    /// Answers local calls and forwards the rest; one answer per call, in order.
+    async fn answer_calls(&self, chain: &Chain, calls: &[&Call<'_>], deadline: Instant) -> Vec<Answer> {
+        let mut answers: Vec<Option<Answer>> = calls
+            .iter()
+            .map(|c| match method_kind(&c.method) {
+                MethodKind::ChainId => Some(Answer::Result(Bytes::copy_from_slice(chain.chain_id_json.as_bytes()))),
+                MethodKind::NetVersion => Some(Answer::Result(Bytes::copy_from_slice(chain.net_version_json.as_bytes()))),
+                _ => None,
+            })
+            .collect();
+        let remote: Vec<usize> = (0..calls.len()).filter(|&i| answers[i].is_none()).collect();
+        if !remote.is_empty() {
+            let forwarded: Vec<&Call<'_>> = remote.iter().map(|&i| calls[i]).collect();
+            let (got, report) = failover(&self.inner.forwarder, chain, &forwarded, deadline).await;
+            tracing::debug!(
+                chain = &*chain.name,
+                calls = forwarded.len(),
+                attempts = report.attempts,
+                answered_by = ?report.answered_by,
+                failures = ?report.failures,
+                "forwarded"
+            );
+            for (i, a) in remote.into_iter().zip(got) {
+                answers[i] = Some(a);
+            }
+        }
+        answers.into_iter().map(|a| a.unwrap_or_else(|| Answer::Error(crate::error::all_failed(&[], false)))).collect()
+    }
+
+    /// Parses a body, answers it, and writes the response (`None`: notifications only).
+    async fn rpc(&self, pool: &Pool, chain: &Chain, body: &[u8]) -> Option<Bytes> {
+        let deadline = Instant::now() + pool.config.server.request_timeout;
+        let (entries, batch) = match jsonrpc::parse(body, pool.config.server.max_batch_len) {
+            Parsed::Single(e) => (vec![e], false),
+            Parsed::Batch(v) => (v, true),
+            Parsed::ParseError => {
+                return Some(error_bytes(PARSE_ERROR, "Parse error", Some("\"the body is not valid JSON\"")));
+            }
+            Parsed::EmptyBatch => {
+                return Some(error_bytes(INVALID_REQUEST, "Invalid Request", Some("\"empty batch\"")));
+            }
+            Parsed::BatchTooLong(len) => {
+                let why = format!(
+                    "batch of {len} requests exceeds the limit of {} (server.max_batch_len)",
+                    pool.config.server.max_batch_len
+                );
+                return Some(error_bytes(INVALID_REQUEST, "Invalid Request", Some(&jsonrpc::json_string(&why))));
+            }
+        };
+        let calls: Vec<&Call<'_>> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Call(c) => Some(c),
+                Entry::Invalid { .. } => None,
+            })
+            .collect();
+        let mut answers = if calls.is_empty() {
+            Vec::new()
+        } else {
+            self.answer_calls(chain, &calls, deadline).await
+        }
+        .into_iter();
+        let mut out = Vec::with_capacity(64 * entries.len());
+        if batch {
+            out.push(b'[');
+        }
+        let mut written = 0;
+        for e in &entries {
+            let (id, answer) = match e {
+                Entry::Call(c) => {
+                    // Every call has an answer (kept aligned); a notification's is dropped.
+                    let Some(answer) = answers.next() else { continue };
+                    match c.id {
+                        Some(id) => (Some(id), answer),
+                        None => continue,
+                    }
+                }
+                Entry::Invalid { id, reason } => {
+                    let err = jsonrpc::error_object(INVALID_REQUEST, "Invalid Request", Some(&jsonrpc::json_string(reason)));
+                    (*id, Answer::Error(err.into()))
+                }
+            };
+            if written > 0 {
+                out.push(b',');
+            }
+            written += 1;
+            match &answer {
+                Answer::Result(r) => jsonrpc::write_result(&mut out, id, r),
+                Answer::Error(err) => jsonrpc::write_error(&mut out, id, err),
+            }
+        }
+        if written == 0 {
+            return None;
+        }
+        if batch {
+            out.push(b']');
+        }
+        Some(Bytes::from(out))
+    }
+
+    async fn serve_http<B>(self, req: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let pool = self.pool();
+        let path = req.uri().path();
+        let method = req.method();
+        match (method, path) {
+            (&Method::GET | &Method::HEAD, "/healthz") => return text(StatusCode::OK, "ok\n"),
+            (&Method::GET | &Method::HEAD, "/readyz") => return readiness(&pool),
+            (&Method::GET | &Method::HEAD, "/") => return index(&pool),
+            _ => {}
+        }
+        let Some(chain) = pool.route(path) else {
+            let body = unknown_chain_body(&pool, path);
+            return json(StatusCode::NOT_FOUND, body);
+        };
+        if method != Method::POST {
+            let mut resp = json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Bytes::from(jsonrpc::error_response(
+                    None,
+                    INVALID_REQUEST,
+                    "Invalid Request",
+                    Some(&jsonrpc::json_string(&format!("{method} is not allowed here; send JSON-RPC with POST"))),
+                )),
+            );
+            resp.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+            return resp;
+        }
+        let limit = pool.config.server.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return too_large(limit);
+        }
+        let body = match Limited::new(req.into_body(), limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(limit),
+            Err(_) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    error_bytes(INVALID_REQUEST, "Invalid Request", Some("\"the request body could not be read\"")),
+                )
+            }
+        };
+        match self.rpc(&pool, chain, &body).await {
+            Some(out) => json(StatusCode::OK, out),
+            None => Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Body::default())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl<B> tower_service::Service<Request<B>> for Detour
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.serve_http(req).await) })
+    }
+}
+
+// === Responses ===
+
+fn error_bytes(code: i64, message: &str, data: Option<&str>) -> Bytes {
+    Bytes::from(jsonrpc::error_response(None, code, message, data))
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn too_large(limit: usize) -> Response<Body> {
+    let why = format!("request body exceeds {limit} bytes (server.max_body_bytes)");
+    json(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        error_bytes(INVALID_REQUEST, "Invalid Request", Some(&jsonrpc::json_string(&why))),
+    )
+}
+
+fn unknown_chain_message(pool: &Pool, path: &str) -> String {
+    format!("no chain is served at {path:?}; served paths: {}", pool.paths().join(", "))
+}
+
+fn unknown_chain_body(pool: &Pool, path: &str) -> Bytes {
+    let paths: Vec<String> = pool.paths().iter().map(|p| jsonrpc::json_string(p)).collect();
+    let data = format!("{{\"paths\":[{}]}}", paths.join(","));
+    error_bytes(RESOURCE_NOT_FOUND, &unknown_chain_message(pool, path), Some(&data))
+}
+
+fn index(pool: &Pool) -> Response<Body> {
+    let chains: Vec<serde_json::Value> = pool
+        .chains
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": &*c.name,
+                "chain_id": c.chain_id,
+                "paths": c.paths,
+                "upstreams": c.upstreams.iter().map(|u| &*u.name).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "name": "detour",
+        "version": env!("CARGO_PKG_VERSION"),
+        "usage": "POST JSON-RPC 2.0 to one of the chain paths",
+        "chains": chains,
+        "health": "/healthz",
+        "readiness": "/readyz",
+    });
+    json(StatusCode::OK, Bytes::from(body.to_string()))
+}
+
+fn readiness(pool: &Pool) -> Response<Body> {
+    let now = now_us();
+    let missing: Vec<&str> = pool
+        .chains
+        .iter()
+        .filter(|c| !c.ready(now))
+        .map(|c| &*c.name)
+        .collect();
+    if missing.is_empty() {
+        json(StatusCode::OK, Bytes::from_static(b"{\"ready\":true}"))
+    } else {
+        let body = serde_json::json!({ "ready": false, "chains_without_usable_upstream": missing });
+        json(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(body.to_string()))
+    }
+}

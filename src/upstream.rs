@@ -1,0 +1,453 @@
+//! One upstream: its configuration, where to send requests, and its live state.
+//!
+//! The live state ([`LiveState`]) is a handful of atomics shared by every request that picks this
+//! upstream. It lives behind its own `Arc` so that a configuration reload can hand the same state
+//! to the new snapshot when the upstream is unchanged. Nothing here takes a lock.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use http::Uri;
+
+use crate::config::UpstreamConfig;
+
+/// Latency assumed for an upstream with no samples yet: low enough that a new upstream is tried.
+pub const DEFAULT_RTT: Duration = Duration::from_millis(10);
+/// How fast the latency estimate forgets (peak-EWMA decay constant).
+pub const DECAY: Duration = Duration::from_secs(10);
+/// The latency a failed attempt is recorded as, at least, so that a fast-failing upstream does not
+/// look attractive.
+pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+/// First cool-down after an ejection; it doubles on each consecutive ejection.
+pub const COOLDOWN_BASE: Duration = Duration::from_secs(1);
+/// Longest cool-down (also the cap on an honoured `Retry-After`).
+pub const COOLDOWN_MAX: Duration = Duration::from_secs(30);
+/// Consecutive soft failures (timeouts, 5xx, malformed answers) that eject an upstream.
+pub const SOFT_FAILURES_TO_EJECT: u32 = 3;
+
+/// Microseconds since a process-wide origin, on tokio's clock (so paused-time tests work).
+pub fn now_us() -> u64 {
+    static ORIGIN: OnceLock<tokio::time::Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(tokio::time::Instant::now);
+    // u64 microseconds last 584 000 years.
+    tokio::time::Instant::now().duration_since(origin).as_micros() as u64
+}
+
+/// A parsed upstream URL: where to connect, which headers carry its credentials, and how to
+/// show it without secrets.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The URI requests go to, without userinfo.
+    pub uri: Uri,
+    /// `Authorization: Basic …` built from userinfo in the URL, if any.
+    pub authorization: Option<HeaderValue>,
+    /// The URL with path, query and credentials masked.
+    pub display: String,
+    /// Substrings that must never be shown (path, query, credentials, long path segments).
+    pub secrets: Vec<String>,
+}
+
+impl Target {
+    /// Parses and checks an upstream URL (`http` or `https`, with a host).
+    pub fn parse(url: &str) -> Result<Target, String> {
+        // Never echo the URL itself in an error: it may carry a key.
+        let uri: Uri = url.parse().map_err(|_| "is not a valid URL".to_string())?;
+        let scheme = uri.scheme_str().unwrap_or_default();
+        if scheme != "http" && scheme != "https" {
+            return Err("must start with http:// or https://".into());
+        }
+        let authority = uri.authority().ok_or("has no host")?;
+        if authority.host().is_empty() {
+            return Err("has no host".into());
+        }
+        let mut secrets = Vec::new();
+        let (userinfo, hostport) = match authority.as_str().rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority.as_str()),
+        };
+        let authorization = match userinfo {
+            Some(userinfo) => {
+                secrets.push(userinfo.to_owned());
+                let decoded = percent_decode(userinfo);
+                secrets.extend(decoded.split(':').filter(|s| s.len() >= 4).map(str::to_owned));
+                let token = base64::engine::general_purpose::STANDARD.encode(decoded.as_bytes());
+                let value = HeaderValue::from_str(&format!("Basic {token}"))
+                    .map_err(|_| "has credentials that cannot be sent in a header".to_string())?;
+                Some(value)
+            }
+            None => None,
+        };
+        let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let clean: Uri = Uri::builder()
+            .scheme(scheme)
+            .authority(hostport)
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| "is not a valid URL".to_string())?;
+        let path = uri.path();
+        if path.len() > 1 {
+            secrets.push(path.to_owned());
+            secrets.extend(path.split('/').filter(|s| s.len() >= 8).map(str::to_owned));
+        }
+        if let Some(q) = uri.query() {
+            secrets.push(q.to_owned());
+            secrets.extend(q.split('&').filter_map(|kv| kv.split_once('=')).map(|(_, v)| v).filter(|v| v.len() >= 4).map(str::to_owned));
+        }
+        secrets.push(url.to_owned());
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        Ok(Target {
+            uri: clean,
+            authorization,
+            display: redact_url(url),
+            secrets,
+        })
+    }
+}
+
+/// Shows a URL as `scheme://host[:port]`, with `/***` for a path, `?***` for a query and `***@`
+/// for credentials: enough to recognise the provider, never the key.
+pub fn redact_url(url: &str) -> String {
+    let Ok(uri) = url.parse::<Uri>() else {
+        return "<invalid url>".into();
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return "<invalid url>".into();
+    };
+    let (creds, hostport) = match authority.as_str().rsplit_once('@') {
+        Some((_, h)) => ("***@", h),
+        None => ("", authority.as_str()),
+    };
+    let path = if uri.path().len() > 1 { "/***" } else { "" };
+    let query = if uri.query().is_some() { "?***" } else { "" };
+    format!("{scheme}://{creds}{hostport}{path}{query}")
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One upstream of one chain, as configured, plus its shared live state.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The configured name (unique within the chain).
+    pub name: Arc<str>,
+    /// Priority tier: lower serves first.
+    pub tier: u32,
+    /// Relative preference within the tier.
+    pub weight: u32,
+    /// Failure-domain label.
+    pub region: Option<Arc<str>>,
+    /// Where requests go.
+    pub uri: Uri,
+    /// Headers sent with every request: content type, user agent, credentials, configured ones.
+    pub headers: HeaderMap,
+    /// The URL with secrets masked, for display.
+    pub display_url: String,
+    /// Splits larger batches into chunks of at most this many calls.
+    pub max_batch_len: Option<usize>,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+    /// Everything that must be masked in messages about this upstream.
+    secrets: Vec<String>,
+    /// The configuration this was built from, to recognise it across reloads.
+    pub config: UpstreamConfig,
+    /// Live state, shared across reloads while the upstream is unchanged.
+    pub state: Arc<LiveState>,
+}
+
+impl Upstream {
+    /// Builds an upstream from validated configuration; `state` carries over live state.
+    pub fn new(
+        config: &UpstreamConfig,
+        default_timeout: Duration,
+        state: Option<Arc<LiveState>>,
+    ) -> Result<Upstream, String> {
+        let target = Target::parse(&config.url).map_err(|why| format!("url {why}"))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(http::header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("detour/", env!("CARGO_PKG_VERSION"))),
+        );
+        if let Some(auth) = target.authorization {
+            headers.insert(AUTHORIZATION, auth);
+        }
+        let mut secrets = target.secrets;
+        for (k, v) in &config.headers {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("header name {k:?} is invalid"))?;
+            let mut value = HeaderValue::from_str(v).map_err(|_| format!("header {k} has an invalid value"))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+            if v.len() >= 4 {
+                secrets.push(v.clone());
+            }
+        }
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Ok(Upstream {
+            name: config.name.as_str().into(),
+            tier: config.tier,
+            weight: config.weight.max(1),
+            region: config.region.as_deref().map(Into::into),
+            uri: target.uri,
+            headers,
+            display_url: target.display,
+            max_batch_len: config.max_batch_len,
+            timeout: config.timeout.unwrap_or(default_timeout),
+            secrets,
+            config: config.clone(),
+            state: state.unwrap_or_default(),
+        })
+    }
+
+    /// `text` with every secret of this upstream replaced by `***`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for s in &self.secrets {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "***");
+            }
+        }
+        out
+    }
+
+    /// Whether new requests may be sent here now (not cooling down).
+    #[inline]
+    pub fn usable(&self, now: u64) -> bool {
+        self.state.cooldown_until.load(Relaxed) <= now
+    }
+
+    /// Selection cost: peak-EWMA latency × (in-flight + 1) ÷ weight.
+    #[inline]
+    pub fn cost(&self) -> f64 {
+        let s = &self.state;
+        let rtt = f64::from_bits(s.ewma_ns.load(Relaxed));
+        rtt * f64::from(s.in_flight.load(Relaxed) + 1) / f64::from(self.weight)
+    }
+}
+
+/// Live state of an upstream. All fields are atomics updated without locks; races between
+/// concurrent updates lose at most one sample, which an estimate can afford.
+#[derive(Debug)]
+pub struct LiveState {
+    /// Peak-EWMA latency estimate in nanoseconds (f64 bits).
+    ewma_ns: AtomicU64,
+    /// When the estimate was last updated (µs since [`now_us`]'s origin).
+    stamp_us: AtomicU64,
+    /// Requests currently in flight to this upstream.
+    in_flight: AtomicU32,
+    /// No new requests until this time (µs); 0 when not ejected.
+    cooldown_until: AtomicU64,
+    /// Consecutive ejections without a success in between (sets the cool-down length).
+    ejections: AtomicU32,
+    /// Consecutive soft failures without a success in between.
+    soft_failures: AtomicU32,
+    /// Attempts answered successfully (lifetime counter).
+    pub successes: AtomicU64,
+    /// Attempts that failed (lifetime counter).
+    pub failures: AtomicU64,
+}
+
+impl Default for LiveState {
+    fn default() -> Self {
+        Self {
+            ewma_ns: AtomicU64::new((DEFAULT_RTT.as_nanos() as f64).to_bits()),
+            stamp_us: AtomicU64::new(now_us()),
+            in_flight: AtomicU32::new(0),
+            cooldown_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            soft_failures: AtomicU32::new(0),
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LiveState {
+    /// Counts a request in flight until the guard drops (also when the request is cancelled).
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Requests currently in flight.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// The current latency estimate.
+    pub fn latency(&self) -> Duration {
+        Duration::from_nanos(f64::from_bits(self.ewma_ns.load(Relaxed)) as u64)
+    }
+
+    /// When the cool-down ends (µs), or `None` when not cooling down at `now`.
+    pub fn cooldown_until(&self, now: u64) -> Option<u64> {
+        let until = self.cooldown_until.load(Relaxed);
+        (until > now).then_some(until)
+    }
+
+    /// Raw cool-down end, for ordering ejected upstreams by who recovers first.
+    pub fn cooldown_end(&self) -> u64 {
+        self.cooldown_until.load(Relaxed)
+    }
+
+    fn observe(&self, now: u64, rtt: Duration) {
+        let rtt = rtt.as_nanos() as f64;
+        let prev = f64::from_bits(self.ewma_ns.load(Relaxed));
+        let stamp = self.stamp_us.swap(now, Relaxed);
+        let next = if rtt > prev {
+            // Peak: jump to a worse latency at once, so a slowing upstream is avoided quickly.
+            rtt
+        } else {
+            let elapsed = now.saturating_sub(stamp) as f64;
+            let w = (-elapsed / DECAY.as_micros() as f64).exp();
+            prev * w + rtt * (1.0 - w)
+        };
+        self.ewma_ns.store(next.to_bits(), Relaxed);
+    }
+
+    /// An attempt that got an answer: latency sample, failures forgiven, cool-down lifted.
+    pub fn record_success(&self, now: u64, rtt: Duration) {
+        self.observe(now, rtt);
+        self.successes.fetch_add(1, Relaxed);
+        if self.soft_failures.load(Relaxed) != 0 {
+            self.soft_failures.store(0, Relaxed);
+        }
+        if self.ejections.load(Relaxed) != 0 {
+            self.ejections.store(0, Relaxed);
+        }
+        if self.cooldown_until.load(Relaxed) != 0 {
+            self.cooldown_until.store(0, Relaxed);
+        }
+    }
+
+    /// A failure that proves the upstream unreachable (refused, DNS, TLS): eject at once.
+    /// `at_least` extends the cool-down (e.g. `Retry-After`), capped at [`COOLDOWN_MAX`].
+    /// Returns the cool-down applied.
+    pub fn eject(&self, now: u64, elapsed: Duration, at_least: Option<Duration>) -> Duration {
+        self.observe(now, elapsed.max(FAILURE_PENALTY));
+        self.failures.fetch_add(1, Relaxed);
+        self.soft_failures.store(0, Relaxed);
+        let n = self.ejections.fetch_add(1, Relaxed).min(16);
+        let backoff = COOLDOWN_BASE.saturating_mul(1 << n).min(COOLDOWN_MAX);
+        let cooldown = at_least.map_or(backoff, |d| d.max(backoff)).min(COOLDOWN_MAX);
+        self.cooldown_until
+            .store(now + cooldown.as_micros() as u64, Relaxed);
+        cooldown
+    }
+
+    /// A failure that may be passing (timeout, 5xx, malformed answer): the latency estimate takes
+    /// a penalty, and enough of them in a row eject. Returns the cool-down if it ejected.
+    pub fn record_soft_failure(&self, now: u64, elapsed: Duration) -> Option<Duration> {
+        let n = self.soft_failures.fetch_add(1, Relaxed) + 1;
+        if n >= SOFT_FAILURES_TO_EJECT {
+            return Some(self.eject(now, elapsed, None));
+        }
+        self.observe(now, elapsed.max(FAILURE_PENALTY));
+        self.failures.fetch_add(1, Relaxed);
+        None
+    }
+}
+
+/// Decrements the in-flight count when dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<LiveState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_strips_credentials_into_basic_auth() {
+        let t = Target::parse("https://us%40er:p%3Ass@node.example:8443/rpc/ABCDEFGH12345678?key=QWERTY").unwrap();
+        assert_eq!(t.uri.to_string(), "https://node.example:8443/rpc/ABCDEFGH12345678?key=QWERTY");
+        let auth = t.authorization.unwrap();
+        let expected = base64::engine::general_purpose::STANDARD.encode("us@er:p:ss");
+        assert_eq!(auth.to_str().unwrap(), format!("Basic {expected}"));
+        assert_eq!(t.display, "https://***@node.example:8443/***?***");
+        for s in ["ABCDEFGH12345678", "QWERTY", "us%40er:p%3Ass"] {
+            assert!(t.secrets.iter().any(|x| x == s), "{s} not a secret: {:?}", t.secrets);
+        }
+    }
+
+    #[test]
+    fn target_rejects_bad_urls_without_echoing_them() {
+        for bad in ["ftp://x/KEY", "not a url KEY", "http:///KEY", "/path/KEY"] {
+            let e = Target::parse(bad).unwrap_err();
+            assert!(!e.contains("KEY"), "{e}");
+        }
+        assert_eq!(redact_url("http://localhost:8545"), "http://localhost:8545");
+        assert_eq!(redact_url("http://localhost:8545/"), "http://localhost:8545");
+    }
+
+    #[test]
+    fn redact_masks_url_parts_and_header_values() {
+        let mut cfg: UpstreamConfig = toml::from_str("name = \"a\"\nurl = \"https://x.example/v3/0123456789abcdef\"").unwrap();
+        cfg.headers.insert("x-api-key".into(), "HEADERKEY".into());
+        let up = Upstream::new(&cfg, Duration::from_secs(1), None).unwrap();
+        let msg = up.redact("failed https://x.example/v3/0123456789abcdef and HEADERKEY and 0123456789abcdef");
+        assert!(!msg.contains("0123456789abcdef") && !msg.contains("HEADERKEY"), "{msg}");
+        assert!(up.headers["x-api-key"].is_sensitive());
+    }
+
+    #[test]
+    fn cooldown_grows_and_resets() {
+        let s = LiveState::default();
+        let t0 = 1_000_000;
+        assert_eq!(s.eject(t0, Duration::ZERO, None), Duration::from_secs(1));
+        assert_eq!(s.eject(t0, Duration::ZERO, None), Duration::from_secs(2));
+        assert_eq!(s.eject(t0, Duration::ZERO, None), Duration::from_secs(4));
+        for _ in 0..10 {
+            s.eject(t0, Duration::ZERO, None);
+        }
+        assert_eq!(s.eject(t0, Duration::ZERO, None), COOLDOWN_MAX);
+        assert!(s.cooldown_until(t0).is_some());
+        s.record_success(t0, Duration::from_millis(1));
+        assert!(s.cooldown_until(t0).is_none());
+        assert_eq!(s.eject(t0, Duration::ZERO, None), Duration::from_secs(1));
+        assert_eq!(s.eject(t0, Duration::ZERO, Some(Duration::from_secs(7))), Duration::from_secs(7));
+        assert_eq!(s.eject(t0, Duration::ZERO, Some(Duration::from_secs(3600))), COOLDOWN_MAX);
+    }
+
+    #[test]
+    fn soft_failures_eject_after_a_run() {
+        let s = LiveState::default();
+        assert!(s.record_soft_failure(10, Duration::ZERO).is_none());
+        assert!(s.record_soft_failure(10, Duration::ZERO).is_none());
+        assert!(s.record_soft_failure(10, Duration::ZERO).is_some());
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let s = LiveState::default();
+        s.record_success(0, Duration::from_millis(100));
+        assert_eq!(s.latency(), Duration::from_millis(100));
+        s.record_success(DECAY.as_micros() as u64 * 5, Duration::from_millis(1));
+        assert!(s.latency() < Duration::from_millis(2), "{:?}", s.latency());
+    }
+}
