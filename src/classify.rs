@@ -85,6 +85,12 @@ pub static RULES: &[Rule] = &[
     rule!(Code(-32602), D, "EIP-1474 invalid params; all clients", -32602, "Invalid params"),
     rule!(Code(3), D, "geth revert with data", 3, "execution reverted"),
     rule!(Code(-32003), D, "EIP-1474 transaction rejected", -32003, "Transaction rejected"),
+    // --- Provider trouble: limits of this provider that are not rate limits. Before the rate-limit
+    // rules, because Infura sends "more than 10000 results" with the rate-limit code -32005. ---
+    rule!(Msg("block range"), T(Unsupported), "infura, alchemy, publicnode", -32000, "eth_getLogs block range too large, max 10000"),
+    rule!(Msg("range is too large"), T(Unsupported), "ankr", -32000, "block range is too large"),
+    rule!(Msg("more than 10000 results"), T(Unsupported), "infura", -32005, "query returned more than 10000 results"),
+    rule!(Msg("response size"), T(Unsupported), "alchemy, erigon", -32000, "response size exceeded"),
     // --- Provider trouble: rate limits and quotas. ---
     rule!(Code(-32005), T(RateLimited), "EIP-1474 limit exceeded; infura, alchemy", -32005, "daily request count exceeded, request rate limited"),
     rule!(Code(429), T(RateLimited), "alchemy, quicknode (HTTP-style code)", 429, "Your app has exceeded its compute units per second capacity"),
@@ -105,10 +111,6 @@ pub static RULES: &[Rule] = &[
     rule!(Msg("not available on"), T(Unsupported), "alchemy, infura", -32000, "trace_filter is not available on the free tier"),
     rule!(Msg("not whitelisted"), T(Unsupported), "infura", -32000, "method not whitelisted"),
     rule!(Msg("is not allowed"), T(Unsupported), "publicnode, llamarpc", -32000, "method debug_traceCall is not allowed"),
-    rule!(Msg("block range"), T(Unsupported), "infura, alchemy, publicnode", -32000, "eth_getLogs block range too large, max 10000"),
-    rule!(Msg("range is too large"), T(Unsupported), "ankr", -32000, "block range is too large"),
-    rule!(Msg("more than 10000 results"), T(Unsupported), "infura", -32005, "query returned more than 10000 results"),
-    rule!(Msg("response size"), T(Unsupported), "alchemy, erigon", -32000, "response size exceeded"),
     rule!(Msg("batch"), T(Unsupported), "geth, hosted: batch too large or unsupported", -32600, "batch too large"),
     // --- Provider trouble: the node is behind, pruned or unwell. ---
     rule!(Msg("header not found"), T(Unhealthy), "geth, erigon (block not yet known)", -32000, "header not found"),

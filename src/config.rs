@@ -18,8 +18,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The built-in default configuration: public endpoints for five chains.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config.example.toml");
 
-/// Environment variables with the `DETOUR_` prefix that are not configuration keys.
-const NON_CONFIG_ENV: &[&str] = &["config", "log_format"];
+/// Top-level sections that `DETOUR_<SECTION>__<KEY>` environment variables may set. Other
+/// `DETOUR_*` variables (`DETOUR_CONFIG`, or a secret like `DETOUR_INFURA_KEY` referenced as
+/// `${DETOUR_INFURA_KEY}`) are not configuration keys.
+const ENV_SECTIONS: &[&str] = &["server", "client", "chains"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -233,7 +235,13 @@ impl Config {
             }
             Source::BuiltIn => Figment::from(Toml::string(DEFAULT_CONFIG_TOML)),
         };
-        let env = Env::prefixed("DETOUR_").ignore(NON_CONFIG_ENV).split("__");
+        env_typos()?;
+        let env = Env::prefixed("DETOUR_")
+            .filter(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                ENV_SECTIONS.iter().any(|s| key.strip_prefix(s).is_some_and(|r| r.starts_with("__")))
+            })
+            .split("__");
         Self::extract(figment.merge(env), source)
     }
 
@@ -354,6 +362,32 @@ impl Config {
     /// The configuration as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// `DETOUR_SERVER_LISTEN` (one underscore) would be silently ignored: say how to write it.
+fn env_typos() -> Result<(), ConfigError> {
+    let problems: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, _)| {
+            let k = k.into_string().ok()?;
+            let rest = k.strip_prefix("DETOUR_")?.to_ascii_lowercase();
+            let section = ENV_SECTIONS.iter().find(|s| {
+                rest.strip_prefix(*s).is_some_and(|r| r.starts_with('_') && !r.starts_with("__"))
+            })?;
+            Some((
+                format!("environment: {k}"),
+                format!(
+                    "nested keys are separated by \"__\", e.g. DETOUR_{}__{}",
+                    section.to_ascii_uppercase(),
+                    &k["DETOUR_".len() + section.len() + 1..]
+                ),
+            ))
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError { problems })
     }
 }
 

@@ -314,7 +314,9 @@ impl LiveState {
         let rtt = rtt.as_nanos() as f64;
         let prev = f64::from_bits(self.ewma_ns.load(Relaxed));
         let stamp = self.stamp_us.swap(now, Relaxed);
-        let next = if rtt > prev {
+        let first_sample = self.successes.load(Relaxed) + self.failures.load(Relaxed) == 0;
+        let next = if rtt > prev || first_sample {
+            // The first sample replaces the assumed default outright.
             // Peak: jump to a worse latency at once, so a slowing upstream is avoided quickly.
             rtt
         } else {

@@ -1,0 +1,165 @@
+//! The `detour` binary: `check`, config discovery and errors, serving, and SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::Mock;
+
+fn detour() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_detour"));
+    c.env_remove("DETOUR_CONFIG").env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DETOUR_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("detour-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const VALID: &str = r#"
+[chains.mainnet]
+chain_id = 1
+[[chains.mainnet.upstreams]]
+name = "infura"
+url = "https://mainnet.infura.io/v3/${DETOUR_TEST_INFURA_KEY}"
+headers = { "x-api-key" = "HDRSECRET" }
+"#;
+
+#[test]
+fn check_prints_the_resolved_config_with_secrets_redacted() {
+    let dir = tempdir("check");
+    let file = write(&dir, "d.toml", VALID);
+    let out = detour()
+        .args(["check", "--config"])
+        .arg(&file)
+        .env("DETOUR_TEST_INFURA_KEY", "KEYSECRET")
+        .env("DETOUR_SERVER__MAX_BATCH_LEN", "7")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("https://mainnet.infura.io/***"), "{stdout}");
+    assert!(stdout.contains("max_batch_len = 7"), "env override not applied: {stdout}");
+    assert!(stdout.contains("request_timeout = \"10s\""), "defaults not resolved: {stdout}");
+    assert!(!stdout.contains("KEYSECRET") && !stdout.contains("HDRSECRET"), "{stdout}");
+}
+
+#[test]
+fn check_reports_file_key_and_reason_and_exits_1() {
+    let dir = tempdir("bad");
+    let cases = [
+        ("[server]\nlisten = \"nope\"\n", "server.listen"),
+        ("[chains.mainnet]\nchain_id = 1\ncolour = \"red\"\n", "colour"),
+        (VALID, "DETOUR_TEST_INFURA_KEY is not set"),
+        ("[chains.mainnet]\nchain_id = 1\n", "chains.mainnet.upstreams"),
+        ("[server\n", "d.toml"),
+    ];
+    for (text, want) in cases {
+        let file = write(&dir, "d.toml", text);
+        let out = detour().args(["check", "--config"]).arg(&file).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text}: {stderr}");
+        assert!(stderr.contains(want), "{want} not in: {stderr}");
+        assert!(stderr.contains("d.toml"), "file not named: {stderr}");
+    }
+    let out = detour().args(["check", "--config", "/nonexistent/detour.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // An environment override with one underscore would be ignored silently: it is an error.
+    let file = write(&dir, "ok.toml", "[chains.mainnet]\nchain_id = 1\n[[chains.mainnet.upstreams]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n");
+    let out = detour().args(["check", "--config"]).arg(&file).env("DETOUR_SERVER_LISTEN", "0.0.0.0:1").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("DETOUR_SERVER__LISTEN"), "{stderr}");
+}
+
+#[test]
+fn config_is_discovered_from_env_then_cwd_then_built_in() {
+    let dir = tempdir("discover");
+    write(&dir, "detour.toml", "[chains.localdev]\nchain_id = 31337\n[[chains.localdev.upstreams]]\nname = \"anvil\"\nurl = \"http://127.0.0.1:8546\"\n");
+    let out = detour().arg("check").current_dir(&dir).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("localdev"));
+    let other = write(&dir, "other.toml", "[chains.viaenv]\nchain_id = 5\n[[chains.viaenv.upstreams]]\nname = \"x\"\nurl = \"http://127.0.0.1:1\"\n");
+    let out = detour().arg("check").current_dir(&dir).env("DETOUR_CONFIG", &other).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("viaenv"));
+    let out = detour().arg("check").current_dir(std::env::temp_dir()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("built-in default config: OK"), "{stdout}");
+    for chain in ["mainnet", "base", "optimism", "arbitrum", "polygon"] {
+        assert!(stdout.contains(&format!("[chains.{chain}]")), "{chain} missing");
+    }
+}
+
+#[tokio::test]
+async fn binary_serves_logs_one_line_per_chain_and_exits_0_on_sigterm() {
+    let m = Mock::start("up").await;
+    let dir = tempdir("serve");
+    let file = write(
+        &dir,
+        "d.toml",
+        &format!("[chains.mainnet]\nchain_id = 1\n[[chains.mainnet.upstreams]]\nname = \"local\"\nurl = \"{}/KEYPATHSECRET\"\n", m.url()),
+    );
+    let mut child = detour()
+        .args(["--config"])
+        .arg(&file)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "pretty"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let addr = loop {
+        let line = rx.recv_timeout(Duration::from_secs(20)).expect("no listening line");
+        lines.push(line.clone());
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let line = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(line.contains("chain mainnet (id 1) at /mainnet /1 /") && line.contains("local"), "{line}");
+    assert!(!line.contains("KEYPATHSECRET"), "{line}");
+    let (status, _, body) = support::http_request(
+        "POST",
+        &format!("http://{addr}/mainnet"),
+        r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#,
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, r#"{"jsonrpc":"2.0","id":1,"result":"up"}"#));
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let mut waited = Duration::ZERO;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if waited > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("detour did not exit within 15s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    };
+    assert_eq!(status.code(), Some(0));
+}
