@@ -28,7 +28,12 @@ pub fn select(chain: &Chain, now: u64, tried: &[usize]) -> Option<usize> {
     // Every untried upstream is cooling down: try the one that recovers first.
     (0..chain.upstreams.len())
         .filter(|i| !tried.contains(i))
-        .min_by_key(|&i| (chain.upstreams[i].state.cooldown_end(), chain.upstreams[i].tier))
+        .min_by_key(|&i| {
+            (
+                chain.upstreams[i].state.cooldown_end(),
+                chain.upstreams[i].tier,
+            )
+        })
 }
 
 fn p2c(chain: &Chain, tier: &Tier, now: u64, tried: &[usize]) -> Option<usize> {
@@ -144,8 +149,12 @@ mod tests {
     fn lower_cost_wins_the_pair() {
         let p = pool(&[("fast", 0, 1), ("slow", 0, 1)]);
         let c = &p.chains[0];
-        c.upstreams[0].state.record_success(0, Duration::from_millis(1));
-        c.upstreams[1].state.record_success(0, Duration::from_millis(50));
+        c.upstreams[0]
+            .state
+            .record_success(0, Duration::from_millis(1));
+        c.upstreams[1]
+            .state
+            .record_success(0, Duration::from_millis(50));
         for _ in 0..50 {
             assert_eq!(name(c, select(c, 0, &[])), "fast");
         }
@@ -158,8 +167,12 @@ mod tests {
     fn weight_divides_cost() {
         let p = pool(&[("light", 0, 1), ("heavy", 0, 3)]);
         let c = &p.chains[0];
-        c.upstreams[0].state.record_success(0, Duration::from_millis(10));
-        c.upstreams[1].state.record_success(0, Duration::from_millis(20));
+        c.upstreams[0]
+            .state
+            .record_success(0, Duration::from_millis(10));
+        c.upstreams[1]
+            .state
+            .record_success(0, Duration::from_millis(20));
         // 20ms / 3 < 10ms / 1.
         assert_eq!(name(c, select(c, 0, &[])), "heavy");
     }
@@ -176,9 +189,15 @@ mod tests {
     fn all_ejected_still_tries_soonest_to_recover() {
         let p = pool(&[("a", 0, 1), ("b", 0, 1), ("c", 1, 1)]);
         let c = &p.chains[0];
-        c.upstreams[0].state.eject(0, Duration::ZERO, Some(Duration::from_secs(20)));
-        c.upstreams[1].state.eject(0, Duration::ZERO, Some(Duration::from_secs(5)));
-        c.upstreams[2].state.eject(0, Duration::ZERO, Some(Duration::from_secs(10)));
+        c.upstreams[0]
+            .state
+            .eject(0, Duration::ZERO, Some(Duration::from_secs(20)));
+        c.upstreams[1]
+            .state
+            .eject(0, Duration::ZERO, Some(Duration::from_secs(5)));
+        c.upstreams[2]
+            .state
+            .eject(0, Duration::ZERO, Some(Duration::from_secs(10)));
         assert_eq!(name(c, select(c, 1, &[])), "b");
         assert_eq!(name(c, select(c, 1, &[1])), "c");
         assert_eq!(name(c, select(c, 1, &[1, 2])), "a");
@@ -187,7 +206,8 @@ mod tests {
     #[test]
     fn mostly_ejected_large_tier_still_finds_the_usable_one() {
         let ups: Vec<(String, u32, u32)> = (0..200).map(|i| (format!("u{i}"), 0, 1)).collect();
-        let refs: Vec<(&str, u32, u32)> = ups.iter().map(|(n, t, w)| (n.as_str(), *t, *w)).collect();
+        let refs: Vec<(&str, u32, u32)> =
+            ups.iter().map(|(n, t, w)| (n.as_str(), *t, *w)).collect();
         let p = pool(&refs);
         let c = &p.chains[0];
         for u in &c.upstreams[..199] {

@@ -138,16 +138,28 @@ pub struct UpstreamConfig {
     #[serde(default = "default_weight")]
     pub weight: u32,
     /// Failure-domain label, free text (e.g. `aws:us-east-1`). Optional.
-    #[serde(default, deserialize_with = "expand_opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "expand_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub region: Option<String>,
     /// Extra request headers (e.g. an API key header); values are secrets.
-    #[serde(default, deserialize_with = "expand_map", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "expand_map",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub headers: BTreeMap<String, String>,
     /// Largest batch this upstream accepts; larger batches are split and reassembled in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_len: Option<usize>,
     /// Per-attempt timeout for this upstream. Default: `client.attempt_timeout`.
-    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
 }
 
@@ -239,7 +251,9 @@ impl Config {
         let env = Env::prefixed("DETOUR_")
             .filter(|key| {
                 let key = key.as_str().to_ascii_lowercase();
-                ENV_SECTIONS.iter().any(|s| key.strip_prefix(s).is_some_and(|r| r.starts_with("__")))
+                ENV_SECTIONS
+                    .iter()
+                    .any(|s| key.strip_prefix(s).is_some_and(|r| r.starts_with("__")))
             })
             .split("__");
         Self::extract(figment.merge(env), source)
@@ -299,22 +313,34 @@ impl Config {
             } else if let Some(other) = ids.insert(chain.chain_id, name) {
                 bad(
                     format!("{at}.chain_id"),
-                    format!("{} is already the chain id of chains.{other}", chain.chain_id),
+                    format!(
+                        "{} is already the chain id of chains.{other}",
+                        chain.chain_id
+                    ),
                 );
             }
             if chain.max_attempts == 0 {
                 bad(format!("{at}.max_attempts"), "must be at least 1".into());
             }
             if chain.upstreams.is_empty() {
-                bad(format!("{at}.upstreams"), "a chain needs at least one upstream".into());
+                bad(
+                    format!("{at}.upstreams"),
+                    "a chain needs at least one upstream".into(),
+                );
             }
             for (i, up) in chain.upstreams.iter().enumerate() {
                 let at = format!("{at}.upstreams[{i}]");
                 if up.name.is_empty() || up.name.chars().any(|c| c.is_control() || c == '/') {
-                    bad(format!("{at}.name"), "must be non-empty, without '/' or control characters".into());
+                    bad(
+                        format!("{at}.name"),
+                        "must be non-empty, without '/' or control characters".into(),
+                    );
                 }
                 if chain.upstreams[..i].iter().any(|u| u.name == up.name) {
-                    bad(format!("{at}.name"), format!("\"{}\" is used twice in chains.{name}", up.name));
+                    bad(
+                        format!("{at}.name"),
+                        format!("\"{}\" is used twice in chains.{name}", up.name),
+                    );
                 }
                 if let Err(why) = crate::upstream::Target::parse(&up.url) {
                     bad(format!("{at}.url"), why);
@@ -330,9 +356,15 @@ impl Config {
                 }
                 for (k, v) in &up.headers {
                     if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-                        bad(format!("{at}.headers"), format!("\"{k}\" is not a valid header name"));
+                        bad(
+                            format!("{at}.headers"),
+                            format!("\"{k}\" is not a valid header name"),
+                        );
                     } else if http::HeaderValue::from_str(v).is_err() {
-                        bad(format!("{at}.headers.{k}"), "is not a valid header value".into());
+                        bad(
+                            format!("{at}.headers.{k}"),
+                            "is not a valid header value".into(),
+                        );
                     }
                 }
             }
@@ -372,7 +404,8 @@ fn env_typos() -> Result<(), ConfigError> {
             let k = k.into_string().ok()?;
             let rest = k.strip_prefix("DETOUR_")?.to_ascii_lowercase();
             let section = ENV_SECTIONS.iter().find(|s| {
-                rest.strip_prefix(*s).is_some_and(|r| r.starts_with('_') && !r.starts_with("__"))
+                rest.strip_prefix(*s)
+                    .is_some_and(|r| r.starts_with('_') && !r.starts_with("__"))
             })?;
             Some((
                 format!("environment: {k}"),
@@ -449,7 +482,9 @@ pub fn expand_env(s: &str) -> Result<String, String> {
             .ok_or_else(|| "unterminated \"${\" (expected \"${NAME}\")".to_string())?;
         let name = &after[..end];
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!("\"${{{name}}}\" is not a valid environment variable reference"));
+            return Err(format!(
+                "\"${{{name}}}\" is not a valid environment variable reference"
+            ));
         }
         match std::env::var(name) {
             Ok(v) => out.push_str(&v),
@@ -539,14 +574,20 @@ mod tests {
         assert_eq!(c.server, ServerConfig::default());
         assert_eq!(c.client, ClientConfig::default());
         let up = &c.chains["mainnet"].upstreams[0];
-        assert_eq!((up.tier, up.weight, c.chains["mainnet"].max_attempts), (0, 1, 3));
+        assert_eq!(
+            (up.tier, up.weight, c.chains["mainnet"].max_attempts),
+            (0, 1, 3)
+        );
     }
 
     #[test]
     fn built_in_default_is_valid_and_has_five_chains_with_three_operators_each() {
         let c = Config::from_toml(DEFAULT_CONFIG_TOML).unwrap();
         let names: Vec<_> = c.chains.keys().map(String::as_str).collect();
-        assert_eq!(names, ["arbitrum", "base", "mainnet", "optimism", "polygon"]);
+        assert_eq!(
+            names,
+            ["arbitrum", "base", "mainnet", "optimism", "polygon"]
+        );
         for (name, chain) in &c.chains {
             let hosts: std::collections::BTreeSet<_> = chain
                 .upstreams
@@ -558,22 +599,31 @@ mod tests {
                     host.rsplit('.').take(2).collect::<Vec<_>>().join(".")
                 })
                 .collect();
-            assert!(hosts.len() >= 3, "{name} has fewer than three operators: {hosts:?}");
+            assert!(
+                hosts.len() >= 3,
+                "{name} has fewer than three operators: {hosts:?}"
+            );
         }
     }
 
     #[test]
     fn unknown_keys_are_errors_naming_the_key() {
-        let e = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\ntimeout = \"1s\"\n").unwrap_err();
+        let e = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\ntimeout = \"1s\"\n")
+            .unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("server") && text.contains("timeout"), "{text}");
+        assert!(
+            text.contains("server") && text.contains("timeout"),
+            "{text}"
+        );
     }
 
     #[test]
     fn durations_parse_and_bad_ones_say_how() {
-        let c = Config::from_toml(&format!("[server]\nrequest_timeout = \"500ms\"\n{MINIMAL}")).unwrap();
+        let c = Config::from_toml(&format!("[server]\nrequest_timeout = \"500ms\"\n{MINIMAL}"))
+            .unwrap();
         assert_eq!(c.server.request_timeout, Duration::from_millis(500));
-        let e = Config::from_toml(&format!("[server]\nrequest_timeout = \"soon\"\n{MINIMAL}")).unwrap_err();
+        let e = Config::from_toml(&format!("[server]\nrequest_timeout = \"soon\"\n{MINIMAL}"))
+            .unwrap_err();
         assert!(e.to_string().contains("server.request_timeout"), "{e}");
         assert!(e.to_string().contains("\"10s\""), "{e}");
     }
@@ -581,10 +631,19 @@ mod tests {
     #[test]
     fn env_references_expand_and_missing_ones_name_the_variable() {
         std::env::set_var("DETOUR_TEST_KEY_EXPAND", "s3cr3t");
-        let toml = MINIMAL.replace("http://127.0.0.1:1", "https://x.example/v3/${DETOUR_TEST_KEY_EXPAND}");
+        let toml = MINIMAL.replace(
+            "http://127.0.0.1:1",
+            "https://x.example/v3/${DETOUR_TEST_KEY_EXPAND}",
+        );
         let c = Config::from_toml(&toml).unwrap();
-        assert_eq!(c.chains["mainnet"].upstreams[0].url, "https://x.example/v3/s3cr3t");
-        let toml = MINIMAL.replace("http://127.0.0.1:1", "https://x.example/${DETOUR_TEST_UNSET_VAR}");
+        assert_eq!(
+            c.chains["mainnet"].upstreams[0].url,
+            "https://x.example/v3/s3cr3t"
+        );
+        let toml = MINIMAL.replace(
+            "http://127.0.0.1:1",
+            "https://x.example/${DETOUR_TEST_UNSET_VAR}",
+        );
         let e = Config::from_toml(&toml).unwrap_err().to_string();
         assert!(e.contains("DETOUR_TEST_UNSET_VAR is not set"), "{e}");
         assert!(e.contains("chains.mainnet.upstreams.0.url"), "{e}");
@@ -619,14 +678,19 @@ mod tests {
             "chains.other.upstreams",
             "chains.healthz",
         ] {
-            assert!(at.iter().any(|a| a.ends_with(want)), "missing {want} in {e}");
+            assert!(
+                at.iter().any(|a| a.ends_with(want)),
+                "missing {want} in {e}"
+            );
         }
     }
 
     #[test]
     fn redacted_hides_keys_and_renders_toml() {
-        let toml = MINIMAL.replace("http://127.0.0.1:1", "https://user:pw@x.example/v3/KEY123?k=KEY456")
-            + "headers = { \"x-api-key\" = \"KEY789\" }\n";
+        let toml = MINIMAL.replace(
+            "http://127.0.0.1:1",
+            "https://user:pw@x.example/v3/KEY123?k=KEY456",
+        ) + "headers = { \"x-api-key\" = \"KEY789\" }\n";
         let c = Config::from_toml(&toml).unwrap().redacted();
         let text = c.to_toml();
         for secret in ["KEY123", "KEY456", "KEY789", "pw", "user"] {

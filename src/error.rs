@@ -41,7 +41,11 @@ pub fn all_failed(notes: &[AttemptNote], timed_out: bool) -> Bytes {
             message.push_str(&n.reason);
         }
     }
-    Bytes::from(jsonrpc::error_object(INTERNAL_ERROR, &message, Some(&attempts_data(notes))))
+    Bytes::from(jsonrpc::error_object(
+        INTERNAL_ERROR,
+        &message,
+        Some(&attempts_data(notes)),
+    ))
 }
 
 /// The error object for a write whose upstream failed after it may have received the request.
@@ -122,12 +126,21 @@ mod tests {
     #[test]
     fn all_failed_names_each_attempt() {
         let notes = [
-            AttemptNote { upstream: "a".into(), reason: "connection refused".into() },
-            AttemptNote { upstream: "b\"q".into(), reason: "HTTP 503".into() },
+            AttemptNote {
+                upstream: "a".into(),
+                reason: "connection refused".into(),
+            },
+            AttemptNote {
+                upstream: "b\"q".into(),
+                reason: "HTTP 503".into(),
+            },
         ];
         let e = RpcError::from_object(&all_failed(&notes, false));
         assert_eq!(e.code, -32603);
-        assert_eq!(e.message, "no upstream could answer: a: connection refused; b\"q: HTTP 503");
+        assert_eq!(
+            e.message,
+            "no upstream could answer: a: connection refused; b\"q: HTTP 503"
+        );
         let data: serde_json::Value = serde_json::from_str(e.data.unwrap().get()).unwrap();
         assert_eq!(data["attempts"][1]["upstream"], "b\"q");
     }

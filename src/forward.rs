@@ -107,7 +107,12 @@ impl Forwarder {
     }
 
     /// POSTs `body` to the upstream and reads the whole answer, within `timeout`.
-    pub async fn send(&self, up: &Upstream, body: Bytes, timeout: Duration) -> Result<Reply, Failure> {
+    pub async fn send(
+        &self,
+        up: &Upstream,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Reply, Failure> {
         match tokio::time::timeout(timeout, self.exchange(up, body)).await {
             Ok(result) => result,
             Err(_) => Err(Failure::Timeout),
@@ -119,7 +124,11 @@ impl Forwarder {
         *req.method_mut() = Method::POST;
         *req.uri_mut() = up.uri.clone();
         *req.headers_mut() = up.headers.clone();
-        let resp = self.client.request(req).await.map_err(|e| describe_client_error(up, &e))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| describe_client_error(up, &e))?;
         let (parts, body) = resp.into_parts();
         if let Some(len) = parts
             .headers
@@ -137,7 +146,9 @@ impl Forwarder {
                 if e.is::<http_body_util::LengthLimitError>() {
                     Failure::TooLarge
                 } else {
-                    Failure::Transport(up.redact(&format!("reading the response failed: {}", root_cause(&*e))))
+                    Failure::Transport(
+                        up.redact(&format!("reading the response failed: {}", root_cause(&*e))),
+                    )
                 }
             })?
             .to_bytes();
@@ -180,7 +191,10 @@ fn describe_client_error(up: &Upstream, e: &hyper_util::client::legacy::Error) -
             _ if chain.contains("dns error") || chain.contains("failed to lookup") => {
                 format!("DNS resolution failed: {detail}")
             }
-            _ if chain.contains("rustls") || chain.contains("InvalidCertificate") || chain.contains("tls") => {
+            _ if chain.contains("rustls")
+                || chain.contains("InvalidCertificate")
+                || chain.contains("tls") =>
+            {
                 format!("TLS handshake failed: {detail}")
             }
             _ => format!("connect failed: {detail}"),
@@ -192,6 +206,12 @@ fn describe_client_error(up: &Upstream, e: &hyper_util::client::legacy::Error) -
 
 /// Parses a `Retry-After` header given in seconds (HTTP dates are ignored).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    let secs: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(secs))
 }

@@ -189,7 +189,12 @@ pub fn error_object(code: i64, message: &str, data: Option<&str>) -> Vec<u8> {
 }
 
 /// A complete error response with a standard or detour error code.
-pub fn error_response(id: Option<&RawValue>, code: i64, message: &str, data: Option<&str>) -> Vec<u8> {
+pub fn error_response(
+    id: Option<&RawValue>,
+    code: i64,
+    message: &str,
+    data: Option<&str>,
+) -> Vec<u8> {
     let mut out = Vec::new();
     write_error(&mut out, id, &error_object(code, message, data));
     out
@@ -303,14 +308,18 @@ mod tests {
 
     fn invalid(body: &str) -> (Option<String>, &'static str) {
         match parse(body.as_bytes(), 10) {
-            Parsed::Single(Entry::Invalid { id, reason }) => (id.map(|i| i.get().to_owned()), reason),
+            Parsed::Single(Entry::Invalid { id, reason }) => {
+                (id.map(|i| i.get().to_owned()), reason)
+            }
             other => panic!("expected invalid, got {other:?}"),
         }
     }
 
     #[test]
     fn parses_request_keeping_raw_parts() {
-        let c = call(r#" {"jsonrpc":"2.0","id":18446744073709551616123,"method":"eth_call","params":[{"to":"0x1"}, "latest"]} "#);
+        let c = call(
+            r#" {"jsonrpc":"2.0","id":18446744073709551616123,"method":"eth_call","params":[{"to":"0x1"}, "latest"]} "#,
+        );
         assert_eq!(c.id.unwrap().get(), "18446744073709551616123");
         assert_eq!(c.method, "eth_call");
         assert_eq!(c.params.unwrap().get(), r#"[{"to":"0x1"}, "latest"]"#);
@@ -318,27 +327,65 @@ mod tests {
 
     #[test]
     fn null_id_is_a_request_and_missing_id_a_notification() {
-        assert_eq!(call(r#"{"jsonrpc":"2.0","id":null,"method":"m"}"#).id.unwrap().get(), "null");
+        assert_eq!(
+            call(r#"{"jsonrpc":"2.0","id":null,"method":"m"}"#)
+                .id
+                .unwrap()
+                .get(),
+            "null"
+        );
         assert!(call(r#"{"jsonrpc":"2.0","method":"m"}"#).id.is_none());
     }
 
     #[test]
     fn escaped_method_is_unescaped() {
-        assert_eq!(call(r#"{"jsonrpc":"2.0","id":1,"method":"eth_\u0063all"}"#).method, "eth_call");
+        assert_eq!(
+            call(r#"{"jsonrpc":"2.0","id":1,"method":"eth_\u0063all"}"#).method,
+            "eth_call"
+        );
     }
 
     #[test]
     fn invalid_requests_say_why() {
-        assert_eq!(invalid(r#"{"jsonrpc":"1.0","id":1,"method":"m"}"#).0.as_deref(), Some("1"));
-        assert_eq!(invalid(r#"{"id":"a","method":"m"}"#).0.as_deref(), Some("\"a\""));
-        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":1,"method":5}"#).1, "\"method\" must be a string");
-        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":1}"#).1, "\"method\" is missing");
-        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":"x"}"#).1, "\"params\" must be an array or an object");
-        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":{},"method":"m"}"#), (None, "\"id\" must be a string, a number or null"));
-        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":[1],"method":"m"}"#).0, None);
-        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":true,"method":"m"}"#).0, None);
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"1.0","id":1,"method":"m"}"#)
+                .0
+                .as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            invalid(r#"{"id":"a","method":"m"}"#).0.as_deref(),
+            Some("\"a\"")
+        );
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","id":1,"method":5}"#).1,
+            "\"method\" must be a string"
+        );
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","id":1}"#).1,
+            "\"method\" is missing"
+        );
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":"x"}"#).1,
+            "\"params\" must be an array or an object"
+        );
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","id":{},"method":"m"}"#),
+            (None, "\"id\" must be a string, a number or null")
+        );
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","id":[1],"method":"m"}"#).0,
+            None
+        );
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","id":true,"method":"m"}"#).0,
+            None
+        );
         assert_eq!(invalid("1").1, "a request must be a JSON object");
-        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"m"}"#).0, None);
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"m"}"#).0,
+            None
+        );
     }
 
     #[test]
@@ -350,7 +397,9 @@ mod tests {
         assert!(matches!(parse(b" [ ] ", 10), Parsed::EmptyBatch));
         assert!(matches!(parse(b"[1,2,3]", 2), Parsed::BatchTooLong(3)));
         match parse(b"[1,2,3]", 10) {
-            Parsed::Batch(v) => assert!(v.iter().all(|e| matches!(e, Entry::Invalid { id: None, .. }))),
+            Parsed::Batch(v) => assert!(v
+                .iter()
+                .all(|e| matches!(e, Entry::Invalid { id: None, .. }))),
             other => panic!("{other:?}"),
         }
     }
@@ -360,7 +409,10 @@ mod tests {
         let id = RawValue::from_string("\"abc\"".into()).unwrap();
         let mut out = Vec::new();
         write_result(&mut out, Some(&id), br#"{"a" : 1.50}"#);
-        assert_eq!(out, br#"{"jsonrpc":"2.0","id":"abc","result":{"a" : 1.50}}"#);
+        assert_eq!(
+            out,
+            br#"{"jsonrpc":"2.0","id":"abc","result":{"a" : 1.50}}"#
+        );
         let e = error_response(None, INVALID_REQUEST, "Invalid \"x\"", Some("\"why\""));
         assert_eq!(
             String::from_utf8(e).unwrap(),
@@ -373,7 +425,10 @@ mod tests {
         let c = call(r#"{"jsonrpc":"2.0","id":"client","method":"eth_x","params":{"a":1}}"#);
         let mut out = Vec::new();
         write_upstream_call(&mut out, 7, &c);
-        assert_eq!(out, br#"{"jsonrpc":"2.0","id":7,"method":"eth_x","params":{"a":1}}"#);
+        assert_eq!(
+            out,
+            br#"{"jsonrpc":"2.0","id":7,"method":"eth_x","params":{"a":1}}"#
+        );
     }
 
     #[test]
@@ -382,7 +437,8 @@ mod tests {
         assert_eq!(v[0].result.unwrap().get(), "null");
         assert!(v[0].error.is_none());
         assert!(parse_upstream(b"<html>").is_none());
-        let e = RawValue::from_string(r#"{"code":-32000,"message":"execution reverted"}"#.into()).unwrap();
+        let e = RawValue::from_string(r#"{"code":-32000,"message":"execution reverted"}"#.into())
+            .unwrap();
         let f = error_fields(&e).unwrap();
         assert_eq!((f.code, f.message.as_ref()), (-32000, "execution reverted"));
     }

@@ -54,7 +54,10 @@ fn main() -> ExitCode {
     if let Some(listen) = cli.listen {
         config.server.listen = listen;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("detour: cannot start the runtime: {e}");
@@ -115,7 +118,9 @@ fn init_logging(format: Option<LogFormat>) {
         Some(LogFormat::Pretty) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

@@ -72,9 +72,12 @@ impl Pool {
                 let state = prev_chain
                     .and_then(|c| c.upstreams.iter().find(|u| u.config == *uc))
                     .map(|u| u.state.clone());
-                let up = Upstream::new(uc, config.client.attempt_timeout, state).map_err(|why| ConfigError {
-                    problems: vec![(format!("chains.{name}.upstreams[{i}]"), why)],
-                })?;
+                let up =
+                    Upstream::new(uc, config.client.attempt_timeout, state).map_err(|why| {
+                        ConfigError {
+                            problems: vec![(format!("chains.{name}.upstreams[{i}]"), why)],
+                        }
+                    })?;
                 upstreams.push(Arc::new(up));
             }
             upstreams.sort_by_key(|u| u.tier);
@@ -202,7 +205,10 @@ mod tests {
         let names: Vec<_> = c.upstreams.iter().map(|u| &*u.name).collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(c.tiers.len(), 2);
-        assert_eq!((c.tiers[0].start, c.tiers[0].end, c.tiers[1].tier), (0, 1, 1));
+        assert_eq!(
+            (c.tiers[0].start, c.tiers[0].end, c.tiers[1].tier),
+            (0, 1, 1)
+        );
     }
 
     #[test]

@@ -93,7 +93,12 @@ pub async fn failover(
         let timeout = up.timeout.min(remaining);
         let size = up.max_batch_len.unwrap_or(usize::MAX);
         let chunks: Vec<&[usize]> = pending.chunks(size).collect();
-        let results = join_all(chunks.iter().map(|chunk| attempt(fwd, up, calls, chunk, timeout))).await;
+        let results = join_all(
+            chunks
+                .iter()
+                .map(|chunk| attempt(fwd, up, calls, chunk, timeout)),
+        )
+        .await;
 
         let mut still = Vec::new();
         let mut worst: Option<Failure> = None;
@@ -104,16 +109,25 @@ pub async fn failover(
             elapsed = elapsed.max(took);
             match result {
                 Err(failure) => {
-                    let note = AttemptNote { upstream: up.name.clone(), reason: failure.to_string() };
+                    let note = AttemptNote {
+                        upstream: up.name.clone(),
+                        reason: failure.to_string(),
+                    };
                     for &i in chunk.iter() {
                         last_error[i] = None;
                         if writes[i] && !failure.never_processed() {
-                            answers[i] = Some(Answer::Error(error::write_not_retried(&calls[i].method, &note)));
+                            answers[i] = Some(Answer::Error(error::write_not_retried(
+                                &calls[i].method,
+                                &note,
+                            )));
                         } else {
                             still.push(i);
                         }
                     }
-                    if worst.as_ref().is_none_or(|w| severity(&failure) > severity(w)) {
+                    if worst
+                        .as_ref()
+                        .is_none_or(|w| severity(&failure) > severity(w))
+                    {
                         worst = Some(failure);
                     }
                 }
@@ -145,11 +159,19 @@ pub async fn failover(
                             Got::Missing => {
                                 troubled += 1;
                                 last_error[i] = None;
-                                let failure = Failure::Malformed("a call got no answer in the batch response");
+                                let failure = Failure::Malformed(
+                                    "a call got no answer in the batch response",
+                                );
                                 rpc_trouble.get_or_insert_with(|| failure.to_string());
                                 if writes[i] {
-                                    let note = AttemptNote { upstream: up.name.clone(), reason: failure.to_string() };
-                                    answers[i] = Some(Answer::Error(error::write_not_retried(&calls[i].method, &note)));
+                                    let note = AttemptNote {
+                                        upstream: up.name.clone(),
+                                        reason: failure.to_string(),
+                                    };
+                                    answers[i] = Some(Answer::Error(error::write_not_retried(
+                                        &calls[i].method,
+                                        &note,
+                                    )));
                                 } else {
                                     still.push(i);
                                 }
@@ -159,11 +181,24 @@ pub async fn failover(
                 }
             }
         }
-        record_health(up, worst.as_ref(), elapsed, answered, troubled, rate_limited);
+        record_health(
+            up,
+            worst.as_ref(),
+            elapsed,
+            answered,
+            troubled,
+            rate_limited,
+        );
         if let Some(f) = &worst {
-            report.failures.push(AttemptNote { upstream: up.name.clone(), reason: f.to_string() });
+            report.failures.push(AttemptNote {
+                upstream: up.name.clone(),
+                reason: f.to_string(),
+            });
         } else if let Some(why) = rpc_trouble {
-            report.failures.push(AttemptNote { upstream: up.name.clone(), reason: why });
+            report.failures.push(AttemptNote {
+                upstream: up.name.clone(),
+                reason: why,
+            });
         }
         if answered > 0 {
             report.answered_by.push(up.name.clone());
@@ -177,7 +212,9 @@ pub async fn failover(
         let timed_out = Instant::now() >= deadline;
         let failed = error::all_failed(&report.failures, timed_out);
         for &i in &pending {
-            answers[i] = Some(Answer::Error(last_error[i].take().unwrap_or_else(|| failed.clone())));
+            answers[i] = Some(Answer::Error(
+                last_error[i].take().unwrap_or_else(|| failed.clone()),
+            ));
         }
     }
     let answers = answers
@@ -313,10 +350,9 @@ fn read_reply(reply: &Reply, chunk: &[usize]) -> Result<Vec<Got>, Failure> {
     let mut got = vec![Got::Missing; chunk.len()];
     let mut matched = 0;
     for r in &list {
-        let k = r
-            .id
-            .and_then(|id| id.get().parse::<usize>().ok())
-            .and_then(|id| chunk.binary_search(&id).ok());
+        let k =
+            r.id.and_then(|id| id.get().parse::<usize>().ok())
+                .and_then(|id| chunk.binary_search(&id).ok());
         if let Some(k) = k {
             got[k] = got_of(r);
             matched += 1;
@@ -353,7 +389,10 @@ mod tests {
 
     #[test]
     fn matches_answers_by_id_in_any_order() {
-        let r = reply(200, r#"[{"jsonrpc":"2.0","id":5,"result":"b"},{"jsonrpc":"2.0","id":2,"result":"a"}]"#);
+        let r = reply(
+            200,
+            r#"[{"jsonrpc":"2.0","id":5,"result":"b"},{"jsonrpc":"2.0","id":2,"result":"a"}]"#,
+        );
         let got = read_reply(&r, &[2, 5]).unwrap();
         assert!(matches!(&got[0], Got::Result(b) if b == "\"a\""));
         assert!(matches!(&got[1], Got::Result(b) if b == "\"b\""));
@@ -361,35 +400,62 @@ mod tests {
 
     #[test]
     fn missing_entries_and_foreign_ids() {
-        let r = reply(200, r#"[{"jsonrpc":"2.0","id":2,"result":1},{"jsonrpc":"2.0","id":99,"result":2}]"#);
+        let r = reply(
+            200,
+            r#"[{"jsonrpc":"2.0","id":2,"result":1},{"jsonrpc":"2.0","id":99,"result":2}]"#,
+        );
         let got = read_reply(&r, &[2, 3]).unwrap();
         assert!(matches!(got[1], Got::Missing));
         let r = reply(200, r#"{"jsonrpc":"2.0","id":7,"result":1}"#);
-        assert_eq!(read_reply(&r, &[0]).unwrap_err(), Failure::Malformed("response answers none of the calls sent"));
+        assert_eq!(
+            read_reply(&r, &[0]).unwrap_err(),
+            Failure::Malformed("response answers none of the calls sent")
+        );
     }
 
     #[test]
     fn unkeyed_error_applies_to_the_whole_chunk() {
-        let r = reply(200, r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"batch too large"}}"#);
+        let r = reply(
+            200,
+            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"batch too large"}}"#,
+        );
         let got = read_reply(&r, &[0, 1, 2]).unwrap();
         assert_eq!(got.len(), 3);
-        assert!(got.iter().all(|g| matches!(g, Got::Error(_, Class::Trouble(Penalty::Unsupported)))));
+        assert!(got
+            .iter()
+            .all(|g| matches!(g, Got::Error(_, Class::Trouble(Penalty::Unsupported)))));
     }
 
     #[test]
     fn statuses() {
-        assert!(matches!(read_reply(&reply(503, "oops"), &[0]), Err(Failure::Status(s, _)) if s == 503));
-        assert!(matches!(read_reply(&reply(429, r#"{"id":0,"result":1}"#), &[0]), Err(Failure::Status(s, _)) if s == 429));
-        assert_eq!(read_reply(&reply(200, "<html>"), &[0]).unwrap_err(), Failure::Malformed("response is not JSON-RPC"));
+        assert!(
+            matches!(read_reply(&reply(503, "oops"), &[0]), Err(Failure::Status(s, _)) if s == 503)
+        );
+        assert!(
+            matches!(read_reply(&reply(429, r#"{"id":0,"result":1}"#), &[0]), Err(Failure::Status(s, _)) if s == 429)
+        );
+        assert_eq!(
+            read_reply(&reply(200, "<html>"), &[0]).unwrap_err(),
+            Failure::Malformed("response is not JSON-RPC")
+        );
         // A JSON-RPC answer inside a 500 is still the answer.
-        let got = read_reply(&reply(500, r#"{"jsonrpc":"2.0","id":0,"error":{"code":3,"message":"execution reverted"}}"#), &[0]).unwrap();
+        let got = read_reply(
+            &reply(
+                500,
+                r#"{"jsonrpc":"2.0","id":0,"error":{"code":3,"message":"execution reverted"}}"#,
+            ),
+            &[0],
+        )
+        .unwrap();
         assert!(matches!(got[0], Got::Error(_, Class::Deterministic)));
     }
 
     #[test]
     fn results_are_zero_copy_slices() {
         let r = reply(200, r#"{"jsonrpc":"2.0","id":0,"result":{"big":"0x00"}}"#);
-        let Got::Result(b) = &read_reply(&r, &[0]).unwrap()[0] else { panic!() };
+        let Got::Result(b) = &read_reply(&r, &[0]).unwrap()[0] else {
+            panic!()
+        };
         let start = r.body.as_ptr() as usize;
         assert!((start..start + r.body.len()).contains(&(b.as_ptr() as usize)));
     }

@@ -85,7 +85,11 @@ impl Detour {
                     .upstreams
                     .iter()
                     .map(|u| {
-                        let region = u.region.as_deref().map(|r| format!(", {r}")).unwrap_or_default();
+                        let region = u
+                            .region
+                            .as_deref()
+                            .map(|r| format!(", {r}"))
+                            .unwrap_or_default();
                         format!("{} (tier {}{region}, {})", u.name, u.tier, u.display_url)
                     })
                     .collect();
@@ -167,12 +171,21 @@ impl Detour {
     }
 
     /// Answers local calls and forwards the rest; one answer per call, in order.
-    async fn answer_calls(&self, chain: &Chain, calls: &[&Call<'_>], deadline: Instant) -> Vec<Answer> {
+    async fn answer_calls(
+        &self,
+        chain: &Chain,
+        calls: &[&Call<'_>],
+        deadline: Instant,
+    ) -> Vec<Answer> {
         let mut answers: Vec<Option<Answer>> = calls
             .iter()
             .map(|c| match method_kind(&c.method) {
-                MethodKind::ChainId => Some(Answer::Result(Bytes::copy_from_slice(chain.chain_id_json.as_bytes()))),
-                MethodKind::NetVersion => Some(Answer::Result(Bytes::copy_from_slice(chain.net_version_json.as_bytes()))),
+                MethodKind::ChainId => Some(Answer::Result(Bytes::copy_from_slice(
+                    chain.chain_id_json.as_bytes(),
+                ))),
+                MethodKind::NetVersion => Some(Answer::Result(Bytes::copy_from_slice(
+                    chain.net_version_json.as_bytes(),
+                ))),
                 _ => None,
             })
             .collect();
@@ -192,7 +205,10 @@ impl Detour {
                 answers[i] = Some(a);
             }
         }
-        answers.into_iter().map(|a| a.unwrap_or_else(|| Answer::Error(crate::error::all_failed(&[], false)))).collect()
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Answer::Error(crate::error::all_failed(&[], false))))
+            .collect()
     }
 
     /// Parses a body, answers it, and writes the response (`None`: notifications only).
@@ -202,17 +218,29 @@ impl Detour {
             Parsed::Single(e) => (vec![e], false),
             Parsed::Batch(v) => (v, true),
             Parsed::ParseError => {
-                return Some(error_bytes(PARSE_ERROR, "Parse error", Some("\"the body is not valid JSON\"")));
+                return Some(error_bytes(
+                    PARSE_ERROR,
+                    "Parse error",
+                    Some("\"the body is not valid JSON\""),
+                ));
             }
             Parsed::EmptyBatch => {
-                return Some(error_bytes(INVALID_REQUEST, "Invalid Request", Some("\"empty batch\"")));
+                return Some(error_bytes(
+                    INVALID_REQUEST,
+                    "Invalid Request",
+                    Some("\"empty batch\""),
+                ));
             }
             Parsed::BatchTooLong(len) => {
                 let why = format!(
                     "batch of {len} requests exceeds the limit of {} (server.max_batch_len)",
                     pool.config.server.max_batch_len
                 );
-                return Some(error_bytes(INVALID_REQUEST, "Invalid Request", Some(&jsonrpc::json_string(&why))));
+                return Some(error_bytes(
+                    INVALID_REQUEST,
+                    "Invalid Request",
+                    Some(&jsonrpc::json_string(&why)),
+                ));
             }
         };
         let calls: Vec<&Call<'_>> = entries
@@ -237,14 +265,20 @@ impl Detour {
             let (id, answer) = match e {
                 Entry::Call(c) => {
                     // Every call has an answer (kept aligned); a notification's is dropped.
-                    let Some(answer) = answers.next() else { continue };
+                    let Some(answer) = answers.next() else {
+                        continue;
+                    };
                     match c.id {
                         Some(id) => (Some(id), answer),
                         None => continue,
                     }
                 }
                 Entry::Invalid { id, reason } => {
-                    let err = jsonrpc::error_object(INVALID_REQUEST, "Invalid Request", Some(&jsonrpc::json_string(reason)));
+                    let err = jsonrpc::error_object(
+                        INVALID_REQUEST,
+                        "Invalid Request",
+                        Some(&jsonrpc::json_string(reason)),
+                    );
                     (*id, Answer::Error(err.into()))
                 }
             };
@@ -291,10 +325,13 @@ impl Detour {
                     None,
                     INVALID_REQUEST,
                     "Invalid Request",
-                    Some(&jsonrpc::json_string(&format!("{method} is not allowed here; send JSON-RPC with POST"))),
+                    Some(&jsonrpc::json_string(&format!(
+                        "{method} is not allowed here; send JSON-RPC with POST"
+                    ))),
                 )),
             );
-            resp.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+            resp.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
             return resp;
         }
         let limit = pool.config.server.max_body_bytes;
@@ -311,7 +348,11 @@ impl Detour {
             Err(_) => {
                 return json(
                     StatusCode::BAD_REQUEST,
-                    error_bytes(INVALID_REQUEST, "Invalid Request", Some("\"the request body could not be read\"")),
+                    error_bytes(
+                        INVALID_REQUEST,
+                        "Invalid Request",
+                        Some("\"the request body could not be read\""),
+                    ),
                 )
             }
         };
@@ -361,8 +402,10 @@ fn json(status: StatusCode, body: Bytes) -> Response<Body> {
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -370,18 +413,33 @@ fn too_large(limit: usize) -> Response<Body> {
     let why = format!("request body exceeds {limit} bytes (server.max_body_bytes)");
     json(
         StatusCode::PAYLOAD_TOO_LARGE,
-        error_bytes(INVALID_REQUEST, "Invalid Request", Some(&jsonrpc::json_string(&why))),
+        error_bytes(
+            INVALID_REQUEST,
+            "Invalid Request",
+            Some(&jsonrpc::json_string(&why)),
+        ),
     )
 }
 
 fn unknown_chain_message(pool: &Pool, path: &str) -> String {
-    format!("no chain is served at {path:?}; served paths: {}", pool.paths().join(", "))
+    format!(
+        "no chain is served at {path:?}; served paths: {}",
+        pool.paths().join(", ")
+    )
 }
 
 fn unknown_chain_body(pool: &Pool, path: &str) -> Bytes {
-    let paths: Vec<String> = pool.paths().iter().map(|p| jsonrpc::json_string(p)).collect();
+    let paths: Vec<String> = pool
+        .paths()
+        .iter()
+        .map(|p| jsonrpc::json_string(p))
+        .collect();
     let data = format!("{{\"paths\":[{}]}}", paths.join(","));
-    error_bytes(RESOURCE_NOT_FOUND, &unknown_chain_message(pool, path), Some(&data))
+    error_bytes(
+        RESOURCE_NOT_FOUND,
+        &unknown_chain_message(pool, path),
+        Some(&data),
+    )
 }
 
 fn index(pool: &Pool) -> Response<Body> {
@@ -420,6 +478,9 @@ fn readiness(pool: &Pool) -> Response<Body> {
         json(StatusCode::OK, Bytes::from_static(b"{\"ready\":true}"))
     } else {
         let body = serde_json::json!({ "ready": false, "chains_without_usable_upstream": missing });
-        json(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(body.to_string()))
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from(body.to_string()),
+        )
     }
 }

@@ -33,7 +33,9 @@ pub fn now_us() -> u64 {
     static ORIGIN: OnceLock<tokio::time::Instant> = OnceLock::new();
     let origin = *ORIGIN.get_or_init(tokio::time::Instant::now);
     // u64 microseconds last 584 000 years.
-    tokio::time::Instant::now().duration_since(origin).as_micros() as u64
+    tokio::time::Instant::now()
+        .duration_since(origin)
+        .as_micros() as u64
 }
 
 /// A parsed upstream URL: where to connect, which headers carry its credentials, and how to
@@ -72,7 +74,12 @@ impl Target {
             Some(userinfo) => {
                 secrets.push(userinfo.to_owned());
                 let decoded = percent_decode(userinfo);
-                secrets.extend(decoded.split(':').filter(|s| s.len() >= 4).map(str::to_owned));
+                secrets.extend(
+                    decoded
+                        .split(':')
+                        .filter(|s| s.len() >= 4)
+                        .map(str::to_owned),
+                );
                 let token = base64::engine::general_purpose::STANDARD.encode(decoded.as_bytes());
                 let value = HeaderValue::from_str(&format!("Basic {token}"))
                     .map_err(|_| "has credentials that cannot be sent in a header".to_string())?;
@@ -94,7 +101,13 @@ impl Target {
         }
         if let Some(q) = uri.query() {
             secrets.push(q.to_owned());
-            secrets.extend(q.split('&').filter_map(|kv| kv.split_once('=')).map(|(_, v)| v).filter(|v| v.len() >= 4).map(str::to_owned));
+            secrets.extend(
+                q.split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(_, v)| v)
+                    .filter(|v| v.len() >= 4)
+                    .map(str::to_owned),
+            );
         }
         secrets.push(url.to_owned());
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
@@ -184,7 +197,10 @@ impl Upstream {
         let target = Target::parse(&config.url).map_err(|why| format!("url {why}"))?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(http::header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static("application/json"),
+        );
         headers.insert(
             USER_AGENT,
             HeaderValue::from_static(concat!("detour/", env!("CARGO_PKG_VERSION"))),
@@ -194,8 +210,10 @@ impl Upstream {
         }
         let mut secrets = target.secrets;
         for (k, v) in &config.headers {
-            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("header name {k:?} is invalid"))?;
-            let mut value = HeaderValue::from_str(v).map_err(|_| format!("header {k} has an invalid value"))?;
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("header name {k:?} is invalid"))?;
+            let mut value =
+                HeaderValue::from_str(v).map_err(|_| format!("header {k} has an invalid value"))?;
             value.set_sensitive(true);
             headers.insert(name, value);
             if v.len() >= 4 {
@@ -351,7 +369,9 @@ impl LiveState {
         self.soft_failures.store(0, Relaxed);
         let n = self.ejections.fetch_add(1, Relaxed).min(16);
         let backoff = COOLDOWN_BASE.saturating_mul(1 << n).min(COOLDOWN_MAX);
-        let cooldown = at_least.map_or(backoff, |d| d.max(backoff)).min(COOLDOWN_MAX);
+        let cooldown = at_least
+            .map_or(backoff, |d| d.max(backoff))
+            .min(COOLDOWN_MAX);
         self.cooldown_until
             .store(now + cooldown.as_micros() as u64, Relaxed);
         cooldown
@@ -386,14 +406,24 @@ mod tests {
 
     #[test]
     fn target_strips_credentials_into_basic_auth() {
-        let t = Target::parse("https://us%40er:p%3Ass@node.example:8443/rpc/ABCDEFGH12345678?key=QWERTY").unwrap();
-        assert_eq!(t.uri.to_string(), "https://node.example:8443/rpc/ABCDEFGH12345678?key=QWERTY");
+        let t = Target::parse(
+            "https://us%40er:p%3Ass@node.example:8443/rpc/ABCDEFGH12345678?key=QWERTY",
+        )
+        .unwrap();
+        assert_eq!(
+            t.uri.to_string(),
+            "https://node.example:8443/rpc/ABCDEFGH12345678?key=QWERTY"
+        );
         let auth = t.authorization.unwrap();
         let expected = base64::engine::general_purpose::STANDARD.encode("us@er:p:ss");
         assert_eq!(auth.to_str().unwrap(), format!("Basic {expected}"));
         assert_eq!(t.display, "https://***@node.example:8443/***?***");
         for s in ["ABCDEFGH12345678", "QWERTY", "us%40er:p%3Ass"] {
-            assert!(t.secrets.iter().any(|x| x == s), "{s} not a secret: {:?}", t.secrets);
+            assert!(
+                t.secrets.iter().any(|x| x == s),
+                "{s} not a secret: {:?}",
+                t.secrets
+            );
         }
     }
 
@@ -404,16 +434,26 @@ mod tests {
             assert!(!e.contains("KEY"), "{e}");
         }
         assert_eq!(redact_url("http://localhost:8545"), "http://localhost:8545");
-        assert_eq!(redact_url("http://localhost:8545/"), "http://localhost:8545");
+        assert_eq!(
+            redact_url("http://localhost:8545/"),
+            "http://localhost:8545"
+        );
     }
 
     #[test]
     fn redact_masks_url_parts_and_header_values() {
-        let mut cfg: UpstreamConfig = toml::from_str("name = \"a\"\nurl = \"https://x.example/v3/0123456789abcdef\"").unwrap();
+        let mut cfg: UpstreamConfig =
+            toml::from_str("name = \"a\"\nurl = \"https://x.example/v3/0123456789abcdef\"")
+                .unwrap();
         cfg.headers.insert("x-api-key".into(), "HEADERKEY".into());
         let up = Upstream::new(&cfg, Duration::from_secs(1), None).unwrap();
-        let msg = up.redact("failed https://x.example/v3/0123456789abcdef and HEADERKEY and 0123456789abcdef");
-        assert!(!msg.contains("0123456789abcdef") && !msg.contains("HEADERKEY"), "{msg}");
+        let msg = up.redact(
+            "failed https://x.example/v3/0123456789abcdef and HEADERKEY and 0123456789abcdef",
+        );
+        assert!(
+            !msg.contains("0123456789abcdef") && !msg.contains("HEADERKEY"),
+            "{msg}"
+        );
         assert!(up.headers["x-api-key"].is_sensitive());
     }
 
@@ -432,8 +472,14 @@ mod tests {
         s.record_success(t0, Duration::from_millis(1));
         assert!(s.cooldown_until(t0).is_none());
         assert_eq!(s.eject(t0, Duration::ZERO, None), Duration::from_secs(1));
-        assert_eq!(s.eject(t0, Duration::ZERO, Some(Duration::from_secs(7))), Duration::from_secs(7));
-        assert_eq!(s.eject(t0, Duration::ZERO, Some(Duration::from_secs(3600))), COOLDOWN_MAX);
+        assert_eq!(
+            s.eject(t0, Duration::ZERO, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            s.eject(t0, Duration::ZERO, Some(Duration::from_secs(3600))),
+            COOLDOWN_MAX
+        );
     }
 
     #[test]

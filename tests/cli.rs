@@ -52,11 +52,24 @@ fn check_prints_the_resolved_config_with_secrets_redacted() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("https://mainnet.infura.io/***"), "{stdout}");
-    assert!(stdout.contains("max_batch_len = 7"), "env override not applied: {stdout}");
-    assert!(stdout.contains("request_timeout = \"10s\""), "defaults not resolved: {stdout}");
-    assert!(!stdout.contains("KEYSECRET") && !stdout.contains("HDRSECRET"), "{stdout}");
+    assert!(
+        stdout.contains("max_batch_len = 7"),
+        "env override not applied: {stdout}"
+    );
+    assert!(
+        stdout.contains("request_timeout = \"10s\""),
+        "defaults not resolved: {stdout}"
+    );
+    assert!(
+        !stdout.contains("KEYSECRET") && !stdout.contains("HDRSECRET"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -64,24 +77,42 @@ fn check_reports_file_key_and_reason_and_exits_1() {
     let dir = tempdir("bad");
     let cases = [
         ("[server]\nlisten = \"nope\"\n", "server.listen"),
-        ("[chains.mainnet]\nchain_id = 1\ncolour = \"red\"\n", "colour"),
+        (
+            "[chains.mainnet]\nchain_id = 1\ncolour = \"red\"\n",
+            "colour",
+        ),
         (VALID, "DETOUR_TEST_INFURA_KEY is not set"),
-        ("[chains.mainnet]\nchain_id = 1\n", "chains.mainnet.upstreams"),
+        (
+            "[chains.mainnet]\nchain_id = 1\n",
+            "chains.mainnet.upstreams",
+        ),
         ("[server\n", "d.toml"),
     ];
     for (text, want) in cases {
         let file = write(&dir, "d.toml", text);
-        let out = detour().args(["check", "--config"]).arg(&file).output().unwrap();
+        let out = detour()
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{text}: {stderr}");
         assert!(stderr.contains(want), "{want} not in: {stderr}");
         assert!(stderr.contains("d.toml"), "file not named: {stderr}");
     }
-    let out = detour().args(["check", "--config", "/nonexistent/detour.toml"]).output().unwrap();
+    let out = detour()
+        .args(["check", "--config", "/nonexistent/detour.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     // An environment override with one underscore would be ignored silently: it is an error.
     let file = write(&dir, "ok.toml", "[chains.mainnet]\nchain_id = 1\n[[chains.mainnet.upstreams]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n");
-    let out = detour().args(["check", "--config"]).arg(&file).env("DETOUR_SERVER_LISTEN", "0.0.0.0:1").output().unwrap();
+    let out = detour()
+        .args(["check", "--config"])
+        .arg(&file)
+        .env("DETOUR_SERVER_LISTEN", "0.0.0.0:1")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("DETOUR_SERVER__LISTEN"), "{stderr}");
@@ -94,14 +125,26 @@ fn config_is_discovered_from_env_then_cwd_then_built_in() {
     let out = detour().arg("check").current_dir(&dir).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("localdev"));
     let other = write(&dir, "other.toml", "[chains.viaenv]\nchain_id = 5\n[[chains.viaenv.upstreams]]\nname = \"x\"\nurl = \"http://127.0.0.1:1\"\n");
-    let out = detour().arg("check").current_dir(&dir).env("DETOUR_CONFIG", &other).output().unwrap();
+    let out = detour()
+        .arg("check")
+        .current_dir(&dir)
+        .env("DETOUR_CONFIG", &other)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("viaenv"));
-    let out = detour().arg("check").current_dir(std::env::temp_dir()).output().unwrap();
+    let out = detour()
+        .arg("check")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(stdout.contains("built-in default config: OK"), "{stdout}");
     for chain in ["mainnet", "base", "optimism", "arbitrum", "polygon"] {
-        assert!(stdout.contains(&format!("[chains.{chain}]")), "{chain} missing");
+        assert!(
+            stdout.contains(&format!("[chains.{chain}]")),
+            "{chain} missing"
+        );
     }
 }
 
@@ -132,14 +175,19 @@ async fn binary_serves_logs_one_line_per_chain_and_exits_0_on_sigterm() {
     });
     let mut lines = Vec::new();
     let addr = loop {
-        let line = rx.recv_timeout(Duration::from_secs(20)).expect("no listening line");
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("no listening line");
         lines.push(line.clone());
         if let Some(rest) = line.split("listening on http://").nth(1) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
     };
     let line = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert!(line.contains("chain mainnet (id 1) at /mainnet /1 /") && line.contains("local"), "{line}");
+    assert!(
+        line.contains("chain mainnet (id 1) at /mainnet /1 /") && line.contains("local"),
+        "{line}"
+    );
     assert!(!line.contains("KEYPATHSECRET"), "{line}");
     let (status, _, body) = support::http_request(
         "POST",
@@ -147,8 +195,15 @@ async fn binary_serves_logs_one_line_per_chain_and_exits_0_on_sigterm() {
         r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#,
     )
     .await;
-    assert_eq!((status, body.as_str()), (200, r#"{"jsonrpc":"2.0","id":1,"result":"up"}"#));
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"jsonrpc":"2.0","id":1,"result":"up"}"#)
+    );
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let mut waited = Duration::ZERO;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -14,7 +14,10 @@ async fn bad_then_good(extra_chain: &str) -> (Mock, Mock, Proxy) {
     let good = Mock::start("good").await;
     let p = Proxy::start(&chain_config(
         extra_chain,
-        &[("bad", &bad.url(), "tier = 0"), ("good", &good.url(), "tier = 1")],
+        &[
+            ("bad", &bad.url(), "tier = 0"),
+            ("good", &good.url(), "tier = 1"),
+        ],
     ))
     .await;
     (bad, good, p)
@@ -22,7 +25,12 @@ async fn bad_then_good(extra_chain: &str) -> (Mock, Mock, Proxy) {
 
 fn ejected(p: &Proxy, name: &str) -> bool {
     let pool = p.detour.pool();
-    let up = pool.chains[0].upstreams.iter().find(|u| &*u.name == name).unwrap().clone();
+    let up = pool.chains[0]
+        .upstreams
+        .iter()
+        .find(|u| &*u.name == name)
+        .unwrap()
+        .clone();
     up.state.cooldown_until(now_us()).is_some()
 }
 
@@ -30,13 +38,26 @@ fn ejected(p: &Proxy, name: &str) -> bool {
 async fn connection_refused_fails_over_and_ejects_at_once() {
     let good = Mock::start("good").await;
     let dead = refused_url().await;
-    let p = Proxy::start(&chain_config("", &[("dead", &dead, "tier = 0"), ("good", &good.url(), "tier = 1")])).await;
+    let p = Proxy::start(&chain_config(
+        "",
+        &[
+            ("dead", &dead, "tier = 0"),
+            ("good", &good.url(), "tier = 1"),
+        ],
+    ))
+    .await;
     let v = p.call("/mainnet", "eth_blockNumber", "[]").await;
     assert_eq!(v["result"], "good");
-    assert!(ejected(&p, "dead"), "a refused upstream is ejected after one failure");
+    assert!(
+        ejected(&p, "dead"),
+        "a refused upstream is ejected after one failure"
+    );
     // While it cools down, tier 1 serves directly: one upstream request per client request.
     for _ in 0..5 {
-        assert_eq!(p.call("/mainnet", "eth_blockNumber", "[]").await["result"], "good");
+        assert_eq!(
+            p.call("/mainnet", "eth_blockNumber", "[]").await["result"],
+            "good"
+        );
     }
     assert_eq!(good.hits(), 6);
 }
@@ -51,7 +72,9 @@ async fn http_5xx_and_429_fail_over() {
     ] {
         let (bad, _good, p) = bad_then_good("").await;
         bad.always(reply.clone());
-        let v = p.call("/mainnet", "eth_getBalance", r#"["0x00","latest"]"#).await;
+        let v = p
+            .call("/mainnet", "eth_getBalance", r#"["0x00","latest"]"#)
+            .await;
         assert_eq!(v["result"], "good", "{reply:?}");
         assert_eq!(bad.hits(), 1);
     }
@@ -60,12 +83,22 @@ async fn http_5xx_and_429_fail_over() {
 #[tokio::test]
 async fn rate_limit_429_ejects_honouring_retry_after() {
     let (bad, _good, p) = bad_then_good("").await;
-    bad.always(Reply::Status(429, "slow down".into(), vec![("retry-after", "7".into())]));
+    bad.always(Reply::Status(
+        429,
+        "slow down".into(),
+        vec![("retry-after", "7".into())],
+    ));
     p.call("/mainnet", "eth_blockNumber", "[]").await;
     let pool = p.detour.pool();
-    let until = pool.chains[0].upstreams[0].state.cooldown_until(now_us()).expect("ejected");
+    let until = pool.chains[0].upstreams[0]
+        .state
+        .cooldown_until(now_us())
+        .expect("ejected");
     let left = Duration::from_micros(until - now_us());
-    assert!(left > Duration::from_secs(5) && left <= Duration::from_secs(7), "{left:?}");
+    assert!(
+        left > Duration::from_secs(5) && left <= Duration::from_secs(7),
+        "{left:?}"
+    );
 }
 
 #[tokio::test]
@@ -91,7 +124,10 @@ async fn a_hung_upstream_fails_over_after_the_attempt_timeout() {
     bad.always(Reply::Hang);
     let p = Proxy::start(&chain_config(
         "",
-        &[("bad", &bad.url(), "tier = 0\ntimeout = \"200ms\""), ("good", &good.url(), "tier = 1")],
+        &[
+            ("bad", &bad.url(), "tier = 0\ntimeout = \"200ms\""),
+            ("good", &good.url(), "tier = 1"),
+        ],
     ))
     .await;
     let v = p.call("/mainnet", "eth_blockNumber", "[]").await;
@@ -109,7 +145,9 @@ async fn provider_trouble_json_rpc_errors_fail_over() {
     ] {
         let (bad, _good, p) = bad_then_good("").await;
         bad.always(Reply::error(code, msg));
-        let v = p.call("/mainnet", "eth_getBalance", r#"["0x00","latest"]"#).await;
+        let v = p
+            .call("/mainnet", "eth_getBalance", r#"["0x00","latest"]"#)
+            .await;
         assert_eq!(v["result"], "good", "{code} {msg}");
     }
 }
@@ -117,7 +155,10 @@ async fn provider_trouble_json_rpc_errors_fail_over() {
 #[tokio::test]
 async fn deterministic_errors_are_returned_and_not_retried() {
     for (code, msg) in [
-        (3, "execution reverted: ERC20: transfer amount exceeds balance"),
+        (
+            3,
+            "execution reverted: ERC20: transfer amount exceeds balance",
+        ),
         (-32602, "invalid argument 0: hex string without 0x prefix"),
         (-32000, "nonce too low"),
         (-32000, "insufficient funds for gas * price + value"),
@@ -128,14 +169,20 @@ async fn deterministic_errors_are_returned_and_not_retried() {
         assert_eq!(v["error"]["code"], code);
         assert_eq!(v["error"]["message"], msg);
         assert_eq!(good.hits(), 0, "{msg} was retried");
-        assert!(!ejected(&p, "bad"), "a deterministic error counted against the upstream");
+        assert!(
+            !ejected(&p, "bad"),
+            "a deterministic error counted against the upstream"
+        );
     }
 }
 
 #[tokio::test]
 async fn a_batch_retries_only_the_calls_that_need_it() {
     let (bad, good, p) = bad_then_good("").await;
-    bad.on("eth_getLogs", Reply::error(-32005, "query returned more than 10000 results"));
+    bad.on(
+        "eth_getLogs",
+        Reply::error(-32005, "query returned more than 10000 results"),
+    );
     bad.on("eth_blockNumber", Reply::result("\"0x10\""));
     let v = p
         .rpc(
@@ -152,13 +199,24 @@ async fn a_batch_retries_only_the_calls_that_need_it() {
 
 #[tokio::test]
 async fn writes_are_not_retried_when_the_first_upstream_may_have_seen_them() {
-    for reply in [Reply::status(503), Reply::Close, Reply::Raw("garbage".into())] {
+    for reply in [
+        Reply::status(503),
+        Reply::Close,
+        Reply::Raw("garbage".into()),
+    ] {
         let (bad, good, p) = bad_then_good("").await;
         bad.always(reply.clone());
-        let v = p.call("/mainnet", "eth_sendRawTransaction", r#"["0x02f8"]"#).await;
+        let v = p
+            .call("/mainnet", "eth_sendRawTransaction", r#"["0x02f8"]"#)
+            .await;
         assert_eq!(v["error"]["code"], -32603, "{reply:?}: {v}");
         let msg = v["error"]["message"].as_str().unwrap();
-        assert!(msg.contains("eth_sendRawTransaction") && msg.contains("bad") && msg.contains("not retried"), "{msg}");
+        assert!(
+            msg.contains("eth_sendRawTransaction")
+                && msg.contains("bad")
+                && msg.contains("not retried"),
+            "{msg}"
+        );
         assert_eq!(good.hits(), 0, "{reply:?}: a write was sent twice");
     }
 }
@@ -170,11 +228,22 @@ async fn a_write_hung_upstream_is_not_retried() {
     bad.always(Reply::Hang);
     let p = Proxy::start(&chain_config(
         "",
-        &[("bad", &bad.url(), "tier = 0\ntimeout = \"200ms\""), ("good", &good.url(), "tier = 1")],
+        &[
+            ("bad", &bad.url(), "tier = 0\ntimeout = \"200ms\""),
+            ("good", &good.url(), "tier = 1"),
+        ],
     ))
     .await;
-    let v = p.call("/mainnet", "eth_sendRawTransaction", r#"["0x02f8"]"#).await;
-    assert!(v["error"]["message"].as_str().unwrap().contains("timed out"), "{v}");
+    let v = p
+        .call("/mainnet", "eth_sendRawTransaction", r#"["0x02f8"]"#)
+        .await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{v}"
+    );
     assert_eq!(good.hits(), 0);
 }
 
@@ -182,13 +251,24 @@ async fn a_write_hung_upstream_is_not_retried() {
 async fn writes_are_retried_when_the_first_upstream_never_saw_them() {
     let good = Mock::start("good").await;
     let dead = refused_url().await;
-    let p = Proxy::start(&chain_config("", &[("dead", &dead, "tier = 0"), ("good", &good.url(), "tier = 1")])).await;
-    let v = p.call("/mainnet", "eth_sendRawTransaction", r#"["0x02f8"]"#).await;
+    let p = Proxy::start(&chain_config(
+        "",
+        &[
+            ("dead", &dead, "tier = 0"),
+            ("good", &good.url(), "tier = 1"),
+        ],
+    ))
+    .await;
+    let v = p
+        .call("/mainnet", "eth_sendRawTransaction", r#"["0x02f8"]"#)
+        .await;
     assert_eq!(v["result"], "good");
     // Rate limited (429) means rejected before processing: also safe.
     let (bad, good, p) = bad_then_good("").await;
     bad.always(Reply::status(429));
-    let v = p.call("/mainnet", "eth_sendRawTransaction", r#"["0x02f8"]"#).await;
+    let v = p
+        .call("/mainnet", "eth_sendRawTransaction", r#"["0x02f8"]"#)
+        .await;
     assert_eq!(v["result"], "good");
     assert_eq!(good.methods(), ["eth_sendRawTransaction"]);
 }
@@ -202,7 +282,11 @@ async fn when_all_fail_the_error_names_each_upstream_and_why() {
     let dead = refused_url().await;
     let p = Proxy::start(&chain_config(
         "",
-        &[("a", &a.url(), "tier = 0"), ("b", &b.url(), "tier = 1"), ("c", &dead, "tier = 2")],
+        &[
+            ("a", &a.url(), "tier = 0"),
+            ("b", &b.url(), "tier = 1"),
+            ("c", &dead, "tier = 2"),
+        ],
     ))
     .await;
     let v = p.call("/mainnet", "eth_blockNumber", "[]").await;
@@ -218,39 +302,62 @@ async fn when_all_fail_the_error_names_each_upstream_and_why() {
 async fn the_last_upstreams_json_rpc_error_is_returned_when_all_fail() {
     let a = Mock::start("a").await;
     let b = Mock::start("b").await;
-    a.always(Reply::error(-32601, "the method foo_bar does not exist/is not available"));
+    a.always(Reply::error(
+        -32601,
+        "the method foo_bar does not exist/is not available",
+    ));
     b.always(Reply::error(-32601, "Method not found"));
-    let p = Proxy::start(&chain_config("", &[("a", &a.url(), "tier = 0"), ("b", &b.url(), "tier = 1")])).await;
+    let p = Proxy::start(&chain_config(
+        "",
+        &[("a", &a.url(), "tier = 0"), ("b", &b.url(), "tier = 1")],
+    ))
+    .await;
     let v = p.call("/mainnet", "foo_bar", "[]").await;
     // Clients detect unsupported methods by code: they get a real upstream's -32601.
-    assert_eq!(v["error"], serde_json::json!({"code": -32601, "message": "Method not found"}));
+    assert_eq!(
+        v["error"],
+        serde_json::json!({"code": -32601, "message": "Method not found"})
+    );
     assert_eq!((a.hits(), b.hits()), (1, 1));
 }
 
 #[tokio::test]
 async fn max_attempts_bounds_the_upstreams_tried_and_none_is_tried_twice() {
-    let mocks: Vec<Mock> = futures_util::future::join_all((0..5).map(|i| Mock::start(["a", "b", "c", "d", "e"][i]))).await;
+    let mocks: Vec<Mock> =
+        futures_util::future::join_all((0..5).map(|i| Mock::start(["a", "b", "c", "d", "e"][i])))
+            .await;
     for m in &mocks {
         m.always(Reply::status(502));
     }
     let ups: Vec<(String, String)> = mocks.iter().map(|m| (m.name.clone(), m.url())).collect();
-    let refs: Vec<(&str, &str, &str)> = ups.iter().map(|(n, u)| (n.as_str(), u.as_str(), "")).collect();
+    let refs: Vec<(&str, &str, &str)> = ups
+        .iter()
+        .map(|(n, u)| (n.as_str(), u.as_str(), ""))
+        .collect();
     let p = Proxy::start(&chain_config("max_attempts = 3", &refs)).await;
     let v = p.call("/mainnet", "eth_blockNumber", "[]").await;
     assert_eq!(v["error"]["data"]["attempts"].as_array().unwrap().len(), 3);
     let hits: Vec<usize> = mocks.iter().map(Mock::hits).collect();
     assert_eq!(hits.iter().sum::<usize>(), 3);
-    assert!(hits.iter().all(|&h| h <= 1), "an upstream was tried twice: {hits:?}");
+    assert!(
+        hits.iter().all(|&h| h <= 1),
+        "an upstream was tried twice: {hits:?}"
+    );
 }
 
 #[tokio::test]
 async fn when_every_upstream_is_ejected_they_are_still_tried() {
     let a = Mock::start("a").await;
     let b = Mock::start("b").await;
-    let p = Proxy::start(&chain_config("", &[("a", &a.url(), ""), ("b", &b.url(), "")])).await;
+    let p = Proxy::start(&chain_config(
+        "",
+        &[("a", &a.url(), ""), ("b", &b.url(), "")],
+    ))
+    .await;
     let pool = p.detour.pool();
     for u in &pool.chains[0].upstreams {
-        u.state.eject(now_us(), Duration::ZERO, Some(Duration::from_secs(30)));
+        u.state
+            .eject(now_us(), Duration::ZERO, Some(Duration::from_secs(30)));
     }
     // Both cool down, but both are healthy again: the request is served, not refused.
     let v = p.call("/mainnet", "eth_blockNumber", "[]").await;
@@ -265,18 +372,34 @@ async fn ejected_upstream_returns_after_its_cool_down() {
     let own = Mock::start("own").await;
     let paid = Mock::start("paid").await;
     own.times("eth_blockNumber", 1, Reply::Close);
-    let p = Proxy::start(&chain_config("", &[("own", &own.url(), "tier = 0"), ("paid", &paid.url(), "tier = 1")])).await;
+    let p = Proxy::start(&chain_config(
+        "",
+        &[
+            ("own", &own.url(), "tier = 0"),
+            ("paid", &paid.url(), "tier = 1"),
+        ],
+    ))
+    .await;
     // Three soft failures in a row eject "own" (a closed connection is soft: it may be a blip).
     own.times("eth_blockNumber", 2, Reply::Close);
     for _ in 0..3 {
-        assert_eq!(p.call("/mainnet", "eth_blockNumber", "[]").await["result"], "paid");
+        assert_eq!(
+            p.call("/mainnet", "eth_blockNumber", "[]").await["result"],
+            "paid"
+        );
     }
     assert!(ejected(&p, "own"));
-    assert_eq!(p.call("/mainnet", "eth_blockNumber", "[]").await["result"], "paid");
+    assert_eq!(
+        p.call("/mainnet", "eth_blockNumber", "[]").await["result"],
+        "paid"
+    );
     let own_hits = own.hits();
     // First cool-down is 1 s; then the preferred tier serves again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(p.call("/mainnet", "eth_blockNumber", "[]").await["result"], "own");
+    assert_eq!(
+        p.call("/mainnet", "eth_blockNumber", "[]").await["result"],
+        "own"
+    );
     assert_eq!(own.hits(), own_hits + 1);
     assert!(!ejected(&p, "own"));
 }
@@ -289,7 +412,13 @@ async fn request_timeout_bounds_the_whole_request() {
     b.always(Reply::Hang);
     let toml = format!(
         "[server]\nrequest_timeout = \"300ms\"\n{}",
-        chain_config("", &[("a", &a.url(), "timeout = \"5s\""), ("b", &b.url(), "timeout = \"5s\"")])
+        chain_config(
+            "",
+            &[
+                ("a", &a.url(), "timeout = \"5s\""),
+                ("b", &b.url(), "timeout = \"5s\"")
+            ]
+        )
     );
     let p = Proxy::start(&toml).await;
     let started = Instant::now();
@@ -297,7 +426,13 @@ async fn request_timeout_bounds_the_whole_request() {
     // Behaviour, not speed: the answer is the deadline error, well before an attempt timeout.
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(v["error"]["code"], -32603);
-    assert!(v["error"]["message"].as_str().unwrap().starts_with("request timed out"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("request timed out"),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -308,16 +443,38 @@ async fn secrets_in_upstream_urls_never_reach_the_client() {
     let toml = chain_config(
         "",
         &[
-            ("dead", &format!("{dead}/v3/SECRETKEY0123456789?apikey=QUERYSECRET"), ""),
-            ("b", &format!("http://user:PASSWORDSECRET@{}/SECRETPATH99", b.addr), "headers = { \"x-api-key\" = \"HEADERSECRET\" }"),
+            (
+                "dead",
+                &format!("{dead}/v3/SECRETKEY0123456789?apikey=QUERYSECRET"),
+                "",
+            ),
+            (
+                "b",
+                &format!("http://user:PASSWORDSECRET@{}/SECRETPATH99", b.addr),
+                "headers = { \"x-api-key\" = \"HEADERSECRET\" }",
+            ),
         ],
     );
     let p = Proxy::start(&toml).await;
-    let (_, text) = p.post("/mainnet", r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#).await;
-    for secret in ["SECRETKEY0123456789", "QUERYSECRET", "PASSWORDSECRET", "SECRETPATH99", "HEADERSECRET"] {
+    let (_, text) = p
+        .post(
+            "/mainnet",
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#,
+        )
+        .await;
+    for secret in [
+        "SECRETKEY0123456789",
+        "QUERYSECRET",
+        "PASSWORDSECRET",
+        "SECRETPATH99",
+        "HEADERSECRET",
+    ] {
         assert!(!text.contains(secret), "{secret} leaked: {text}");
     }
-    assert!(text.contains("dead") && text.contains("b: HTTP 503"), "{text}");
+    assert!(
+        text.contains("dead") && text.contains("b: HTTP 503"),
+        "{text}"
+    );
     // The credentials did reach the upstream, as headers.
     let h = &b.headers()[0];
     assert_eq!(h["x-api-key"], "HEADERSECRET");
@@ -329,10 +486,19 @@ async fn lower_latency_upstream_gets_most_traffic() {
     let fast = Mock::start("fast").await;
     let slow = Mock::start("slow").await;
     slow.always(Reply::delay(40, Reply::result("\"slow\"")));
-    let p = Proxy::start(&chain_config("", &[("fast", &fast.url(), ""), ("slow", &slow.url(), "")])).await;
+    let p = Proxy::start(&chain_config(
+        "",
+        &[("fast", &fast.url(), ""), ("slow", &slow.url(), "")],
+    ))
+    .await;
     for _ in 0..40 {
         p.call("/mainnet", "eth_blockNumber", "[]").await;
     }
     // Sequential requests: P2C compares both; once "slow" has shown its latency it loses.
-    assert!(fast.hits() > 30, "fast {} slow {}", fast.hits(), slow.hits());
+    assert!(
+        fast.hits() > 30,
+        "fast {} slow {}",
+        fast.hits(),
+        slow.hits()
+    );
 }

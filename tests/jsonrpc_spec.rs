@@ -14,7 +14,12 @@ async fn setup() -> (Mock, Proxy) {
 #[tokio::test]
 async fn unparseable_json_is_a_parse_error_with_null_id() {
     let (m, p) = setup().await;
-    for body in ["{\"jsonrpc\":\"2.0\",\"method\":\"foo\",\"params\":\"bar\",\"baz]", "", "[1,", "{} trailing"] {
+    for body in [
+        "{\"jsonrpc\":\"2.0\",\"method\":\"foo\",\"params\":\"bar\",\"baz]",
+        "",
+        "[1,",
+        "{} trailing",
+    ] {
         let v = p.rpc("/mainnet", body).await;
         assert_eq!(v["error"]["code"], -32700, "{body:?}: {v}");
         assert_eq!(v["error"]["message"], "Parse error");
@@ -27,12 +32,33 @@ async fn unparseable_json_is_a_parse_error_with_null_id() {
 #[tokio::test]
 async fn invalid_request_objects_get_invalid_request() {
     let (m, p) = setup().await;
-    let v = p.rpc("/mainnet", r#"{"jsonrpc":"2.0","method":1,"params":"bar"}"#).await;
-    assert_eq!(v, json!({"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid Request","data":"\"method\" must be a string"}}));
-    let v = p.rpc("/mainnet", r#"{"jsonrpc":"1.0","id":7,"method":"eth_blockNumber"}"#).await;
-    assert_eq!((v["error"]["code"].clone(), v["id"].clone()), (json!(-32600), json!(7)));
-    let v = p.rpc("/mainnet", r#"{"jsonrpc":"2.0","id":{"a":1},"method":"eth_blockNumber"}"#).await;
-    assert_eq!((v["error"]["code"].clone(), v["id"].clone()), (json!(-32600), Value::Null));
+    let v = p
+        .rpc("/mainnet", r#"{"jsonrpc":"2.0","method":1,"params":"bar"}"#)
+        .await;
+    assert_eq!(
+        v,
+        json!({"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid Request","data":"\"method\" must be a string"}})
+    );
+    let v = p
+        .rpc(
+            "/mainnet",
+            r#"{"jsonrpc":"1.0","id":7,"method":"eth_blockNumber"}"#,
+        )
+        .await;
+    assert_eq!(
+        (v["error"]["code"].clone(), v["id"].clone()),
+        (json!(-32600), json!(7))
+    );
+    let v = p
+        .rpc(
+            "/mainnet",
+            r#"{"jsonrpc":"2.0","id":{"a":1},"method":"eth_blockNumber"}"#,
+        )
+        .await;
+    assert_eq!(
+        (v["error"]["code"].clone(), v["id"].clone()),
+        (json!(-32600), Value::Null)
+    );
     let v = p.rpc("/mainnet", r#""just a string""#).await;
     assert_eq!(v["error"]["code"], -32600);
     assert_eq!(m.hits(), 0);
@@ -77,7 +103,16 @@ async fn mixed_batch_keeps_order_skips_notifications_and_serves_valid_entries() 
     let v = p.rpc("/mainnet", body).await;
     let arr = v.as_array().unwrap();
     let ids: Vec<&Value> = arr.iter().map(|e| &e["id"]).collect();
-    assert_eq!(ids, [&json!("1"), &json!("2"), &Value::Null, &json!("5"), &json!("9")]);
+    assert_eq!(
+        ids,
+        [
+            &json!("1"),
+            &json!("2"),
+            &Value::Null,
+            &json!("5"),
+            &json!("9")
+        ]
+    );
     assert_eq!(arr[0]["result"], 7);
     assert_eq!(arr[1]["result"], 19);
     assert_eq!(arr[2]["error"]["code"], -32600);
@@ -94,7 +129,9 @@ async fn only_notifications_get_an_empty_204() {
         .post("/mainnet", r#"[{"jsonrpc":"2.0","method":"notify_sum","params":[1,2,4]},{"jsonrpc":"2.0","method":"notify_hello","params":[7]}]"#)
         .await;
     assert_eq!((status, body.as_str()), (204, ""));
-    let (status, body) = p.post("/mainnet", r#"{"jsonrpc":"2.0","method":"notify_x"}"#).await;
+    let (status, body) = p
+        .post("/mainnet", r#"{"jsonrpc":"2.0","method":"notify_x"}"#)
+        .await;
     assert_eq!((status, body.as_str()), (204, ""));
     assert_eq!(m.methods(), ["notify_sum", "notify_hello", "notify_x"]);
 }
@@ -126,7 +163,13 @@ async fn duplicate_ids_in_a_batch_each_get_their_own_answer() {
     m.on("a", support::Reply::result("\"A\""));
     m.on("b", support::Reply::result("\"B\""));
     let (_, text) = p
-        .post("/mainnet", r#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","id":1,"method":"b"}]"#)
+        .post(
+            "/mainnet",
+            r#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","id":1,"method":"b"}]"#,
+        )
         .await;
-    assert_eq!(text, r#"[{"jsonrpc":"2.0","id":1,"result":"A"},{"jsonrpc":"2.0","id":1,"result":"B"}]"#);
+    assert_eq!(
+        text,
+        r#"[{"jsonrpc":"2.0","id":1,"result":"A"},{"jsonrpc":"2.0","id":1,"result":"B"}]"#
+    );
 }

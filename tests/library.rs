@@ -14,7 +14,9 @@ async fn service_answers_without_a_socket() {
     let config = detour::Config::from_toml(&chain_config("", &[("a", &m.url(), "")])).unwrap();
     let svc = detour::Detour::new(config).unwrap();
     let req = http::Request::post("/mainnet")
-        .body(Full::new(Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#)))
+        .body(Full::new(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#,
+        )))
         .unwrap();
     let resp = svc.oneshot(req).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -28,14 +30,26 @@ async fn request_returns_the_raw_result_with_failover() {
     let m = Mock::start("a").await;
     m.on("eth_getBalance", Reply::result(r#""0x1bc16d674ec80000""#));
     let dead = refused_url().await;
-    let config = detour::Config::from_toml(&chain_config("", &[("dead", &dead, "tier = 0"), ("a", &m.url(), "tier = 1")])).unwrap();
+    let config = detour::Config::from_toml(&chain_config(
+        "",
+        &[("dead", &dead, "tier = 0"), ("a", &m.url(), "tier = 1")],
+    ))
+    .unwrap();
     let proxy = detour::Detour::new(config).unwrap();
-    let params = RawValue::from_string(r#"["0x0000000000000000000000000000000000000000","latest"]"#.into()).unwrap();
-    let result = proxy.request("mainnet", "eth_getBalance", Some(&params)).await.unwrap();
+    let params =
+        RawValue::from_string(r#"["0x0000000000000000000000000000000000000000","latest"]"#.into())
+            .unwrap();
+    let result = proxy
+        .request("mainnet", "eth_getBalance", Some(&params))
+        .await
+        .unwrap();
     assert_eq!(result.get(), r#""0x1bc16d674ec80000""#);
     assert_eq!(m.calls()[0]["params"][1], "latest");
     // By chain id too; eth_chainId answered locally.
-    assert_eq!(proxy.request("1", "eth_chainId", None).await.unwrap().get(), "\"0x1\"");
+    assert_eq!(
+        proxy.request("1", "eth_chainId", None).await.unwrap().get(),
+        "\"0x1\""
+    );
 }
 
 #[tokio::test]
@@ -44,13 +58,23 @@ async fn request_errors_are_typed() {
     m.on("eth_call", Reply::error(3, "execution reverted"));
     let config = detour::Config::from_toml(&chain_config("", &[("a", &m.url(), "")])).unwrap();
     let proxy = detour::Detour::new(config).unwrap();
-    let e = proxy.request("mainnet", "eth_call", None).await.unwrap_err();
+    let e = proxy
+        .request("mainnet", "eth_call", None)
+        .await
+        .unwrap_err();
     assert_eq!((e.code, e.message.as_str()), (3, "execution reverted"));
     let e = proxy.request("nope", "eth_call", None).await.unwrap_err();
     assert_eq!(e.code, -32001);
     assert!(e.message.contains("/mainnet"));
     let bad = RawValue::from_string("5".into()).unwrap();
-    assert_eq!(proxy.request("mainnet", "eth_call", Some(&bad)).await.unwrap_err().code, -32602);
+    assert_eq!(
+        proxy
+            .request("mainnet", "eth_call", Some(&bad))
+            .await
+            .unwrap_err()
+            .code,
+        -32602
+    );
 }
 
 #[tokio::test]
@@ -58,9 +82,16 @@ async fn handle_jsonrpc_takes_raw_bodies() {
     let m = Mock::start("a").await;
     let config = detour::Config::from_toml(&chain_config("", &[("a", &m.url(), "")])).unwrap();
     let proxy = detour::Detour::new(config).unwrap();
-    let out = proxy.handle_jsonrpc("mainnet", br#"[{"jsonrpc":"2.0","id":"q","method":"x"}]"#).await.unwrap();
+    let out = proxy
+        .handle_jsonrpc("mainnet", br#"[{"jsonrpc":"2.0","id":"q","method":"x"}]"#)
+        .await
+        .unwrap();
     assert_eq!(out.unwrap(), r#"[{"jsonrpc":"2.0","id":"q","result":"a"}]"#);
-    assert!(proxy.handle_jsonrpc("mainnet", br#"{"jsonrpc":"2.0","method":"x"}"#).await.unwrap().is_none());
+    assert!(proxy
+        .handle_jsonrpc("mainnet", br#"{"jsonrpc":"2.0","method":"x"}"#)
+        .await
+        .unwrap()
+        .is_none());
     assert!(proxy.handle_jsonrpc("polygon", b"{}").await.is_err());
 }
 
@@ -70,12 +101,22 @@ async fn reload_swaps_upstreams_and_keeps_unchanged_state() {
     let b = Mock::start("b").await;
     let config = detour::Config::from_toml(&chain_config("", &[("a", &a.url(), "")])).unwrap();
     let proxy = detour::Detour::new(config).unwrap();
-    assert_eq!(proxy.request("mainnet", "x", None).await.unwrap().get(), "\"a\"");
+    assert_eq!(
+        proxy.request("mainnet", "x", None).await.unwrap().get(),
+        "\"a\""
+    );
     let before = proxy.pool().chains[0].upstreams[0].state.clone();
-    let next = detour::Config::from_toml(&chain_config("", &[("a", &a.url(), ""), ("b", &b.url(), "tier = 1")])).unwrap();
+    let next = detour::Config::from_toml(&chain_config(
+        "",
+        &[("a", &a.url(), ""), ("b", &b.url(), "tier = 1")],
+    ))
+    .unwrap();
     proxy.reload(next).unwrap();
     let after = proxy.pool();
-    assert!(std::sync::Arc::ptr_eq(&before, &after.chains[0].upstreams[0].state));
+    assert!(std::sync::Arc::ptr_eq(
+        &before,
+        &after.chains[0].upstreams[0].state
+    ));
     assert_eq!(after.chains[0].upstreams.len(), 2);
     // An invalid config changes nothing.
     let mut broken = detour::Config::from_toml(&chain_config("", &[("a", &a.url(), "")])).unwrap();

@@ -15,26 +15,45 @@ use support::{chain_config, Mock, Proxy, Reply};
 #[tokio::test]
 async fn body_over_limit_with_content_length_is_413() {
     let m = Mock::start("a").await;
-    let p = Proxy::start(&format!("[server]\nmax_body_bytes = 1000\n{}", chain_config("", &[("a", &m.url(), "")]))).await;
-    let big = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":["{}"]}}"#, "a".repeat(2000));
+    let p = Proxy::start(&format!(
+        "[server]\nmax_body_bytes = 1000\n{}",
+        chain_config("", &[("a", &m.url(), "")])
+    ))
+    .await;
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":["{}"]}}"#,
+        "a".repeat(2000)
+    );
     let (status, text) = p.post("/mainnet", &big).await;
     assert_eq!(status, 413);
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["error"]["code"], -32600);
-    assert!(v["error"]["data"].as_str().unwrap().contains("max_body_bytes"));
+    assert!(v["error"]["data"]
+        .as_str()
+        .unwrap()
+        .contains("max_body_bytes"));
     assert_eq!(m.hits(), 0);
     // Just under the limit is served.
-    let ok = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":["{}"]}}"#, "a".repeat(900));
+    let ok = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":["{}"]}}"#,
+        "a".repeat(900)
+    );
     assert_eq!(p.post("/mainnet", &ok).await.0, 200);
 }
 
 #[tokio::test]
 async fn chunked_body_over_limit_is_413_without_reading_it_all() {
     let m = Mock::start("a").await;
-    let p = Proxy::start(&format!("[server]\nmax_body_bytes = 4096\n{}", chain_config("", &[("a", &m.url(), "")]))).await;
+    let p = Proxy::start(&format!(
+        "[server]\nmax_body_bytes = 4096\n{}",
+        chain_config("", &[("a", &m.url(), "")])
+    ))
+    .await;
     // An endless chunked body: the proxy must answer 413 once the limit is passed, not wait for
     // the end (there is none).
-    let chunks = futures_util::stream::iter((0..).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![b' '; 1024])))));
+    let chunks = futures_util::stream::iter(
+        (0..).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![b' '; 1024])))),
+    );
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
     tokio::spawn(async move {
         use futures_util::StreamExt;
@@ -49,7 +68,10 @@ async fn chunked_body_over_limit_is_413_without_reading_it_all() {
     let body = StreamBody::new(tokio_stream_from(rx));
     let client: Client<_, _> = Client::builder(TokioExecutor::new()).build_http();
     let req = http::Request::post(p.url("/mainnet")).body(body).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await.unwrap().unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(resp.status(), 413);
     let text = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&text).contains("max_body_bytes"));
@@ -64,12 +86,24 @@ fn tokio_stream_from<T: Send + 'static>(
 #[tokio::test]
 async fn batch_over_limit_is_one_error_naming_the_limit() {
     let m = Mock::start("a").await;
-    let p = Proxy::start(&format!("[server]\nmax_batch_len = 3\n{}", chain_config("", &[("a", &m.url(), "")]))).await;
+    let p = Proxy::start(&format!(
+        "[server]\nmax_batch_len = 3\n{}",
+        chain_config("", &[("a", &m.url(), "")])
+    ))
+    .await;
     let one = r#"{"jsonrpc":"2.0","id":1,"method":"x"}"#;
-    let v = p.rpc("/mainnet", &format!("[{one},{one},{one},{one}]")).await;
+    let v = p
+        .rpc("/mainnet", &format!("[{one},{one},{one},{one}]"))
+        .await;
     assert!(v.is_object());
     assert_eq!(v["error"]["code"], -32600);
-    assert!(v["error"]["data"].as_str().unwrap().contains("max_batch_len"), "{v}");
+    assert!(
+        v["error"]["data"]
+            .as_str()
+            .unwrap()
+            .contains("max_batch_len"),
+        "{v}"
+    );
     assert_eq!(m.hits(), 0);
     let v = p.rpc("/mainnet", &format!("[{one},{one},{one}]")).await;
     assert_eq!(v.as_array().unwrap().len(), 3);
@@ -83,7 +117,9 @@ async fn upstream_max_batch_len_splits_and_reassembles_in_order() {
         m.on(&format!("m{i}"), Reply::Result(format!("{i}")));
     }
     let p = Proxy::start(&chain_config("", &[("a", &m.url(), "max_batch_len = 3")])).await;
-    let body: Vec<String> = (0..7).map(|i| format!(r#"{{"jsonrpc":"2.0","id":{},"method":"m{i}"}}"#, 100 + i)).collect();
+    let body: Vec<String> = (0..7)
+        .map(|i| format!(r#"{{"jsonrpc":"2.0","id":{},"method":"m{i}"}}"#, 100 + i))
+        .collect();
     let v = p.rpc("/mainnet", &format!("[{}]", body.join(","))).await;
     let arr = v.as_array().unwrap();
     assert_eq!(arr.len(), 7);

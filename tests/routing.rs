@@ -26,7 +26,13 @@ fn two_chains(a: &str, b: &str) -> String {
 async fn chains_are_served_by_name_and_by_id() {
     let (m, b) = (Mock::start("m").await, Mock::start("b").await);
     let p = Proxy::start(&two_chains(&m.url(), &b.url())).await;
-    for (path, who) in [("/mainnet", "m"), ("/1", "m"), ("/base", "b"), ("/8453", "b"), ("/base/", "b")] {
+    for (path, who) in [
+        ("/mainnet", "m"),
+        ("/1", "m"),
+        ("/base", "b"),
+        ("/8453", "b"),
+        ("/base/", "b"),
+    ] {
         let v = p.call(path, "eth_blockNumber", "[]").await;
         assert_eq!(v["result"], who, "{path}");
     }
@@ -44,11 +50,19 @@ async fn unknown_path_is_404_listing_served_paths() {
     let (m, b) = (Mock::start("m").await, Mock::start("b").await);
     let p = Proxy::start(&two_chains(&m.url(), &b.url())).await;
     for path in ["/polygon", "/2", "/"] {
-        let (status, text) = p.post(path, r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#).await;
+        let (status, text) = p
+            .post(
+                path,
+                r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#,
+            )
+            .await;
         assert_eq!(status, 404, "{path}");
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["error"]["code"], -32001);
-        assert_eq!(v["error"]["data"]["paths"], json!(["/base", "/8453", "/mainnet", "/1"]));
+        assert_eq!(
+            v["error"]["data"]["paths"],
+            json!(["/base", "/8453", "/mainnet", "/1"])
+        );
         assert!(v["error"]["message"].as_str().unwrap().contains("/mainnet"));
     }
 }
@@ -82,7 +96,10 @@ async fn chain_id_and_net_version_are_answered_locally_even_in_a_full_outage() {
     let p = Proxy::start(&two_chains(&dead, &dead)).await;
     let v = p.call("/mainnet", "eth_chainId", "[]").await;
     assert_eq!(v, json!({"jsonrpc":"2.0","id":1,"result":"0x1"}));
-    assert_eq!(p.call("/base", "eth_chainId", "[]").await["result"], "0x2105");
+    assert_eq!(
+        p.call("/base", "eth_chainId", "[]").await["result"],
+        "0x2105"
+    );
     assert_eq!(p.call("/base", "net_version", "[]").await["result"], "8453");
     // In a batch next to forwarded calls too.
     let m = Mock::start("m").await;

@@ -15,17 +15,31 @@ async fn result_bytes_pass_through_unchanged() {
     let (_, text) = p
         .post("/mainnet", r#"{"jsonrpc":"2.0","id":"x","method":"eth_getBlockByNumber","params":["latest",false]}"#)
         .await;
-    assert_eq!(text, format!(r#"{{"jsonrpc":"2.0","id":"x","result":{raw}}}"#));
+    assert_eq!(
+        text,
+        format!(r#"{{"jsonrpc":"2.0","id":"x","result":{raw}}}"#)
+    );
 }
 
 #[tokio::test]
 async fn deterministic_error_objects_pass_through_unchanged() {
     let m = Mock::start("a").await;
     let raw_error = r#"{"code":3,"message":"execution reverted: nope","data":"0x08c379a0"}"#;
-    m.on("eth_call", Reply::Raw(format!(r#"{{"jsonrpc":"2.0","id":0,"error":{raw_error}}}"#)));
+    m.on(
+        "eth_call",
+        Reply::Raw(format!(r#"{{"jsonrpc":"2.0","id":0,"error":{raw_error}}}"#)),
+    );
     let p = Proxy::start(&chain_config("", &[("a", &m.url(), "")])).await;
-    let (_, text) = p.post("/mainnet", r#"{"jsonrpc":"2.0","id":5,"method":"eth_call","params":[{}]}"#).await;
-    assert_eq!(text, format!(r#"{{"jsonrpc":"2.0","id":5,"error":{raw_error}}}"#));
+    let (_, text) = p
+        .post(
+            "/mainnet",
+            r#"{"jsonrpc":"2.0","id":5,"method":"eth_call","params":[{}]}"#,
+        )
+        .await;
+    assert_eq!(
+        text,
+        format!(r#"{{"jsonrpc":"2.0","id":5,"error":{raw_error}}}"#)
+    );
 }
 
 #[tokio::test]
@@ -36,7 +50,9 @@ async fn upstream_sees_detour_ids_and_params_verbatim() {
         .await;
     assert_eq!(
         m.bodies(),
-        [r#"{"jsonrpc":"2.0","id":0,"method":"eth_call","params":[{"to":"0xAb", "data" : "0x"},"latest"]}"#]
+        [
+            r#"{"jsonrpc":"2.0","id":0,"method":"eth_call","params":[{"to":"0xAb", "data" : "0x"},"latest"]}"#
+        ]
     );
 }
 
@@ -66,7 +82,10 @@ async fn null_result_is_a_result() {
     m.on("eth_getTransactionByHash", Reply::result("null"));
     let p = Proxy::start(&chain_config("", &[("a", &m.url(), "")])).await;
     let (_, text) = p
-        .post("/mainnet", r#"{"jsonrpc":"2.0","id":1,"method":"eth_getTransactionByHash","params":["0x00"]}"#)
+        .post(
+            "/mainnet",
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_getTransactionByHash","params":["0x00"]}"#,
+        )
         .await;
     assert_eq!(text, r#"{"jsonrpc":"2.0","id":1,"result":null}"#);
 }

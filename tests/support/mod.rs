@@ -96,14 +96,21 @@ impl Mock {
                 let st = st.clone();
                 let default = default.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(st.clone(), default.clone(), req));
+                    let svc = hyper::service::service_fn(move |req| {
+                        handle(st.clone(), default.clone(), req)
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
             }
         });
-        Mock { name: name.into(), addr, state, _stop: stop }
+        Mock {
+            name: name.into(),
+            addr,
+            state,
+            _stop: stop,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -131,7 +138,11 @@ impl Mock {
         if method.is_none() && times.is_none() {
             s.rules.retain(|r| r.method.is_some() || r.times.is_some());
         }
-        let rule = Rule { method: method.map(str::to_owned), times, reply };
+        let rule = Rule {
+            method: method.map(str::to_owned),
+            times,
+            reply,
+        };
         if times.is_some() {
             s.rules.insert(0, rule);
         } else {
@@ -151,7 +162,10 @@ impl Mock {
 
     /// Methods of the calls received so far.
     pub fn methods(&self) -> Vec<String> {
-        self.calls().iter().map(|c| c["method"].as_str().unwrap_or("").to_owned()).collect()
+        self.calls()
+            .iter()
+            .map(|c| c["method"].as_str().unwrap_or("").to_owned())
+            .collect()
     }
 
     /// HTTP bodies received so far.
@@ -194,7 +208,12 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let headers = req.headers().clone();
-    let body = req.into_body().collect().await.map_err(std::io::Error::other)?.to_bytes();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
     let text = String::from_utf8_lossy(&body).into_owned();
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let (calls, batch) = match &parsed {
@@ -249,14 +268,23 @@ async fn handle(
     if reverse {
         out.reverse();
     }
-    let body = if batch { format!("[{}]", out.join(",")) } else { out.pop().unwrap_or_default() };
+    let body = if batch {
+        format!("[{}]", out.join(","))
+    } else {
+        out.pop().unwrap_or_default()
+    };
     Ok(json_response(200, body, &[]))
 }
 
-fn json_response(code: u16, body: String, headers: &[(&'static str, String)]) -> Response<Full<Bytes>> {
+fn json_response(
+    code: u16,
+    body: String,
+    headers: &[(&'static str, String)],
+) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = StatusCode::from_u16(code).unwrap();
-    resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     for (k, v) in headers {
         resp.headers_mut().insert(*k, v.parse().unwrap());
     }
@@ -290,7 +318,12 @@ impl Proxy {
         let task = tokio::spawn(detour::serve(listener, detour.clone(), async {
             let _ = stopped.await;
         }));
-        Proxy { addr, detour, stop: Some(stop), task: Some(task) }
+        Proxy {
+            addr,
+            detour,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -312,7 +345,11 @@ impl Proxy {
 
     /// Sends one call and returns the whole response object.
     pub async fn call(&self, path: &str, method: &str, params: &str) -> Value {
-        self.rpc(path, &format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#)).await
+        self.rpc(
+            path,
+            &format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#),
+        )
+        .await
     }
 
     pub async fn stop(mut self) {
@@ -331,7 +368,8 @@ pub fn chain_config(extra_chain: &str, upstreams: &[(&str, &str, &str)]) -> Stri
         "[client]\nattempt_timeout = \"2s\"\nconnect_timeout = \"1s\"\n[chains.mainnet]\nchain_id = 1\n{extra_chain}\n"
     );
     for (name, url, extra) in upstreams {
-        toml += &format!("[[chains.mainnet.upstreams]]\nname = \"{name}\"\nurl = \"{url}\"\n{extra}\n");
+        toml +=
+            &format!("[[chains.mainnet.upstreams]]\nname = \"{name}\"\nurl = \"{url}\"\n{extra}\n");
     }
     toml
 }
@@ -354,4 +392,3 @@ pub async fn http_request(method: &str, url: &str, body: &str) -> (u16, http::He
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
-
