@@ -1,1 +1,59 @@
-fn main() {}
+//! JSON-RPC envelope parsing: a single `eth_call` and a batch of 100, plus the upstream-answer
+//! parse and the client-response write that each request also pays.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use detour::jsonrpc::{self, Entry, Parsed};
+
+const CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"eth_call","params":[{"from":"0x0000000000000000000000000000000000000000","to":"0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48","data":"0x70a08231000000000000000000000000f39fd6e51aad88f6f4ce6ab8827279cfffb92266"},"latest"]}"#;
+
+fn batch(n: usize) -> String {
+    let items: Vec<String> = (0..n)
+        .map(|i| CALL.replace("\"id\":42", &format!("\"id\":{i}")))
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parse");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("single eth_call", |b| {
+        b.iter(|| match jsonrpc::parse(black_box(CALL.as_bytes()), 1000) {
+            Parsed::Single(Entry::Call(c)) => black_box(c.method.len()),
+            _ => unreachable!(),
+        })
+    });
+    let body = batch(100);
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("batch of 100 eth_call", |b| {
+        b.iter(|| match jsonrpc::parse(black_box(body.as_bytes()), 1000) {
+            Parsed::Batch(v) => black_box(v.len()),
+            _ => unreachable!(),
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("upstream");
+    let result = format!("\"0x{}\"", "00".repeat(250));
+    let answer = format!(r#"{{"jsonrpc":"2.0","id":0,"result":{result}}}"#);
+    g.bench_function("parse answer (500-byte result)", |b| {
+        b.iter(|| black_box(jsonrpc::parse_upstream(black_box(answer.as_bytes())).map(|v| v.len())))
+    });
+    let Parsed::Single(Entry::Call(call)) = jsonrpc::parse(CALL.as_bytes(), 10) else {
+        unreachable!()
+    };
+    g.bench_function("write request + response", |b| {
+        let mut up = Vec::with_capacity(512);
+        let mut out = Vec::with_capacity(1024);
+        b.iter(|| {
+            up.clear();
+            out.clear();
+            jsonrpc::write_upstream_call(&mut up, 0, &call);
+            jsonrpc::write_result(&mut out, call.id, result.as_bytes());
+            black_box((up.len(), out.len()))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

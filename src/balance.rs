@@ -14,7 +14,7 @@
 
 use crate::pool::{Chain, Tier};
 
-/// Random probes within a tier before falling back to a scan.
+/// Random probes within a tier (at most twice its size) before falling back to a scan.
 const PROBES: usize = 8;
 
 /// Picks the upstream (an index into `chain.upstreams`) for the next attempt, or `None` when
@@ -43,31 +43,29 @@ fn p2c(chain: &Chain, tier: &Tier, now: u64, tried: &[usize]) -> Option<usize> {
         return ok(tier.start).then_some(tier.start);
     }
     let (mut a, mut b) = (None, None);
-    for _ in 0..PROBES {
-        let i = sample(tier);
-        if !ok(i) || a == Some(i) {
-            continue;
-        }
-        if a.is_none() {
-            a = Some(i);
-        } else {
-            b = Some(i);
-            break;
+    {
+        // Random probes find two usable candidates in O(1) when most are usable.
+        for _ in 0..PROBES.min(2 * n) {
+            let i = sample(tier);
+            if !ok(i) || a == Some(i) {
+                continue;
+            }
+            if a.is_none() {
+                a = Some(i);
+            } else {
+                b = Some(i);
+                break;
+            }
         }
     }
     let (a, b) = match (a, b) {
         (Some(a), Some(b)) => (a, b),
         _ => {
-            // Probes kept missing: most of the tier is unusable or tried. Scan it.
-            let usable: Vec<usize> = (tier.start..tier.end).filter(|&i| ok(i)).collect();
-            match usable.len() {
-                0 => return None,
-                1 => return Some(usable[0]),
-                len => {
-                    let x = fastrand::usize(..len);
-                    let y = (x + 1 + fastrand::usize(..len - 1)) % len;
-                    (usable[x], usable[y])
-                }
+            // Probes kept missing: weighted draws over the usable members, without allocating.
+            let a = weighted_scan(chain, tier, &ok, None)?;
+            match weighted_scan(chain, tier, &ok, Some(a)) {
+                Some(b) => (a, b),
+                None => return Some(a),
             }
         }
     };
@@ -83,6 +81,29 @@ fn p2c(chain: &Chain, tier: &Tier, now: u64, tried: &[usize]) -> Option<usize> {
         "p2c"
     );
     Some(pick)
+}
+
+/// One usable member of the tier other than `except`, with probability proportional to weight.
+fn weighted_scan(
+    chain: &Chain,
+    tier: &Tier,
+    ok: &impl Fn(usize) -> bool,
+    except: Option<usize>,
+) -> Option<usize> {
+    let eligible = |i: &usize| Some(*i) != except && ok(*i);
+    let weight = |i: usize| u64::from(chain.upstreams[i].weight);
+    let total: u64 = (tier.start..tier.end).filter(eligible).map(weight).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut r = fastrand::u64(..total);
+    for i in (tier.start..tier.end).filter(eligible) {
+        if r < weight(i) {
+            return Some(i);
+        }
+        r -= weight(i);
+    }
+    None
 }
 
 /// One index of the tier, with probability proportional to weight.
