@@ -1,0 +1,334 @@
+//! What detour adds to a request: sequential latency direct vs through detour, against the same
+//! fast local mock upstream, plus detour's CPU time per request and peak RSS.
+//!
+//! ```text
+//! cargo build --release --bin detour && cargo run --release --example overhead
+//! cargo run --release --example overhead -- --requests 20000 --rounds 7 --workers 1
+//! ```
+//!
+//! The mock upstream and the client run in this process (one thread each); detour runs as its own
+//! process (the release binary, `DETOUR_BIN` to override), so its CPU time can be read from
+//! `/proc/<pid>/stat`. Each round measures direct and proxied in alternating order; the report
+//! gives the median over rounds of each round's p50/p99/p99.9 and of the per-round added p50.
+//! Loopback only; bounded by the request count.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+const BODY: &str = r#"{"jsonrpc":"2.0","id":7,"method":"eth_call","params":[{"to":"0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48","data":"0x70a08231000000000000000000000000f39fd6e51aad88f6f4ce6ab8827279cfffb92266"},"latest"]}"#;
+
+fn main() {
+    let mut requests = 10_000usize;
+    let mut rounds = 5usize;
+    let mut workers = 0usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().and_then(|v| v.parse().ok()).expect("a number");
+        match a.as_str() {
+            "--requests" => requests = value(),
+            "--rounds" => rounds = value(),
+            "--workers" => workers = value(),
+            other => panic!("unknown argument {other} (use --requests N --rounds N --workers N)"),
+        }
+    }
+    let upstream = start_mock();
+    let mut detour = start_detour(upstream, workers);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = rt.block_on(measure(
+        upstream,
+        detour.addr,
+        detour.child.id(),
+        requests,
+        rounds,
+    ));
+    let rss = peak_rss_kib(detour.child.id());
+    let _ = detour.child.kill();
+    let _ = detour.child.wait();
+    println!(
+        "detour server.worker_threads = {workers} (0: one per core, {} here)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    report.print(rss, requests, rounds);
+}
+
+struct Report {
+    direct: Vec<[f64; 3]>,
+    proxied: Vec<[f64; 3]>,
+    added_p50: Vec<f64>,
+    cpu_us_per_req: Vec<f64>,
+}
+
+impl Report {
+    fn print(&self, rss_kib: Option<u64>, requests: usize, rounds: usize) {
+        let med = |v: Vec<f64>| median(v);
+        let col = |rows: &Vec<[f64; 3]>, k: usize| med(rows.iter().map(|r| r[k]).collect());
+        println!("sequential requests, 1 keep-alive connection, {requests} per target in {rounds} rounds");
+        println!("(medians over rounds; latency in µs)");
+        println!("| target  |    p50 |    p99 |  p99.9 |");
+        println!("|---------|-------:|-------:|-------:|");
+        for (name, rows) in [("direct", &self.direct), ("detour", &self.proxied)] {
+            println!(
+                "| {name:7} | {:6.1} | {:6.1} | {:6.1} |",
+                col(rows, 0),
+                col(rows, 1),
+                col(rows, 2)
+            );
+        }
+        println!(
+            "added p50: {:.1} µs (per-round: {:?})",
+            med(self.added_p50.clone()),
+            round1(&self.added_p50)
+        );
+        println!(
+            "detour CPU per request: {:.1} µs (per-round: {:?})",
+            med(self.cpu_us_per_req.clone()),
+            round1(&self.cpu_us_per_req)
+        );
+        if let Some(kib) = rss_kib {
+            println!("detour peak RSS: {:.1} MiB", kib as f64 / 1024.0);
+        }
+    }
+}
+
+fn round1(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|x| (x * 10.0).round() / 10.0).collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn percentiles(mut v: Vec<f64>) -> [f64; 3] {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    [at(0.50), at(0.99), at(0.999)]
+}
+
+async fn measure(
+    upstream: SocketAddr,
+    proxy: SocketAddr,
+    pid: u32,
+    requests: usize,
+    rounds: usize,
+) -> Report {
+    let mut direct = Conn::open(upstream, "/").await;
+    let mut proxied = Conn::open(proxy, "/bench").await;
+    for _ in 0..500 {
+        direct.once().await;
+        proxied.once().await;
+    }
+    let per_round = requests / rounds;
+    let mut report = Report {
+        direct: vec![],
+        proxied: vec![],
+        added_p50: vec![],
+        cpu_us_per_req: vec![],
+    };
+    for round in 0..rounds {
+        let (d, p, cpu) = if round % 2 == 0 {
+            let d = direct.run(per_round).await;
+            let before = cpu_ticks(pid);
+            let p = proxied.run(per_round).await;
+            (d, p, cpu_ticks(pid) - before)
+        } else {
+            let before = cpu_ticks(pid);
+            let p = proxied.run(per_round).await;
+            let cpu = cpu_ticks(pid) - before;
+            (direct.run(per_round).await, p, cpu)
+        };
+        let (d, p) = (percentiles(d), percentiles(p));
+        report.added_p50.push(p[0] - d[0]);
+        report.direct.push(d);
+        report.proxied.push(p);
+        report
+            .cpu_us_per_req
+            .push(cpu as f64 * 1e6 / clock_ticks() as f64 / per_round as f64);
+        eprint!(".");
+        let _ = std::io::stderr().flush();
+    }
+    eprintln!();
+    report
+}
+
+/// One keep-alive HTTP/1.1 connection sending requests one at a time.
+struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    path: &'static str,
+    addr: SocketAddr,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr, path: &'static str) -> Conn {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Conn { sender, path, addr }
+    }
+
+    async fn once(&mut self) {
+        let req = Request::post(self.path)
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+            .unwrap();
+        let resp = self.sender.send_request(req).await.expect("request");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            body.len() > 500 && body.starts_with(b"{\"jsonrpc\":\"2.0\",\"id\":7,\"result\""),
+            "{body:?}"
+        );
+    }
+
+    async fn run(&mut self, n: usize) -> Vec<f64> {
+        let mut lat = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            self.once().await;
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        lat
+    }
+}
+
+// === The mock upstream: answers any call with a ~500-byte result, echoing the id ===
+
+fn start_mock() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                s.set_nodelay(true).unwrap();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(mock_answer);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+async fn mock_answer(
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let id = extract_id(&body).unwrap_or(b"null");
+    let mut out = Vec::with_capacity(600);
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id);
+    out.extend_from_slice(b",\"result\":\"0x");
+    out.extend(std::iter::repeat_n(b'0', 500));
+    out.extend_from_slice(b"\"}");
+    let mut resp = Response::new(Full::new(Bytes::from(out)));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    Ok(resp)
+}
+
+fn extract_id(body: &[u8]) -> Option<&[u8]> {
+    let start = body.windows(5).position(|w| w == b"\"id\":")? + 5;
+    let len = body[start..].iter().position(|&b| b == b',' || b == b'}')?;
+    Some(&body[start..start + len])
+}
+
+// === detour as a child process ===
+
+struct Detour {
+    child: Child,
+    addr: SocketAddr,
+}
+
+fn start_detour(upstream: SocketAddr, workers: usize) -> Detour {
+    let bin = std::env::var("DETOUR_BIN").unwrap_or_else(|_| "target/release/detour".into());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = std::env::temp_dir().join(format!("detour-overhead-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = \"{addr}\"\nworker_threads = {workers}\n[chains.bench]\nchain_id = 1\n[[chains.bench.upstreams]]\nname = \"mock\"\nurl = \"http://{upstream}\"\n"),
+    )
+    .unwrap();
+    let child = Command::new(&bin)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start {bin} ({e}); build it first: cargo build --release --bin detour")
+        });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "detour did not start listening on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Detour { child, addr }
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line; here 12 and 13 after ") state".
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
