@@ -103,7 +103,8 @@ pub async fn failover(
         let mut still = Vec::new();
         let mut worst: Option<Failure> = None;
         let mut elapsed = Duration::ZERO;
-        let (mut answered, mut troubled, mut rate_limited) = (0usize, 0usize, false);
+        // Calls answered, calls whose trouble says the upstream is unwell, any rate limit.
+        let (mut answered, mut unhealthy, mut rate_limited) = (0usize, 0usize, false);
         let mut rpc_trouble: Option<String> = None;
         for (chunk, (took, result)) in chunks.iter().zip(results) {
             elapsed = elapsed.max(took);
@@ -143,7 +144,7 @@ pub async fn failover(
                                 answers[i] = Some(Answer::Error(e));
                             }
                             Got::Error(e, Class::Trouble(penalty)) => {
-                                troubled += 1;
+                                unhealthy += usize::from(penalty == Penalty::Unhealthy);
                                 rate_limited |= penalty == Penalty::RateLimited;
                                 if rpc_trouble.is_none() {
                                     rpc_trouble = Some(describe_rpc_error(up, &e));
@@ -157,7 +158,7 @@ pub async fn failover(
                                 }
                             }
                             Got::Missing => {
-                                troubled += 1;
+                                unhealthy += 1;
                                 last_error[i] = None;
                                 let failure = Failure::Malformed(
                                     "a call got no answer in the batch response",
@@ -186,7 +187,7 @@ pub async fn failover(
             worst.as_ref(),
             elapsed,
             answered,
-            troubled,
+            unhealthy,
             rate_limited,
         );
         if let Some(f) = &worst {
@@ -238,7 +239,7 @@ fn record_health(
     worst: Option<&Failure>,
     elapsed: Duration,
     answered: usize,
-    troubled: usize,
+    unhealthy: usize,
     rate_limited: bool,
 ) {
     let now = now_us();
@@ -263,9 +264,13 @@ fn record_health(
             let cd = state.eject(now, elapsed, None);
             tracing::warn!(upstream = &*up.name, cooldown = ?cd, "upstream rate limited (JSON-RPC error)");
         }
-        None if answered == 0 && troubled > 0 => {
-            state.record_soft_failure(now, elapsed);
+        None if answered == 0 && unhealthy > 0 => {
+            if let Some(cd) = state.record_soft_failure(now, elapsed) {
+                tracing::warn!(upstream = &*up.name, cooldown = ?cd, "upstream ejected after repeated provider errors");
+            }
         }
+        // Only "not supported here" answers: nothing learned about the upstream's health.
+        None if answered == 0 => {}
         None => state.record_success(now, elapsed),
     }
 }

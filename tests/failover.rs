@@ -153,6 +153,32 @@ async fn provider_trouble_json_rpc_errors_fail_over() {
 }
 
 #[tokio::test]
+async fn an_unsupported_method_does_not_count_against_the_upstream() {
+    let (bad, _good, p) = bad_then_good("").await;
+    bad.on(
+        "trace_block",
+        Reply::error(
+            -32601,
+            "the method trace_block does not exist/is not available",
+        ),
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            p.call("/mainnet", "trace_block", "[\"latest\"]").await["result"],
+            "good"
+        );
+    }
+    assert!(
+        !ejected(&p, "bad"),
+        "a provider that lacks one method is still healthy"
+    );
+    assert_eq!(
+        p.call("/mainnet", "eth_blockNumber", "[]").await["result"],
+        "bad"
+    );
+}
+
+#[tokio::test]
 async fn deterministic_errors_are_returned_and_not_retried() {
     for (code, msg) in [
         (
