@@ -4,6 +4,8 @@
 //! ```text
 //! cargo build --release --bin detour && cargo run --release --example overhead
 //! cargo run --release --example overhead -- --requests 20000 --rounds 7 --workers 1
+//! # pinned: load generator and mock on CPU 0, detour on CPU 1
+//! taskset -c 0 target/release/examples/overhead --workers 1 --detour-cpus 1
 //! ```
 //!
 //! The mock upstream and the client run in this process (one thread each); detour runs as its own
@@ -29,6 +31,7 @@ fn main() {
     let mut requests = 10_000usize;
     let mut rounds = 5usize;
     let mut workers = 0usize;
+    let mut detour_cpus: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().and_then(|v| v.parse().ok()).expect("a number");
@@ -36,11 +39,12 @@ fn main() {
             "--requests" => requests = value(),
             "--rounds" => rounds = value(),
             "--workers" => workers = value(),
-            other => panic!("unknown argument {other} (use --requests N --rounds N --workers N)"),
+            "--detour-cpus" => detour_cpus = args.next(),
+            other => panic!("unknown argument {other} (use --requests N --rounds N --workers N --detour-cpus LIST)"),
         }
     }
     let upstream = start_mock();
-    let mut detour = start_detour(upstream, workers);
+    let mut detour = start_detour(upstream, workers, detour_cpus.as_deref());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -53,7 +57,10 @@ fn main() {
         rounds,
     ));
     let rss = peak_rss_kib(detour.child.id());
-    let _ = detour.child.kill();
+    // SIGTERM: detour shuts down gracefully (and tools such as callgrind get to write output).
+    let _ = Command::new("kill")
+        .args(["-TERM", &detour.child.id().to_string()])
+        .status();
     let _ = detour.child.wait();
     println!(
         "detour server.worker_threads = {workers} (0: one per core, {} here)",
@@ -272,7 +279,7 @@ struct Detour {
     addr: SocketAddr,
 }
 
-fn start_detour(upstream: SocketAddr, workers: usize) -> Detour {
+fn start_detour(upstream: SocketAddr, workers: usize, cpus: Option<&str>) -> Detour {
     let bin = std::env::var("DETOUR_BIN").unwrap_or_else(|_| "target/release/detour".into());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -286,7 +293,16 @@ fn start_detour(upstream: SocketAddr, workers: usize) -> Detour {
         format!("[server]\nlisten = \"{addr}\"\nworker_threads = {workers}\n[chains.bench]\nchain_id = 1\n[[chains.bench.upstreams]]\nname = \"mock\"\nurl = \"http://{upstream}\"\n"),
     )
     .unwrap();
-    let child = Command::new(&bin)
+    // With --detour-cpus, detour runs under `taskset -c LIST` (taskset execs it: same pid).
+    let mut cmd = match cpus {
+        Some(list) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", list]).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    let child = cmd
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "warn")

@@ -101,23 +101,43 @@ pub fn parse(body: &[u8], max_batch_len: usize) -> Parsed<'_> {
             Ok(items) => Parsed::Batch(items.into_iter().map(parse_entry).collect()),
             Err(_) => Parsed::ParseError,
         },
-        _ => match serde_json::from_slice::<&RawValue>(body) {
-            Ok(raw) => Parsed::Single(parse_entry(raw)),
-            Err(_) => Parsed::ParseError,
+        // The common case, a single request object: one pass over the body.
+        Some(b'{') => match serde_json::from_slice::<RawRequest<'_>>(body) {
+            Ok(req) => Parsed::Single(validate(req)),
+            Err(_) => parse_single_slow(body),
         },
+        _ => parse_single_slow(body),
+    }
+}
+
+/// A single value that is not a well-formed request object: tell invalid JSON (`-32700`) from
+/// valid JSON that is not a request (`-32600`).
+fn parse_single_slow(body: &[u8]) -> Parsed<'_> {
+    match serde_json::from_slice::<&RawValue>(body) {
+        Ok(raw) => Parsed::Single(parse_entry(raw)),
+        Err(_) => Parsed::ParseError,
     }
 }
 
 /// Validates one request object.
 pub fn parse_entry(raw: &RawValue) -> Entry<'_> {
-    let invalid = |id, reason| Entry::Invalid { id, reason };
     if first_byte(raw) != b'{' {
-        return invalid(None, "a request must be a JSON object");
+        return Entry::Invalid {
+            id: None,
+            reason: "a request must be a JSON object",
+        };
     }
-    let req: RawRequest<'_> = match serde_json::from_str(raw.get()) {
-        Ok(req) => req,
-        Err(_) => return invalid(None, "a request object must not repeat a member"),
-    };
+    match serde_json::from_str::<RawRequest<'_>>(raw.get()) {
+        Ok(req) => validate(req),
+        Err(_) => Entry::Invalid {
+            id: None,
+            reason: "a request object must not repeat a member",
+        },
+    }
+}
+
+fn validate(req: RawRequest<'_>) -> Entry<'_> {
+    let invalid = |id, reason| Entry::Invalid { id, reason };
     let id = match req.id {
         Some(id) if !valid_id(id) => {
             return invalid(None, "\"id\" must be a string, a number or null")
@@ -128,9 +148,9 @@ pub fn parse_entry(raw: &RawValue) -> Entry<'_> {
         return invalid(id, "\"jsonrpc\" must be exactly \"2.0\"");
     }
     let method = match req.method {
-        Some(m) if first_byte(m) == b'"' => match serde_json::from_str::<Cow<'_, str>>(m.get()) {
-            Ok(method) => method,
-            Err(_) => return invalid(id, "\"method\" must be a string"),
+        Some(m) if first_byte(m) == b'"' => match json_str(m) {
+            Some(method) => method,
+            None => return invalid(id, "\"method\" must be a string"),
         },
         Some(_) => return invalid(id, "\"method\" must be a string"),
         None => return invalid(id, "\"method\" is missing"),
@@ -145,6 +165,16 @@ pub fn parse_entry(raw: &RawValue) -> Entry<'_> {
         method,
         params: req.params,
     })
+}
+
+/// A raw JSON string's content: borrowed when it has no escapes (method names never do).
+fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<Cow<'_, str>>(text).ok()
 }
 
 // === Writing responses ===

@@ -93,12 +93,16 @@ pub async fn failover(
         let timeout = up.timeout.min(remaining);
         let size = up.max_batch_len.unwrap_or(usize::MAX);
         let chunks: Vec<&[usize]> = pending.chunks(size).collect();
-        let results = join_all(
-            chunks
-                .iter()
-                .map(|chunk| attempt(fwd, up, calls, chunk, timeout)),
-        )
-        .await;
+        let results = if let [chunk] = chunks.as_slice() {
+            vec![attempt(fwd, up, calls, chunk, timeout).await]
+        } else {
+            join_all(
+                chunks
+                    .iter()
+                    .map(|chunk| attempt(fwd, up, calls, chunk, timeout)),
+            )
+            .await
+        };
 
         let mut still = Vec::new();
         let mut worst: Option<Failure> = None;

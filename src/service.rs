@@ -256,7 +256,14 @@ impl Detour {
             self.answer_calls(chain, &calls, deadline).await
         }
         .into_iter();
-        let mut out = Vec::with_capacity(64 * entries.len());
+        let answer_bytes: usize = answers
+            .as_slice()
+            .iter()
+            .map(|a| match a {
+                Answer::Result(b) | Answer::Error(b) => b.len(),
+            })
+            .sum();
+        let mut out = Vec::with_capacity(answer_bytes + 64 * entries.len() + 2);
         if batch {
             out.push(b'[');
         }
