@@ -170,32 +170,31 @@ fn root_cause(e: &(dyn StdError + 'static)) -> String {
 }
 
 fn describe_client_error(up: &Upstream, e: &hyper_util::client::legacy::Error) -> Failure {
-    let io_kind = {
-        let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
-        let mut kind = None;
-        while let Some(err) = cur {
-            if let Some(io) = err.downcast_ref::<std::io::Error>() {
-                kind = Some(io.kind());
+    let (mut io_kind, mut tls) = (None, false);
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        tls |= err.is::<rustls::Error>();
+        cur = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => {
+                io_kind = Some(io.kind());
+                // io::Error::source() skips the error it wraps: step into it instead.
+                match io.get_ref() {
+                    Some(inner) => Some(inner as &(dyn StdError + 'static)),
+                    None => err.source(),
+                }
             }
-            cur = err.source();
-        }
-        kind
-    };
+            None => err.source(),
+        };
+    }
     let detail = root_cause(e);
-    let chain = format!("{e:?}");
     if e.is_connect() {
         use std::io::ErrorKind::*;
         let what = match io_kind {
+            _ if tls => format!("TLS handshake failed: {detail}"),
             Some(ConnectionRefused) => "connection refused".to_string(),
             Some(TimedOut) => "connect timed out".to_string(),
-            _ if chain.contains("dns error") || chain.contains("failed to lookup") => {
+            _ if format!("{e:?}").contains("dns error") => {
                 format!("DNS resolution failed: {detail}")
-            }
-            _ if chain.contains("rustls")
-                || chain.contains("InvalidCertificate")
-                || chain.contains("tls") =>
-            {
-                format!("TLS handshake failed: {detail}")
             }
             _ => format!("connect failed: {detail}"),
         };

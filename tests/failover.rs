@@ -528,3 +528,35 @@ async fn lower_latency_upstream_gets_most_traffic() {
         slow.hits()
     );
 }
+
+#[tokio::test]
+async fn tls_failure_fails_over_ejects_at_once_and_lets_writes_retry() {
+    // An https:// URL pointing at a plain-HTTP server: the TLS handshake fails.
+    let plain = Mock::start("plain").await;
+    let good = Mock::start("good").await;
+    let tls_url = format!("https://{}", plain.addr);
+    let p = Proxy::start(&chain_config(
+        "",
+        &[
+            ("tls", &tls_url, "tier = 0"),
+            ("good", &good.url(), "tier = 1"),
+        ],
+    ))
+    .await;
+    let v = p
+        .call("/mainnet", "eth_sendRawTransaction", r#"["0x02f8"]"#)
+        .await;
+    assert_eq!(
+        v["result"], "good",
+        "a TLS failure proves the write never arrived: {v}"
+    );
+    assert!(ejected(&p, "tls"));
+    assert_eq!(plain.hits(), 0, "no HTTP request reached the plain server");
+    let only = Proxy::start(&chain_config("", &[("tls", &tls_url, "")])).await;
+    let v = only.call("/mainnet", "eth_blockNumber", "[]").await;
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("no upstream could answer: tls: TLS handshake failed"),
+        "{msg}"
+    );
+}
