@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 use detour::upstream::now_us;
 use support::{chain_config, refused_url, Mock, Proxy, Reply};
 
-/// Tier 0 "bad" scripted by the test, tier 1 "good": every request goes to "bad" first.
-async fn bad_then_good(extra_chain: &str) -> (Mock, Mock, Proxy) {
+/// Tier 0 "bad" (with `bad_extra` TOML) scripted by the test, tier 1 "good": every request goes
+/// to "bad" first.
+async fn bad_then_good(bad_extra: &str) -> (Mock, Mock, Proxy) {
     let bad = Mock::start("bad").await;
     let good = Mock::start("good").await;
     let p = Proxy::start(&chain_config(
-        extra_chain,
+        "",
         &[
-            ("bad", &bad.url(), "tier = 0"),
+            ("bad", &bad.url(), &format!("tier = 0\n{bad_extra}")),
             ("good", &good.url(), "tier = 1"),
         ],
     ))
@@ -119,19 +120,11 @@ async fn malformed_answers_fail_over() {
 
 #[tokio::test]
 async fn a_hung_upstream_fails_over_after_the_attempt_timeout() {
-    let bad = Mock::start("bad").await;
-    let good = Mock::start("good").await;
+    let (bad, good, p) = bad_then_good("timeout = \"200ms\"").await;
     bad.always(Reply::Hang);
-    let p = Proxy::start(&chain_config(
-        "",
-        &[
-            ("bad", &bad.url(), "tier = 0\ntimeout = \"200ms\""),
-            ("good", &good.url(), "tier = 1"),
-        ],
-    ))
-    .await;
     let v = p.call("/mainnet", "eth_blockNumber", "[]").await;
     assert_eq!(v["result"], "good");
+    assert_eq!(good.methods(), ["eth_blockNumber"]);
 }
 
 #[tokio::test]
@@ -249,17 +242,8 @@ async fn writes_are_not_retried_when_the_first_upstream_may_have_seen_them() {
 
 #[tokio::test]
 async fn a_write_hung_upstream_is_not_retried() {
-    let bad = Mock::start("bad").await;
-    let good = Mock::start("good").await;
+    let (bad, good, p) = bad_then_good("timeout = \"200ms\"").await;
     bad.always(Reply::Hang);
-    let p = Proxy::start(&chain_config(
-        "",
-        &[
-            ("bad", &bad.url(), "tier = 0\ntimeout = \"200ms\""),
-            ("good", &good.url(), "tier = 1"),
-        ],
-    ))
-    .await;
     let v = p
         .call("/mainnet", "eth_sendRawTransaction", r#"["0x02f8"]"#)
         .await;
