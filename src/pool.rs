@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::config::{Config, ConfigError};
 use crate::upstream::Upstream;
 
@@ -30,10 +32,10 @@ pub struct Chain {
     pub name: Arc<str>,
     /// The EIP-155 chain id.
     pub chain_id: u64,
-    /// `eth_chainId`'s answer as raw JSON, e.g. `"0x1"`.
-    pub chain_id_json: Box<str>,
+    /// `eth_chainId`'s answer as raw JSON, e.g. `"0x1"` (shared, not copied, per request).
+    pub chain_id_json: Bytes,
     /// `net_version`'s answer as raw JSON, e.g. `"1"`.
-    pub net_version_json: Box<str>,
+    pub net_version_json: Bytes,
     /// Most upstreams tried for one request.
     pub max_attempts: usize,
     /// Upstreams sorted by tier (stable: configuration order within a tier).
@@ -93,8 +95,8 @@ impl Pool {
             chains.push(Chain {
                 name: name.as_str().into(),
                 chain_id: cc.chain_id,
-                chain_id_json: format!("\"0x{:x}\"", cc.chain_id).into(),
-                net_version_json: format!("\"{}\"", cc.chain_id).into(),
+                chain_id_json: Bytes::from(format!("\"0x{:x}\"", cc.chain_id)),
+                net_version_json: Bytes::from(format!("\"{}\"", cc.chain_id)),
                 max_attempts: cc.max_attempts,
                 upstreams,
                 tiers,
@@ -195,7 +197,7 @@ mod tests {
         }
         assert!(p.route("/2").is_none());
         assert_eq!(p.paths(), ["/mainnet", "/1", "/"]);
-        assert_eq!(&*p.chains[0].chain_id_json, "\"0x1\"");
+        assert_eq!(p.chains[0].chain_id_json, "\"0x1\"");
     }
 
     #[test]

@@ -180,12 +180,8 @@ impl Detour {
         let mut answers: Vec<Option<Answer>> = calls
             .iter()
             .map(|c| match method_kind(&c.method) {
-                MethodKind::ChainId => Some(Answer::Result(Bytes::copy_from_slice(
-                    chain.chain_id_json.as_bytes(),
-                ))),
-                MethodKind::NetVersion => Some(Answer::Result(Bytes::copy_from_slice(
-                    chain.net_version_json.as_bytes(),
-                ))),
+                MethodKind::ChainId => Some(Answer::Result(chain.chain_id_json.clone())),
+                MethodKind::NetVersion => Some(Answer::Result(chain.net_version_json.clone())),
                 _ => None,
             })
             .collect();
