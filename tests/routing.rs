@@ -132,3 +132,22 @@ async fn healthz_and_readyz() {
     let (status, _, _) = http_request("GET", &p.url("/healthz"), "").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn clients_may_speak_http2_with_prior_knowledge() {
+    use http_body_util::{BodyExt, Full};
+    let m = Mock::start("m").await;
+    let p = Proxy::start(&chain_config("", &[("m", &m.url(), "")])).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<bytes::Bytes>>();
+    let req = http::Request::post(p.url("/mainnet"))
+        .body(Full::new(bytes::Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#,
+        )))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], br#"{"jsonrpc":"2.0","id":1,"result":"m"}"#);
+}
