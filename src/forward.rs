@@ -36,8 +36,8 @@ pub enum Failure {
     Transport(String),
     /// A non-success HTTP status with no JSON-RPC answer in the body.
     Status(StatusCode, Option<Duration>),
-    /// The response body was larger than `client.max_response_bytes`.
-    TooLarge,
+    /// The response body was larger than `client.max_response_bytes` (the limit).
+    TooLarge(usize),
     /// The body is not a JSON-RPC answer to what was sent.
     Malformed(&'static str),
 }
@@ -60,7 +60,12 @@ impl std::fmt::Display for Failure {
             Failure::Connect(why) | Failure::Transport(why) => f.write_str(why),
             Failure::Timeout => f.write_str("timed out"),
             Failure::Status(s, _) => write!(f, "HTTP {}", s.as_u16()),
-            Failure::TooLarge => f.write_str("response too large"),
+            Failure::TooLarge(limit) => {
+                write!(
+                    f,
+                    "response larger than {limit} bytes (client.max_response_bytes)"
+                )
+            }
             Failure::Malformed(why) => f.write_str(why),
         }
     }
@@ -136,7 +141,7 @@ impl Forwarder {
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         {
             if len > self.max_response_bytes as u64 {
-                return Err(Failure::TooLarge);
+                return Err(Failure::TooLarge(self.max_response_bytes));
             }
         }
         let body = Limited::new(body, self.max_response_bytes)
@@ -144,7 +149,7 @@ impl Forwarder {
             .await
             .map_err(|e| {
                 if e.is::<http_body_util::LengthLimitError>() {
-                    Failure::TooLarge
+                    Failure::TooLarge(self.max_response_bytes)
                 } else {
                     Failure::Transport(
                         up.redact(&format!("reading the response failed: {}", root_cause(&*e))),

@@ -544,3 +544,29 @@ async fn tls_failure_fails_over_ejects_at_once_and_lets_writes_retry() {
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn an_answer_over_the_response_limit_fails_over() {
+    let bad = Mock::start("bad").await;
+    let good = Mock::start("good").await;
+    bad.always(Reply::Result(format!("\"0x{}\"", "00".repeat(4096))));
+    let toml = format!(
+        "[client]\nmax_response_bytes = 2000\n[chains.mainnet]\nchain_id = 1\n\
+         [[chains.mainnet.upstreams]]\nname = \"bad\"\nurl = \"{}\"\ntier = 0\n\
+         [[chains.mainnet.upstreams]]\nname = \"good\"\nurl = \"{}\"\ntier = 1\n",
+        bad.url(),
+        good.url()
+    );
+    let p = Proxy::start(&toml).await;
+    let v = p.call("/mainnet", "eth_getLogs", "[{}]").await;
+    assert_eq!(v["result"], "good");
+    bad.always(Reply::Result(format!("\"0x{}\"", "00".repeat(4096))));
+    good.always(Reply::Result(format!("\"0x{}\"", "00".repeat(4096))));
+    let v = p.call("/mainnet", "eth_getLogs", "[{}]").await;
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("bad: response larger than 2000 bytes (client.max_response_bytes)")
+            && msg.contains("good: response larger than 2000 bytes"),
+        "{msg}"
+    );
+}
