@@ -451,22 +451,27 @@ fn from_figment(err: figment::Error, source: &Source) -> ConfigError {
     let problems = err
         .into_iter()
         .map(|e| {
-            let origin = match e.metadata.as_ref() {
-                Some(md) => match &md.source {
+            let from_env = e
+                .metadata
+                .as_ref()
+                .is_some_and(|md| md.name.contains("environment"));
+            let at = if from_env {
+                // Name the variable exactly as the operator set it.
+                format!(
+                    "environment: DETOUR_{}",
+                    e.path.join("__").to_ascii_uppercase()
+                )
+            } else {
+                let origin = match e.metadata.as_ref().and_then(|md| md.source.as_ref()) {
                     Some(figment::Source::File(p)) => p.display().to_string(),
-                    Some(_) if md.name.contains("environment") => "environment".to_string(),
                     _ => source.to_string(),
-                },
-                None => source.to_string(),
-            };
-            let key = match (&e.metadata, e.path.is_empty()) {
-                (_, true) => String::new(),
-                (Some(md), false) if md.name.contains("environment") => {
-                    format!(": {}", md.interpolate(&figment::Profile::Default, &e.path))
+                };
+                match e.path.is_empty() {
+                    true => origin,
+                    false => format!("{origin}: {}", e.path.join(".")),
                 }
-                _ => format!(": {}", e.path.join(".")),
             };
-            (format!("{origin}{key}"), e.kind.to_string())
+            (at, e.kind.to_string())
         })
         .collect();
     ConfigError { problems }

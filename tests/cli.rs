@@ -138,6 +138,19 @@ fn check_reports_file_key_and_reason_and_exits_1() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("DETOUR_SERVER__LISTEN"), "{stderr}");
+    // A bad value in a well-formed override names the variable, not the file.
+    let out = detour()
+        .args(["check", "--config"])
+        .arg(&file)
+        .env("DETOUR_SERVER__LISTEN", "nowhere")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.starts_with("environment: DETOUR_SERVER__LISTEN: "),
+        "{stderr}"
+    );
 }
 
 #[test]
