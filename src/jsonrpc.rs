@@ -8,6 +8,7 @@
 //! The standard error objects of the specification (section 5.1) are built here too.
 
 use std::borrow::Cow;
+use std::io::Write as _;
 
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -207,7 +208,7 @@ pub fn write_error(out: &mut Vec<u8>, id: Option<&RawValue>, error: &[u8]) {
 pub fn error_object(code: i64, message: &str, data: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(48 + message.len() + data.map_or(0, str::len));
     out.extend_from_slice(b"{\"code\":");
-    out.extend_from_slice(code.to_string().as_bytes());
+    let _ = write!(out, "{code}");
     out.extend_from_slice(b",\"message\":");
     write_json_string(&mut out, message);
     if let Some(data) = data {
@@ -266,7 +267,8 @@ pub fn standard_message(code: i64) -> &'static str {
 /// be matched even when an upstream reorders a batch.
 pub fn write_upstream_call(out: &mut Vec<u8>, id: usize, call: &Call<'_>) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    out.extend_from_slice(id.to_string().as_bytes());
+    // Writing into a Vec cannot fail; no temporary String.
+    let _ = write!(out, "{id}");
     out.extend_from_slice(b",\"method\":");
     write_json_string(out, &call.method);
     if let Some(params) = call.params {

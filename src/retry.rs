@@ -104,7 +104,7 @@ pub async fn failover(
             .await
         };
 
-        let mut still = Vec::new();
+        let mut still = Vec::with_capacity(pending.len());
         let mut worst: Option<Failure> = None;
         let mut elapsed = Duration::ZERO;
         // Calls answered, calls whose trouble says the upstream is unwell, any rate limit.
