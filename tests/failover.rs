@@ -24,6 +24,21 @@ async fn bad_then_good(bad_extra: &str) -> (Mock, Mock, Proxy) {
     (bad, good, p)
 }
 
+/// Tier 0 "dead" (nothing listens: connections are refused), tier 1 "good".
+async fn dead_then_good() -> (Mock, Proxy) {
+    let good = Mock::start("good").await;
+    let dead = refused_url().await;
+    let p = Proxy::start(&chain_config(
+        "",
+        &[
+            ("dead", &dead, "tier = 0"),
+            ("good", &good.url(), "tier = 1"),
+        ],
+    ))
+    .await;
+    (good, p)
+}
+
 fn ejected(p: &Proxy, name: &str) -> bool {
     let pool = p.detour.pool();
     let up = pool.chains[0]
@@ -37,16 +52,7 @@ fn ejected(p: &Proxy, name: &str) -> bool {
 
 #[tokio::test]
 async fn connection_refused_fails_over_and_ejects_at_once() {
-    let good = Mock::start("good").await;
-    let dead = refused_url().await;
-    let p = Proxy::start(&chain_config(
-        "",
-        &[
-            ("dead", &dead, "tier = 0"),
-            ("good", &good.url(), "tier = 1"),
-        ],
-    ))
-    .await;
+    let (good, p) = dead_then_good().await;
     let v = p.call("/mainnet", "eth_blockNumber", "[]").await;
     assert_eq!(v["result"], "good");
     assert!(
@@ -259,20 +265,12 @@ async fn a_write_hung_upstream_is_not_retried() {
 
 #[tokio::test]
 async fn writes_are_retried_when_the_first_upstream_never_saw_them() {
-    let good = Mock::start("good").await;
-    let dead = refused_url().await;
-    let p = Proxy::start(&chain_config(
-        "",
-        &[
-            ("dead", &dead, "tier = 0"),
-            ("good", &good.url(), "tier = 1"),
-        ],
-    ))
-    .await;
+    let (good, p) = dead_then_good().await;
     let v = p
         .call("/mainnet", "eth_sendRawTransaction", r#"["0x02f8"]"#)
         .await;
     assert_eq!(v["result"], "good");
+    assert_eq!(good.methods(), ["eth_sendRawTransaction"]);
     // Rate limited (429) means rejected before processing: also safe.
     let (bad, good, p) = bad_then_good("").await;
     bad.always(Reply::status(429));
