@@ -2,7 +2,7 @@
 //! (power of two choices samples two candidates; it never scans the tier when most are usable).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use detour::balance::select;
+use detour::balance::{select, Want};
 use detour::pool::Pool;
 use detour::upstream::now_us;
 use detour::Config;
@@ -25,16 +25,27 @@ fn bench(c: &mut Criterion) {
         let p = pool(n, false);
         let chain = &p.chains[0];
         let now = now_us();
+        // A read of the latest state: freshness and region checks included.
+        let first = Want {
+            latest: true,
+            ..Want::default()
+        };
         g.bench_with_input(BenchmarkId::new("first attempt", n), &n, |b, _| {
-            b.iter(|| black_box(select(chain, now, &[])))
+            b.iter(|| black_box(select(chain, now, black_box(&first))))
         });
+        let third = Want {
+            exclude: &[0, 1],
+            latest: true,
+            avoid_regions: &[0, 1],
+            ..Want::default()
+        };
         g.bench_with_input(BenchmarkId::new("third attempt", n), &n, |b, _| {
-            b.iter(|| black_box(select(chain, now, black_box(&[0, 1]))))
+            b.iter(|| black_box(select(chain, now, black_box(&third))))
         });
         let p = pool(n, true);
         let chain = &p.chains[0];
         g.bench_with_input(BenchmarkId::new("weighted", n), &n, |b, _| {
-            b.iter(|| black_box(select(chain, now, &[])))
+            b.iter(|| black_box(select(chain, now, black_box(&first))))
         });
     }
     g.finish();

@@ -1,13 +1,21 @@
 //! Pure upstream selection over a chain snapshot.
 //!
-//! 1. Tiers are tried lowest first; a higher tier serves only when no lower tier has a usable
+//! 1. Tiers are tried lowest first; a higher tier serves only when no lower tier has a fit
 //!    upstream that this request has not tried yet.
-//! 2. Within a tier: power of two choices. Two distinct usable candidates are sampled (weighted by
+//! 2. Within a tier: power of two choices. Two distinct fit candidates are sampled (weighted by
 //!    `weight`) and the one with the lower cost — peak-EWMA latency × (in-flight + 1) ÷ weight —
 //!    wins. Sampling is O(1) (O(log n) with unequal weights), so the cost is flat in the number
-//!    of upstreams; a linear scan happens only when random probes keep hitting unusable members.
-//! 3. When every untried upstream is cooling down, the one that recovers soonest is still tried:
-//!    failing without trying is never better.
+//!    of upstreams; a linear scan happens only when random probes keep hitting unfit members.
+//! 3. "Fit" is relaxed step by step, each step over all tiers again, so a preference never
+//!    turns into an outage:
+//!    - strict: not cooling down, fresh enough for the request (not lagging or stale when it
+//!      needs the latest state; head at or past the block it names), its region not degraded,
+//!      and in another region than the attempts that already failed or stalled;
+//!    - then any region, then degraded regions too, then lagging upstreams too;
+//!    - last, when every untried upstream is cooling down, the one that recovers soonest:
+//!      failing without trying is never better.
+//!
+//!    An upstream on the wrong chain (quarantined) is never chosen.
 //!
 //! We do not reuse tower's balancer: it needs `&mut self` over a discovered set, while here many
 //! requests select concurrently from one shared, immutable snapshot whose state is atomics.
@@ -17,17 +25,51 @@ use crate::pool::{Chain, Tier};
 /// Random probes within a tier (at most twice its size) before falling back to a scan.
 const PROBES: usize = 8;
 
+/// What the request needs from an upstream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Want<'a> {
+    /// Upstreams not to pick: already tried for this request (or refused admission).
+    pub exclude: &'a [usize],
+    /// The request depends on the latest state: avoid lagging and stale upstreams.
+    pub latest: bool,
+    /// The request names this block number: avoid upstreams whose head is below it (0: none).
+    pub min_block: u64,
+    /// Regions (indices in [`Chain::regions`]) to avoid: where an attempt failed or stalled.
+    pub avoid_regions: &'a [usize],
+}
+
 /// Picks the upstream (an index into `chain.upstreams`) for the next attempt, or `None` when
-/// every upstream is in `tried`.
-pub fn select(chain: &Chain, now: u64, tried: &[usize]) -> Option<usize> {
-    for tier in &chain.tiers {
-        if let Some(i) = p2c(chain, tier, now, tried) {
+/// every upstream is excluded or quarantined.
+pub fn select(chain: &Chain, now: u64, want: &Want<'_>) -> Option<usize> {
+    let base = |i: usize| {
+        let up = &chain.upstreams[i];
+        !want.exclude.contains(&i) && up.usable(now) && !up.quarantined()
+    };
+    let fresh = |i: usize| {
+        (!want.latest || chain.fresh(i, now))
+            && (want.min_block == 0 || chain.upstreams[i].has_block(want.min_block))
+    };
+    let healthy_region = |i: usize| !chain.regions[chain.upstreams[i].region_id].degraded();
+    let elsewhere = |i: usize| !want.avoid_regions.contains(&chain.upstreams[i].region_id);
+
+    let strict = |i: usize| base(i) && fresh(i) && healthy_region(i) && elsewhere(i);
+    if let Some(i) = over_tiers(chain, &strict) {
+        return Some(i);
+    }
+    if !want.avoid_regions.is_empty() {
+        if let Some(i) = over_tiers(chain, &|i| base(i) && fresh(i) && healthy_region(i)) {
             return Some(i);
         }
     }
+    if let Some(i) = over_tiers(chain, &|i| base(i) && fresh(i)) {
+        return Some(i);
+    }
+    if let Some(i) = over_tiers(chain, &base) {
+        return Some(i);
+    }
     // Every untried upstream is cooling down: try the one that recovers first.
     (0..chain.upstreams.len())
-        .filter(|i| !tried.contains(i))
+        .filter(|i| !want.exclude.contains(i) && !chain.upstreams[*i].quarantined())
         .min_by_key(|&i| {
             (
                 chain.upstreams[i].state.cooldown_end(),
@@ -36,15 +78,18 @@ pub fn select(chain: &Chain, now: u64, tried: &[usize]) -> Option<usize> {
         })
 }
 
-fn p2c(chain: &Chain, tier: &Tier, now: u64, tried: &[usize]) -> Option<usize> {
-    let ok = |i: usize| !tried.contains(&i) && chain.upstreams[i].usable(now);
+fn over_tiers(chain: &Chain, ok: &impl Fn(usize) -> bool) -> Option<usize> {
+    chain.tiers.iter().find_map(|tier| p2c(chain, tier, ok))
+}
+
+fn p2c(chain: &Chain, tier: &Tier, ok: &impl Fn(usize) -> bool) -> Option<usize> {
     let n = tier.end - tier.start;
     if n == 1 {
         return ok(tier.start).then_some(tier.start);
     }
     let (mut a, mut b) = (None, None);
     {
-        // Random probes find two usable candidates in O(1) when most are usable.
+        // Random probes find two fit candidates in O(1) when most are fit.
         for _ in 0..PROBES.min(2 * n) {
             let i = sample(tier);
             if !ok(i) || a == Some(i) {
@@ -61,9 +106,9 @@ fn p2c(chain: &Chain, tier: &Tier, now: u64, tried: &[usize]) -> Option<usize> {
     let (a, b) = match (a, b) {
         (Some(a), Some(b)) => (a, b),
         _ => {
-            // Probes kept missing: weighted draws over the usable members, without allocating.
-            let a = weighted_scan(chain, tier, &ok, None)?;
-            match weighted_scan(chain, tier, &ok, Some(a)) {
+            // Probes kept missing: weighted draws over the fit members, without allocating.
+            let a = weighted_scan(chain, tier, ok, None)?;
+            match weighted_scan(chain, tier, ok, Some(a)) {
                 Some(b) => (a, b),
                 None => return Some(a),
             }
@@ -134,6 +179,13 @@ mod tests {
         Pool::new(Config::from_toml(&toml).unwrap(), None).unwrap()
     }
 
+    fn ex(exclude: &[usize]) -> Want<'_> {
+        Want {
+            exclude,
+            ..Want::default()
+        }
+    }
+
     fn name(c: &Chain, i: Option<usize>) -> &str {
         &c.upstreams[i.unwrap()].name
     }
@@ -143,14 +195,14 @@ mod tests {
         let p = pool(&[("own", 0, 1), ("paid", 1, 1), ("paid2", 1, 1)]);
         let c = &p.chains[0];
         for _ in 0..50 {
-            assert_eq!(name(c, select(c, 0, &[])), "own");
+            assert_eq!(name(c, select(c, 0, &ex(&[]))), "own");
         }
         // Tried (or ejected) "own": the paid tier serves.
-        assert!(name(c, select(c, 0, &[0])).starts_with("paid"));
+        assert!(name(c, select(c, 0, &ex(&[0]))).starts_with("paid"));
         c.upstreams[0].state.eject(0, Duration::ZERO, None);
-        assert!(name(c, select(c, 1, &[])).starts_with("paid"));
+        assert!(name(c, select(c, 1, &ex(&[]))).starts_with("paid"));
         // Back as soon as the cool-down ends.
-        assert_eq!(name(c, select(c, 60_000_000, &[])), "own");
+        assert_eq!(name(c, select(c, 60_000_000, &ex(&[]))), "own");
     }
 
     #[test]
@@ -158,11 +210,11 @@ mod tests {
         let p = pool(&[("a", 0, 1), ("b", 0, 1), ("c", 0, 1)]);
         let c = &p.chains[0];
         for _ in 0..100 {
-            let first = select(c, 0, &[]).unwrap();
-            let second = select(c, 0, &[first]).unwrap();
-            let third = select(c, 0, &[first, second]).unwrap();
+            let first = select(c, 0, &ex(&[])).unwrap();
+            let second = select(c, 0, &ex(&[first])).unwrap();
+            let third = select(c, 0, &ex(&[first, second])).unwrap();
             assert!(first != second && second != third && first != third);
-            assert_eq!(select(c, 0, &[first, second, third]), None);
+            assert_eq!(select(c, 0, &ex(&[first, second, third])), None);
         }
     }
 
@@ -177,11 +229,11 @@ mod tests {
             .state
             .record_success(0, Duration::from_millis(50));
         for _ in 0..50 {
-            assert_eq!(name(c, select(c, 0, &[])), "fast");
+            assert_eq!(name(c, select(c, 0, &ex(&[]))), "fast");
         }
         // Load counts: 60 requests in flight make "fast" costlier than "slow".
         let _guards: Vec<_> = (0..60).map(|_| c.upstreams[0].state.start()).collect();
-        assert_eq!(name(c, select(c, 0, &[])), "slow");
+        assert_eq!(name(c, select(c, 0, &ex(&[]))), "slow");
     }
 
     #[test]
@@ -195,7 +247,7 @@ mod tests {
             .state
             .record_success(0, Duration::from_millis(20));
         // 20ms / 3 < 10ms / 1.
-        assert_eq!(name(c, select(c, 0, &[])), "heavy");
+        assert_eq!(name(c, select(c, 0, &ex(&[]))), "heavy");
     }
 
     #[test]
@@ -219,9 +271,9 @@ mod tests {
         c.upstreams[2]
             .state
             .eject(0, Duration::ZERO, Some(Duration::from_secs(10)));
-        assert_eq!(name(c, select(c, 1, &[])), "b");
-        assert_eq!(name(c, select(c, 1, &[1])), "c");
-        assert_eq!(name(c, select(c, 1, &[1, 2])), "a");
+        assert_eq!(name(c, select(c, 1, &ex(&[]))), "b");
+        assert_eq!(name(c, select(c, 1, &ex(&[1]))), "c");
+        assert_eq!(name(c, select(c, 1, &ex(&[1, 2]))), "a");
     }
 
     #[test]
@@ -235,7 +287,7 @@ mod tests {
             u.state.eject(0, Duration::ZERO, None);
         }
         for _ in 0..20 {
-            assert_eq!(name(c, select(c, 1, &[])), "u199");
+            assert_eq!(name(c, select(c, 1, &ex(&[]))), "u199");
         }
     }
 }

@@ -93,6 +93,13 @@ pub struct ClientConfig {
     pub pool_idle_timeout: Duration,
     /// Idle keep-alive connections kept per upstream host. Default 64.
     pub pool_max_idle_per_host: usize,
+    /// How long a resolved upstream hostname is reused before it is resolved again. Default `30s`.
+    #[serde(with = "duration")]
+    pub dns_refresh: Duration,
+    /// When resolving fails, the last good addresses keep being used (with a warning) for at most
+    /// this long after they were last resolved. Default `1h`.
+    #[serde(with = "duration")]
+    pub dns_max_stale: Duration,
 }
 
 impl Default for ClientConfig {
@@ -103,6 +110,8 @@ impl Default for ClientConfig {
             max_response_bytes: 128 * 1024 * 1024,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
+            dns_refresh: Duration::from_secs(30),
+            dns_max_stale: Duration::from_secs(3600),
         }
     }
 }
@@ -116,6 +125,16 @@ pub struct ChainConfig {
     /// Most upstreams tried for one request. Default 3.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: usize,
+    /// Also send each `eth_sendRawTransaction` to one healthy upstream of every other region,
+    /// answering with the first success. Default false.
+    #[serde(default)]
+    pub broadcast_raw_transactions: bool,
+    /// Health checks: probes, head tracking, lag, hysteresis, failure domains.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Hedged reads.
+    #[serde(default)]
+    pub hedge: HedgeConfig,
     /// The upstreams serving this chain.
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
@@ -123,6 +142,84 @@ pub struct ChainConfig {
 
 fn default_max_attempts() -> usize {
     3
+}
+
+/// `[chains.<name>.health]`: how upstream health is checked and judged.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Head probe (`eth_blockNumber`) interval while the chain has client traffic. Default `2s`.
+    #[serde(with = "duration")]
+    pub probe_interval: Duration,
+    /// Probe interval once the chain has had no client traffic for `idle_after`. Default `30s`.
+    #[serde(with = "duration")]
+    pub idle_probe_interval: Duration,
+    /// Time without client traffic after which the chain counts as idle. Default `60s`.
+    #[serde(with = "duration")]
+    pub idle_after: Duration,
+    /// How often each upstream's `eth_chainId` is checked again once verified. Default `5m`.
+    #[serde(with = "duration")]
+    pub chain_check_interval: Duration,
+    /// An upstream more than this many blocks behind the chain head serves no request that
+    /// depends on the latest state until it catches up. Default 5.
+    pub max_lag_blocks: u64,
+    /// An upstream whose head has not moved for this long while the chain head moved is stale
+    /// and excluded like a lagging one. Default `60s`.
+    #[serde(with = "duration")]
+    pub stale_after: Duration,
+    /// Consecutive failed probes that take an upstream out of rotation. Default 3.
+    pub unhealthy_after: u32,
+    /// Consecutive good probes that bring an ejected upstream back before its cool-down ends.
+    /// Default 2.
+    pub healthy_after: u32,
+    /// Share of a region's upstreams (0 to 1) that must fail within `region_window` for the
+    /// region to be degraded (its members then serve only after other regions). Default 0.5.
+    pub region_failure_share: f64,
+    /// Window in which failures count towards a region's degradation. Default `10s`.
+    #[serde(with = "duration")]
+    pub region_window: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            probe_interval: Duration::from_secs(2),
+            idle_probe_interval: Duration::from_secs(30),
+            idle_after: Duration::from_secs(60),
+            chain_check_interval: Duration::from_secs(300),
+            max_lag_blocks: 5,
+            stale_after: Duration::from_secs(60),
+            unhealthy_after: 3,
+            healthy_after: 2,
+            region_failure_share: 0.5,
+            region_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[chains.<name>.hedge]`: a second attempt for a read whose first attempt is slow.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HedgeConfig {
+    /// Hedge reads (never writes). Default true.
+    pub enabled: bool,
+    /// The hedge delay is twice the first upstream's latency estimate, but at least this.
+    /// Default `50ms`.
+    #[serde(with = "duration")]
+    pub min_delay: Duration,
+    /// …and at most this. Default `1s`.
+    #[serde(with = "duration")]
+    pub max_delay: Duration,
+}
+
+impl Default for HedgeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(1),
+        }
+    }
 }
 
 /// `[[chains.<name>.upstreams]]`: one upstream node or provider.
@@ -325,6 +422,44 @@ impl Config {
             }
             if chain.max_attempts == 0 {
                 bad(format!("{at}.max_attempts"), "must be at least 1".into());
+            }
+            let h = &chain.health;
+            for (key, d) in [
+                ("health.probe_interval", h.probe_interval),
+                ("health.idle_probe_interval", h.idle_probe_interval),
+                ("health.chain_check_interval", h.chain_check_interval),
+                ("health.stale_after", h.stale_after),
+                ("health.region_window", h.region_window),
+            ] {
+                if d < Duration::from_millis(10) {
+                    bad(format!("{at}.{key}"), "must be at least 10ms".into());
+                }
+            }
+            if h.idle_probe_interval < h.probe_interval {
+                bad(
+                    format!("{at}.health.idle_probe_interval"),
+                    "must not be shorter than health.probe_interval".into(),
+                );
+            }
+            for (key, n) in [
+                ("health.unhealthy_after", h.unhealthy_after),
+                ("health.healthy_after", h.healthy_after),
+            ] {
+                if n == 0 {
+                    bad(format!("{at}.{key}"), "must be at least 1".into());
+                }
+            }
+            if !(h.region_failure_share > 0.0 && h.region_failure_share <= 1.0) {
+                bad(
+                    format!("{at}.health.region_failure_share"),
+                    "must be greater than 0 and at most 1".into(),
+                );
+            }
+            if chain.hedge.min_delay > chain.hedge.max_delay {
+                bad(
+                    format!("{at}.hedge.min_delay"),
+                    "must not be greater than hedge.max_delay".into(),
+                );
             }
             if chain.upstreams.is_empty() {
                 bad(

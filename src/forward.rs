@@ -42,7 +42,15 @@ pub enum Failure {
     Malformed(&'static str),
 }
 
+/// How a DNS failure's description starts (see [`Failure::is_dns`]).
+pub const DNS_FAILED: &str = "DNS resolution failed";
+
 impl Failure {
+    /// Whether the upstream's hostname could not be resolved.
+    pub fn is_dns(&self) -> bool {
+        matches!(self, Failure::Connect(why) if why.starts_with(DNS_FAILED))
+    }
+
     /// Whether the failure proves the upstream did not act on the request, so that even a
     /// write may go to another upstream.
     pub fn never_processed(&self) -> bool {
@@ -199,7 +207,7 @@ fn describe_client_error(up: &Upstream, e: &hyper_util::client::legacy::Error) -
             Some(ConnectionRefused) => "connection refused".to_string(),
             Some(TimedOut) => "connect timed out".to_string(),
             _ if format!("{e:?}").contains("dns error") => {
-                format!("DNS resolution failed: {detail}")
+                format!("{DNS_FAILED}: {detail}")
             }
             _ => format!("connect failed: {detail}"),
         };

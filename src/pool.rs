@@ -7,12 +7,13 @@
 //! cool-downs survive a reload.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::config::{Config, ConfigError};
-use crate::upstream::Upstream;
+use crate::config::{Config, ConfigError, HealthConfig, HedgeConfig};
+use crate::upstream::{Upstream, CHAIN_OK};
 
 /// A snapshot of the whole configuration, ready to route requests.
 #[derive(Debug)]
@@ -44,6 +45,87 @@ pub struct Chain {
     pub tiers: Vec<Tier>,
     /// The URL paths this chain is served at, e.g. `["/mainnet", "/1"]`.
     pub paths: Vec<String>,
+    /// Failure domains: one per `region` label, and one per upstream without a label.
+    pub regions: Vec<Region>,
+    /// Health-check settings.
+    pub health: HealthConfig,
+    /// Hedging settings.
+    pub hedge: HedgeConfig,
+    /// Send raw transactions to other regions too.
+    pub broadcast_raw_transactions: bool,
+    /// Chain-wide live state, shared across reloads while the chain id is unchanged.
+    pub state: Arc<ChainState>,
+}
+
+/// Chain-wide live state.
+#[derive(Debug, Default)]
+pub struct ChainState {
+    /// The chain head: the highest head reported by a chain-verified upstream.
+    head: AtomicU64,
+    /// The highest block number answered to `eth_blockNumber` (answers never go backwards).
+    served_block: AtomicU64,
+    /// Last client request (µs), to probe an idle chain slowly.
+    last_traffic_us: AtomicU64,
+}
+
+impl ChainState {
+    /// The chain head (0: unknown).
+    #[inline]
+    pub fn head(&self) -> u64 {
+        self.head.load(Relaxed)
+    }
+
+    /// Raises the chain head to `block` if higher.
+    pub fn raise_head(&self, block: u64) {
+        self.head.fetch_max(block, Relaxed);
+    }
+
+    /// Sets the chain head (recomputed from the upstreams by the health task).
+    pub fn set_head(&self, block: u64) {
+        self.head.store(block, Relaxed);
+    }
+
+    /// Records a client request at `now`.
+    #[inline]
+    pub fn touch(&self, now: u64) {
+        // Skip the store (and the cache-line traffic) when it would change little.
+        if now.saturating_sub(self.last_traffic_us.load(Relaxed)) > 100_000 {
+            self.last_traffic_us.store(now, Relaxed);
+        }
+    }
+
+    /// The last client request (µs; 0: none).
+    pub fn last_traffic(&self) -> u64 {
+        self.last_traffic_us.load(Relaxed)
+    }
+
+    /// The block number to answer to `eth_blockNumber` given an upstream's answer `block`: the
+    /// highest ever answered, so answers never go backwards.
+    pub fn monotonic_block(&self, block: u64) -> u64 {
+        let prev = self.served_block.fetch_max(block, Relaxed);
+        prev.max(block)
+    }
+}
+
+/// A failure domain and whether it is degraded.
+#[derive(Debug)]
+pub struct Region {
+    /// The label (or the upstream's name when it has none).
+    pub name: Arc<str>,
+    /// Whether the label came from configuration.
+    pub labelled: bool,
+    /// Member indices in [`Chain::upstreams`].
+    pub members: Vec<usize>,
+    /// Enough members failed recently: serve from other regions first.
+    degraded: AtomicBool,
+}
+
+impl Region {
+    /// Whether the region is degraded.
+    #[inline]
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Relaxed)
+    }
 }
 
 /// A range of a chain's upstreams that share a tier.
@@ -68,7 +150,9 @@ impl Pool {
         let mut routes = HashMap::new();
         let single = config.chains.len() == 1;
         for (name, cc) in &config.chains {
-            let prev_chain = previous.and_then(|p| p.chain(name));
+            let prev_chain = previous
+                .and_then(|p| p.chain(name))
+                .filter(|c| c.chain_id == cc.chain_id);
             let mut upstreams = Vec::with_capacity(cc.upstreams.len());
             for (i, uc) in cc.upstreams.iter().enumerate() {
                 let state = prev_chain
@@ -80,9 +164,11 @@ impl Pool {
                             problems: vec![(format!("chains.{name}.upstreams[{i}]"), why)],
                         }
                     })?;
-                upstreams.push(Arc::new(up));
+                upstreams.push(up);
             }
             upstreams.sort_by_key(|u| u.tier);
+            let regions = regions(&mut upstreams);
+            let upstreams: Vec<Arc<Upstream>> = upstreams.into_iter().map(Arc::new).collect();
             let tiers = tiers(&upstreams);
             let index = chains.len();
             let mut paths = vec![format!("/{name}"), format!("/{}", cc.chain_id)];
@@ -101,6 +187,11 @@ impl Pool {
                 upstreams,
                 tiers,
                 paths,
+                regions,
+                health: cc.health.clone(),
+                hedge: cc.hedge.clone(),
+                broadcast_raw_transactions: cc.broadcast_raw_transactions,
+                state: prev_chain.map(|c| c.state.clone()).unwrap_or_default(),
             });
         }
         Ok(Pool {
@@ -129,6 +220,32 @@ impl Pool {
             .flat_map(|c| c.paths.iter().map(String::as_str))
             .collect()
     }
+}
+
+/// Groups upstreams into failure domains and sets each one's `region_id`.
+fn regions(upstreams: &mut [Upstream]) -> Vec<Region> {
+    let mut out: Vec<Region> = Vec::new();
+    for (i, up) in upstreams.iter_mut().enumerate() {
+        let found = up.region.as_ref().and_then(|label| {
+            out.iter()
+                .position(|r| r.labelled && *r.name == **label)
+        });
+        let id = match found {
+            Some(id) => id,
+            None => {
+                out.push(Region {
+                    name: up.region.clone().unwrap_or_else(|| up.name.clone()),
+                    labelled: up.region.is_some(),
+                    members: Vec::new(),
+                    degraded: AtomicBool::new(false),
+                });
+                out.len() - 1
+            }
+        };
+        out[id].members.push(i);
+        up.region_id = id;
+    }
+    out
 }
 
 fn tiers(upstreams: &[Arc<Upstream>]) -> Vec<Tier> {
@@ -161,9 +278,83 @@ fn tiers(upstreams: &[Arc<Upstream>]) -> Vec<Tier> {
 }
 
 impl Chain {
-    /// Whether at least one upstream is usable now (not cooling down).
+    /// Whether at least one upstream is usable now (not cooling down, not on another chain).
     pub fn ready(&self, now: u64) -> bool {
-        self.upstreams.iter().any(|u| u.usable(now))
+        self.upstreams
+            .iter()
+            .any(|u| u.usable(now) && !u.quarantined())
+    }
+
+    /// Whether upstream `i` can serve a request needing the latest state now.
+    #[inline]
+    pub fn fresh(&self, i: usize, now: u64) -> bool {
+        self.upstreams[i].fresh(
+            self.state.head(),
+            self.health.max_lag_blocks,
+            self.health.stale_after.as_micros() as u64,
+            now,
+        )
+    }
+
+    /// Recomputes the chain head from the chain-verified upstreams that are not cooling down
+    /// (so one upstream's bogus or abandoned head does not stick forever).
+    pub fn recompute_head(&self, now: u64) {
+        let head = self
+            .upstreams
+            .iter()
+            .filter(|u| u.state.chain_check() == CHAIN_OK && u.usable(now))
+            .map(|u| u.state.head())
+            .max()
+            .unwrap_or(0);
+        if head != 0 {
+            self.state.set_head(head);
+        }
+    }
+
+    /// Records a head reported for upstream `i` (by a probe or live traffic).
+    pub fn observe_head(&self, i: usize, now: u64, block: u64) {
+        let up = &self.upstreams[i];
+        up.state.observe_head(now, block);
+        if up.state.chain_check() == CHAIN_OK {
+            self.state.raise_head(block);
+        }
+    }
+
+    /// Recomputes whether upstream `i`'s region is degraded; returns the new verdict when it
+    /// changed. Cheap to call after every failure; after a success only when degraded.
+    pub fn update_region(&self, i: usize, now: u64) -> Option<bool> {
+        let region = &self.regions[self.upstreams[i].region_id];
+        let verdict = self.region_failing(region, now);
+        (region.degraded.swap(verdict, Relaxed) != verdict).then_some(verdict)
+    }
+
+    fn region_failing(&self, region: &Region, now: u64) -> bool {
+        let n = region.members.len();
+        if n < 2 {
+            // A domain of one is the upstream itself: its own health covers it.
+            return false;
+        }
+        let window = self.health.region_window.as_micros() as u64;
+        let failing = region
+            .members
+            .iter()
+            .filter(|&&m| self.upstreams[m].state.failing(now, window))
+            .count();
+        failing > 0 && failing as f64 >= self.health.region_failure_share * n as f64
+    }
+
+    /// Recomputes every region (the health task does this each tick so windows expire).
+    pub fn update_regions(&self, now: u64) {
+        for r in &self.regions {
+            let verdict = self.region_failing(r, now);
+            if r.degraded.swap(verdict, Relaxed) != verdict {
+                if verdict {
+                    tracing::warn!(chain = &*self.name, region = &*r.name, "region degraded");
+                } else {
+                    tracing::info!(chain = &*self.name, region = &*r.name, "region recovered");
+                }
+            }
+        }
     }
 }
 

@@ -8,29 +8,44 @@
 //!   ([`crate::classify`]) calls the provider's trouble.
 //! - A write ([`MethodKind::Write`]) is retried only when the failure proves the upstream never
 //!   acted on it (connect, DNS or TLS failure, HTTP 429). Any other failure is reported to the
-//!   client, never resent.
-//! - A deterministic JSON-RPC error (execution reverted, invalid params, …) is the answer.
+//!   client, never resent. Writes are never hedged.
+//! - A deterministic JSON-RPC error (execution reverted, invalid params, …) is the answer; but
+//!   "already known" for a raw transaction after a retry means it is in a mempool: its hash is
+//!   the answer.
+//! - A `null` block, transaction or receipt from an upstream behind the chain head is retried on
+//!   another upstream (and returned only when no other upstream answers).
 //!
-//! Upstream health follows each attempt: a connect failure or rate limit ejects the upstream at
-//! once; timeouts, 5xx and malformed answers are soft failures (a latency penalty, and an
-//! ejection after a run of them); an answer is a success that lifts any cool-down.
+//! Hedging: when every pending call is a read and the attempt in flight has not answered within
+//! the hedge delay (twice that upstream's latency estimate, clamped to the chain's
+//! `hedge.min_delay..=hedge.max_delay`), the same calls go to a second upstream, in another
+//! region when one is usable. The first useful answer wins; the other attempt is dropped, and a
+//! dropped attempt never counts as a failure (its wait is recorded as a latency sample).
+//! Retries and hedges avoid the regions of attempts that failed or stalled.
+//!
+//! Upstream health follows each completed attempt: a connect failure, rate limit or rejected key
+//! ejects the upstream at once; timeouts, 5xx and malformed answers are soft failures (a latency
+//! penalty, and an ejection after a run of them); an answer is a success that lifts any
+//! cool-down.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::StatusCode;
 use tokio::time::Instant;
 
-use crate::balance;
+use crate::balance::{self, Want};
 use crate::classify::{self, Class, Penalty};
 use crate::error::{self, AttemptNote};
 use crate::forward::{self, Failure, Forwarder, Reply};
 use crate::jsonrpc::{self, Call};
 use crate::pool::Chain;
-use crate::route::{method_kind, MethodKind};
-use crate::upstream::{now_us, Upstream};
+use crate::route::{self, method_kind, MethodKind, Need};
+use crate::upstream::{now_us, LiveState, Upstream};
 
 /// The answer to one call: raw JSON of a result or of an error object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,8 +63,10 @@ pub struct Report {
     pub answered_by: Vec<Arc<str>>,
     /// Attempts that failed, in order.
     pub failures: Vec<AttemptNote>,
-    /// Number of upstreams tried.
+    /// Number of upstreams tried (hedges included).
     pub attempts: usize,
+    /// Hedged attempts started.
+    pub hedges: usize,
 }
 
 /// What one upstream said about one call.
@@ -60,6 +77,18 @@ enum Got {
     Missing,
 }
 
+/// What came back for one chunk of calls (indices into the request's calls).
+type ChunkResult = (Vec<usize>, Result<Vec<Got>, Failure>);
+
+/// A finished attempt: the upstream, how long it took, and per chunk of calls what came back.
+struct Done {
+    upstream: usize,
+    elapsed: Duration,
+    results: Vec<ChunkResult>,
+}
+
+type AttemptFuture<'a> = Pin<Box<dyn Future<Output = Done> + Send + 'a>>;
+
 /// Forwards `calls` to the chain's upstreams with failover; returns one answer per call.
 pub async fn failover(
     fwd: &Forwarder,
@@ -69,31 +98,161 @@ pub async fn failover(
 ) -> (Vec<Answer>, Report) {
     let n = calls.len();
     let mut answers: Vec<Option<Answer>> = vec![None; n];
-    // The provider-trouble error each pending call got on its latest attempt, if any.
-    let mut last_error: Vec<Option<Bytes>> = vec![None; n];
+    // What each pending call got on its latest attempt that is worth returning if nothing
+    // better comes: a provider-trouble error, or a `null` from an upstream that was behind.
+    let mut fallback: Vec<Option<Answer>> = vec![None; n];
     let writes: Vec<bool> = calls
         .iter()
         .map(|c| method_kind(&c.method) == MethodKind::Write)
         .collect();
+    let need = calls
+        .iter()
+        .fold(Need::default(), |acc, c| acc.merge(route::need(c)));
     let mut pending: Vec<usize> = (0..n).collect();
     let mut tried: Vec<usize> = Vec::with_capacity(chain.max_attempts);
+    let mut exclude: Vec<usize> = Vec::with_capacity(chain.max_attempts);
+    let mut avoid_regions: Vec<usize> = Vec::new();
     let mut report = Report::default();
+    let mut inflight: FuturesUnordered<AttemptFuture<'_>> = FuturesUnordered::new();
+    // When the newest attempt in flight started, and its upstream (for the hedge delay).
+    let mut newest: Option<(Instant, usize)> = None;
 
-    while !pending.is_empty() && tried.len() < chain.max_attempts {
-        let now = Instant::now();
-        let remaining = deadline.saturating_duration_since(now);
-        if remaining.is_zero() {
+    loop {
+        if pending.is_empty() {
             break;
         }
-        let Some(ui) = balance::select(chain, now_us(), &tried) else {
+        let now = Instant::now();
+        if now >= deadline {
             break;
+        }
+        if inflight.is_empty() {
+            if tried.len() >= chain.max_attempts {
+                break;
+            }
+            let Some(ui) = pick(chain, need, &mut exclude, &avoid_regions) else {
+                break;
+            };
+            tried.push(ui);
+            inflight.push(launch(fwd, chain, ui, calls, &pending, deadline));
+            newest = Some((now, ui));
+        }
+        let hedge_at = newest
+            .filter(|_| {
+                chain.hedge.enabled
+                    && inflight.len() == 1
+                    && tried.len() < chain.max_attempts
+                    && pending.iter().all(|&i| !writes[i])
+            })
+            .map(|(started, ui)| started + hedge_delay(chain, ui));
+        let hedge_sleep = async {
+            match hedge_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
         };
-        tried.push(ui);
+        tokio::select! {
+            biased;
+            Some(done) = inflight.next() => {
+                process(chain, calls, &writes, done, &mut answers, &mut fallback, &mut report,
+                        &mut avoid_regions, tried.len() > 1);
+                pending.retain(|&i| answers[i].is_none());
+                if inflight.is_empty() {
+                    newest = None;
+                }
+            }
+            () = hedge_sleep => {
+                let Some((_, stalled)) = newest else { continue };
+                let region = chain.upstreams[stalled].region_id;
+                if !avoid_regions.contains(&region) {
+                    avoid_regions.push(region);
+                }
+                match pick(chain, need, &mut exclude, &avoid_regions) {
+                    Some(ui) => {
+                        tried.push(ui);
+                        report.hedges += 1;
+                        tracing::debug!(chain = &*chain.name, stalled = &*chain.upstreams[stalled].name,
+                            hedge = &*chain.upstreams[ui].name, "hedging a slow read");
+                        inflight.push(launch(fwd, chain, ui, calls, &pending, deadline));
+                        newest = Some((Instant::now(), ui));
+                    }
+                    // Nobody to hedge to: wait for the attempt in flight.
+                    None => newest = None,
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    // Attempts still in flight lost the race (or the deadline passed): dropped, not failures.
+    drop(inflight);
+    report.attempts = tried.len();
+
+    if !pending.is_empty() {
+        let timed_out = Instant::now() >= deadline;
+        let failed = error::all_failed(&report.failures, timed_out);
+        for &i in &pending {
+            answers[i] = Some(
+                fallback[i]
+                    .take()
+                    .unwrap_or_else(|| Answer::Error(failed.clone())),
+            );
+        }
+    }
+    let answers = answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Answer::Error(error::all_failed(&[], false))))
+        .collect();
+    (answers, report)
+}
+
+/// Selects the next upstream and takes its admission (one trial at a time while half-open).
+fn pick(
+    chain: &Chain,
+    need: Need,
+    exclude: &mut Vec<usize>,
+    avoid_regions: &[usize],
+) -> Option<usize> {
+    loop {
+        let now = now_us();
+        let want = Want {
+            exclude,
+            latest: need.latest,
+            min_block: need.min_block,
+            avoid_regions,
+        };
+        let ui = balance::select(chain, now, &want)?;
+        exclude.push(ui);
         let up = &chain.upstreams[ui];
-        let timeout = up.timeout.min(remaining);
+        if up.state.admit(now, up.timeout) {
+            return Some(ui);
+        }
+        tracing::trace!(upstream = &*up.name, "half-open: a trial request is already in flight");
+    }
+}
+
+/// The hedge delay after an attempt to upstream `ui` started.
+fn hedge_delay(chain: &Chain, ui: usize) -> Duration {
+    let est = chain.upstreams[ui].state.latency().saturating_mul(2);
+    est.clamp(chain.hedge.min_delay, chain.hedge.max_delay)
+}
+
+fn launch<'a>(
+    fwd: &'a Forwarder,
+    chain: &'a Chain,
+    ui: usize,
+    calls: &'a [&'a Call<'a>],
+    pending: &[usize],
+    deadline: Instant,
+) -> AttemptFuture<'a> {
+    let sent = pending.to_vec();
+    Box::pin(async move {
+        let up = &chain.upstreams[ui];
+        let timeout = up
+            .timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
         let size = up.max_batch_len.unwrap_or(usize::MAX);
-        let chunks: Vec<&[usize]> = pending.chunks(size).collect();
-        let results = if let [chunk] = chunks.as_slice() {
+        let chunks: Vec<Vec<usize>> = sent.chunks(size).map(<[usize]>::to_vec).collect();
+        let mut guard = Cancelled::new(&up.state);
+        let outcomes = if let [chunk] = chunks.as_slice() {
             vec![attempt(fwd, up, calls, chunk, timeout).await]
         } else {
             join_all(
@@ -103,130 +262,244 @@ pub async fn failover(
             )
             .await
         };
+        guard.done = true;
+        let elapsed = outcomes.iter().map(|o| o.0).max().unwrap_or_default();
+        let results = chunks
+            .into_iter()
+            .zip(outcomes)
+            .map(|(chunk, (_, r))| (chunk, r))
+            .collect();
+        Done {
+            upstream: ui,
+            elapsed,
+            results,
+        }
+    })
+}
 
-        let mut still = Vec::with_capacity(pending.len());
-        let mut worst: Option<Failure> = None;
-        let mut elapsed = Duration::ZERO;
-        // Calls answered, calls whose trouble says the upstream is unwell, any rate limit.
-        let (mut answered, mut unhealthy, mut rate_limited) = (0usize, 0usize, false);
-        let mut rpc_trouble: Option<String> = None;
-        for (chunk, (took, result)) in chunks.iter().zip(results) {
-            elapsed = elapsed.max(took);
-            match result {
-                Err(failure) => {
-                    let note = AttemptNote {
-                        upstream: up.name.clone(),
-                        reason: failure.to_string(),
-                    };
-                    for &i in chunk.iter() {
-                        last_error[i] = None;
-                        if writes[i] && !failure.never_processed() {
-                            answers[i] = Some(Answer::Error(error::write_not_retried(
-                                &calls[i].method,
-                                &note,
-                            )));
-                        } else {
-                            still.push(i);
-                        }
+/// Records the wait of an attempt dropped before it finished (a lost hedge race) as a latency
+/// sample, never as a failure.
+struct Cancelled<'a> {
+    state: &'a LiveState,
+    started: Instant,
+    done: bool,
+}
+
+impl<'a> Cancelled<'a> {
+    fn new(state: &'a LiveState) -> Self {
+        Cancelled {
+            state,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+}
+
+impl Drop for Cancelled<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.state.record_cancelled(now_us(), self.started.elapsed());
+        }
+    }
+}
+
+/// Folds a finished attempt into the answers, the report and the upstream's health.
+#[allow(clippy::too_many_arguments)]
+fn process(
+    chain: &Chain,
+    calls: &[&Call<'_>],
+    writes: &[bool],
+    done: Done,
+    answers: &mut [Option<Answer>],
+    fallback: &mut [Option<Answer>],
+    report: &mut Report,
+    avoid_regions: &mut Vec<usize>,
+    retried: bool,
+) {
+    let ui = done.upstream;
+    let up = &chain.upstreams[ui];
+    let chain_head = chain.state.head();
+    let behind = up.state.head() != 0 && up.state.head() < chain_head;
+    let mut worst: Option<Failure> = None;
+    // Calls answered, calls whose trouble says the upstream is unwell, any rate limit.
+    let (mut answered, mut unhealthy, mut rate_limited) = (0usize, 0usize, false);
+    let mut rpc_trouble: Option<String> = None;
+    // Calls whose final answer came from this upstream.
+    let mut settled = 0usize;
+    for (chunk, result) in done.results {
+        match result {
+            Err(failure) => {
+                let note = AttemptNote {
+                    upstream: up.name.clone(),
+                    reason: failure.to_string(),
+                };
+                for &i in &chunk {
+                    if answers[i].is_some() {
+                        continue;
                     }
-                    if worst
-                        .as_ref()
-                        .is_none_or(|w| severity(&failure) > severity(w))
-                    {
-                        worst = Some(failure);
+                    if writes[i] && !failure.never_processed() {
+                        answers[i] = Some(Answer::Error(error::write_not_retried(
+                            &calls[i].method,
+                            &note,
+                        )));
+                    } else if matches!(fallback[i], Some(Answer::Error(_))) {
+                        // The final error will list every attempt, this one included; a `null`
+                        // from an upstream that was behind is kept: it is still an answer.
+                        fallback[i] = None;
                     }
                 }
-                Ok(got) => {
-                    for (&i, g) in chunk.iter().zip(got) {
-                        match g {
-                            Got::Result(r) => {
+                if worst
+                    .as_ref()
+                    .is_none_or(|w| severity(&failure) > severity(w))
+                {
+                    worst = Some(failure);
+                }
+            }
+            Ok(got) => {
+                for (&i, g) in chunk.iter().zip(got) {
+                    if answers[i].is_some() {
+                        // A hedge already answered this call.
+                        continue;
+                    }
+                    let method = &*calls[i].method;
+                    match g {
+                        Got::Result(r) => {
+                            if behind && r.as_ref() == b"null" && route::null_may_mean_behind(method)
+                            {
+                                // This upstream may just not have it yet: ask one that is up to date.
+                                fallback[i] = Some(Answer::Result(r));
+                                rpc_trouble.get_or_insert_with(|| {
+                                    format!("null from an upstream {} blocks behind", chain_head - up.state.head())
+                                });
                                 answered += 1;
-                                answers[i] = Some(Answer::Result(r));
+                                continue;
                             }
-                            Got::Error(e, Class::Deterministic) => {
-                                answered += 1;
+                            answered += 1;
+                            settled += 1;
+                            let r = if method == "eth_blockNumber" {
+                                block_number(chain, ui, r)
+                            } else {
+                                r
+                            };
+                            answers[i] = Some(Answer::Result(r));
+                        }
+                        Got::Error(e, Class::Deterministic) => {
+                            answered += 1;
+                            settled += 1;
+                            let known = (retried || chain.broadcast_raw_transactions)
+                                && method == "eth_sendRawTransaction"
+                                && is_already_known(&e);
+                            answers[i] = Some(match known.then(|| tx_hash(calls[i])).flatten() {
+                                Some(hash) => Answer::Result(hash),
+                                None => Answer::Error(e),
+                            });
+                        }
+                        Got::Error(e, Class::Trouble(penalty)) => {
+                            unhealthy += usize::from(penalty == Penalty::Unhealthy);
+                            rate_limited |= penalty == Penalty::RateLimited;
+                            if rpc_trouble.is_none() {
+                                rpc_trouble = Some(describe_rpc_error(up, &e));
+                            }
+                            if writes[i] {
+                                // The upstream answered and declined; its answer stands.
                                 answers[i] = Some(Answer::Error(e));
+                            } else {
+                                fallback[i] = Some(Answer::Error(e));
                             }
-                            Got::Error(e, Class::Trouble(penalty)) => {
-                                unhealthy += usize::from(penalty == Penalty::Unhealthy);
-                                rate_limited |= penalty == Penalty::RateLimited;
-                                if rpc_trouble.is_none() {
-                                    rpc_trouble = Some(describe_rpc_error(up, &e));
-                                }
-                                if writes[i] {
-                                    // The upstream answered and declined; its answer stands.
-                                    answers[i] = Some(Answer::Error(e));
-                                } else {
-                                    last_error[i] = Some(e);
-                                    still.push(i);
-                                }
-                            }
-                            Got::Missing => {
-                                unhealthy += 1;
-                                last_error[i] = None;
-                                let failure = Failure::Malformed(
-                                    "a call got no answer in the batch response",
-                                );
-                                rpc_trouble.get_or_insert_with(|| failure.to_string());
-                                if writes[i] {
-                                    let note = AttemptNote {
-                                        upstream: up.name.clone(),
-                                        reason: failure.to_string(),
-                                    };
-                                    answers[i] = Some(Answer::Error(error::write_not_retried(
-                                        &calls[i].method,
-                                        &note,
-                                    )));
-                                } else {
-                                    still.push(i);
-                                }
+                        }
+                        Got::Missing => {
+                            unhealthy += 1;
+                            let failure =
+                                Failure::Malformed("a call got no answer in the batch response");
+                            rpc_trouble.get_or_insert_with(|| failure.to_string());
+                            if writes[i] {
+                                let note = AttemptNote {
+                                    upstream: up.name.clone(),
+                                    reason: failure.to_string(),
+                                };
+                                answers[i] = Some(Answer::Error(error::write_not_retried(
+                                    &calls[i].method,
+                                    &note,
+                                )));
                             }
                         }
                     }
                 }
             }
         }
-        record_health(
-            up,
-            worst.as_ref(),
-            elapsed,
-            answered,
-            unhealthy,
-            rate_limited,
-        );
-        if let Some(f) = &worst {
-            report.failures.push(AttemptNote {
-                upstream: up.name.clone(),
-                reason: f.to_string(),
-            });
-        } else if let Some(why) = rpc_trouble {
-            report.failures.push(AttemptNote {
-                upstream: up.name.clone(),
-                reason: why,
-            });
-        }
-        if answered > 0 {
-            report.answered_by.push(up.name.clone());
-        }
-        still.sort_unstable();
-        pending = still;
     }
-    report.attempts = tried.len();
+    record_health(
+        chain,
+        ui,
+        worst.as_ref(),
+        done.elapsed,
+        answered,
+        unhealthy,
+        rate_limited,
+    );
+    let trouble = worst.as_ref().map(ToString::to_string).or(rpc_trouble);
+    if let Some(reason) = trouble {
+        if !avoid_regions.contains(&up.region_id) {
+            avoid_regions.push(up.region_id);
+        }
+        report.failures.push(AttemptNote {
+            upstream: up.name.clone(),
+            reason,
+        });
+    }
+    if settled > 0 {
+        report.answered_by.push(up.name.clone());
+    }
+}
 
-    if !pending.is_empty() {
-        let timed_out = Instant::now() >= deadline;
-        let failed = error::all_failed(&report.failures, timed_out);
-        for &i in &pending {
-            answers[i] = Some(Answer::Error(
-                last_error[i].take().unwrap_or_else(|| failed.clone()),
-            ));
-        }
+/// An `eth_blockNumber` answer: the upstream's head, and the chain's answers never go backwards.
+fn block_number(chain: &Chain, ui: usize, raw: Bytes) -> Bytes {
+    let text = std::str::from_utf8(&raw).unwrap_or("");
+    let Some(n) = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .and_then(route::parse_quantity)
+    else {
+        return raw;
+    };
+    chain.observe_head(ui, now_us(), n);
+    let served = chain.state.monotonic_block(n);
+    if served > n {
+        Bytes::from(format!("\"0x{served:x}\""))
+    } else {
+        raw
     }
-    let answers = answers
-        .into_iter()
-        .map(|a| a.unwrap_or_else(|| Answer::Error(error::all_failed(&[], false))))
+}
+
+fn is_already_known(error: &[u8]) -> bool {
+    let e = crate::error::RpcError::from_object(error);
+    let m = e.message.to_ascii_lowercase();
+    m.contains("already known") || m.contains("known transaction") || m.contains("alreadyknown")
+}
+
+/// The hash of the raw transaction in an `eth_sendRawTransaction` call, as a JSON string.
+fn tx_hash(call: &Call<'_>) -> Option<Bytes> {
+    use tiny_keccak::{Hasher, Keccak};
+    let params: Vec<String> = serde_json::from_str(call.params?.get()).ok()?;
+    let hex = params.first()?.strip_prefix("0x")?;
+    if hex.len() % 2 != 0 || hex.is_empty() {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
         .collect();
-    (answers, report)
+    let mut k = Keccak::v256();
+    k.update(&bytes?);
+    let mut out = [0u8; 32];
+    k.finalize(&mut out);
+    let mut s = String::with_capacity(68);
+    s.push_str("\"0x");
+    for b in out {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.push('"');
+    Some(Bytes::from(s))
 }
 
 /// Which failure of a multi-chunk attempt decides the upstream's health.
@@ -239,23 +512,38 @@ fn severity(f: &Failure) -> u8 {
 }
 
 fn record_health(
-    up: &Upstream,
+    chain: &Chain,
+    ui: usize,
     worst: Option<&Failure>,
     elapsed: Duration,
     answered: usize,
     unhealthy: usize,
     rate_limited: bool,
 ) {
+    let up = &chain.upstreams[ui];
     let now = now_us();
     let state = &up.state;
-    match worst {
+    let failed = match worst {
         Some(f @ Failure::Connect(_)) => {
             let cd = state.eject(now, elapsed, None);
+            if f.is_dns() && state.successes.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                state.set_unresolvable();
+            }
             tracing::warn!(upstream = &*up.name, reason = %f, cooldown = ?cd, "upstream ejected");
+            Some(f.to_string())
         }
-        Some(Failure::Status(s, retry_after)) if *s == StatusCode::TOO_MANY_REQUESTS => {
+        Some(f @ Failure::Status(s, retry_after)) if *s == StatusCode::TOO_MANY_REQUESTS => {
             let cd = state.eject(now, elapsed, *retry_after);
             tracing::warn!(upstream = &*up.name, cooldown = ?cd, "upstream rate limited (HTTP 429)");
+            Some(f.to_string())
+        }
+        Some(f @ Failure::Status(s, _))
+            if *s == StatusCode::UNAUTHORIZED || *s == StatusCode::FORBIDDEN =>
+        {
+            let cd = state.eject(now, elapsed, None);
+            tracing::warn!(upstream = &*up.name, reason = %f, cooldown = ?cd,
+                "upstream rejected detour's credentials: check its API key");
+            Some(f.to_string())
         }
         Some(f) => {
             if let Some(cd) = state.record_soft_failure(now, elapsed) {
@@ -263,19 +551,35 @@ fn record_health(
             } else {
                 tracing::debug!(upstream = &*up.name, reason = %f, "upstream attempt failed");
             }
+            Some(f.to_string())
         }
         None if rate_limited => {
             let cd = state.eject(now, elapsed, None);
             tracing::warn!(upstream = &*up.name, cooldown = ?cd, "upstream rate limited (JSON-RPC error)");
+            Some("rate limited (JSON-RPC error)".to_string())
         }
         None if answered == 0 && unhealthy > 0 => {
             if let Some(cd) = state.record_soft_failure(now, elapsed) {
                 tracing::warn!(upstream = &*up.name, cooldown = ?cd, "upstream ejected after repeated provider errors");
             }
+            Some("provider error".to_string())
         }
         // Only "not supported here" answers: nothing learned about the upstream's health.
-        None if answered == 0 => {}
-        None => state.record_success(now, elapsed),
+        None if answered == 0 => None,
+        None => {
+            state.record_success(now, elapsed);
+            if chain.regions[up.region_id].degraded() {
+                chain.update_region(ui, now);
+            }
+            None
+        }
+    };
+    if let Some(why) = failed {
+        state.note_error(now, &why);
+        if let Some(true) = chain.update_region(ui, now) {
+            let region = &chain.regions[up.region_id];
+            tracing::warn!(chain = &*chain.name, region = &*region.name, "region degraded");
+        }
     }
 }
 

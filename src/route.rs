@@ -1,5 +1,10 @@
 //! What a method is, for routing: answered by detour itself, a write (retried only when the
-//! first upstream provably never saw it), or an ordinary read.
+//! first upstream provably never saw it), or an ordinary read; and which block a call needs
+//! (the latest state, or a named block number), so lagging upstreams are avoided.
+
+use serde_json::value::RawValue;
+
+use crate::jsonrpc::Call;
 
 /// How detour treats a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +53,223 @@ pub fn method_kind(method: &str) -> MethodKind {
     }
 }
 
+/// What a call needs of an upstream's chain view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Need {
+    /// Depends on the latest state (`latest`/`pending`, no block given, or no block parameter):
+    /// a lagging or stale upstream would answer with old data.
+    pub latest: bool,
+    /// Names this block number: an upstream whose head is below it cannot answer (0: none).
+    pub min_block: u64,
+}
+
+impl Need {
+    /// What a set of calls needs together.
+    pub fn merge(self, other: Need) -> Need {
+        Need {
+            latest: self.latest || other.latest,
+            min_block: self.min_block.max(other.min_block),
+        }
+    }
+}
+
+/// Where a method takes its block parameter (index into `params`), for methods that take one.
+fn block_param(method: &str) -> Option<usize> {
+    Some(match method {
+        "eth_getBlockByNumber"
+        | "eth_getBlockTransactionCountByNumber"
+        | "eth_getTransactionByBlockNumberAndIndex"
+        | "eth_getUncleByBlockNumberAndIndex"
+        | "eth_getUncleCountByBlockNumber"
+        | "eth_getBlockReceipts"
+        | "trace_block"
+        | "trace_replayBlockTransactions"
+        | "debug_traceBlockByNumber" => 0,
+        "eth_getBalance" | "eth_getCode" | "eth_getTransactionCount" | "eth_call"
+        | "eth_estimateGas" | "eth_createAccessList" | "eth_feeHistory" | "debug_traceCall" => 1,
+        "eth_getStorageAt" | "eth_getProof" | "trace_call" => 2,
+        _ => return None,
+    })
+}
+
+/// Which block a call needs. Only methods with a block parameter are looked into (and only
+/// their params are parsed); every other method counts as needing the latest state.
+pub fn need(call: &Call<'_>) -> Need {
+    const LATEST: Need = Need {
+        latest: true,
+        min_block: 0,
+    };
+    if call.method == "eth_getLogs" || call.method == "eth_newFilter" {
+        return logs_need(call.params);
+    }
+    let Some(pos) = block_param(&call.method) else {
+        return LATEST;
+    };
+    let Some(params) = call.params else {
+        return LATEST;
+    };
+    let Ok(list) = serde_json::from_str::<Vec<&RawValue>>(params.get()) else {
+        return LATEST;
+    };
+    match list.get(pos) {
+        Some(tag) => tag_need(tag),
+        None => LATEST,
+    }
+}
+
+/// A block tag, number, hash or EIP-1898 object.
+fn tag_need(tag: &RawValue) -> Need {
+    let text = tag.get().trim();
+    if let Some(s) = text.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        return match s {
+            "latest" | "pending" => Need {
+                latest: true,
+                min_block: 0,
+            },
+            // Old enough that a slightly lagging upstream has it; a hash is checked by the
+            // upstream itself (an unknown hash is retried elsewhere).
+            _ if s.len() > 18 => Need::default(),
+            _ => match parse_quantity(s) {
+                Some(n) => Need {
+                    latest: false,
+                    min_block: n,
+                },
+                None => Need::default(), // "earliest", "safe", "finalized"
+            },
+        };
+    }
+    if text.starts_with('{') {
+        #[derive(serde::Deserialize)]
+        struct ByNumber<'a> {
+            #[serde(rename = "blockNumber", borrow)]
+            block_number: Option<&'a RawValue>,
+        }
+        if let Ok(ByNumber {
+            block_number: Some(n),
+        }) = serde_json::from_str(text)
+        {
+            return tag_need(n);
+        }
+        return Need::default();
+    }
+    Need {
+        latest: true,
+        min_block: 0,
+    }
+}
+
+fn logs_need(params: Option<&RawValue>) -> Need {
+    #[derive(serde::Deserialize)]
+    struct Filter<'a> {
+        #[serde(rename = "toBlock", borrow)]
+        to_block: Option<&'a RawValue>,
+        #[serde(rename = "blockHash", borrow)]
+        block_hash: Option<&'a RawValue>,
+    }
+    let filter = params
+        .and_then(|p| serde_json::from_str::<Vec<&RawValue>>(p.get()).ok())
+        .and_then(|l| l.first().and_then(|f| serde_json::from_str::<Filter<'_>>(f.get()).ok()));
+    match filter {
+        Some(Filter {
+            block_hash: Some(_),
+            ..
+        }) => Need::default(),
+        Some(Filter {
+            to_block: Some(t), ..
+        }) => tag_need(t),
+        _ => Need {
+            latest: true,
+            min_block: 0,
+        },
+    }
+}
+
+/// Parses a JSON-RPC quantity (`0x1b4`).
+pub fn parse_quantity(s: &str) -> Option<u64> {
+    let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"))?;
+    if hex.is_empty() || hex.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Methods whose `null` result, from an upstream behind the chain head, may only mean that the
+/// upstream has not seen the block or transaction yet: retried on an up-to-date upstream.
+pub fn null_may_mean_behind(method: &str) -> bool {
+    matches!(
+        method,
+        "eth_getBlockByNumber"
+            | "eth_getBlockByHash"
+            | "eth_getTransactionByHash"
+            | "eth_getTransactionReceipt"
+            | "eth_getBlockReceipts"
+            | "eth_getTransactionByBlockHashAndIndex"
+            | "eth_getTransactionByBlockNumberAndIndex"
+            | "eth_getBlockTransactionCountByHash"
+            | "eth_getBlockTransactionCountByNumber"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jsonrpc::{parse, Entry, Parsed};
+
+    fn need_of(body: &str) -> Need {
+        match parse(body.as_bytes(), 10) {
+            Parsed::Single(Entry::Call(c)) => need(&c),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn block_needs() {
+        let latest = Need {
+            latest: true,
+            min_block: 0,
+        };
+        let at = |n| Need {
+            latest: false,
+            min_block: n,
+        };
+        let cases = [
+            (r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#, latest),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{}]}"#, latest),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{},"latest"]}"#, latest),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{},"0x10"]}"#, at(16)),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["0xab","finalized"]}"#,
+                Need::default(),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"eth_getBlockByNumber","params":["0x64",false]}"#,
+                at(100),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"eth_getStorageAt","params":["0xab","0x0",{"blockNumber":"0x5"}]}"#,
+                at(5),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"eth_getCode","params":["0xab","0x0000000000000000000000000000000000000000000000000000000000000001"]}"#,
+                Need::default(),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"eth_getLogs","params":[{"fromBlock":"0x1","toBlock":"0x20"}]}"#,
+                at(32),
+            ),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"eth_getLogs","params":[{"fromBlock":"0x1"}]}"#, latest),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"eth_getLogs","params":[{"blockHash":"0xab"}]}"#,
+                Need::default(),
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(need_of(body), want, "{body}");
+        }
+        assert_eq!(parse_quantity("0x1b4"), Some(436));
+        assert_eq!(parse_quantity("0x"), None);
+        assert_eq!(parse_quantity("12"), None);
+    }
 
     #[test]
     fn kinds() {

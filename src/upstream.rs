@@ -4,8 +4,8 @@
 //! upstream. It lives behind its own `Arc` so that a configuration reload can hand the same state
 //! to the new snapshot when the upstream is unchanged. Nothing here takes a lock.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -169,6 +169,9 @@ pub struct Upstream {
     pub weight: u32,
     /// Failure-domain label.
     pub region: Option<Arc<str>>,
+    /// Index of its failure domain in [`Chain::regions`](crate::pool::Chain::regions); an
+    /// upstream without a `region` label is a domain of its own.
+    pub region_id: usize,
     /// Where requests go.
     pub uri: Uri,
     /// Headers sent with every request: content type, user agent, credentials, configured ones.
@@ -226,6 +229,7 @@ impl Upstream {
             tier: config.tier,
             weight: config.weight.max(1),
             region: config.region.as_deref().map(Into::into),
+            region_id: 0,
             uri: target.uri,
             headers,
             display_url: target.display,
@@ -254,12 +258,90 @@ impl Upstream {
         self.state.cooldown_until.load(Relaxed) <= now
     }
 
+    /// Whether the chain check found this upstream on another chain: it is never served.
+    #[inline]
+    pub fn quarantined(&self) -> bool {
+        self.state.chain_check.load(Relaxed) == CHAIN_WRONG
+    }
+
+    /// Whether this upstream can serve a request that depends on the latest state: not more
+    /// than `max_lag` blocks behind `chain_head`, and not stuck (head unchanged for `stale_us`
+    /// while the chain moved on). An upstream whose head is not known yet is fresh.
+    #[inline]
+    pub fn fresh(&self, chain_head: u64, max_lag: u64, stale_us: u64, now: u64) -> bool {
+        let head = self.state.head.load(Relaxed);
+        if head == 0 || head >= chain_head {
+            return true;
+        }
+        chain_head - head <= max_lag
+            && now.saturating_sub(self.state.head_changed_us.load(Relaxed)) <= stale_us
+    }
+
+    /// Whether this upstream may know block `n` (its head is unknown or at least `n`).
+    #[inline]
+    pub fn has_block(&self, n: u64) -> bool {
+        let head = self.state.head.load(Relaxed);
+        head == 0 || head >= n
+    }
+
     /// Selection cost: peak-EWMA latency × (in-flight + 1) ÷ weight.
     #[inline]
     pub fn cost(&self) -> f64 {
         let s = &self.state;
         let rtt = f64::from_bits(s.ewma_ns.load(Relaxed));
         rtt * f64::from(s.in_flight.load(Relaxed) + 1) / f64::from(self.weight)
+    }
+}
+
+/// The chain check has not answered yet.
+pub const CHAIN_UNKNOWN: u8 = 0;
+/// `eth_chainId` matched the configured chain id.
+pub const CHAIN_OK: u8 = 1;
+/// `eth_chainId` named another chain: quarantined.
+pub const CHAIN_WRONG: u8 = 2;
+
+/// Counts events over the last [`Window::SPAN_US`] in a few time buckets, without locks.
+#[derive(Debug, Default)]
+pub struct Window {
+    /// Each bucket packs (bucket epoch << 32 | count).
+    buckets: [AtomicU64; 6],
+}
+
+impl Window {
+    const BUCKET_US: u64 = 10_000_000;
+    /// The span counted: one minute.
+    pub const SPAN_US: u64 = 6 * Self::BUCKET_US;
+
+    /// Counts one event at `now`.
+    pub fn add(&self, now: u64) {
+        let epoch = now / Self::BUCKET_US;
+        let b = &self.buckets[(epoch % 6) as usize];
+        let mut cur = b.load(Relaxed);
+        loop {
+            let next = if cur >> 32 == epoch & 0xffff_ffff {
+                cur + 1
+            } else {
+                ((epoch & 0xffff_ffff) << 32) | 1
+            };
+            match b.compare_exchange_weak(cur, next, Relaxed, Relaxed) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Events in the last minute (up to a bucket's width more).
+    pub fn count(&self, now: u64) -> u64 {
+        let epoch = now / Self::BUCKET_US;
+        self.buckets
+            .iter()
+            .map(|b| b.load(Relaxed))
+            .filter(|v| {
+                let e = v >> 32;
+                e <= epoch & 0xffff_ffff && (epoch & 0xffff_ffff) - e < 6
+            })
+            .map(|v| v & 0xffff_ffff)
+            .sum()
     }
 }
 
@@ -283,6 +365,34 @@ pub struct LiveState {
     pub successes: AtomicU64,
     /// Attempts that failed (lifetime counter).
     pub failures: AtomicU64,
+    /// Latest block number this upstream reported (probe or live `eth_blockNumber`); 0: unknown.
+    head: AtomicU64,
+    /// When `head` last changed (µs).
+    head_changed_us: AtomicU64,
+    /// When `head` was last reported, changed or not (µs); a probe is due after that.
+    head_seen_us: AtomicU64,
+    /// [`CHAIN_UNKNOWN`], [`CHAIN_OK`] or [`CHAIN_WRONG`].
+    chain_check: AtomicU8,
+    /// The chain id the upstream reported (for the status page when it is wrong).
+    reported_chain_id: AtomicU64,
+    /// When the chain id was last checked successfully (µs).
+    chain_checked_us: AtomicU64,
+    /// Consecutive failed probes.
+    probe_failures: AtomicU32,
+    /// Consecutive good probes.
+    probe_successes: AtomicU32,
+    /// When the half-open trial after a cool-down was handed out (µs).
+    trial_at: AtomicU64,
+    /// Last failure (µs); 0: never.
+    last_failure_us: AtomicU64,
+    /// Last success (µs); 0: never.
+    last_success_us: AtomicU64,
+    /// Its hostname has never resolved (cleared by any success).
+    unresolvable: AtomicBool,
+    /// Failures in the last minute.
+    recent_failures: Window,
+    /// The last failure, redacted, for the status page (taken only when something fails).
+    last_error: Mutex<Option<String>>,
 }
 
 impl Default for LiveState {
@@ -296,6 +406,20 @@ impl Default for LiveState {
             soft_failures: AtomicU32::new(0),
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            head: AtomicU64::new(0),
+            head_changed_us: AtomicU64::new(0),
+            head_seen_us: AtomicU64::new(0),
+            chain_check: AtomicU8::new(CHAIN_UNKNOWN),
+            reported_chain_id: AtomicU64::new(0),
+            chain_checked_us: AtomicU64::new(0),
+            probe_failures: AtomicU32::new(0),
+            probe_successes: AtomicU32::new(0),
+            trial_at: AtomicU64::new(0),
+            last_failure_us: AtomicU64::new(0),
+            last_success_us: AtomicU64::new(0),
+            unresolvable: AtomicBool::new(false),
+            recent_failures: Window::default(),
+            last_error: Mutex::new(None),
         }
     }
 }
@@ -328,6 +452,165 @@ impl LiveState {
         self.cooldown_until.load(Relaxed)
     }
 
+    /// Admits a request: always, unless the cool-down has just ended (half-open), when only one
+    /// trial request is let through until it reports; a trial that never reports (cancelled)
+    /// is handed out again after `trial_timeout`.
+    pub fn admit(&self, now: u64, trial_timeout: Duration) -> bool {
+        let until = self.cooldown_until.load(Relaxed);
+        if until == 0 || until > now {
+            // Healthy, or chosen on purpose while cooling down (nothing better was left).
+            return true;
+        }
+        let t = self.trial_at.load(Relaxed);
+        if t >= until && now.saturating_sub(t) < trial_timeout.as_micros() as u64 {
+            return false;
+        }
+        self.trial_at
+            .compare_exchange(t, now.max(until), Relaxed, Relaxed)
+            .is_ok()
+    }
+
+    /// Whether the cool-down has ended but no success has confirmed recovery yet.
+    pub fn half_open(&self, now: u64) -> bool {
+        let until = self.cooldown_until.load(Relaxed);
+        until != 0 && until <= now
+    }
+
+    /// The latest reported head block (0: unknown).
+    pub fn head(&self) -> u64 {
+        self.head.load(Relaxed)
+    }
+
+    /// When the head was last reported (µs; 0: never).
+    pub fn head_seen(&self) -> u64 {
+        self.head_seen_us.load(Relaxed)
+    }
+
+    /// When the head last changed (µs; 0: never).
+    pub fn head_changed(&self) -> u64 {
+        self.head_changed_us.load(Relaxed)
+    }
+
+    /// Records a head reported by a probe or by live traffic.
+    pub fn observe_head(&self, now: u64, block: u64) {
+        let prev = self.head.swap(block, Relaxed);
+        if prev != block {
+            self.head_changed_us.store(now, Relaxed);
+        }
+        self.head_seen_us.store(now, Relaxed);
+    }
+
+    /// The chain check's verdict ([`CHAIN_UNKNOWN`], [`CHAIN_OK`] or [`CHAIN_WRONG`]).
+    pub fn chain_check(&self) -> u8 {
+        self.chain_check.load(Relaxed)
+    }
+
+    /// The chain id the upstream last reported (0: none yet).
+    pub fn reported_chain_id(&self) -> u64 {
+        self.reported_chain_id.load(Relaxed)
+    }
+
+    /// When the chain id was last checked (µs; 0: never).
+    pub fn chain_checked(&self) -> u64 {
+        self.chain_checked_us.load(Relaxed)
+    }
+
+    /// Records the chain id the upstream reported; returns whether the verdict changed.
+    pub fn record_chain_id(&self, now: u64, reported: u64, expected: u64) -> bool {
+        self.reported_chain_id.store(reported, Relaxed);
+        self.chain_checked_us.store(now, Relaxed);
+        let verdict = if reported == expected {
+            CHAIN_OK
+        } else {
+            CHAIN_WRONG
+        };
+        self.chain_check.swap(verdict, Relaxed) != verdict
+    }
+
+    /// A good probe. Returns true when it brought an ejected upstream back (after `healthy_after`
+    /// good probes in a row).
+    pub fn probe_ok(&self, now: u64, rtt: Duration, healthy_after: u32) -> bool {
+        self.probe_failures.store(0, Relaxed);
+        let n = self.probe_successes.fetch_add(1, Relaxed) + 1;
+        self.unresolvable.store(false, Relaxed);
+        if self.cooldown_until.load(Relaxed) != 0 {
+            if n >= healthy_after {
+                self.record_success(now, rtt);
+                return true;
+            }
+            return false;
+        }
+        self.observe(now, rtt);
+        false
+    }
+
+    /// A failed probe. Returns the cool-down when it ejected the upstream (after
+    /// `unhealthy_after` failed probes in a row, and only if it was not already cooling down).
+    pub fn probe_failed(
+        &self,
+        now: u64,
+        unhealthy_after: u32,
+        why: &str,
+        elapsed: Duration,
+    ) -> Option<Duration> {
+        self.probe_successes.store(0, Relaxed);
+        let n = self.probe_failures.fetch_add(1, Relaxed) + 1;
+        self.note_error(now, why);
+        if n >= unhealthy_after && self.cooldown_until(now).is_none() {
+            self.probe_failures.store(0, Relaxed);
+            return Some(self.eject(now, elapsed, None));
+        }
+        None
+    }
+
+    /// Marks the upstream's hostname as never resolved.
+    pub fn set_unresolvable(&self) {
+        self.unresolvable.store(true, Relaxed);
+    }
+
+    /// Whether the hostname has never resolved.
+    pub fn unresolvable(&self) -> bool {
+        self.unresolvable.load(Relaxed)
+    }
+
+    /// Remembers a failure's (already redacted) description for the status page.
+    pub fn note_error(&self, now: u64, why: &str) {
+        self.last_failure_us.store(now, Relaxed);
+        self.recent_failures.add(now);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(why.to_owned());
+        }
+    }
+
+    /// The last failure's description, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Failures in about the last minute.
+    pub fn recent_failures(&self, now: u64) -> u64 {
+        self.recent_failures.count(now)
+    }
+
+    /// Whether the upstream failed within `window_us` of `now` and has not succeeded since, or
+    /// is cooling down.
+    pub fn failing(&self, now: u64, window_us: u64) -> bool {
+        let f = self.last_failure_us.load(Relaxed);
+        (f != 0 && f > self.last_success_us.load(Relaxed) && now.saturating_sub(f) <= window_us)
+            || self.cooldown_until(now).is_some()
+    }
+
+    /// A cancelled attempt (a hedge lost the race): the time it waited is a lower bound on its
+    /// latency, recorded so a stalled upstream stops looking fast, but it is not a failure.
+    pub fn record_cancelled(&self, now: u64, waited: Duration) {
+        let prev = f64::from_bits(self.ewma_ns.load(Relaxed));
+        let waited_ns = waited.as_nanos() as f64;
+        if waited_ns > prev {
+            self.ewma_ns.store(waited_ns.to_bits(), Relaxed);
+            self.stamp_us.store(now, Relaxed);
+        }
+    }
+
     fn observe(&self, now: u64, rtt: Duration) {
         let rtt = rtt.as_nanos() as f64;
         let prev = f64::from_bits(self.ewma_ns.load(Relaxed));
@@ -349,6 +632,10 @@ impl LiveState {
     pub fn record_success(&self, now: u64, rtt: Duration) {
         self.observe(now, rtt);
         self.successes.fetch_add(1, Relaxed);
+        self.last_success_us.store(now, Relaxed);
+        if self.unresolvable.load(Relaxed) {
+            self.unresolvable.store(false, Relaxed);
+        }
         if self.soft_failures.load(Relaxed) != 0 {
             self.soft_failures.store(0, Relaxed);
         }
@@ -366,7 +653,9 @@ impl LiveState {
     pub fn eject(&self, now: u64, elapsed: Duration, at_least: Option<Duration>) -> Duration {
         self.observe(now, elapsed.max(FAILURE_PENALTY));
         self.failures.fetch_add(1, Relaxed);
+        self.last_failure_us.store(now, Relaxed);
         self.soft_failures.store(0, Relaxed);
+        self.probe_successes.store(0, Relaxed);
         let n = self.ejections.fetch_add(1, Relaxed).min(16);
         let backoff = COOLDOWN_BASE.saturating_mul(1 << n).min(COOLDOWN_MAX);
         let cooldown = at_least
@@ -386,6 +675,7 @@ impl LiveState {
         }
         self.observe(now, elapsed.max(FAILURE_PENALTY));
         self.failures.fetch_add(1, Relaxed);
+        self.last_failure_us.store(now, Relaxed);
         None
     }
 }
