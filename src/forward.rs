@@ -14,9 +14,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::ClientConfig;
+use crate::dns::Resolver;
 use crate::upstream::Upstream;
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
 
 /// Sends requests to upstreams.
 #[derive(Clone, Debug)]
@@ -41,6 +42,9 @@ pub enum Failure {
     /// The body is not a JSON-RPC answer to what was sent.
     Malformed(&'static str),
 }
+
+/// The request header that marks a health probe.
+pub const PROBE_HEADER: &str = "x-detour-probe";
 
 /// How a DNS failure's description starts (see [`Failure::is_dns`]).
 pub const DNS_FAILED: &str = "DNS resolution failed";
@@ -91,9 +95,11 @@ pub struct Reply {
 }
 
 impl Forwarder {
-    /// Builds the shared client.
-    pub fn new(config: &ClientConfig) -> Forwarder {
-        let mut http = HttpConnector::new();
+    /// Builds the shared client, resolving hostnames through `resolver` (cached, see
+    /// [`crate::dns`]).
+    pub fn new(config: &ClientConfig, resolver: Resolver) -> Forwarder {
+        let resolver = resolver.with_settings(config.dns_refresh, config.dns_max_stale);
+        let mut http = HttpConnector::new_with_resolver(resolver);
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
@@ -126,17 +132,43 @@ impl Forwarder {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Reply, Failure> {
-        match tokio::time::timeout(timeout, self.exchange(up, body)).await {
+        match tokio::time::timeout(timeout, self.exchange(up, body, None)).await {
             Ok(result) => result,
             Err(_) => Err(Failure::Timeout),
         }
     }
 
-    async fn exchange(&self, up: &Upstream, body: Bytes) -> Result<Reply, Failure> {
+    /// Like [`Forwarder::send`], for a health probe: marked with an `x-detour-probe` header
+    /// (its value says what is probed) so upstream operators can tell probes from traffic.
+    pub async fn send_probe(
+        &self,
+        up: &Upstream,
+        body: Bytes,
+        timeout: Duration,
+        what: &'static str,
+    ) -> Result<Reply, Failure> {
+        match tokio::time::timeout(timeout, self.exchange(up, body, Some(what))).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Timeout),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        up: &Upstream,
+        body: Bytes,
+        probe: Option<&'static str>,
+    ) -> Result<Reply, Failure> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = up.uri.clone();
         *req.headers_mut() = up.headers.clone();
+        if let Some(what) = probe {
+            req.headers_mut().insert(
+                http::HeaderName::from_static(PROBE_HEADER),
+                http::HeaderValue::from_static(what),
+            );
+        }
         let resp = self
             .client
             .request(req)

@@ -47,11 +47,14 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod balance;
 pub mod classify;
 pub mod config;
+pub mod dns;
 pub mod error;
 pub mod forward;
+pub mod health;
 pub mod jsonrpc;
 pub mod pool;
 pub mod retry;

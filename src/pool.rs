@@ -99,6 +99,11 @@ impl ChainState {
         self.last_traffic_us.load(Relaxed)
     }
 
+    /// The highest block number answered to `eth_blockNumber` (0: none yet).
+    pub fn served_block(&self) -> u64 {
+        self.served_block.load(Relaxed)
+    }
+
     /// The block number to answer to `eth_blockNumber` given an upstream's answer `block`: the
     /// highest ever answered, so answers never go backwards.
     pub fn monotonic_block(&self, block: u64) -> u64 {
@@ -226,10 +231,10 @@ impl Pool {
 fn regions(upstreams: &mut [Upstream]) -> Vec<Region> {
     let mut out: Vec<Region> = Vec::new();
     for (i, up) in upstreams.iter_mut().enumerate() {
-        let found = up.region.as_ref().and_then(|label| {
-            out.iter()
-                .position(|r| r.labelled && *r.name == **label)
-        });
+        let found = up
+            .region
+            .as_ref()
+            .and_then(|label| out.iter().position(|r| r.labelled && *r.name == **label));
         let id = match found {
             Some(id) => id,
             None => {

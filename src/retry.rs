@@ -187,6 +187,19 @@ pub async fn failover(
     report.attempts = tried.len();
 
     if !pending.is_empty() {
+        if tried.is_empty() {
+            // Nothing could be tried: say why (every upstream is on the wrong chain).
+            for up in chain.upstreams.iter().filter(|u| u.quarantined()) {
+                report.failures.push(AttemptNote {
+                    upstream: up.name.clone(),
+                    reason: format!(
+                        "quarantined: on the wrong chain (expected {}, got {})",
+                        chain.chain_id,
+                        up.state.reported_chain_id()
+                    ),
+                });
+            }
+        }
         let timed_out = Instant::now() >= deadline;
         let failed = error::all_failed(&report.failures, timed_out);
         for &i in &pending {
@@ -225,7 +238,10 @@ fn pick(
         if up.state.admit(now, up.timeout) {
             return Some(ui);
         }
-        tracing::trace!(upstream = &*up.name, "half-open: a trial request is already in flight");
+        tracing::trace!(
+            upstream = &*up.name,
+            "half-open: a trial request is already in flight"
+        );
     }
 }
 
@@ -298,7 +314,8 @@ impl<'a> Cancelled<'a> {
 impl Drop for Cancelled<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.state.record_cancelled(now_us(), self.started.elapsed());
+            self.state
+                .record_cancelled(now_us(), self.started.elapsed());
         }
     }
 }
@@ -364,12 +381,17 @@ fn process(
                     let method = &*calls[i].method;
                     match g {
                         Got::Result(r) => {
-                            if behind && r.as_ref() == b"null" && route::null_may_mean_behind(method)
+                            if behind
+                                && r.as_ref() == b"null"
+                                && route::null_may_mean_behind(method)
                             {
                                 // This upstream may just not have it yet: ask one that is up to date.
                                 fallback[i] = Some(Answer::Result(r));
                                 rpc_trouble.get_or_insert_with(|| {
-                                    format!("null from an upstream {} blocks behind", chain_head - up.state.head())
+                                    format!(
+                                        "null from an upstream {} blocks behind",
+                                        chain_head - up.state.head()
+                                    )
                                 });
                                 answered += 1;
                                 continue;
@@ -578,7 +600,11 @@ fn record_health(
         state.note_error(now, &why);
         if let Some(true) = chain.update_region(ui, now) {
             let region = &chain.regions[up.region_id];
-            tracing::warn!(chain = &*chain.name, region = &*region.name, "region degraded");
+            tracing::warn!(
+                chain = &*chain.name,
+                region = &*region.name,
+                "region degraded"
+            );
         }
     }
 }

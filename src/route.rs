@@ -85,8 +85,14 @@ fn block_param(method: &str) -> Option<usize> {
         | "trace_block"
         | "trace_replayBlockTransactions"
         | "debug_traceBlockByNumber" => 0,
-        "eth_getBalance" | "eth_getCode" | "eth_getTransactionCount" | "eth_call"
-        | "eth_estimateGas" | "eth_createAccessList" | "eth_feeHistory" | "debug_traceCall" => 1,
+        "eth_getBalance"
+        | "eth_getCode"
+        | "eth_getTransactionCount"
+        | "eth_call"
+        | "eth_estimateGas"
+        | "eth_createAccessList"
+        | "eth_feeHistory"
+        | "debug_traceCall" => 1,
         "eth_getStorageAt" | "eth_getProof" | "trace_call" => 2,
         _ => return None,
     })
@@ -168,7 +174,10 @@ fn logs_need(params: Option<&RawValue>) -> Need {
     }
     let filter = params
         .and_then(|p| serde_json::from_str::<Vec<&RawValue>>(p.get()).ok())
-        .and_then(|l| l.first().and_then(|f| serde_json::from_str::<Filter<'_>>(f.get()).ok()));
+        .and_then(|l| {
+            l.first()
+                .and_then(|f| serde_json::from_str::<Filter<'_>>(f.get()).ok())
+        });
     match filter {
         Some(Filter {
             block_hash: Some(_),
@@ -233,10 +242,22 @@ mod tests {
             min_block: n,
         };
         let cases = [
-            (r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#, latest),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{}]}"#, latest),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{},"latest"]}"#, latest),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{},"0x10"]}"#, at(16)),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#,
+                latest,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{}]}"#,
+                latest,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{},"latest"]}"#,
+                latest,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{},"0x10"]}"#,
+                at(16),
+            ),
             (
                 r#"{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["0xab","finalized"]}"#,
                 Need::default(),
@@ -257,7 +278,10 @@ mod tests {
                 r#"{"jsonrpc":"2.0","id":1,"method":"eth_getLogs","params":[{"fromBlock":"0x1","toBlock":"0x20"}]}"#,
                 at(32),
             ),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"eth_getLogs","params":[{"fromBlock":"0x1"}]}"#, latest),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"eth_getLogs","params":[{"fromBlock":"0x1"}]}"#,
+                latest,
+            ),
             (
                 r#"{"jsonrpc":"2.0","id":1,"method":"eth_getLogs","params":[{"blockHash":"0xab"}]}"#,
                 Need::default(),

@@ -11,6 +11,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
@@ -20,6 +22,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use crate::config::{Config, ConfigError};
+use crate::dns::Resolver;
 use crate::error::RpcError;
 use crate::forward::Forwarder;
 use crate::jsonrpc::{self, Call, Entry, Parsed, INVALID_REQUEST, PARSE_ERROR, RESOURCE_NOT_FOUND};
@@ -41,23 +44,53 @@ pub struct Detour {
 
 #[derive(Debug)]
 struct Inner {
-    /// The current snapshot; requests load it once and keep it to the end.
-    pool: ArcSwap<Pool>,
+    /// The current snapshot; requests load it once and keep it to the end. The health task
+    /// holds a weak reference to it.
+    pool: Arc<ArcSwap<Pool>>,
     /// The shared upstream HTTP client.
     forwarder: Forwarder,
+    /// Whether the background health task was started (it needs a Tokio runtime).
+    health_started: AtomicBool,
 }
 
 impl Detour {
-    /// Builds the proxy from a configuration (validated here).
+    /// Builds the proxy from a configuration (validated here). Health checks start at once when
+    /// called inside a Tokio runtime, else with the first request.
     pub fn new(config: Config) -> Result<Detour, ConfigError> {
-        let forwarder = Forwarder::new(&config.client);
+        Self::with_resolver(config, Resolver::system())
+    }
+
+    /// Like [`Detour::new`], resolving upstream hostnames with `resolver` (tests use a stub).
+    pub fn with_resolver(config: Config, resolver: Resolver) -> Result<Detour, ConfigError> {
+        let forwarder = Forwarder::new(&config.client, resolver);
         let pool = Pool::new(config, None)?;
-        Ok(Detour {
+        let detour = Detour {
             inner: Arc::new(Inner {
-                pool: ArcSwap::from_pointee(pool),
+                pool: Arc::new(ArcSwap::from_pointee(pool)),
                 forwarder,
+                health_started: AtomicBool::new(false),
             }),
-        })
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            detour.start_health();
+        }
+        Ok(detour)
+    }
+
+    /// Starts the health task once (a no-op after the first call).
+    #[inline]
+    fn start_health(&self) {
+        if self.inner.health_started.load(Relaxed) || self.inner.health_started.swap(true, Relaxed)
+        {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner.pool);
+        tokio::spawn(crate::health::run(weak, self.inner.forwarder.clone()));
+    }
+
+    /// The `/status` document (per chain and upstream: state, head, lag, latency, errors).
+    pub fn status(&self) -> serde_json::Value {
+        crate::admin::status(&self.pool())
     }
 
     /// Swaps in a new configuration atomically. Unchanged upstreams keep their live state;
@@ -108,9 +141,10 @@ impl Detour {
     /// Returns the response body, or `None` when the request held only notifications.
     /// An unknown chain is an `Err` carrying the JSON-RPC error response.
     pub async fn handle_jsonrpc(&self, chain: &str, body: &[u8]) -> Result<Option<Bytes>, Bytes> {
+        self.start_health();
         let pool = self.pool();
         match pool.route(chain) {
-            Some(c) => Ok(self.rpc(&pool, c, body).await),
+            Some(c) => Ok(self.rpc(&pool, c, body).await.0),
             None => Err(unknown_chain_body(&pool, chain)),
         }
     }
@@ -123,6 +157,7 @@ impl Detour {
         method: &str,
         params: Option<&RawValue>,
     ) -> Result<Box<RawValue>, RpcError> {
+        self.start_health();
         let pool = self.pool();
         let Some(c) = pool.route(chain) else {
             return Err(RpcError {
@@ -151,7 +186,7 @@ impl Detour {
             params,
         };
         let deadline = Instant::now() + pool.config.server.request_timeout;
-        let mut answers = self.answer_calls(c, &[&call], deadline).await;
+        let mut answers = self.answer_calls(c, &[&call], deadline).await.0;
         match answers.pop() {
             Some(Answer::Result(r)) => {
                 let text = String::from_utf8(r.to_vec()).map_err(|_| RpcError {
@@ -170,13 +205,16 @@ impl Detour {
         }
     }
 
-    /// Answers local calls and forwards the rest; one answer per call, in order.
+    /// Answers local calls and forwards the rest; one answer per call, in order, and the
+    /// upstreams that answered.
     async fn answer_calls(
         &self,
         chain: &Chain,
         calls: &[&Call<'_>],
         deadline: Instant,
-    ) -> Vec<Answer> {
+    ) -> (Vec<Answer>, Vec<Arc<str>>) {
+        chain.state.touch(now_us());
+        let mut answered_by = Vec::new();
         let mut answers: Vec<Option<Answer>> = calls
             .iter()
             .map(|c| match method_kind(&c.method) {
@@ -193,6 +231,7 @@ impl Detour {
                 chain = &*chain.name,
                 calls = forwarded.len(),
                 attempts = report.attempts,
+                hedges = report.hedges,
                 answered_by = ?report.answered_by,
                 failures = ?report.failures,
                 "forwarded"
@@ -200,15 +239,30 @@ impl Detour {
             for (i, a) in remote.into_iter().zip(got) {
                 answers[i] = Some(a);
             }
+            answered_by = report.answered_by;
         }
-        answers
+        let answers = answers
             .into_iter()
             .map(|a| a.unwrap_or_else(|| Answer::Error(crate::error::all_failed(&[], false))))
-            .collect()
+            .collect();
+        (answers, answered_by)
     }
 
-    /// Parses a body, answers it, and writes the response (`None`: notifications only).
-    async fn rpc(&self, pool: &Pool, chain: &Chain, body: &[u8]) -> Option<Bytes> {
+    /// Parses a body, answers it, and writes the response (`None`: notifications only), with
+    /// the upstreams that answered.
+    async fn rpc(&self, pool: &Pool, chain: &Chain, body: &[u8]) -> (Option<Bytes>, Vec<Arc<str>>) {
+        let mut answered_by = Vec::new();
+        let out = self.rpc_inner(pool, chain, body, &mut answered_by).await;
+        (out, answered_by)
+    }
+
+    async fn rpc_inner(
+        &self,
+        pool: &Pool,
+        chain: &Chain,
+        body: &[u8],
+        answered_by: &mut Vec<Arc<str>>,
+    ) -> Option<Bytes> {
         let deadline = Instant::now() + pool.config.server.request_timeout;
         let (entries, batch) = match jsonrpc::parse(body, pool.config.server.max_batch_len) {
             Parsed::Single(e) => (vec![e], false),
@@ -249,7 +303,9 @@ impl Detour {
         let mut answers = if calls.is_empty() {
             Vec::new()
         } else {
-            self.answer_calls(chain, &calls, deadline).await
+            let (answers, by) = self.answer_calls(chain, &calls, deadline).await;
+            *answered_by = by;
+            answers
         }
         .into_iter();
         let answer_bytes: usize = answers
@@ -308,12 +364,17 @@ impl Detour {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        self.start_health();
         let pool = self.pool();
         let path = req.uri().path();
         let method = req.method();
         match (method, path) {
             (&Method::GET | &Method::HEAD, "/healthz") => return text(StatusCode::OK, "ok\n"),
             (&Method::GET | &Method::HEAD, "/readyz") => return readiness(&pool),
+            (&Method::GET | &Method::HEAD, "/status") => {
+                let (status, body) = crate::admin::status_body(&pool);
+                return json(status, body);
+            }
             (&Method::GET | &Method::HEAD, "/") => return index(&pool),
             _ => {}
         }
@@ -359,13 +420,18 @@ impl Detour {
                 )
             }
         };
-        match self.rpc(&pool, chain, &body).await {
+        let (out, answered_by) = self.rpc(&pool, chain, &body).await;
+        let mut resp = match out {
             Some(out) => json(StatusCode::OK, out),
             None => Response::builder()
                 .status(StatusCode::NO_CONTENT)
                 .body(Body::default())
                 .unwrap_or_default(),
+        };
+        if let Some(v) = upstream_header(&answered_by) {
+            resp.headers_mut().insert(UPSTREAM_HEADER, v);
         }
+        resp
     }
 }
 
@@ -389,6 +455,26 @@ where
 }
 
 // === Responses ===
+
+/// The response header naming the upstream(s) that answered a proxied request (configured
+/// names, comma-separated, in the order they answered; never URLs).
+pub const UPSTREAM_HEADER: &str = "x-detour-upstream";
+
+fn upstream_header(names: &[Arc<str>]) -> Option<HeaderValue> {
+    match names {
+        [] => None,
+        [one] => HeaderValue::from_str(one).ok(),
+        many => {
+            let mut unique: Vec<&str> = Vec::with_capacity(many.len());
+            for n in many {
+                if !unique.contains(&&**n) {
+                    unique.push(n);
+                }
+            }
+            HeaderValue::from_str(&unique.join(", ")).ok()
+        }
+    }
+}
 
 fn error_bytes(code: i64, message: &str, data: Option<&str>) -> Bytes {
     Bytes::from(jsonrpc::error_response(None, code, message, data))
@@ -465,6 +551,7 @@ fn index(pool: &Pool) -> Response<Body> {
         "chains": chains,
         "health": "/healthz",
         "readiness": "/readyz",
+        "status": "/status",
     });
     json(StatusCode::OK, Bytes::from(body.to_string()))
 }

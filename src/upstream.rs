@@ -377,6 +377,12 @@ pub struct LiveState {
     reported_chain_id: AtomicU64,
     /// When the chain id was last checked successfully (µs).
     chain_checked_us: AtomicU64,
+    /// When the last probe was sent (µs).
+    pub(crate) probe_at: AtomicU64,
+    /// A probe is in flight.
+    pub(crate) probing: AtomicBool,
+    /// When the chain id was last asked (µs), answered or not.
+    pub(crate) chain_check_at: AtomicU64,
     /// Consecutive failed probes.
     probe_failures: AtomicU32,
     /// Consecutive good probes.
@@ -412,6 +418,9 @@ impl Default for LiveState {
             chain_check: AtomicU8::new(CHAIN_UNKNOWN),
             reported_chain_id: AtomicU64::new(0),
             chain_checked_us: AtomicU64::new(0),
+            probe_at: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            chain_check_at: AtomicU64::new(0),
             probe_failures: AtomicU32::new(0),
             probe_successes: AtomicU32::new(0),
             trial_at: AtomicU64::new(0),

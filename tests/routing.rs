@@ -25,6 +25,7 @@ fn two_chains(a: &str, b: &str) -> String {
 #[tokio::test]
 async fn chains_are_served_by_name_and_by_id() {
     let (m, b) = (Mock::start("m").await, Mock::start("b").await);
+    b.set_chain_id(8453);
     let p = Proxy::start(&two_chains(&m.url(), &b.url())).await;
     for (path, who) in [
         ("/mainnet", "m"),
@@ -48,6 +49,7 @@ async fn single_chain_is_also_served_at_root() {
 #[tokio::test]
 async fn unknown_path_is_404_listing_served_paths() {
     let (m, b) = (Mock::start("m").await, Mock::start("b").await);
+    b.set_chain_id(8453);
     let p = Proxy::start(&two_chains(&m.url(), &b.url())).await;
     for path in ["/polygon", "/2", "/"] {
         let (status, text) = p
@@ -81,6 +83,7 @@ async fn non_post_on_rpc_path_is_405_with_allow() {
 #[tokio::test]
 async fn get_root_is_an_index_of_chains() {
     let (m, b) = (Mock::start("m").await, Mock::start("b").await);
+    b.set_chain_id(8453);
     let p = Proxy::start(&two_chains(&m.url(), &b.url())).await;
     let (status, _, text) = http_request("GET", &p.url("/"), "").await;
     assert_eq!(status, 200);

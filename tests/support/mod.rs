@@ -68,6 +68,14 @@ struct State {
     headers: Vec<http::HeaderMap>,
     /// Answer batches in reverse order (JSON-RPC allows any order).
     reverse_batches: bool,
+    /// Health probes received (their methods), kept apart from `calls`.
+    probes: Vec<String>,
+    /// What probes get instead of the defaults below (e.g. `Hang`, a status, an error).
+    probe_reply: Option<Reply>,
+    /// `eth_chainId` probes are answered with this (default 1, the test chain's id).
+    chain_id: u64,
+    /// `eth_blockNumber` probes are answered with this (default 100).
+    head: u64,
 }
 
 /// A mock JSON-RPC upstream.
@@ -83,7 +91,11 @@ impl Mock {
     pub async fn start(name: &str) -> Mock {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            chain_id: 1,
+            head: 100,
+            ..State::default()
+        }));
         let (stop, mut stopped) = oneshot::channel::<()>();
         let st = state.clone();
         let default = Reply::Result(format!("\"{name}\""));
@@ -149,6 +161,26 @@ impl Mock {
             s.rules.push(rule);
         }
         self
+    }
+
+    /// Health probes answer with this from now on (`None`: the defaults again).
+    pub fn probe_reply(&self, reply: Option<Reply>) {
+        self.state.lock().unwrap().probe_reply = reply;
+    }
+
+    /// The chain id `eth_chainId` probes get.
+    pub fn set_chain_id(&self, id: u64) {
+        self.state.lock().unwrap().chain_id = id;
+    }
+
+    /// The head `eth_blockNumber` probes get.
+    pub fn set_head(&self, head: u64) {
+        self.state.lock().unwrap().head = head;
+    }
+
+    /// Methods of the health probes received so far.
+    pub fn probes(&self) -> Vec<String> {
+        self.state.lock().unwrap().probes.clone()
     }
 
     pub fn reverse_batches(&self) {
@@ -220,6 +252,20 @@ async fn handle(
         Value::Array(v) => (v.clone(), true),
         v => (vec![v.clone()], false),
     };
+    if headers.contains_key("x-detour-probe") {
+        let method = calls[0]["method"].as_str().unwrap_or("").to_owned();
+        let reply = {
+            let mut s = state.lock().unwrap();
+            s.probes.push(method.clone());
+            s.probe_reply
+                .clone()
+                .unwrap_or_else(|| match method.as_str() {
+                    "eth_chainId" => Reply::Result(format!("\"0x{:x}\"", s.chain_id)),
+                    _ => Reply::Result(format!("\"0x{:x}\"", s.head)),
+                })
+        };
+        return answer(reply, &calls, false, batch).await;
+    }
     let (replies, reverse) = {
         let mut s = state.lock().unwrap();
         s.bodies.push(text);
@@ -231,7 +277,28 @@ async fn handle(
             .collect();
         (replies, s.reverse_batches)
     };
-    let mut first = replies.first().cloned().unwrap_or(default);
+    let first = replies.first().cloned().unwrap_or(default);
+    respond(first, &calls, &replies, reverse, batch).await
+}
+
+/// Answers every call with `reply`.
+async fn answer(
+    reply: Reply,
+    calls: &[Value],
+    reverse: bool,
+    batch: bool,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let replies = vec![reply.clone(); calls.len()];
+    respond(reply, calls, &replies, reverse, batch).await
+}
+
+async fn respond(
+    mut first: Reply,
+    calls: &[Value],
+    replies: &[Reply],
+    reverse: bool,
+    batch: bool,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
     loop {
         match first {
             Reply::Delay(d, inner) => {
@@ -247,7 +314,7 @@ async fn handle(
     }
     let mut out: Vec<String> = calls
         .iter()
-        .zip(&replies)
+        .zip(replies)
         .filter(|(c, _)| c.get("id").is_some())
         .map(|(c, r)| {
             let id = c["id"].to_string();
