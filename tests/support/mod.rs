@@ -378,7 +378,11 @@ impl Proxy {
     /// Starts detour with this TOML configuration (its `server.listen` is ignored).
     pub async fn start(toml: &str) -> Proxy {
         let config = detour::Config::from_toml(toml).unwrap_or_else(|e| panic!("config: {e}"));
-        let detour = detour::Detour::new(config).unwrap();
+        Self::serve(detour::Detour::new(config).unwrap()).await
+    }
+
+    /// Serves an already-built proxy on 127.0.0.1:0.
+    pub async fn serve(detour: detour::Detour) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -408,6 +412,41 @@ impl Proxy {
         let (status, text) = self.post(path, body).await;
         assert_eq!(status, 200, "status for {body}: {text}");
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// Sends one call; returns the response object and the upstream(s) that answered.
+    pub async fn call_via(&self, path: &str, method: &str, params: &str) -> (Value, String) {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#);
+        let (status, headers, text) = http_request("POST", &self.url(path), &body).await;
+        assert_eq!(status, 200, "status for {body}: {text}");
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+        let by = headers
+            .get("x-detour-upstream")
+            .map(|h| h.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (v, by)
+    }
+
+    /// The status entry of upstream `name` of the first chain.
+    pub fn upstream_status(&self, name: &str) -> Value {
+        let status = self.detour.status();
+        status["chains"][0]["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no upstream {name} in {status}"))
+    }
+
+    /// The states of upstream `name` (empty: healthy).
+    pub fn states(&self, name: &str) -> Vec<String> {
+        self.upstream_status(name)["states"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
     }
 
     /// Sends one call and returns the whole response object.
@@ -458,4 +497,16 @@ pub async fn http_request(method: &str, url: &str, body: &str) -> (u16, http::He
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Polls `cond` every 10 ms until it holds; panics with `what` after 10 s.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
