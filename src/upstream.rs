@@ -790,6 +790,96 @@ mod tests {
     }
 
     #[test]
+    fn half_open_admits_one_trial_until_it_reports() {
+        let s = LiveState::default();
+        let t = Duration::from_secs(5);
+        assert!(s.admit(0, t), "healthy: always admitted");
+        s.eject(0, Duration::ZERO, None); // cool-down until 1 s
+        assert!(
+            s.admit(500_000, t),
+            "chosen while cooling down: nothing better was left"
+        );
+        // The cool-down is over: one trial at a time.
+        assert!(s.half_open(1_000_000));
+        assert!(s.admit(1_000_000, t));
+        assert!(
+            !s.admit(1_000_001, t),
+            "a second request waits for the trial"
+        );
+        assert!(!s.admit(3_000_000, t));
+        // A trial that never reports (cancelled) is handed out again after the trial timeout.
+        assert!(s.admit(6_000_001, t));
+        // The trial fails: a longer cool-down (2 s), then a new trial.
+        s.eject(6_100_000, Duration::ZERO, None);
+        assert!(s.cooldown_until(7_000_000).is_some());
+        assert!(s.admit(8_100_000, t));
+        assert!(!s.admit(8_100_001, t));
+        // The trial succeeds: full traffic.
+        s.record_success(8_200_000, Duration::from_millis(1));
+        assert!(!s.half_open(8_200_001));
+        assert!(s.admit(8_200_001, t) && s.admit(8_200_002, t));
+    }
+
+    #[test]
+    fn probe_hysteresis_needs_runs_both_ways() {
+        let s = LiveState::default();
+        let ms = Duration::from_millis(1);
+        // Two failures, then a success: the run is broken, nothing happens.
+        assert!(s.probe_failed(10, 3, "x", ms).is_none());
+        assert!(s.probe_failed(20, 3, "x", ms).is_none());
+        assert!(!s.probe_ok(30, ms, 2));
+        assert!(s.probe_failed(40, 3, "x", ms).is_none());
+        assert!(s.probe_failed(50, 3, "x", ms).is_none());
+        assert!(s.cooldown_until(60).is_none());
+        // The third in a row ejects.
+        assert!(s.probe_failed(60, 3, "x", ms).is_some());
+        assert!(s.cooldown_until(70).is_some());
+        assert_eq!(s.last_error().as_deref(), Some("x"));
+        // Further failures while cooling down do not stack cool-downs.
+        assert!(s.probe_failed(80, 3, "x", ms).is_none());
+        // One good probe is not enough; two in a row bring it back early.
+        assert!(!s.probe_ok(90, ms, 2));
+        assert!(s.probe_ok(100, ms, 2));
+        assert!(s.cooldown_until(110).is_none());
+    }
+
+    #[test]
+    fn failure_window_counts_the_last_minute() {
+        let w = Window::default();
+        let sec = 1_000_000;
+        for t in [0, 5 * sec, 15 * sec, 59 * sec] {
+            w.add(t);
+        }
+        assert_eq!(w.count(59 * sec), 4);
+        assert_eq!(
+            w.count(65 * sec),
+            2,
+            "the first bucket (0 s and 5 s) aged out"
+        );
+        assert_eq!(w.count(200 * sec), 0);
+    }
+
+    #[test]
+    fn lag_and_stale_heads() {
+        let cfg: UpstreamConfig = toml::from_str("name = \"a\"\nurl = \"http://x\"").unwrap();
+        let up = Upstream::new(&cfg, Duration::from_secs(1), None).unwrap();
+        let stale = 60_000_000;
+        assert!(up.fresh(100, 5, stale, 0), "unknown head: fresh");
+        up.state.observe_head(1_000_000, 98);
+        assert!(up.fresh(100, 5, stale, 2_000_000), "2 behind: fresh");
+        assert!(!up.fresh(110, 5, stale, 2_000_000), "12 behind: lagging");
+        assert!(
+            !up.fresh(100, 5, stale, 62_000_000),
+            "unchanged 61 s while behind: stale"
+        );
+        assert!(
+            up.fresh(98, 5, stale, 62_000_000),
+            "unchanged but at the head: fine"
+        );
+        assert!(up.has_block(98) && !up.has_block(99));
+    }
+
+    #[test]
     fn peak_ewma_jumps_up_and_decays_down() {
         let s = LiveState::default();
         s.record_success(0, Duration::from_millis(100));
