@@ -96,6 +96,11 @@ pub async fn failover(
     calls: &[&Call<'_>],
     deadline: Instant,
 ) -> (Vec<Answer>, Report) {
+    if let [call] = calls {
+        if chain.broadcast_raw_transactions && call.method == "eth_sendRawTransaction" {
+            return broadcast(fwd, chain, call, deadline).await;
+        }
+    }
     let n = calls.len();
     let mut answers: Vec<Option<Answer>> = vec![None; n];
     // What each pending call got on its latest attempt that is worth returning if nothing
@@ -215,6 +220,124 @@ pub async fn failover(
         .map(|a| a.unwrap_or_else(|| Answer::Error(error::all_failed(&[], false))))
         .collect();
     (answers, report)
+}
+
+/// `broadcast_raw_transactions`: one raw transaction goes to the selected upstream and, at the
+/// same time, to the best usable upstream of every other region. The first success (a result,
+/// or "already known": the transaction hash) is the answer; the other sends still complete in
+/// the background so every mempool gets it. When none succeeds, the selected upstream's answer
+/// is returned. Batches take the ordinary path.
+async fn broadcast(
+    fwd: &Forwarder,
+    chain: &Chain,
+    call: &Call<'_>,
+    deadline: Instant,
+) -> (Vec<Answer>, Report) {
+    let mut report = Report::default();
+    let mut exclude = Vec::new();
+    let Some(primary) = pick(chain, route::need(call), &mut exclude, &[]) else {
+        let failed = error::all_failed(&[], false);
+        return (vec![Answer::Error(failed)], report);
+    };
+    let mut targets = vec![primary];
+    let now = now_us();
+    for (r, region) in chain.regions.iter().enumerate() {
+        if r == chain.upstreams[primary].region_id {
+            continue;
+        }
+        let best = region
+            .members
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let u = &chain.upstreams[i];
+                u.usable(now) && !u.quarantined() && chain.fresh(i, now)
+            })
+            .min_by(|&a, &b| {
+                let (ua, ub) = (&chain.upstreams[a], &chain.upstreams[b]);
+                (ua.tier, ua.cost())
+                    .partial_cmp(&(ub.tier, ub.cost()))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+        targets.extend(best);
+    }
+    let body = upstream_body(&[call], &[0]);
+    let hash = tx_hash(call);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(targets.len());
+    for &ui in &targets {
+        let (fwd, up, body, tx) = (
+            fwd.clone(),
+            chain.upstreams[ui].clone(),
+            body.clone(),
+            tx.clone(),
+        );
+        let timeout = up
+            .timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        // Detached: a send that loses the race still completes.
+        tokio::spawn(async move {
+            let (took, result) = send(&fwd, &up, body, timeout).await;
+            let _ = tx.send((ui, took, result)).await;
+        });
+    }
+    drop(tx);
+    report.attempts = targets.len();
+    let mut primary_answer: Option<Answer> = None;
+    while let Some((ui, took, result)) = rx.recv().await {
+        let up = &chain.upstreams[ui];
+        let got = result.and_then(|reply| read_reply(&reply, &[0]));
+        let answer = match got {
+            Ok(mut g) => match g.pop() {
+                Some(Got::Result(r)) => {
+                    up.state.record_success(now_us(), took);
+                    Some(Answer::Result(r))
+                }
+                Some(Got::Error(e, class)) => {
+                    if class == Class::Deterministic {
+                        up.state.record_success(now_us(), took);
+                    }
+                    match hash.clone().filter(|_| is_already_known(&e)) {
+                        Some(h) => Some(Answer::Result(h)),
+                        None => {
+                            report.failures.push(AttemptNote {
+                                upstream: up.name.clone(),
+                                reason: describe_rpc_error(up, &e),
+                            });
+                            if ui == primary {
+                                primary_answer = Some(Answer::Error(e));
+                            }
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            },
+            Err(f) => {
+                if matches!(f, Failure::Connect(_)) {
+                    up.state.eject(now_us(), took, None);
+                } else {
+                    up.state.record_soft_failure(now_us(), took);
+                }
+                up.state.note_error(now_us(), &f.to_string());
+                let note = AttemptNote {
+                    upstream: up.name.clone(),
+                    reason: f.to_string(),
+                };
+                if ui == primary {
+                    primary_answer =
+                        Some(Answer::Error(error::write_not_retried(&call.method, &note)));
+                }
+                report.failures.push(note);
+                None
+            }
+        };
+        if let Some(a) = answer {
+            report.answered_by.push(up.name.clone());
+            return (vec![a], report);
+        }
+    }
+    let failed = || Answer::Error(error::all_failed(&report.failures, false));
+    (vec![primary_answer.unwrap_or_else(failed)], report)
 }
 
 /// Selects the next upstream and takes its admission (one trial at a time while half-open).
@@ -623,11 +746,21 @@ async fn attempt(
     timeout: Duration,
 ) -> (Duration, Result<Vec<Got>, Failure>) {
     let body = upstream_body(calls, chunk);
+    let (took, result) = send(fwd, up, body, timeout).await;
+    (took, result.and_then(|reply| read_reply(&reply, chunk)))
+}
+
+/// Sends a prepared body, counting it in flight.
+async fn send(
+    fwd: &Forwarder,
+    up: &Upstream,
+    body: Bytes,
+    timeout: Duration,
+) -> (Duration, Result<Reply, Failure>) {
     let _in_flight = up.state.start();
     let started = Instant::now();
     let result = fwd.send(up, body, timeout).await;
-    let took = started.elapsed();
-    (took, result.and_then(|reply| read_reply(&reply, chunk)))
+    (started.elapsed(), result)
 }
 
 /// The body sent upstream: a single request for one call, else a batch. Ids are the calls'

@@ -158,3 +158,68 @@ async fn the_answering_upstream_is_named_in_a_header() {
     let (_, by) = p.call_via("/mainnet", "eth_chainId", "[]").await;
     assert_eq!(by, "");
 }
+
+#[tokio::test]
+async fn broadcast_sends_a_raw_transaction_to_every_region_and_answers_the_first_success() {
+    let slow = Mock::start("slow").await;
+    let peer = Mock::start("peer").await;
+    let other = Mock::start("other").await;
+    let fast = Mock::start("fast").await;
+    let hash = keccak_hex(&[0xde, 0xad, 0xbe, 0xef, 0x01]);
+    slow.on(
+        "eth_sendRawTransaction",
+        Reply::delay(300, Reply::result(&format!("\"{hash}\""))),
+    );
+    other.on(
+        "eth_sendRawTransaction",
+        Reply::error(-32000, "already known"),
+    );
+    fast.on(
+        "eth_sendRawTransaction",
+        Reply::error(-32000, "already known"),
+    );
+    let p = Proxy::start(&chain_config(
+        "broadcast_raw_transactions = true",
+        &[
+            ("slow", &slow.url(), "tier = 0\nregion = \"a\""),
+            ("peer", &peer.url(), "tier = 1\nregion = \"a\""),
+            ("other", &other.url(), "tier = 1\nregion = \"b\""),
+            ("fast", &fast.url(), "tier = 1\nregion = \"c\""),
+        ],
+    ))
+    .await;
+    let v = p
+        .call("/mainnet", "eth_sendRawTransaction", r#"["0xdeadbeef01"]"#)
+        .await;
+    assert_eq!(v["result"], hash, "{v}");
+    // Every region got it once; the primary's region only through the primary.
+    eventually("the slow primary got it too", || slow.hits() == 1).await;
+    assert_eq!((other.hits(), fast.hits(), peer.hits()), (1, 1, 0));
+}
+
+#[tokio::test]
+async fn broadcast_returns_the_primarys_error_when_nothing_succeeds() {
+    let a = Mock::start("a").await;
+    let b = Mock::start("b").await;
+    a.on(
+        "eth_sendRawTransaction",
+        Reply::error(-32000, "nonce too low"),
+    );
+    b.on(
+        "eth_sendRawTransaction",
+        Reply::error(-32000, "nonce too low"),
+    );
+    let p = Proxy::start(&chain_config(
+        "broadcast_raw_transactions = true",
+        &[
+            ("a", &a.url(), "tier = 0\nregion = \"x\""),
+            ("b", &b.url(), "tier = 1\nregion = \"y\""),
+        ],
+    ))
+    .await;
+    let v = p
+        .call("/mainnet", "eth_sendRawTransaction", r#"["0x01"]"#)
+        .await;
+    assert_eq!(v["error"]["message"], "nonce too low", "{v}");
+    assert_eq!((a.hits(), b.hits()), (1, 1));
+}
