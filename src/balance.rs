@@ -15,7 +15,8 @@
 //!    - last, when every untried upstream is cooling down, the one that recovers soonest:
 //!      failing without trying is never better.
 //!
-//!    An upstream on the wrong chain (quarantined) is never chosen.
+//!    An upstream on the wrong chain (quarantined) is never chosen; one whose hostname never
+//!    resolved is chosen only in that last step.
 //!
 //! We do not reuse tower's balancer: it needs `&mut self` over a discovered set, while here many
 //! requests select concurrently from one shared, immutable snapshot whose state is atomics.
@@ -41,10 +42,7 @@ pub struct Want<'a> {
 /// Picks the upstream (an index into `chain.upstreams`) for the next attempt, or `None` when
 /// every upstream is excluded or quarantined.
 pub fn select(chain: &Chain, now: u64, want: &Want<'_>) -> Option<usize> {
-    let base = |i: usize| {
-        let up = &chain.upstreams[i];
-        !want.exclude.contains(&i) && up.usable(now) && !up.quarantined()
-    };
+    let base = |i: usize| !want.exclude.contains(&i) && chain.upstreams[i].servable(now);
     let fresh = |i: usize| {
         (!want.latest || chain.fresh(i, now))
             && (want.min_block == 0 || chain.upstreams[i].has_block(want.min_block))

@@ -283,11 +283,10 @@ fn tiers(upstreams: &[Arc<Upstream>]) -> Vec<Tier> {
 }
 
 impl Chain {
-    /// Whether at least one upstream is usable now (not cooling down, not on another chain).
+    /// Whether at least one upstream is servable now (not cooling down, not on another chain,
+    /// its hostname resolved).
     pub fn ready(&self, now: u64) -> bool {
-        self.upstreams
-            .iter()
-            .any(|u| u.usable(now) && !u.quarantined())
+        self.upstreams.iter().any(|u| u.servable(now))
     }
 
     /// Whether upstream `i` can serve a request needing the latest state now.

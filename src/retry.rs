@@ -249,10 +249,7 @@ async fn broadcast(
             .members
             .iter()
             .copied()
-            .filter(|&i| {
-                let u = &chain.upstreams[i];
-                u.usable(now) && !u.quarantined() && chain.fresh(i, now)
-            })
+            .filter(|&i| chain.upstreams[i].servable(now) && chain.fresh(i, now))
             .min_by(|&a, &b| {
                 let (ua, ub) = (&chain.upstreams[a], &chain.upstreams[b]);
                 (ua.tier, ua.cost())
@@ -674,38 +671,38 @@ fn record_health(
             if f.is_dns() && state.successes.load(std::sync::atomic::Ordering::Relaxed) == 0 {
                 state.set_unresolvable();
             }
-            tracing::warn!(upstream = &*up.name, reason = %f, cooldown = ?cd, "upstream ejected");
+            tracing::warn!(chain = &*chain.name, upstream = &*up.name, reason = %f, cooldown = ?cd, "upstream ejected");
             Some(f.to_string())
         }
         Some(f @ Failure::Status(s, retry_after)) if *s == StatusCode::TOO_MANY_REQUESTS => {
             let cd = state.eject(now, elapsed, *retry_after);
-            tracing::warn!(upstream = &*up.name, cooldown = ?cd, "upstream rate limited (HTTP 429)");
+            tracing::warn!(chain = &*chain.name, upstream = &*up.name, cooldown = ?cd, "upstream rate limited (HTTP 429)");
             Some(f.to_string())
         }
         Some(f @ Failure::Status(s, _))
             if *s == StatusCode::UNAUTHORIZED || *s == StatusCode::FORBIDDEN =>
         {
             let cd = state.eject(now, elapsed, None);
-            tracing::warn!(upstream = &*up.name, reason = %f, cooldown = ?cd,
+            tracing::warn!(chain = &*chain.name, upstream = &*up.name, reason = %f, cooldown = ?cd,
                 "upstream rejected detour's credentials: check its API key");
             Some(f.to_string())
         }
         Some(f) => {
             if let Some(cd) = state.record_soft_failure(now, elapsed) {
-                tracing::warn!(upstream = &*up.name, reason = %f, cooldown = ?cd, "upstream ejected after repeated failures");
+                tracing::warn!(chain = &*chain.name, upstream = &*up.name, reason = %f, cooldown = ?cd, "upstream ejected after repeated failures");
             } else {
-                tracing::debug!(upstream = &*up.name, reason = %f, "upstream attempt failed");
+                tracing::debug!(chain = &*chain.name, upstream = &*up.name, reason = %f, "upstream attempt failed");
             }
             Some(f.to_string())
         }
         None if rate_limited => {
             let cd = state.eject(now, elapsed, None);
-            tracing::warn!(upstream = &*up.name, cooldown = ?cd, "upstream rate limited (JSON-RPC error)");
+            tracing::warn!(chain = &*chain.name, upstream = &*up.name, cooldown = ?cd, "upstream rate limited (JSON-RPC error)");
             Some("rate limited (JSON-RPC error)".to_string())
         }
         None if answered == 0 && unhealthy > 0 => {
             if let Some(cd) = state.record_soft_failure(now, elapsed) {
-                tracing::warn!(upstream = &*up.name, cooldown = ?cd, "upstream ejected after repeated provider errors");
+                tracing::warn!(chain = &*chain.name, upstream = &*up.name, cooldown = ?cd, "upstream ejected after repeated provider errors");
             }
             Some("provider error".to_string())
         }

@@ -258,6 +258,13 @@ impl Upstream {
         self.state.cooldown_until.load(Relaxed) <= now
     }
 
+    /// Whether regular traffic may go here now: not cooling down, not on the wrong chain, and
+    /// its hostname has resolved at least once.
+    #[inline]
+    pub fn servable(&self, now: u64) -> bool {
+        self.usable(now) && !self.quarantined() && !self.state.unresolvable()
+    }
+
     /// Whether the chain check found this upstream on another chain: it is never served.
     #[inline]
     pub fn quarantined(&self) -> bool {
