@@ -70,6 +70,7 @@ fn upstream_json(chain: &Chain, i: usize, now: u64) -> Value {
         "cooldown_remaining_ms": s.cooldown_until(now).map(|t| (t - now) / 1000),
         "latency_ms": s.latency().as_secs_f64() * 1000.0,
         "in_flight": s.in_flight(),
+        "error_rate": (s.error_rate() * 1000.0).round() / 1000.0,
         "errors_last_minute": s.recent_failures(now),
         "successes": s.successes.load(std::sync::atomic::Ordering::Relaxed),
         "failures": s.failures.load(std::sync::atomic::Ordering::Relaxed),

@@ -25,6 +25,10 @@ pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 pub const COOLDOWN_BASE: Duration = Duration::from_secs(1);
 /// Longest cool-down (also the cap on an honoured `Retry-After`).
 pub const COOLDOWN_MAX: Duration = Duration::from_secs(30);
+/// How much a 100% recent error rate multiplies an upstream's cost (by 1 + this).
+pub const ERROR_COST: f64 = 4.0;
+/// Weight of each attempt's outcome in the error-rate average (about the last 10 attempts).
+const ERROR_ALPHA: f64 = 0.1;
 /// Consecutive soft failures (timeouts, 5xx, malformed answers) that eject an upstream.
 pub const SOFT_FAILURES_TO_EJECT: u32 = 3;
 
@@ -291,12 +295,15 @@ impl Upstream {
         head == 0 || head >= n
     }
 
-    /// Selection cost: peak-EWMA latency × (in-flight + 1) ÷ weight.
+    /// Selection cost: peak-EWMA latency × (in-flight + 1) × (1 + 4 × recent error rate)
+    /// ÷ weight.
     #[inline]
     pub fn cost(&self) -> f64 {
         let s = &self.state;
         let rtt = f64::from_bits(s.ewma_ns.load(Relaxed));
-        rtt * f64::from(s.in_flight.load(Relaxed) + 1) / f64::from(self.weight)
+        let errors = f64::from_bits(s.error_rate.load(Relaxed));
+        rtt * f64::from(s.in_flight.load(Relaxed) + 1) * (1.0 + ERROR_COST * errors)
+            / f64::from(self.weight)
     }
 }
 
@@ -358,6 +365,11 @@ impl Window {
 pub struct LiveState {
     /// Peak-EWMA latency estimate in nanoseconds (f64 bits).
     ewma_ns: AtomicU64,
+    /// The estimate is a stand-in (a stalled attempt's wait, an ejection's penalty), not a
+    /// measurement: the next answer replaces it outright, so a recovered upstream is back at once.
+    provisional: AtomicBool,
+    /// Share of recent attempts that failed (an average over about the last 10; f64 bits).
+    error_rate: AtomicU64,
     /// When the estimate was last updated (µs since [`now_us`]'s origin).
     stamp_us: AtomicU64,
     /// Requests currently in flight to this upstream.
@@ -412,6 +424,8 @@ impl Default for LiveState {
     fn default() -> Self {
         Self {
             ewma_ns: AtomicU64::new((DEFAULT_RTT.as_nanos() as f64).to_bits()),
+            provisional: AtomicBool::new(false),
+            error_rate: AtomicU64::new(0f64.to_bits()),
             stamp_us: AtomicU64::new(now_us()),
             in_flight: AtomicU32::new(0),
             cooldown_until: AtomicU64::new(0),
@@ -556,7 +570,8 @@ impl LiveState {
             }
             return false;
         }
-        self.observe(now, rtt);
+        self.observe_answer(now, rtt);
+        self.count_outcome(false);
         false
     }
 
@@ -572,6 +587,7 @@ impl LiveState {
         self.probe_successes.store(0, Relaxed);
         let n = self.probe_failures.fetch_add(1, Relaxed) + 1;
         self.note_error(now, why);
+        self.count_outcome(true);
         if n >= unhealthy_after && self.cooldown_until(now).is_none() {
             self.probe_failures.store(0, Relaxed);
             return Some(self.eject(now, elapsed, None));
@@ -624,6 +640,33 @@ impl LiveState {
         if waited_ns > prev {
             self.ewma_ns.store(waited_ns.to_bits(), Relaxed);
             self.stamp_us.store(now, Relaxed);
+            self.provisional.store(true, Relaxed);
+        }
+    }
+
+    /// The current recent error rate (0 to 1).
+    pub fn error_rate(&self) -> f64 {
+        f64::from_bits(self.error_rate.load(Relaxed))
+    }
+
+    fn count_outcome(&self, failed: bool) {
+        let prev = f64::from_bits(self.error_rate.load(Relaxed));
+        let next = prev * (1.0 - ERROR_ALPHA) + if failed { ERROR_ALPHA } else { 0.0 };
+        // Skip the store once the rate has settled at zero.
+        if next != prev && !(next < 1e-6 && prev == 0.0) {
+            self.error_rate
+                .store(if next < 1e-6 { 0.0 } else { next }.to_bits(), Relaxed);
+        }
+    }
+
+    /// A measured answer time: replaces a provisional estimate, else feeds the peak-EWMA.
+    fn observe_answer(&self, now: u64, rtt: Duration) {
+        if self.provisional.load(Relaxed) && self.provisional.swap(false, Relaxed) {
+            self.ewma_ns
+                .store((rtt.as_nanos() as f64).to_bits(), Relaxed);
+            self.stamp_us.store(now, Relaxed);
+        } else {
+            self.observe(now, rtt);
         }
     }
 
@@ -646,7 +689,8 @@ impl LiveState {
 
     /// An attempt that got an answer: latency sample, failures forgiven, cool-down lifted.
     pub fn record_success(&self, now: u64, rtt: Duration) {
-        self.observe(now, rtt);
+        self.observe_answer(now, rtt);
+        self.count_outcome(false);
         self.successes.fetch_add(1, Relaxed);
         self.last_success_us.store(now, Relaxed);
         if self.unresolvable.load(Relaxed) {
@@ -668,6 +712,8 @@ impl LiveState {
     /// Returns the cool-down applied.
     pub fn eject(&self, now: u64, elapsed: Duration, at_least: Option<Duration>) -> Duration {
         self.observe(now, elapsed.max(FAILURE_PENALTY));
+        self.provisional.store(true, Relaxed);
+        self.count_outcome(true);
         self.failures.fetch_add(1, Relaxed);
         self.last_failure_us.store(now, Relaxed);
         self.soft_failures.store(0, Relaxed);
@@ -690,6 +736,7 @@ impl LiveState {
             return Some(self.eject(now, elapsed, None));
         }
         self.observe(now, elapsed.max(FAILURE_PENALTY));
+        self.count_outcome(true);
         self.failures.fetch_add(1, Relaxed);
         self.last_failure_us.store(now, Relaxed);
         None
@@ -884,6 +931,46 @@ mod tests {
             "unchanged but at the head: fine"
         );
         assert!(up.has_block(98) && !up.has_block(99));
+    }
+
+    #[test]
+    fn a_stall_or_an_ejection_is_forgotten_at_the_first_answer() {
+        let s = LiveState::default();
+        let ms = Duration::from_millis;
+        s.record_success(0, ms(2));
+        // A hedge lost the race after waiting 800 ms: the estimate jumps...
+        s.record_cancelled(1_000, ms(800));
+        assert_eq!(s.latency(), ms(800));
+        // ...and the next answer (a probe) replaces it, instead of decaying for a minute.
+        assert!(!s.probe_ok(2_000, ms(3), 2));
+        assert_eq!(s.latency(), ms(3));
+        // Same after an ejection's penalty.
+        s.eject(3_000, ms(1), None);
+        assert!(s.latency() >= FAILURE_PENALTY);
+        s.record_success(4_000, ms(2));
+        assert_eq!(s.latency(), ms(2));
+        // A measured slow answer is not provisional: it decays as usual.
+        s.record_success(5_000, ms(500));
+        s.record_success(6_000, ms(2));
+        assert!(s.latency() > ms(400));
+    }
+
+    #[test]
+    fn error_rate_raises_cost_and_fades_with_successes() {
+        let cfg: UpstreamConfig = toml::from_str("name = \"a\"\nurl = \"http://x\"").unwrap();
+        let up = Upstream::new(&cfg, Duration::from_secs(1), None).unwrap();
+        up.state.record_success(0, Duration::from_millis(10));
+        let clean = up.cost();
+        up.state.record_soft_failure(1, Duration::from_millis(10));
+        up.state
+            .record_success(2_000_000_000, Duration::from_millis(10));
+        assert!(up.state.error_rate() > 0.05);
+        for i in 0..100 {
+            up.state
+                .record_success(2_000_000_000 + i, Duration::from_millis(10));
+        }
+        assert!(up.state.error_rate() < 0.001);
+        assert!((up.cost() - clean).abs() / clean < 0.01);
     }
 
     #[test]
