@@ -201,4 +201,7 @@ for _ in $(seq 1 100); do kill -0 "$DPID" 2>/dev/null || break; sleep 0.1; done
 if kill -0 "$DPID" 2>/dev/null; then fail "detour did not exit after SIGTERM"; fi
 wait "$DPID" || fail "detour exited non-zero after SIGTERM"
 log "ok: detour exited 0 on SIGTERM"
-echo "e2e: 13 passed, 0 failed"
+# --- health scenarios: kill, freeze, lag, each under a steady stream of reads ---------------
+python3 scripts/e2e_health.py "$ANVIL" "$DETOUR" "$WORK" || fail "health scenarios"
+log "ok: health scenarios"
+echo "e2e: 14 passed, 0 failed"

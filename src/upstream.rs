@@ -16,8 +16,13 @@ use crate::config::UpstreamConfig;
 
 /// Latency assumed for an upstream with no samples yet: low enough that a new upstream is tried.
 pub const DEFAULT_RTT: Duration = Duration::from_millis(10);
-/// How fast the latency estimate forgets (peak-EWMA decay constant).
-pub const DECAY: Duration = Duration::from_secs(10);
+/// How fast the latency estimate forgets (peak-EWMA decay constant): a slow answer's weight
+/// falls to a third every 3 s of samples (probes keep sampling an upstream that gets no
+/// traffic), so an upstream that was slow for a moment gets traffic back within seconds, while
+/// a worse latency still counts at once.
+pub const DECAY: Duration = Duration::from_secs(3);
+/// The least weight a new (faster) sample gets in the estimate.
+pub const MIN_SAMPLE_WEIGHT: f64 = 0.25;
 /// The latency a failed attempt is recorded as, at least, so that a fast-failing upstream does not
 /// look attractive.
 pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
@@ -681,7 +686,11 @@ impl LiveState {
             rtt
         } else {
             let elapsed = now.saturating_sub(stamp) as f64;
-            let w = (-elapsed / DECAY.as_micros() as f64).exp();
+            // Every sample moves the estimate by at least a quarter of the way, however close
+            // it follows the previous one: a burst of fast answers after a stall counts.
+            let w = (-elapsed / DECAY.as_micros() as f64)
+                .exp()
+                .min(1.0 - MIN_SAMPLE_WEIGHT);
             prev * w + rtt * (1.0 - w)
         };
         self.ewma_ns.store(next.to_bits(), Relaxed);
@@ -952,7 +961,7 @@ mod tests {
         // A measured slow answer is not provisional: it decays as usual.
         s.record_success(5_000, ms(500));
         s.record_success(6_000, ms(2));
-        assert!(s.latency() > ms(400));
+        assert!(s.latency() > ms(300), "{:?}", s.latency());
     }
 
     #[test]
