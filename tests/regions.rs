@@ -26,12 +26,13 @@ async fn two_regions() -> (Vec<Mock>, Proxy) {
     let ups: Vec<(String, String, String)> = mocks
         .iter()
         .map(|m| {
-            let region = if m.name.starts_with('e') {
-                "east"
+            // East is preferred while healthy: its weight divides its cost.
+            let extra = if m.name.starts_with('e') {
+                "region = \"east\"\nweight = 100"
             } else {
-                "west"
+                "region = \"west\""
             };
-            (m.name.clone(), m.url(), format!("region = \"{region}\""))
+            (m.name.clone(), m.url(), extra.to_string())
         })
         .collect();
     let refs: Vec<(&str, &str, &str)> = ups
@@ -71,15 +72,19 @@ async fn a_failing_region_is_avoided_and_traffic_returns_when_it_recovers() {
         e.probe_reply(None);
     }
     eventually("east recovered", || !degraded(&p, "east")).await;
-    let mut back = false;
-    for _ in 0..200 {
+    // East is preferred (weight 100) once healthy: traffic returns within seconds.
+    let started = Instant::now();
+    loop {
         let (_, by) = p.call_via("/mainnet", "eth_getBalance", "[]").await;
         if by.starts_with('e') {
-            back = true;
             break;
         }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "traffic never returned to the recovered region"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(back, "traffic returns to a recovered region");
 }
 
 #[tokio::test]
