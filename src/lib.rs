@@ -29,21 +29,27 @@
 //! - [`server`]: accept loop, HTTP/1.1 + HTTP/2, graceful shutdown.
 //! - [`service`]: the embeddable service: route → parse → answer locally or fail over → respond.
 //! - [`jsonrpc`]: envelopes kept as raw JSON; the standard error objects.
-//! - [`route`]: method kinds (local, write, read).
-//! - [`balance`]: pure selection: tiers, power of two choices over peak-EWMA cost.
-//! - [`retry`]: the failover loop and what may be retried.
+//! - [`route`]: method kinds (local, write, read); which block a call needs.
+//! - [`balance`]: pure selection: tiers, fitness (lag, regions, quarantine), power of two choices.
+//! - [`retry`]: the failover loop: hedging, what may be retried, health updates.
 //! - [`forward`]: the upstream HTTP client (hyper + rustls), failure classification.
+//! - [`dns`]: the caching resolver that outlives resolver outages.
 //! - [`classify`]: the error taxonomy (deterministic vs provider trouble).
-//! - [`pool`]: the immutable snapshot behind `ArcSwap`, rebuilt on reload keeping live state.
-//! - [`upstream`]: one upstream: target, secrets redaction, live state (EWMA, in-flight, cool-down).
+//! - [`pool`]: the immutable snapshot behind `ArcSwap`: chains, chain head, regions.
+//! - [`upstream`]: one upstream: target, secrets redaction, live state (EWMA, head, cool-down).
+//! - [`health`]: the background task: chain-id checks, head probes, hysteresis, regions.
+//! - [`admin`]: `/status` and the states it reports.
 //! - [`error`]: the one place failures become JSON-RPC error objects.
 //!
 //! # Request path
 //! `POST /<chain>` → [`pool::Pool::route`] → body read within `server.max_body_bytes` →
 //! [`jsonrpc::parse`] → `eth_chainId`/`net_version` answered locally → [`retry::failover`]:
-//! [`balance::select`] an upstream, send the calls (ids rewritten to detour's own), classify the
-//! answer, retry what failed on a different upstream → response written in request order with
-//! the client's ids and the upstream's `result` bytes unchanged.
+//! [`balance::select`] a fit upstream (fresh enough for the block the calls need, healthy
+//! region), send the calls (ids rewritten to detour's own), hedge a slow read to another region,
+//! classify the answer, retry what failed on a different upstream → response written in request
+//! order with the client's ids and the upstream's `result` bytes unchanged, and an
+//! `x-detour-upstream` header naming who answered. Meanwhile [`health::run`] probes every
+//! upstream in the background.
 
 #![warn(missing_docs)]
 

@@ -109,6 +109,19 @@ async fn rate_limit_429_ejects_honouring_retry_after() {
 }
 
 #[tokio::test]
+async fn a_rejected_api_key_ejects_at_once() {
+    for code in [401, 403] {
+        let (bad, _good, p) = bad_then_good("").await;
+        bad.always(Reply::status(code));
+        let v = p.call("/mainnet", "eth_getBalance", "[]").await;
+        assert_eq!(v["result"], "good");
+        assert!(ejected(&p, "bad"), "HTTP {code} ejects after one answer");
+        let st = p.upstream_status("bad");
+        assert_eq!(st["last_error"], format!("HTTP {code}"));
+    }
+}
+
+#[tokio::test]
 async fn malformed_answers_fail_over() {
     for reply in [
         Reply::Raw("<html>bad gateway</html>".into()),
