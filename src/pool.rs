@@ -66,6 +66,9 @@ pub struct ChainState {
     served_block: AtomicU64,
     /// Last client request (µs), to probe an idle chain slowly.
     last_traffic_us: AtomicU64,
+    /// Some upstream's known head is below the chain head: requests must look at which block
+    /// they need (set at once when the chain head rises, cleared by the health task).
+    heads_differ: AtomicBool,
 }
 
 impl ChainState {
@@ -77,7 +80,16 @@ impl ChainState {
 
     /// Raises the chain head to `block` if higher.
     pub fn raise_head(&self, block: u64) {
-        self.head.fetch_max(block, Relaxed);
+        let prev = self.head.fetch_max(block, Relaxed);
+        if block > prev && prev != 0 && !self.heads_differ.load(Relaxed) {
+            self.heads_differ.store(true, Relaxed);
+        }
+    }
+
+    /// Whether some upstream may be behind the chain head (so lag checks matter now).
+    #[inline]
+    pub fn heads_differ(&self) -> bool {
+        self.heads_differ.load(Relaxed)
     }
 
     /// Sets the chain head (recomputed from the upstreams by the health task).
@@ -313,6 +325,12 @@ impl Chain {
         if head != 0 {
             self.state.set_head(head);
         }
+        let chain_head = self.state.head();
+        let differ = self.upstreams.iter().any(|u| {
+            let h = u.state.head();
+            h != 0 && h < chain_head && !u.quarantined()
+        });
+        self.state.heads_differ.store(differ, Relaxed);
     }
 
     /// Records a head reported for upstream `i` (by a probe or live traffic).

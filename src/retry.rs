@@ -110,9 +110,18 @@ pub async fn failover(
         .iter()
         .map(|c| method_kind(&c.method) == MethodKind::Write)
         .collect();
-    let need = calls
-        .iter()
-        .fold(Need::default(), |acc, c| acc.merge(route::need(c)));
+    // Which block the calls need matters only while some upstream is behind the chain head;
+    // otherwise every upstream is fresh and the params need not be looked into.
+    let need = if chain.state.heads_differ() {
+        calls
+            .iter()
+            .fold(Need::default(), |acc, c| acc.merge(route::need(c)))
+    } else {
+        Need {
+            latest: true,
+            min_block: 0,
+        }
+    };
     let mut pending: Vec<usize> = (0..n).collect();
     let mut tried: Vec<usize> = Vec::with_capacity(chain.max_attempts);
     let mut exclude: Vec<usize> = Vec::with_capacity(chain.max_attempts);
@@ -184,7 +193,7 @@ pub async fn failover(
                     None => newest = None,
                 }
             }
-            () = tokio::time::sleep_until(deadline) => break,
+            // No deadline branch: every attempt's own timeout ends by the deadline.
         }
     }
     // Attempts still in flight lost the race (or the deadline passed): dropped, not failures.
@@ -386,25 +395,28 @@ fn launch<'a>(
             .timeout
             .min(deadline.saturating_duration_since(Instant::now()));
         let size = up.max_batch_len.unwrap_or(usize::MAX);
-        let chunks: Vec<Vec<usize>> = sent.chunks(size).map(<[usize]>::to_vec).collect();
         let mut guard = Cancelled::new(&up.state);
-        let outcomes = if let [chunk] = chunks.as_slice() {
-            vec![attempt(fwd, up, calls, chunk, timeout).await]
+        let (elapsed, results) = if sent.len() <= size {
+            // One chunk (the common case): no chunk lists to build.
+            let (took, r) = attempt(fwd, up, calls, &sent, timeout).await;
+            (took, vec![(sent, r)])
         } else {
-            join_all(
+            let chunks: Vec<Vec<usize>> = sent.chunks(size).map(<[usize]>::to_vec).collect();
+            let outcomes = join_all(
                 chunks
                     .iter()
                     .map(|chunk| attempt(fwd, up, calls, chunk, timeout)),
             )
-            .await
+            .await;
+            let elapsed = outcomes.iter().map(|o| o.0).max().unwrap_or_default();
+            let results = chunks
+                .into_iter()
+                .zip(outcomes)
+                .map(|(chunk, (_, r))| (chunk, r))
+                .collect();
+            (elapsed, results)
         };
         guard.done = true;
-        let elapsed = outcomes.iter().map(|o| o.0).max().unwrap_or_default();
-        let results = chunks
-            .into_iter()
-            .zip(outcomes)
-            .map(|(chunk, (_, r))| (chunk, r))
-            .collect();
         Done {
             upstream: ui,
             elapsed,
