@@ -346,8 +346,28 @@ impl Chain {
     /// changed. Cheap to call after every failure; after a success only when degraded.
     pub fn update_region(&self, i: usize, now: u64) -> Option<bool> {
         let region = &self.regions[self.upstreams[i].region_id];
+        self.set_region(region, now)
+    }
+
+    fn set_region(&self, region: &Region, now: u64) -> Option<bool> {
         let verdict = self.region_failing(region, now);
-        (region.degraded.swap(verdict, Relaxed) != verdict).then_some(verdict)
+        if region.degraded.swap(verdict, Relaxed) == verdict {
+            return None;
+        }
+        if verdict {
+            tracing::warn!(
+                chain = &*self.name,
+                region = &*region.name,
+                "region degraded: its upstreams serve only after other regions'"
+            );
+        } else {
+            tracing::info!(
+                chain = &*self.name,
+                region = &*region.name,
+                "region recovered"
+            );
+        }
+        Some(verdict)
     }
 
     fn region_failing(&self, region: &Region, now: u64) -> bool {
@@ -368,14 +388,7 @@ impl Chain {
     /// Recomputes every region (the health task does this each tick so windows expire).
     pub fn update_regions(&self, now: u64) {
         for r in &self.regions {
-            let verdict = self.region_failing(r, now);
-            if r.degraded.swap(verdict, Relaxed) != verdict {
-                if verdict {
-                    tracing::warn!(chain = &*self.name, region = &*r.name, "region degraded");
-                } else {
-                    tracing::info!(chain = &*self.name, region = &*r.name, "region recovered");
-                }
-            }
+            self.set_region(r, now);
         }
     }
 }

@@ -730,14 +730,7 @@ fn record_health(
     };
     if let Some(why) = failed {
         state.note_error(now, &why);
-        if let Some(true) = chain.update_region(ui, now) {
-            let region = &chain.regions[up.region_id];
-            tracing::warn!(
-                chain = &*chain.name,
-                region = &*region.name,
-                "region degraded"
-            );
-        }
+        chain.update_region(ui, now);
     }
 }
 

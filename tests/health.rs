@@ -316,3 +316,20 @@ async fn status_reports_each_upstream_without_secrets() {
         assert!(paid.get(key).is_some(), "{key} missing: {paid}");
     }
 }
+
+#[tokio::test]
+async fn a_slow_upstream_loses_traffic_to_a_fast_one() {
+    let slow = Mock::start("slow").await;
+    let fast_up = Mock::start("fast").await;
+    slow.always(Reply::delay(150, Reply::result("\"slow\"")));
+    let p = Proxy::start(&chain_config(
+        "[chains.mainnet.hedge]\nenabled = false\n",
+        &[("slow", &slow.url(), ""), ("fast", &fast_up.url(), "")],
+    ))
+    .await;
+    let by = answered_by(&p, "eth_getBalance", "[]", 30).await;
+    let slow_count = by.iter().filter(|b| *b == "slow").count();
+    // Its first answer (150 ms) makes it the costlier choice until that is forgotten.
+    assert!(slow_count <= 2, "{by:?}");
+    assert!(p.upstream_status("slow")["latency_ms"].as_f64().unwrap() >= 100.0);
+}
