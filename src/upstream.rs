@@ -709,7 +709,10 @@ impl LiveState {
             self.soft_failures.store(0, Relaxed);
         }
         if self.ejections.load(Relaxed) != 0 {
+            // Back from an ejection: its failures are accounted for by the ejection, not held
+            // against it any longer (the latency stand-in was replaced above, too).
             self.ejections.store(0, Relaxed);
+            self.error_rate.store(0f64.to_bits(), Relaxed);
         }
         if self.cooldown_until.load(Relaxed) != 0 {
             self.cooldown_until.store(0, Relaxed);
@@ -953,11 +956,13 @@ mod tests {
         // ...and the next answer (a probe) replaces it, instead of decaying for a minute.
         assert!(!s.probe_ok(2_000, ms(3), 2));
         assert_eq!(s.latency(), ms(3));
-        // Same after an ejection's penalty.
+        // Same after an ejection's penalty, and its error rate starts afresh.
         s.eject(3_000, ms(1), None);
         assert!(s.latency() >= FAILURE_PENALTY);
+        assert!(s.error_rate() > 0.0);
         s.record_success(4_000, ms(2));
         assert_eq!(s.latency(), ms(2));
+        assert_eq!(s.error_rate(), 0.0);
         // A measured slow answer is not provisional: it decays as usual.
         s.record_success(5_000, ms(500));
         s.record_success(6_000, ms(2));
