@@ -248,14 +248,47 @@ fn describe_client_error(up: &Upstream, e: &hyper_util::client::legacy::Error) -
     Failure::Transport(up.redact(&format!("connection failed: {detail}")))
 }
 
-/// Parses a `Retry-After` header given in seconds (HTTP dates are ignored).
+/// Parses a `Retry-After` header: delay-seconds, or an HTTP date (the time left until it).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers
+    let value = headers
         .get(http::header::RETRY_AFTER)?
         .to_str()
         .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs))
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::RETRY_AFTER, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        assert_eq!(retry_after(&with("7")), Some(Duration::from_secs(7)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(20);
+        let got = retry_after(&with(&httpdate::fmt_http_date(later))).unwrap();
+        assert!(
+            got > Duration::from_secs(17) && got <= Duration::from_secs(20),
+            "{got:?}"
+        );
+        assert_eq!(
+            retry_after(&with("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after(&with("soon")), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
 }
