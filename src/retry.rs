@@ -329,7 +329,9 @@ async fn broadcast(
                     upstream: up.name.clone(),
                     reason: f.to_string(),
                 };
-                if ui == primary {
+                // A send that never reached the upstream is no answer: the final error then
+                // lists every attempt.
+                if ui == primary && !f.never_processed() {
                     primary_answer =
                         Some(Answer::Error(error::write_not_retried(&call.method, &note)));
                 }
