@@ -124,3 +124,37 @@ async fn reload_swaps_upstreams_and_keeps_unchanged_state() {
     assert!(proxy.reload(broken).is_err());
     assert_eq!(proxy.pool().chains[0].upstreams.len(), 2);
 }
+
+#[tokio::test]
+async fn reload_probes_added_upstreams_at_once_and_keeps_heads() {
+    let a = Mock::start("a").await;
+    let b = Mock::start("b").await;
+    a.set_head(500);
+    b.set_head(500);
+    let probes = "[chains.mainnet.health]\nidle_probe_interval = \"1h\"\nprobe_interval = \"1h\"\n";
+    let config = detour::Config::from_toml(&chain_config(probes, &[("a", &a.url(), "")])).unwrap();
+    let proxy = detour::Detour::new(config).unwrap();
+    support::eventually("a is probed at start", || {
+        proxy.status()["chains"][0]["upstreams"][0]["head"] == 500
+    })
+    .await;
+    let next = detour::Config::from_toml(&chain_config(
+        probes,
+        &[("a", &a.url(), ""), ("b", &b.url(), "")],
+    ))
+    .unwrap();
+    proxy.reload(next).unwrap();
+    // "b" is new: probed now, not an hour from now; "a" kept its head and is not probed again.
+    support::eventually("b is probed after the reload", || {
+        proxy.status()["chains"][0]["upstreams"][1]["head"] == 500
+    })
+    .await;
+    assert_eq!(proxy.status()["chains"][0]["head"], 500);
+    assert_eq!(
+        a.probes()
+            .iter()
+            .filter(|m| *m == "eth_blockNumber")
+            .count(),
+        1
+    );
+}
