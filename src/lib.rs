@@ -39,6 +39,7 @@
 //! - [`upstream`]: one upstream: target, secrets redaction, live state (EWMA, head, cool-down).
 //! - [`health`]: the background task: chain-id checks, head probes, hysteresis, regions.
 //! - [`admin`]: `/status` and the states it reports.
+//! - [`metrics`]: Prometheus metrics; request-path handles cached, live state read at scrape.
 //! - [`error`]: the one place failures become JSON-RPC error objects.
 //!
 //! # Request path
@@ -62,6 +63,7 @@ pub mod error;
 pub mod forward;
 pub mod health;
 pub mod jsonrpc;
+pub mod metrics;
 pub mod pool;
 pub mod retry;
 pub mod route;

@@ -55,6 +55,8 @@ pub struct Chain {
     pub broadcast_raw_transactions: bool,
     /// Chain-wide live state, shared across reloads while the chain id is unchanged.
     pub state: Arc<ChainState>,
+    /// Cached metric handles.
+    pub metrics: crate::metrics::ChainMetrics,
 }
 
 /// Chain-wide live state.
@@ -209,6 +211,7 @@ impl Pool {
                 hedge: cc.hedge.clone(),
                 broadcast_raw_transactions: cc.broadcast_raw_transactions,
                 state: prev_chain.map(|c| c.state.clone()).unwrap_or_default(),
+                metrics: Default::default(),
             });
         }
         Ok(Pool {

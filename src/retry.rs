@@ -43,9 +43,10 @@ use crate::classify::{self, Class, Penalty};
 use crate::error::{self, AttemptNote};
 use crate::forward::{self, Failure, Forwarder, Reply};
 use crate::jsonrpc::{self, Call};
+use crate::metrics::{AttemptOutcome, Metrics};
 use crate::pool::Chain;
 use crate::route::{self, method_kind, MethodKind, Need};
-use crate::upstream::{now_us, LiveState, Upstream};
+use crate::upstream::{now_us, Upstream};
 
 /// The answer to one call: raw JSON of a result or of an error object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +68,9 @@ pub struct Report {
     pub attempts: usize,
     /// Hedged attempts started.
     pub hedges: usize,
+    /// Calls (indices) that got detour's own error: no upstream could answer, or a write
+    /// failed where it may have been received.
+    pub failed_calls: Vec<usize>,
 }
 
 /// What one upstream said about one call.
@@ -92,6 +96,7 @@ type AttemptFuture<'a> = Pin<Box<dyn Future<Output = Done> + Send + 'a>>;
 /// Forwards `calls` to the chain's upstreams with failover; returns one answer per call.
 pub async fn failover(
     fwd: &Forwarder,
+    metrics: &Metrics,
     chain: &Chain,
     calls: &[&Call<'_>],
     deadline: Instant,
@@ -147,7 +152,7 @@ pub async fn failover(
                 break;
             };
             tried.push(ui);
-            inflight.push(launch(fwd, chain, ui, calls, &pending, deadline));
+            inflight.push(launch(fwd, metrics, chain, ui, calls, &pending, deadline));
             newest = Some((now, ui));
         }
         let hedge_at = newest
@@ -167,8 +172,8 @@ pub async fn failover(
         tokio::select! {
             biased;
             Some(done) = inflight.next() => {
-                process(chain, calls, &writes, done, &mut answers, &mut fallback, &mut report,
-                        &mut avoid_regions, tried.len() > 1);
+                process(metrics, chain, calls, &writes, done, &mut answers, &mut fallback,
+                        &mut report, &mut avoid_regions, tried.len() > 1);
                 pending.retain(|&i| answers[i].is_none());
                 if inflight.is_empty() {
                     newest = None;
@@ -186,7 +191,7 @@ pub async fn failover(
                         report.hedges += 1;
                         tracing::debug!(chain = &*chain.name, stalled = &*chain.upstreams[stalled].name,
                             hedge = &*chain.upstreams[ui].name, "hedging a slow read");
-                        inflight.push(launch(fwd, chain, ui, calls, &pending, deadline));
+                        inflight.push(launch(fwd, metrics, chain, ui, calls, &pending, deadline));
                         newest = Some((Instant::now(), ui));
                     }
                     // Nobody to hedge to: wait for the attempt in flight.
@@ -217,11 +222,13 @@ pub async fn failover(
         let timed_out = Instant::now() >= deadline;
         let failed = error::all_failed(&report.failures, timed_out);
         for &i in &pending {
-            answers[i] = Some(
-                fallback[i]
-                    .take()
-                    .unwrap_or_else(|| Answer::Error(failed.clone())),
-            );
+            answers[i] = Some(match fallback[i].take() {
+                Some(a) => a,
+                None => {
+                    report.failed_calls.push(i);
+                    Answer::Error(failed.clone())
+                }
+            });
         }
     }
     let answers = answers
@@ -384,6 +391,7 @@ fn hedge_delay(chain: &Chain, ui: usize) -> Duration {
 
 fn launch<'a>(
     fwd: &'a Forwarder,
+    metrics: &'a Metrics,
     chain: &'a Chain,
     ui: usize,
     calls: &'a [&'a Call<'a>],
@@ -397,7 +405,13 @@ fn launch<'a>(
             .timeout
             .min(deadline.saturating_duration_since(Instant::now()));
         let size = up.max_batch_len.unwrap_or(usize::MAX);
-        let mut guard = Cancelled::new(&up.state);
+        let mut guard = Cancelled {
+            metrics,
+            chain,
+            up,
+            started: Instant::now(),
+            done: false,
+        };
         let (elapsed, results) = if sent.len() <= size {
             // One chunk (the common case): no chunk lists to build.
             let (took, r) = attempt(fwd, up, calls, &sent, timeout).await;
@@ -430,26 +444,26 @@ fn launch<'a>(
 /// Records the wait of an attempt dropped before it finished (a lost hedge race) as a latency
 /// sample, never as a failure.
 struct Cancelled<'a> {
-    state: &'a LiveState,
+    metrics: &'a Metrics,
+    chain: &'a Chain,
+    up: &'a Upstream,
     started: Instant,
     done: bool,
-}
-
-impl<'a> Cancelled<'a> {
-    fn new(state: &'a LiveState) -> Self {
-        Cancelled {
-            state,
-            started: Instant::now(),
-            done: false,
-        }
-    }
 }
 
 impl Drop for Cancelled<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.state
+            self.up
+                .state
                 .record_cancelled(now_us(), self.started.elapsed());
+            self.up.metrics.attempt(
+                self.metrics,
+                &self.chain.name,
+                &self.up.name,
+                AttemptOutcome::Cancelled,
+                None,
+            );
         }
     }
 }
@@ -457,6 +471,7 @@ impl Drop for Cancelled<'_> {
 /// Folds a finished attempt into the answers, the report and the upstream's health.
 #[allow(clippy::too_many_arguments)]
 fn process(
+    metrics: &Metrics,
     chain: &Chain,
     calls: &[&Call<'_>],
     writes: &[bool],
@@ -493,6 +508,7 @@ fn process(
                             &calls[i].method,
                             &note,
                         )));
+                        report.failed_calls.push(i);
                     } else if matches!(fallback[i], Some(Answer::Error(_))) {
                         // The final error will list every attempt, this one included; a `null`
                         // from an upstream that was behind is kept: it is still an answer.
@@ -577,6 +593,7 @@ fn process(
                                     &calls[i].method,
                                     &note,
                                 )));
+                                report.failed_calls.push(i);
                             }
                         }
                     }
@@ -584,7 +601,7 @@ fn process(
             }
         }
     }
-    record_health(
+    let outcome = record_health(
         chain,
         ui,
         worst.as_ref(),
@@ -593,6 +610,9 @@ fn process(
         unhealthy,
         rate_limited,
     );
+    let seconds = (outcome == AttemptOutcome::Success).then(|| done.elapsed.as_secs_f64());
+    up.metrics
+        .attempt(metrics, &chain.name, &up.name, outcome, seconds);
     let trouble = worst.as_ref().map(ToString::to_string).or(rpc_trouble);
     if let Some(reason) = trouble {
         if !avoid_regions.contains(&up.region_id) {
@@ -675,10 +695,21 @@ fn record_health(
     answered: usize,
     unhealthy: usize,
     rate_limited: bool,
-) {
+) -> AttemptOutcome {
     let up = &chain.upstreams[ui];
     let now = now_us();
     let state = &up.state;
+    let outcome = match worst {
+        Some(Failure::Connect(_)) => AttemptOutcome::ConnectError,
+        Some(Failure::Timeout) => AttemptOutcome::Timeout,
+        Some(Failure::Status(s, _)) if *s == StatusCode::TOO_MANY_REQUESTS => {
+            AttemptOutcome::RateLimited
+        }
+        Some(_) => AttemptOutcome::Error,
+        None if rate_limited => AttemptOutcome::RateLimited,
+        None if answered == 0 => AttemptOutcome::ProviderError,
+        None => AttemptOutcome::Success,
+    };
     let failed = match worst {
         Some(f @ Failure::Connect(_)) => {
             let cd = state.eject(now, elapsed, None);
@@ -734,6 +765,7 @@ fn record_health(
         state.note_error(now, &why);
         chain.update_region(ui, now);
     }
+    outcome
 }
 
 fn describe_rpc_error(up: &Upstream, error: &[u8]) -> String {

@@ -26,6 +26,7 @@ use crate::dns::Resolver;
 use crate::error::RpcError;
 use crate::forward::Forwarder;
 use crate::jsonrpc::{self, Call, Entry, Parsed, INVALID_REQUEST, PARSE_ERROR, RESOURCE_NOT_FOUND};
+use crate::metrics::{Metrics, Outcome};
 use crate::pool::{Chain, Pool};
 use crate::retry::{failover, Answer};
 use crate::route::{method_kind, MethodKind};
@@ -49,6 +50,8 @@ struct Inner {
     pool: Arc<ArcSwap<Pool>>,
     /// The shared upstream HTTP client.
     forwarder: Forwarder,
+    /// Prometheus metrics.
+    metrics: Metrics,
     /// Whether the background health task was started (it needs a Tokio runtime).
     health_started: AtomicBool,
 }
@@ -63,11 +66,13 @@ impl Detour {
     /// Like [`Detour::new`], resolving upstream hostnames with `resolver` (tests use a stub).
     pub fn with_resolver(config: Config, resolver: Resolver) -> Result<Detour, ConfigError> {
         let forwarder = Forwarder::new(&config.client, resolver);
-        let pool = Pool::new(config, None)?;
+        let pool = Arc::new(ArcSwap::from_pointee(Pool::new(config, None)?));
+        let metrics = Metrics::new(Arc::downgrade(&pool));
         let detour = Detour {
             inner: Arc::new(Inner {
-                pool: Arc::new(ArcSwap::from_pointee(pool)),
+                pool,
                 forwarder,
+                metrics,
                 health_started: AtomicBool::new(false),
             }),
         };
@@ -98,9 +103,15 @@ impl Detour {
     /// (The upstream client's settings, `[client]`, apply from the next start.)
     pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
         let current = self.inner.pool.load_full();
-        let next = Pool::new(config, Some(&current))?;
-        self.inner.pool.store(Arc::new(next));
+        let next = Pool::new(config, Some(&current));
+        self.inner.metrics.reload(next.is_ok());
+        self.inner.pool.store(Arc::new(next?));
         Ok(())
+    }
+
+    /// The Prometheus exposition text (`GET /metrics`).
+    pub fn metrics(&self) -> String {
+        self.inner.metrics.encode()
     }
 
     /// The current snapshot.
@@ -217,16 +228,39 @@ impl Detour {
         let mut answered_by = Vec::new();
         let mut answers: Vec<Option<Answer>> = calls
             .iter()
-            .map(|c| match method_kind(&c.method) {
-                MethodKind::ChainId => Some(Answer::Result(chain.chain_id_json.clone())),
-                MethodKind::NetVersion => Some(Answer::Result(chain.net_version_json.clone())),
-                _ => None,
+            .map(|c| {
+                let local = match method_kind(&c.method) {
+                    MethodKind::ChainId => chain.chain_id_json.clone(),
+                    MethodKind::NetVersion => chain.net_version_json.clone(),
+                    _ => return None,
+                };
+                let m = &self.inner.metrics;
+                chain.metrics.call(m, &chain.name, &c.method, Outcome::Ok);
+                Some(Answer::Result(local))
             })
             .collect();
         let remote: Vec<usize> = (0..calls.len()).filter(|&i| answers[i].is_none()).collect();
         if !remote.is_empty() {
             let forwarded: Vec<&Call<'_>> = remote.iter().map(|&i| calls[i]).collect();
-            let (got, report) = failover(&self.inner.forwarder, chain, &forwarded, deadline).await;
+            let m = &self.inner.metrics;
+            let (got, report) =
+                failover(&self.inner.forwarder, m, chain, &forwarded, deadline).await;
+            chain.metrics.attempts(
+                m,
+                &chain.name,
+                report.attempts.saturating_sub(1 + report.hedges),
+                report.hedges,
+            );
+            for (k, a) in got.iter().enumerate() {
+                let outcome = match a {
+                    Answer::Result(_) => Outcome::Ok,
+                    Answer::Error(_) if report.failed_calls.contains(&k) => Outcome::Failed,
+                    Answer::Error(_) => Outcome::RpcError,
+                };
+                chain
+                    .metrics
+                    .call(m, &chain.name, &forwarded[k].method, outcome);
+            }
             tracing::debug!(
                 chain = &*chain.name,
                 calls = forwarded.len(),
@@ -364,6 +398,7 @@ impl Detour {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let started = Instant::now();
         self.start_health();
         let pool = self.pool();
         let path = req.uri().path();
@@ -374,6 +409,16 @@ impl Detour {
             (&Method::GET | &Method::HEAD, "/status") => {
                 let (status, body) = crate::admin::status_body(&pool);
                 return json(status, body);
+            }
+            (&Method::GET | &Method::HEAD, "/metrics") => {
+                let mut resp = Response::new(Full::new(Bytes::from(self.metrics())));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                return resp;
             }
             (&Method::GET | &Method::HEAD, "/") => return index(&pool),
             _ => {}
@@ -421,6 +466,11 @@ impl Detour {
             }
         };
         let (out, answered_by) = self.rpc(&pool, chain, &body).await;
+        chain.metrics.duration(
+            &self.inner.metrics,
+            &chain.name,
+            started.elapsed().as_secs_f64(),
+        );
         let mut resp = match out {
             Some(out) => json(StatusCode::OK, out),
             None => Response::builder()
@@ -552,6 +602,7 @@ fn index(pool: &Pool) -> Response<Body> {
         "health": "/healthz",
         "readiness": "/readyz",
         "status": "/status",
+        "metrics": "/metrics",
     });
     json(StatusCode::OK, Bytes::from(body.to_string()))
 }

@@ -197,6 +197,8 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     /// Live state, shared across reloads while the upstream is unchanged.
     pub state: Arc<LiveState>,
+    /// Cached metric handles.
+    pub metrics: crate::metrics::UpstreamMetrics,
 }
 
 impl Upstream {
@@ -247,6 +249,7 @@ impl Upstream {
             secrets,
             config: config.clone(),
             state: state.unwrap_or_default(),
+            metrics: Default::default(),
         })
     }
 
