@@ -610,7 +610,7 @@ fn process(
         unhealthy,
         rate_limited,
     );
-    let seconds = (outcome == AttemptOutcome::Success).then(|| done.elapsed.as_secs_f64());
+    let seconds = (outcome == AttemptOutcome::Success).then_some(done.elapsed.as_secs_f64());
     up.metrics
         .attempt(metrics, &chain.name, &up.name, outcome, seconds);
     let trouble = worst.as_ref().map(ToString::to_string).or(rpc_trouble);
