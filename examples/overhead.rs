@@ -313,7 +313,11 @@ fn start_detour(upstream: SocketAddr, workers: usize, cpus: Option<&str>) -> Det
     let child = cmd
         .arg("--config")
         .arg(&config)
-        .env("RUST_LOG", "warn")
+        // DETOUR_BENCH_RUST_LOG=info measures with the access log on.
+        .env(
+            "RUST_LOG",
+            std::env::var("DETOUR_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -57,6 +57,9 @@ pub struct ServerConfig {
     /// Time a client has to send its request headers. Default `10s`.
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
+    /// One info-level log line per client JSON-RPC request (target `detour::access`): chain,
+    /// methods, upstreams, status, errors, attempts, duration, client address. Default true.
+    pub access_log: bool,
     /// Runtime worker threads; 0 means one per CPU core. One worker gives the lowest latency
     /// per request; more serve more concurrent load. Needs a restart to change. Default 0.
     pub worker_threads: usize,
@@ -71,6 +74,7 @@ impl Default for ServerConfig {
             max_batch_len: 1000,
             shutdown_grace: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
+            access_log: true,
             worker_threads: 0,
         }
     }

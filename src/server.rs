@@ -7,13 +7,14 @@
 use std::future::Future;
 use std::time::Duration;
 
+use http::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-use crate::service::Detour;
+use crate::service::{Detour, Peer};
 
 /// Serves `service` on `listener` until `shutdown` completes; then stops accepting, lets
 /// in-flight requests finish for up to `server.shutdown_grace`, and returns.
@@ -35,9 +36,14 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let svc = TowerToHyperService::new(service.clone());
+                    let detour = service.clone();
+                    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                        req.extensions_mut().insert(Peer(peer));
+                        // Always ready (poll_ready is a no-op): call it directly.
+                        tower_service::Service::call(&mut detour.clone(), req)
+                    });
                     let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {

@@ -155,7 +155,7 @@ impl Detour {
         self.start_health();
         let pool = self.pool();
         match pool.route(chain) {
-            Some(c) => Ok(self.rpc(&pool, c, body).await.0),
+            Some(c) => Ok(self.rpc(&pool, c, body, &mut Served::default()).await),
             None => Err(unknown_chain_body(&pool, chain)),
         }
     }
@@ -197,7 +197,9 @@ impl Detour {
             params,
         };
         let deadline = Instant::now() + pool.config.server.request_timeout;
-        let mut answers = self.answer_calls(c, &[&call], deadline).await.0;
+        let mut answers = self
+            .answer_calls(c, &[&call], deadline, &mut Served::default())
+            .await;
         match answers.pop() {
             Some(Answer::Result(r)) => {
                 let text = String::from_utf8(r.to_vec()).map_err(|_| RpcError {
@@ -216,16 +218,16 @@ impl Detour {
         }
     }
 
-    /// Answers local calls and forwards the rest; one answer per call, in order, and the
-    /// upstreams that answered.
+    /// Answers local calls and forwards the rest; one answer per call, in order. What it took
+    /// goes into `served`.
     async fn answer_calls(
         &self,
         chain: &Chain,
         calls: &[&Call<'_>],
         deadline: Instant,
-    ) -> (Vec<Answer>, Vec<Arc<str>>) {
+        served: &mut Served,
+    ) -> Vec<Answer> {
         chain.state.touch(now_us());
-        let mut answered_by = Vec::new();
         let mut answers: Vec<Option<Answer>> = calls
             .iter()
             .map(|c| {
@@ -257,6 +259,8 @@ impl Detour {
                     Answer::Error(_) if report.failed_calls.contains(&k) => Outcome::Failed,
                     Answer::Error(_) => Outcome::RpcError,
                 };
+                served.errors += usize::from(outcome == Outcome::RpcError);
+                served.failed += usize::from(outcome == Outcome::Failed);
                 chain
                     .metrics
                     .call(m, &chain.name, &forwarded[k].method, outcome);
@@ -273,29 +277,23 @@ impl Detour {
             for (i, a) in remote.into_iter().zip(got) {
                 answers[i] = Some(a);
             }
-            answered_by = report.answered_by;
+            served.answered_by = report.answered_by;
+            served.attempts = report.attempts;
         }
-        let answers = answers
+        answers
             .into_iter()
             .map(|a| a.unwrap_or_else(|| Answer::Error(crate::error::all_failed(&[], false))))
-            .collect();
-        (answers, answered_by)
+            .collect()
     }
 
-    /// Parses a body, answers it, and writes the response (`None`: notifications only), with
-    /// the upstreams that answered.
-    async fn rpc(&self, pool: &Pool, chain: &Chain, body: &[u8]) -> (Option<Bytes>, Vec<Arc<str>>) {
-        let mut answered_by = Vec::new();
-        let out = self.rpc_inner(pool, chain, body, &mut answered_by).await;
-        (out, answered_by)
-    }
-
-    async fn rpc_inner(
+    /// Parses a body, answers it, and writes the response (`None`: notifications only). What
+    /// it took goes into `served`.
+    async fn rpc(
         &self,
         pool: &Pool,
         chain: &Chain,
         body: &[u8],
-        answered_by: &mut Vec<Arc<str>>,
+        served: &mut Served,
     ) -> Option<Bytes> {
         let deadline = Instant::now() + pool.config.server.request_timeout;
         let (entries, batch) = match jsonrpc::parse(body, pool.config.server.max_batch_len) {
@@ -334,12 +332,14 @@ impl Detour {
                 Entry::Invalid { .. } => None,
             })
             .collect();
+        served.calls = entries.len();
+        if access_log_on(pool) {
+            served.methods = methods_summary(&entries);
+        }
         let mut answers = if calls.is_empty() {
             Vec::new()
         } else {
-            let (answers, by) = self.answer_calls(chain, &calls, deadline).await;
-            *answered_by = by;
-            answers
+            self.answer_calls(chain, &calls, deadline, served).await
         }
         .into_iter();
         let answer_bytes: usize = answers
@@ -401,6 +401,7 @@ impl Detour {
         let started = Instant::now();
         self.start_health();
         let pool = self.pool();
+        let peer = req.extensions().get::<Peer>().map(|p| p.0);
         let path = req.uri().path();
         let method = req.method();
         match (method, path) {
@@ -465,7 +466,8 @@ impl Detour {
                 )
             }
         };
-        let (out, answered_by) = self.rpc(&pool, chain, &body).await;
+        let mut served = Served::default();
+        let out = self.rpc(&pool, chain, &body, &mut served).await;
         chain.metrics.duration(
             &self.inner.metrics,
             &chain.name,
@@ -478,8 +480,11 @@ impl Detour {
                 .body(Body::default())
                 .unwrap_or_default(),
         };
-        if let Some(v) = upstream_header(&answered_by) {
+        if let Some(v) = upstream_header(&served.answered_by) {
             resp.headers_mut().insert(UPSTREAM_HEADER, v);
+        }
+        if access_log_on(&pool) {
+            access_log(&chain.name, &served, resp.status(), started, peer);
         }
         resp
     }
@@ -502,6 +507,95 @@ where
         let this = self.clone();
         Box::pin(async move { Ok(this.serve_http(req).await) })
     }
+}
+
+// === Access log ===
+
+/// The client's address, put in the request's extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+/// What answering one HTTP request took, for the access log and the response headers.
+#[derive(Debug, Default)]
+struct Served {
+    /// Upstreams that answered, in order.
+    answered_by: Vec<Arc<str>>,
+    /// The methods, summarised (filled only when the access log is on).
+    methods: String,
+    /// Entries in the request (a single request is one).
+    calls: usize,
+    /// Upstream attempts (hedges included).
+    attempts: usize,
+    /// Calls answered with an upstream's JSON-RPC error.
+    errors: usize,
+    /// Calls no upstream could answer.
+    failed: usize,
+}
+
+/// Whether access-log lines are wanted: configured on, and not filtered out by `RUST_LOG`.
+fn access_log_on(pool: &Pool) -> bool {
+    pool.config.server.access_log
+        && tracing::enabled!(target: "detour::access", tracing::Level::INFO)
+}
+
+/// `eth_call`, or for a batch `eth_call×3,eth_getBalance` (at most 5 names, then `…`).
+fn methods_summary(entries: &[Entry<'_>]) -> String {
+    let mut names: Vec<(&str, usize)> = Vec::new();
+    for e in entries {
+        let m = match e {
+            Entry::Call(c) => &*c.method,
+            Entry::Invalid { .. } => "(invalid)",
+        };
+        match names.iter_mut().find(|(n, _)| *n == m) {
+            Some((_, k)) => *k += 1,
+            None => names.push((m, 1)),
+        }
+    }
+    let mut out = String::new();
+    for (i, (n, k)) in names.iter().enumerate() {
+        if i == 5 {
+            out.push_str(",…");
+            break;
+        }
+        if i > 0 {
+            out.push(',');
+        }
+        // Method names come from the client: keep them short and printable in a log line.
+        out.extend(n.chars().take(64).filter(|c| !c.is_control()));
+        if *k > 1 {
+            out.push_str(&format!("×{k}"));
+        }
+    }
+    out
+}
+
+fn access_log(
+    chain: &str,
+    served: &Served,
+    status: StatusCode,
+    started: Instant,
+    peer: Option<std::net::SocketAddr>,
+) {
+    let upstreams = served
+        .answered_by
+        .iter()
+        .map(|u| &**u)
+        .collect::<Vec<_>>()
+        .join(",");
+    tracing::info!(
+        target: "detour::access",
+        chain,
+        methods = %served.methods,
+        calls = served.calls,
+        status = status.as_u16(),
+        errors = served.errors,
+        failed = served.failed,
+        upstreams = %upstreams,
+        attempts = served.attempts,
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        peer = ?peer,
+        "request"
+    );
 }
 
 // === Responses ===

@@ -234,6 +234,19 @@ async fn binary_serves_logs_one_line_per_chain_and_exits_0_on_sigterm() {
         (status, body.as_str()),
         (200, r#"{"jsonrpc":"2.0","id":1,"result":"up"}"#)
     );
+    // One access-log line for that request: chain, method, upstream, status; no secret.
+    let access = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("no access log line");
+        if line.contains("detour::access") {
+            break line;
+        }
+    };
+    for want in ["mainnet", "eth_blockNumber", "local", "status=200", "peer="] {
+        assert!(access.contains(want), "{want} not in {access}");
+    }
+    assert!(!access.contains("KEYPATHSECRET"), "{access}");
     assert!(Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
