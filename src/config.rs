@@ -54,6 +54,10 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after a shutdown signal. Default `10s`.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// After a shutdown signal, keep accepting for this long while `/readyz` answers 503, so
+    /// load balancers stop sending before the listener closes. Default `0s`.
+    #[serde(with = "duration")]
+    pub shutdown_delay: Duration,
     /// Time a client has to send its request headers. Default `10s`.
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
@@ -73,6 +77,7 @@ impl Default for ServerConfig {
             max_body_bytes: 10 * 1024 * 1024,
             max_batch_len: 1000,
             shutdown_grace: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
             header_read_timeout: Duration::from_secs(10),
             access_log: true,
             worker_threads: 0,

@@ -5,6 +5,7 @@
 //! bind port 0 and stop the server when they like.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::Request;
@@ -12,12 +13,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::service::{Detour, Peer};
 
-/// Serves `service` on `listener` until `shutdown` completes; then stops accepting, lets
-/// in-flight requests finish for up to `server.shutdown_grace`, and returns.
+/// Serves `service` on `listener` until `shutdown` completes; then `/readyz` turns 503, new
+/// connections are still accepted for `server.shutdown_delay` (default 0) so load balancers
+/// notice, the listener closes, in-flight requests finish for up to `server.shutdown_grace`,
+/// and it returns.
 pub async fn serve(
     listener: TcpListener,
     service: Detour,
@@ -32,26 +35,29 @@ pub async fn serve(
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    let serve_connection = |stream: TcpStream, peer: SocketAddr| {
+        let _ = stream.set_nodelay(true);
+        let detour = service.clone();
+        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(Peer(peer));
+            // Always ready (poll_ready is a no-op): call it directly.
+            tower_service::Service::call(&mut detour.clone(), req)
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, "client connection ended with an error");
+            }
+        });
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let detour = service.clone();
-                    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                        req.extensions_mut().insert(Peer(peer));
-                        // Always ready (poll_ready is a no-op): call it directly.
-                        tower_service::Service::call(&mut detour.clone(), req)
-                    });
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::trace!(error = %e, "client connection ended with an error");
-                        }
-                    });
-                }
+                Ok((stream, peer)) => serve_connection(stream, peer),
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning, keep serving.
                     tracing::warn!(error = %e, "accept failed");
@@ -59,6 +65,21 @@ pub async fn serve(
                 }
             },
             () = &mut shutdown => break,
+        }
+    }
+    // Draining: /readyz answers 503 from now on, so load balancers stop sending new traffic.
+    service.set_draining();
+    if !server.shutdown_delay.is_zero() {
+        tracing::info!(delay = ?server.shutdown_delay, "draining: still accepting while /readyz says 503");
+        let until = tokio::time::sleep(server.shutdown_delay);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => if let Ok((stream, peer)) = accepted {
+                    serve_connection(stream, peer);
+                },
+                () = &mut until => break,
+            }
         }
     }
     drop(listener);

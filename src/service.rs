@@ -54,6 +54,8 @@ struct Inner {
     metrics: Metrics,
     /// Whether the background health task was started (it needs a Tokio runtime).
     health_started: AtomicBool,
+    /// Shutting down: `/readyz` answers 503.
+    draining: AtomicBool,
 }
 
 impl Detour {
@@ -74,6 +76,7 @@ impl Detour {
                 forwarder,
                 metrics,
                 health_started: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -91,6 +94,12 @@ impl Detour {
         }
         let weak = Arc::downgrade(&self.inner.pool);
         tokio::spawn(crate::health::run(weak, self.inner.forwarder.clone()));
+    }
+
+    /// Marks the proxy as shutting down: `/readyz` answers 503 from now on (requests are
+    /// still served). [`crate::serve`] calls this when its shutdown future completes.
+    pub fn set_draining(&self) {
+        self.inner.draining.store(true, Relaxed);
     }
 
     /// The `/status` document (per chain and upstream: state, head, lag, latency, errors).
@@ -406,7 +415,13 @@ impl Detour {
         let method = req.method();
         match (method, path) {
             (&Method::GET | &Method::HEAD, "/healthz") => return text(StatusCode::OK, "ok\n"),
-            (&Method::GET | &Method::HEAD, "/readyz") => return readiness(&pool),
+            (&Method::GET | &Method::HEAD, "/readyz") => {
+                if self.inner.draining.load(Relaxed) {
+                    let body = Bytes::from_static(b"{\"ready\":false,\"draining\":true}");
+                    return json(StatusCode::SERVICE_UNAVAILABLE, body);
+                }
+                return readiness(&pool);
+            }
             (&Method::GET | &Method::HEAD, "/status") => {
                 let (status, body) = crate::admin::status_body(&pool);
                 return json(status, body);
