@@ -21,7 +21,7 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config.example.toml");
 /// Top-level sections that `DETOUR_<SECTION>__<KEY>` environment variables may set. Other
 /// `DETOUR_*` variables (`DETOUR_CONFIG`, or a secret like `DETOUR_INFURA_KEY` referenced as
 /// `${DETOUR_INFURA_KEY}`) are not configuration keys.
-const ENV_SECTIONS: &[&str] = &["server", "client", "chains"];
+const ENV_SECTIONS: &[&str] = &["server", "client", "admin", "chains"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -33,6 +33,9 @@ pub struct Config {
     /// The shared HTTP client that talks to upstreams.
     #[serde(default)]
     pub client: ClientConfig,
+    /// The optional admin listener (reload, cordon, config, status, metrics).
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// The chains served, by name; each is served at `/<name>` and `/<chain_id>`.
     #[serde(default)]
     pub chains: BTreeMap<String, ChainConfig>,
@@ -83,6 +86,23 @@ impl Default for ServerConfig {
             worker_threads: 0,
         }
     }
+}
+
+/// `[admin]`: a separate listener for operators. Off unless `listen` is set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener, e.g. `127.0.0.1:9545`. Default: none (off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Bearer token the admin endpoints require (`Authorization: Bearer <token>`); usually
+    /// `"${DETOUR_ADMIN_TOKEN}"` or set with `DETOUR_ADMIN__TOKEN`. Default: none (no auth;
+    /// keep the listener on loopback then).
+    #[serde(
+        deserialize_with = "expand_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub token: Option<String>,
 }
 
 /// `[client]`: how detour talks to upstreams.
@@ -412,6 +432,23 @@ impl Config {
         if self.chains.is_empty() {
             bad("chains".into(), "no chain is configured".into());
         }
+        if self
+            .admin
+            .token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            bad(
+                "admin.token".into(),
+                "must not be empty (leave it out for no token)".into(),
+            );
+        }
+        if self.admin.listen == Some(s.listen) {
+            bad(
+                "admin.listen".into(),
+                "must differ from server.listen".into(),
+            );
+        }
         let mut ids: BTreeMap<u64, &str> = BTreeMap::new();
         for (name, chain) in &self.chains {
             let at = format!("chains.{name}");
@@ -528,6 +565,9 @@ impl Config {
     /// header values) replaced by `***`, for `detour check` and any other display.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
+        if let Some(t) = &mut c.admin.token {
+            *t = "***".into();
+        }
         for chain in c.chains.values_mut() {
             for up in &mut chain.upstreams {
                 up.url = crate::upstream::redact_url(&up.url);

@@ -74,4 +74,4 @@ pub mod upstream;
 pub use config::{Config, ConfigError, Source};
 pub use error::RpcError;
 pub use server::serve;
-pub use service::{Body, Detour};
+pub use service::{Body, Detour, Reloaded};

@@ -1,11 +1,15 @@
-//! The `detour` binary: CLI → config → bind → serve until SIGINT/SIGTERM.
+//! The `detour` binary: CLI → config → bind → serve until SIGINT/SIGTERM; reload on SIGHUP,
+//! on a change of the config file, and on `POST /admin/reload` (admin listener).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use detour::admin::{self, Admin, Loader};
 use detour::{Config, Detour, Source};
 
 /// A JSON-RPC failover proxy for Ethereum-style nodes.
@@ -54,21 +58,24 @@ fn main() -> ExitCode {
     if let Some(listen) = cli.listen {
         config.server.listen = listen;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.server.worker_threads > 0 {
+        builder.worker_threads(config.server.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("detour: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(source, config))
+    runtime.block_on(run(source, config, cli.listen))
 }
 
-async fn run(source: Source, config: Config) -> ExitCode {
+async fn run(source: Source, config: Config, listen_override: Option<SocketAddr>) -> ExitCode {
     let listen = config.server.listen;
+    let admin_listen = config.admin.listen;
+    let admin_token = config.admin.token.clone();
     let proxy = match Detour::new(config) {
         Ok(p) => p,
         Err(e) => {
@@ -88,12 +95,94 @@ async fn run(source: Source, config: Config) -> ExitCode {
     for line in proxy.describe() {
         tracing::info!("{line}");
     }
+    let watched = match &source {
+        Source::File(path) => Some(path.clone()),
+        Source::BuiltIn => None,
+    };
+    let loader: Loader = Arc::new(move || {
+        let mut config = Config::load(&source)?;
+        if let Some(listen) = listen_override {
+            config.server.listen = listen;
+        }
+        Ok(config)
+    });
+    tokio::spawn(reload_on_sighup(proxy.clone(), loader.clone()));
+    if let Some(path) = watched {
+        tokio::spawn(reload_on_change(path, proxy.clone(), loader.clone()));
+    }
+    if let Some(addr) = admin_listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                let addr = l.local_addr().unwrap_or(addr);
+                if admin_token.is_none() && !addr.ip().is_loopback() {
+                    tracing::warn!(%addr, "the admin listener is reachable from other hosts and has no token: set admin.token (e.g. DETOUR_ADMIN__TOKEN)");
+                }
+                tracing::info!("admin endpoints on http://{addr}/admin/");
+                let admin = Admin::new(proxy.clone(), loader.clone(), admin_token);
+                tokio::spawn(admin::serve_admin(l, admin, std::future::pending()));
+            }
+            Err(e) => {
+                eprintln!("detour: cannot listen on {addr} (admin.listen): {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match detour::serve(listener, proxy, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("detour: server error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Reloads the configuration on each SIGHUP.
+async fn reload_on_sighup(proxy: Detour, loader: Loader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reload with the admin API or a file change");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = admin::reload(&proxy, &loader, "SIGHUP");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (proxy, loader);
+}
+
+/// Reloads the configuration when its file changes: checked every second, and once a change is
+/// seen, after the file has stopped changing for 300 ms (editors write in several steps).
+async fn reload_on_change(path: PathBuf, proxy: Detour, loader: Loader) {
+    fn stamp(path: &Path) -> Option<(Option<std::time::SystemTime>, u64)> {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    }
+    let mut last = stamp(&path);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = stamp(&path);
+        if now == last {
+            continue;
+        }
+        let mut settled = now;
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let again = stamp(&path);
+            if again == settled {
+                break;
+            }
+            settled = again;
+        }
+        last = settled;
+        if settled.is_none() {
+            tracing::warn!(file = %path.display(), "the config file is gone: still serving the current configuration");
+            continue;
+        }
+        let _ = admin::reload(&proxy, &loader, "file change");
     }
 }
 

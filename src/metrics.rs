@@ -398,6 +398,7 @@ struct LiveState {
 /// Every state `detour_upstream_state` reports (1 for the ones that apply, else 0).
 const STATES: &[&str] = &[
     "healthy",
+    "cordoned",
     "wrong_chain",
     "unresolvable",
     "cooling_down",

@@ -207,15 +207,21 @@ pub async fn failover(
 
     if !pending.is_empty() {
         if tried.is_empty() {
-            // Nothing could be tried: say why (every upstream is on the wrong chain).
+            // Nothing could be tried: say why (every upstream is on the wrong chain, or
+            // cordoned by an operator).
             for up in chain.upstreams.iter().filter(|u| u.quarantined()) {
-                report.failures.push(AttemptNote {
-                    upstream: up.name.clone(),
-                    reason: format!(
+                let reason = if up.state.cordoned() {
+                    "cordoned by an operator".to_string()
+                } else {
+                    format!(
                         "quarantined: on the wrong chain (expected {}, got {})",
                         chain.chain_id,
                         up.state.reported_chain_id()
-                    ),
+                    )
+                };
+                report.failures.push(AttemptNote {
+                    upstream: up.name.clone(),
+                    reason,
                 });
             }
         }

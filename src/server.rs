@@ -69,6 +69,8 @@ pub async fn serve(
     }
     // Draining: /readyz answers 503 from now on, so load balancers stop sending new traffic.
     service.set_draining();
+    // The delay and the grace period as configured now (they may have been reloaded).
+    let server = service.pool().config.server.clone();
     if !server.shutdown_delay.is_zero() {
         tracing::info!(delay = ?server.shutdown_delay, "draining: still accepting while /readyz says 503");
         let until = tokio::time::sleep(server.shutdown_delay);

@@ -56,6 +56,8 @@ struct Inner {
     health_started: AtomicBool,
     /// Shutting down: `/readyz` answers 503.
     draining: AtomicBool,
+    /// The last reload's outcome, for `/status`.
+    last_reload: std::sync::Mutex<Option<serde_json::Value>>,
 }
 
 impl Detour {
@@ -77,6 +79,7 @@ impl Detour {
                 metrics,
                 health_started: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
+                last_reload: std::sync::Mutex::new(None),
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -104,18 +107,79 @@ impl Detour {
 
     /// The `/status` document (per chain and upstream: state, head, lag, latency, errors).
     pub fn status(&self) -> serde_json::Value {
-        crate::admin::status(&self.pool())
+        let mut status = crate::admin::status(&self.pool());
+        if let Some(last) = self.inner.last_reload.lock().ok().and_then(|l| l.clone()) {
+            status["last_reload"] = last;
+        }
+        status["draining"] = self.inner.draining.load(Relaxed).into();
+        status
     }
 
     /// Swaps in a new configuration atomically. Unchanged upstreams keep their live state;
     /// requests in flight finish on the snapshot they started with. On error nothing changes.
     /// (The upstream client's settings, `[client]`, apply from the next start.)
-    pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
+    ///
+    /// Returns the settings that changed but apply only after a restart (the listen addresses,
+    /// worker threads, the upstream client, header timeout). Cordons end with a reload.
+    pub fn reload(&self, config: Config) -> Result<Reloaded, ConfigError> {
         let current = self.inner.pool.load_full();
-        let next = Pool::new(config, Some(&current));
-        self.inner.metrics.reload(next.is_ok());
-        self.inner.pool.store(Arc::new(next?));
-        Ok(())
+        let restart_needed = restart_needed(&current.config, &config);
+        let next = match Pool::new(config, Some(&current)) {
+            Ok(next) => next,
+            Err(e) => {
+                self.reload_failed(&e);
+                return Err(e);
+            }
+        };
+        self.inner.metrics.reload(true);
+        if let Ok(mut last) = self.inner.last_reload.lock() {
+            *last = Some(serde_json::json!({
+                "ok": true,
+                "at_unix_ms": unix_ms(),
+                "restart_needed": restart_needed,
+            }));
+        }
+        for up in next.chains.iter().flat_map(|c| &c.upstreams) {
+            up.state.set_cordoned(false);
+        }
+        self.inner.pool.store(Arc::new(next));
+        if !restart_needed.is_empty() {
+            tracing::warn!(settings = ?restart_needed, "these settings changed but apply only after a restart");
+        }
+        Ok(Reloaded { restart_needed })
+    }
+
+    /// Records a reload that failed before it reached [`Detour::reload`] (e.g. the file could
+    /// not be read): counted in metrics and shown in `/status`; nothing else changes.
+    pub fn reload_failed(&self, error: &ConfigError) {
+        self.inner.metrics.reload(false);
+        if let Ok(mut last) = self.inner.last_reload.lock() {
+            *last = Some(serde_json::json!({
+                "ok": false,
+                "at_unix_ms": unix_ms(),
+                "error": error.to_string(),
+            }));
+        }
+    }
+
+    /// Takes upstream `name` of `chain` out of rotation (`true`) or puts it back (`false`),
+    /// until the next reload. `false` when there is no such upstream.
+    pub fn cordon(&self, chain: &str, name: &str, on: bool) -> bool {
+        let pool = self.pool();
+        let Some(up) = pool
+            .route(chain)
+            .and_then(|c| c.upstreams.iter().find(|u| &*u.name == name))
+        else {
+            return false;
+        };
+        up.state.set_cordoned(on);
+        tracing::warn!(
+            chain,
+            upstream = name,
+            cordoned = on,
+            "upstream cordon changed by an operator"
+        );
+        true
     }
 
     /// The Prometheus exposition text (`GET /metrics`).
@@ -423,8 +487,8 @@ impl Detour {
                 return readiness(&pool);
             }
             (&Method::GET | &Method::HEAD, "/status") => {
-                let (status, body) = crate::admin::status_body(&pool);
-                return json(status, body);
+                let body = serde_json::to_string_pretty(&self.status()).unwrap_or_default();
+                return json(StatusCode::OK, Bytes::from(body));
             }
             (&Method::GET | &Method::HEAD, "/metrics") => {
                 let mut resp = Response::new(Full::new(Bytes::from(self.metrics())));
@@ -522,6 +586,43 @@ where
         let this = self.clone();
         Box::pin(async move { Ok(this.serve_http(req).await) })
     }
+}
+
+// === Reload ===
+
+/// What a reload could not apply live.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Settings that changed but take effect only after a restart.
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// The settings that differ between `old` and `new` and cannot change while running.
+fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let (o, n) = (&old.server, &new.server);
+    if o.listen != n.listen {
+        out.push("server.listen");
+    }
+    if o.worker_threads != n.worker_threads {
+        out.push("server.worker_threads");
+    }
+    if o.header_read_timeout != n.header_read_timeout {
+        out.push("server.header_read_timeout");
+    }
+    if old.client != new.client {
+        out.push("client");
+    }
+    if old.admin.listen != new.admin.listen {
+        out.push("admin.listen");
+    }
+    out
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 // === Access log ===

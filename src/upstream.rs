@@ -270,16 +270,22 @@ impl Upstream {
         self.state.cooldown_until.load(Relaxed) <= now
     }
 
-    /// Whether regular traffic may go here now: not cooling down, not on the wrong chain, and
-    /// its hostname has resolved at least once.
+    /// Whether regular traffic may go here now: not cooling down, not on the wrong chain, not
+    /// cordoned, and its hostname has resolved at least once.
     #[inline]
     pub fn servable(&self, now: u64) -> bool {
         self.usable(now) && !self.quarantined() && !self.state.unresolvable()
     }
 
-    /// Whether the chain check found this upstream on another chain: it is never served.
+    /// Whether this upstream must never be used: on the wrong chain, or cordoned by an operator.
     #[inline]
     pub fn quarantined(&self) -> bool {
+        self.state.chain_check.load(Relaxed) == CHAIN_WRONG || self.state.cordoned()
+    }
+
+    /// Whether the chain check found this upstream on another chain.
+    #[inline]
+    pub fn wrong_chain(&self) -> bool {
         self.state.chain_check.load(Relaxed) == CHAIN_WRONG
     }
 
@@ -422,6 +428,8 @@ pub struct LiveState {
     last_success_us: AtomicU64,
     /// Its hostname has never resolved (cleared by any success).
     unresolvable: AtomicBool,
+    /// Taken out of rotation by an operator (admin API) until uncordoned or reloaded.
+    cordoned: AtomicBool,
     /// Failures in the last minute.
     recent_failures: Window,
     /// The last failure, redacted, for the status page (taken only when something fails).
@@ -456,6 +464,7 @@ impl Default for LiveState {
             last_failure_us: AtomicU64::new(0),
             last_success_us: AtomicU64::new(0),
             unresolvable: AtomicBool::new(false),
+            cordoned: AtomicBool::new(false),
             recent_failures: Window::default(),
             last_error: Mutex::new(None),
         }
@@ -611,6 +620,17 @@ impl LiveState {
     /// Whether the hostname has never resolved.
     pub fn unresolvable(&self) -> bool {
         self.unresolvable.load(Relaxed)
+    }
+
+    /// Takes the upstream out of rotation (`true`) or puts it back (`false`).
+    pub fn set_cordoned(&self, on: bool) {
+        self.cordoned.store(on, Relaxed);
+    }
+
+    /// Whether an operator took the upstream out of rotation.
+    #[inline]
+    pub fn cordoned(&self) -> bool {
+        self.cordoned.load(Relaxed)
     }
 
     /// Remembers a failure's (already redacted) description for the status page.
