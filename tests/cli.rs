@@ -266,3 +266,107 @@ async fn binary_serves_logs_one_line_per_chain_and_exits_0_on_sigterm() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+/// Starts the binary on `file`; returns it, its address, and its log lines.
+fn spawn_serving(
+    file: &std::path::Path,
+) -> (
+    std::process::Child,
+    String,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let mut child = detour()
+        .args(["--config"])
+        .arg(file)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("no listening line");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split('"').next().unwrap().to_string();
+        }
+    };
+    (child, addr, rx)
+}
+
+async fn upstream_names(addr: &str) -> Vec<String> {
+    let (_, _, body) = support::http_request("GET", &format!("http://{addr}/status"), "").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["chains"][0]["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_binary_reloads_on_a_file_change_and_on_sighup() {
+    let a = Mock::start("a").await;
+    let b = Mock::start("b").await;
+    let dir = tempdir("reload");
+    let one = format!("[chains.mainnet]\nchain_id = 1\n[[chains.mainnet.upstreams]]\nname = \"a\"\nurl = \"{}\"\n", a.url());
+    let two = format!(
+        "{one}[[chains.mainnet.upstreams]]\nname = \"b\"\nurl = \"{}\"\n",
+        b.url()
+    );
+    let file = write(&dir, "d.toml", &one);
+    let (mut child, addr, rx) = spawn_serving(&file);
+    assert_eq!(upstream_names(&addr).await, ["a"]);
+
+    // The file changes: picked up without a signal (polled every second, debounced).
+    std::fs::write(&file, &two).unwrap();
+    let started = std::time::Instant::now();
+    while upstream_names(&addr).await.len() != 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the file change was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // An invalid file: logged, nothing changes.
+    std::fs::write(&file, "[chains.mainnet\nbroken").unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("no reload error logged");
+        if line.contains("configuration not reloaded") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15));
+    }
+    assert_eq!(upstream_names(&addr).await, ["a", "b"]);
+
+    // SIGHUP reloads at once (here: back to one upstream).
+    std::fs::write(&file, &one).unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("SIGHUP did not reload");
+        if line.contains("configuration reloaded") && line.contains("SIGHUP") {
+            break;
+        }
+    }
+    assert_eq!(upstream_names(&addr).await, ["a"]);
+    let _ = child.kill();
+    let _ = child.wait();
+}
