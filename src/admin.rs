@@ -273,7 +273,9 @@ impl Admin {
                 );
                 resp
             }
-            (&Method::GET, ["status"] | ["metrics"]) => self.passthrough(req).await,
+            (&Method::GET, ["status"] | ["status.html"] | ["metrics"]) => {
+                self.passthrough(req).await
+            }
             (_, ["admin", ..]) => reply(
                 StatusCode::NOT_FOUND,
                 json!({"error": "unknown admin endpoint", "endpoints": [

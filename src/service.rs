@@ -486,9 +486,24 @@ impl Detour {
                 }
                 return readiness(&pool);
             }
-            (&Method::GET | &Method::HEAD, "/status") => {
+            (&Method::GET | &Method::HEAD, "/status") if !wants_html(&req) => {
                 let body = serde_json::to_string_pretty(&self.status()).unwrap_or_default();
                 return json(StatusCode::OK, Bytes::from(body));
+            }
+            (&Method::GET | &Method::HEAD, "/status" | "/status.html") => {
+                let mut resp = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                // The page loads nothing from elsewhere; keep it that way.
+                resp.headers_mut().insert(
+                    http::header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(
+                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+                    ),
+                );
+                return resp;
             }
             (&Method::GET | &Method::HEAD, "/metrics") => {
                 let mut resp = Response::new(Full::new(Bytes::from(self.metrics())));
@@ -716,6 +731,17 @@ fn access_log(
 
 // === Responses ===
 
+/// The self-contained status page (no external assets); it polls `/status` as JSON.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// Whether a browser asked for a page (`Accept: text/html`) rather than the JSON document.
+fn wants_html<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"))
+}
+
 /// The response header naming the upstream(s) that answered a proxied request (configured
 /// names, comma-separated, in the order they answered; never URLs).
 pub const UPSTREAM_HEADER: &str = "x-detour-upstream";
@@ -811,7 +837,7 @@ fn index(pool: &Pool) -> Response<Body> {
         "chains": chains,
         "health": "/healthz",
         "readiness": "/readyz",
-        "status": "/status",
+        "status": "/status (JSON; a page for browsers, also at /status.html)",
         "metrics": "/metrics",
     });
     json(StatusCode::OK, Bytes::from(body.to_string()))

@@ -333,3 +333,40 @@ async fn a_slow_upstream_loses_traffic_to_a_fast_one() {
     assert!(slow_count <= 2, "{by:?}");
     assert!(p.upstream_status("slow")["latency_ms"].as_f64().unwrap() >= 100.0);
 }
+
+#[tokio::test]
+async fn browsers_get_a_self_contained_status_page() {
+    let a = Mock::start("a").await;
+    let p = Proxy::start(&chain_config("", &[("a", &a.url(), "")])).await;
+    for path in ["/status", "/status.html"] {
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let req = http::Request::get(p.url(path))
+            .header("accept", "text/html,application/xhtml+xml")
+            .body(Default::default())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/html; charset=utf-8");
+        assert!(resp.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'"));
+        use http_body_util::BodyExt;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let html = String::from_utf8_lossy(&body);
+        assert!(html.contains("<title>detour status</title>"));
+        assert!(
+            html.contains("fetch(\"/status\""),
+            "the page polls the JSON document"
+        );
+        // No external assets: no URL to anywhere else.
+        assert!(
+            !html.contains("http://") && !html.contains("https://") && !html.contains("src=\"")
+        );
+    }
+    // Without Accept: text/html, /status stays JSON.
+    let (_, headers, _) = support::http_request("GET", &p.url("/status"), "").await;
+    assert_eq!(headers["content-type"], "application/json");
+}
