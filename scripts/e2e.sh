@@ -204,4 +204,8 @@ log "ok: detour exited 0 on SIGTERM"
 # --- health scenarios: kill, freeze, lag, each under a steady stream of reads ---------------
 python3 scripts/e2e_health.py "$ANVIL" "$DETOUR" "$WORK" || fail "health scenarios"
 log "ok: health scenarios"
-echo "e2e: 14 passed, 0 failed"
+
+# --- the status page in headless Chromium --------------------------------------------------
+python3 scripts/e2e_status_page.py "$ANVIL" "$DETOUR" "$WORK" || fail "status page"
+log "ok: status page"
+echo "e2e: 15 passed, 0 failed"

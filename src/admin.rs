@@ -47,9 +47,7 @@ pub fn states(chain: &Chain, i: usize, now: u64) -> Vec<&'static str> {
     } else if s.half_open(now) {
         out.push("half_open");
     }
-    let head = s.head();
-    let chain_head = chain.state.head();
-    if head != 0 && head < chain_head {
+    if let Some((head, chain_head)) = s.head().zip(chain.state.head()).filter(|(h, c)| h < c) {
         if chain_head - head > chain.health.max_lag_blocks {
             out.push("lagging");
         } else if !chain.fresh(i, now) {
@@ -84,8 +82,8 @@ fn upstream_json(chain: &Chain, i: usize, now: u64) -> Value {
         "endpoint": up.display_url,
         "chain_check": chain_check,
         "reported_chain_id": (s.reported_chain_id() != 0).then(|| s.reported_chain_id()),
-        "head": (head != 0).then_some(head),
-        "lag": (head != 0 && chain_head != 0).then(|| chain_head.saturating_sub(head)),
+        "head": head,
+        "lag": head.zip(chain_head).map(|(h, c)| c.saturating_sub(h)),
         "head_age_ms": (s.head_changed() != 0).then(|| now.saturating_sub(s.head_changed()) / 1000),
         "cooldown_remaining_ms": s.cooldown_until(now).map(|t| (t - now) / 1000),
         "latency_ms": s.latency().as_secs_f64() * 1000.0,
@@ -112,7 +110,7 @@ pub fn status(pool: &Pool) -> Value {
                 "chain_id": c.chain_id,
                 "paths": c.paths,
                 "ready": c.ready(now),
-                "head": (head != 0).then_some(head),
+                "head": head,
                 "probe_interval_ms": crate::health::probe_interval(c, now).as_millis() as u64,
                 "max_lag_blocks": c.health.max_lag_blocks,
                 "regions": c.regions.iter().filter(|r| r.labelled).map(|r| json!({

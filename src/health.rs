@@ -180,7 +180,7 @@ fn failed(chain: &Chain, i: usize, why: &ProbeError, elapsed: Duration) {
     let now = now_us();
     let text = why.to_string();
     if let ProbeError::Failure(f) = why {
-        if f.is_dns() && up.state.successes.load(Relaxed) == 0 && up.state.head() == 0 {
+        if f.is_dns() && up.state.successes.load(Relaxed) == 0 && up.state.head().is_none() {
             up.state.set_unresolvable();
         }
     }

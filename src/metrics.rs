@@ -435,7 +435,7 @@ impl Collector for LiveState {
         let mut chain_head = Vec::new();
         for chain in &pool.chains {
             let ch = chain.state.head();
-            if ch != 0 {
+            if let Some(ch) = ch {
                 chain_head.push(([("chain", chain.name.to_string())], ch as f64));
             }
             for (i, up) in chain.upstreams.iter().enumerate() {
@@ -459,10 +459,11 @@ impl Collector for LiveState {
                         if on { 1.0 } else { 0.0 },
                     ));
                 }
-                let h = up.state.head();
-                if h != 0 {
+                if let Some(h) = up.state.head() {
                     head.push((labels.clone(), h as f64));
-                    lag.push((labels.clone(), ch.saturating_sub(h) as f64));
+                    if let Some(ch) = ch {
+                        lag.push((labels.clone(), ch.saturating_sub(h) as f64));
+                    }
                 }
                 latency.push((labels.clone(), up.state.latency().as_secs_f64()));
                 in_flight.push((labels, f64::from(up.state.in_flight())));

@@ -62,7 +62,8 @@ pub struct Chain {
 /// Chain-wide live state.
 #[derive(Debug, Default)]
 pub struct ChainState {
-    /// The chain head: the highest head reported by a chain-verified upstream.
+    /// The chain head: the highest head reported by a chain-verified upstream, plus one
+    /// (0: none yet).
     head: AtomicU64,
     /// The highest block number answered to `eth_blockNumber` (answers never go backwards).
     served_block: AtomicU64,
@@ -74,16 +75,17 @@ pub struct ChainState {
 }
 
 impl ChainState {
-    /// The chain head (0: unknown).
+    /// The chain head, once an upstream reported one.
     #[inline]
-    pub fn head(&self) -> u64 {
-        self.head.load(Relaxed)
+    pub fn head(&self) -> Option<u64> {
+        self.head.load(Relaxed).checked_sub(1)
     }
 
     /// Raises the chain head to `block` if higher.
     pub fn raise_head(&self, block: u64) {
-        let prev = self.head.fetch_max(block, Relaxed);
-        if block > prev && prev != 0 && !self.heads_differ.load(Relaxed) {
+        let stored = block.saturating_add(1);
+        let prev = self.head.fetch_max(stored, Relaxed);
+        if stored > prev && prev != 0 && !self.heads_differ.load(Relaxed) {
             self.heads_differ.store(true, Relaxed);
         }
     }
@@ -96,7 +98,7 @@ impl ChainState {
 
     /// Sets the chain head (recomputed from the upstreams by the health task).
     pub fn set_head(&self, block: u64) {
-        self.head.store(block, Relaxed);
+        self.head.store(block.saturating_add(1), Relaxed);
     }
 
     /// Records a client request at `now`.
@@ -322,16 +324,14 @@ impl Chain {
             .upstreams
             .iter()
             .filter(|u| u.state.chain_check() == CHAIN_OK && u.usable(now))
-            .map(|u| u.state.head())
-            .max()
-            .unwrap_or(0);
-        if head != 0 {
+            .filter_map(|u| u.state.head())
+            .max();
+        if let Some(head) = head {
             self.state.set_head(head);
         }
         let chain_head = self.state.head();
         let differ = self.upstreams.iter().any(|u| {
-            let h = u.state.head();
-            h != 0 && h < chain_head && !u.quarantined()
+            !u.quarantined() && u.state.head().zip(chain_head).is_some_and(|(h, c)| h < c)
         });
         self.state.heads_differ.store(differ, Relaxed);
     }

@@ -490,8 +490,14 @@ fn process(
 ) {
     let ui = done.upstream;
     let up = &chain.upstreams[ui];
-    let chain_head = chain.state.head();
-    let behind = up.state.head() != 0 && up.state.head() < chain_head;
+    // How far behind the chain head this upstream is, when both are known and it is behind.
+    let behind_by = up
+        .state
+        .head()
+        .zip(chain.state.head())
+        .and_then(|(h, c)| c.checked_sub(h))
+        .filter(|&d| d > 0);
+    let behind = behind_by.is_some();
     let mut worst: Option<Failure> = None;
     // Calls answered, calls whose trouble says the upstream is unwell, any rate limit.
     let (mut answered, mut unhealthy, mut rate_limited) = (0usize, 0usize, false);
@@ -546,7 +552,7 @@ fn process(
                                 rpc_trouble.get_or_insert_with(|| {
                                     format!(
                                         "null from an upstream {} blocks behind",
-                                        chain_head - up.state.head()
+                                        behind_by.unwrap_or(0)
                                     )
                                 });
                                 answered += 1;

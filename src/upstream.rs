@@ -293,9 +293,11 @@ impl Upstream {
     /// than `max_lag` blocks behind `chain_head`, and not stuck (head unchanged for `stale_us`
     /// while the chain moved on). An upstream whose head is not known yet is fresh.
     #[inline]
-    pub fn fresh(&self, chain_head: u64, max_lag: u64, stale_us: u64, now: u64) -> bool {
-        let head = self.state.head.load(Relaxed);
-        if head == 0 || head >= chain_head {
+    pub fn fresh(&self, chain_head: Option<u64>, max_lag: u64, stale_us: u64, now: u64) -> bool {
+        let (Some(head), Some(chain_head)) = (self.state.head(), chain_head) else {
+            return true;
+        };
+        if head >= chain_head {
             return true;
         }
         chain_head - head <= max_lag
@@ -305,8 +307,7 @@ impl Upstream {
     /// Whether this upstream may know block `n` (its head is unknown or at least `n`).
     #[inline]
     pub fn has_block(&self, n: u64) -> bool {
-        let head = self.state.head.load(Relaxed);
-        head == 0 || head >= n
+        self.state.head().is_none_or(|head| head >= n)
     }
 
     /// Selection cost: peak-EWMA latency × (in-flight + 1) × (1 + 4 × recent error rate)
@@ -398,7 +399,8 @@ pub struct LiveState {
     pub successes: AtomicU64,
     /// Attempts that failed (lifetime counter).
     pub failures: AtomicU64,
-    /// Latest block number this upstream reported (probe or live `eth_blockNumber`); 0: unknown.
+    /// Latest block number this upstream reported (probe or live `eth_blockNumber`), plus one;
+    /// 0: none reported yet (block 0 is a real head on a fresh dev chain).
     head: AtomicU64,
     /// When `head` last changed (µs).
     head_changed_us: AtomicU64,
@@ -523,9 +525,10 @@ impl LiveState {
         until != 0 && until <= now
     }
 
-    /// The latest reported head block (0: unknown).
-    pub fn head(&self) -> u64 {
-        self.head.load(Relaxed)
+    /// The latest reported head block, if any was reported.
+    #[inline]
+    pub fn head(&self) -> Option<u64> {
+        self.head.load(Relaxed).checked_sub(1)
     }
 
     /// When the head was last reported (µs; 0: never).
@@ -540,8 +543,9 @@ impl LiveState {
 
     /// Records a head reported by a probe or by live traffic.
     pub fn observe_head(&self, now: u64, block: u64) {
-        let prev = self.head.swap(block, Relaxed);
-        if prev != block {
+        let stored = block.saturating_add(1);
+        let prev = self.head.swap(stored, Relaxed);
+        if prev != stored {
             self.head_changed_us.store(now, Relaxed);
         }
         self.head_seen_us.store(now, Relaxed);
@@ -953,19 +957,29 @@ mod tests {
         let cfg: UpstreamConfig = toml::from_str("name = \"a\"\nurl = \"http://x\"").unwrap();
         let up = Upstream::new(&cfg, Duration::from_secs(1), None).unwrap();
         let stale = 60_000_000;
-        assert!(up.fresh(100, 5, stale, 0), "unknown head: fresh");
+        assert!(up.fresh(Some(100), 5, stale, 0), "unknown head: fresh");
         up.state.observe_head(1_000_000, 98);
-        assert!(up.fresh(100, 5, stale, 2_000_000), "2 behind: fresh");
-        assert!(!up.fresh(110, 5, stale, 2_000_000), "12 behind: lagging");
+        assert!(up.fresh(Some(100), 5, stale, 2_000_000), "2 behind: fresh");
         assert!(
-            !up.fresh(100, 5, stale, 62_000_000),
+            !up.fresh(Some(110), 5, stale, 2_000_000),
+            "12 behind: lagging"
+        );
+        assert!(
+            !up.fresh(Some(100), 5, stale, 62_000_000),
             "unchanged 61 s while behind: stale"
         );
         assert!(
-            up.fresh(98, 5, stale, 62_000_000),
+            up.fresh(Some(98), 5, stale, 62_000_000),
             "unchanged but at the head: fine"
         );
         assert!(up.has_block(98) && !up.has_block(99));
+        // Block 0 is a real head (a fresh dev chain), not "unknown".
+        up.state.observe_head(63_000_000, 0);
+        assert_eq!(up.state.head(), Some(0));
+        assert!(
+            !up.fresh(Some(10), 5, stale, 63_000_001),
+            "a node reset to genesis lags"
+        );
     }
 
     #[test]
