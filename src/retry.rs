@@ -177,6 +177,14 @@ pub async fn failover(
                 pending.retain(|&i| answers[i].is_none());
                 if inflight.is_empty() {
                     newest = None;
+                } else if !pending.is_empty() && tried.len() < chain.max_attempts {
+                    // What failed was the hedge of an attempt that is still stalled: fail
+                    // over to the next upstream now rather than after another hedge delay.
+                    if let Some(ui) = pick(chain, need, &mut exclude, &avoid_regions) {
+                        tried.push(ui);
+                        inflight.push(launch(fwd, metrics, chain, ui, calls, &pending, deadline));
+                        newest = Some((Instant::now(), ui));
+                    }
                 }
             }
             () = hedge_sleep => {
