@@ -164,6 +164,9 @@ pub struct ChainConfig {
     /// Hedged reads.
     #[serde(default)]
     pub hedge: HedgeConfig,
+    /// Which methods this chain serves.
+    #[serde(default)]
+    pub methods: MethodsConfig,
     /// The upstreams serving this chain.
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
@@ -222,6 +225,30 @@ impl Default for HealthConfig {
             healthy_after: 2,
             region_failure_share: 0.5,
             region_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[chains.<name>.methods]`: the method policy (see [`crate::policy`]).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MethodsConfig {
+    /// Glob patterns of methods served; an exact name here is served even if `deny` matches
+    /// it. Default `["*"]`.
+    pub allow: Vec<String>,
+    /// Glob patterns of methods refused with `-32601` (never sent upstream). Default:
+    /// [`crate::policy::DEFAULT_DENY`].
+    pub deny: Vec<String>,
+}
+
+impl Default for MethodsConfig {
+    fn default() -> Self {
+        Self {
+            allow: vec!["*".into()],
+            deny: crate::policy::DEFAULT_DENY
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
@@ -291,6 +318,10 @@ pub struct UpstreamConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// Glob patterns of methods this upstream does not serve: calls of them go to other
+    /// upstreams. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsupported_methods: Vec<String>,
 }
 
 fn default_weight() -> u32 {
@@ -501,6 +532,17 @@ impl Config {
                     "must be greater than 0 and at most 1".into(),
                 );
             }
+            let patterns = chain
+                .methods
+                .allow
+                .iter()
+                .map(|p| ("methods.allow", p))
+                .chain(chain.methods.deny.iter().map(|p| ("methods.deny", p)));
+            for (key, p) in patterns {
+                if let Err(why) = check_method_pattern(p) {
+                    bad(format!("{at}.{key}"), why);
+                }
+            }
             if chain.hedge.min_delay > chain.hedge.max_delay {
                 bad(
                     format!("{at}.hedge.min_delay"),
@@ -535,6 +577,11 @@ impl Config {
                 }
                 if up.max_batch_len == Some(0) {
                     bad(format!("{at}.max_batch_len"), "must be at least 1".into());
+                }
+                for p in &up.unsupported_methods {
+                    if let Err(why) = check_method_pattern(p) {
+                        bad(format!("{at}.unsupported_methods"), why);
+                    }
                 }
                 if up.timeout.is_some_and(|t| t.is_zero()) {
                     bad(format!("{at}.timeout"), "must be greater than zero".into());
@@ -610,6 +657,20 @@ fn env_typos() -> Result<(), ConfigError> {
     } else {
         Err(ConfigError { problems })
     }
+}
+
+/// A method pattern: letters, digits, `_` and the `*` wildcard.
+fn check_method_pattern(p: &str) -> Result<(), String> {
+    if p.is_empty()
+        || !p
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'*')
+    {
+        return Err(format!(
+            "{p:?} is not a method pattern (letters, digits, '_' and '*' only)"
+        ));
+    }
+    Ok(())
 }
 
 /// Chain names become URL paths; they must not shadow each other or detour's own endpoints.

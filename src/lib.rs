@@ -30,6 +30,7 @@
 //! - [`service`]: the embeddable service: route → parse → answer locally or fail over → respond.
 //! - [`jsonrpc`]: envelopes kept as raw JSON; the standard error objects.
 //! - [`route`]: method kinds (local, write, read); which block a call needs.
+//! - [`policy`]: which methods a chain serves (allow/deny globs), and per-upstream exceptions.
 //! - [`balance`]: pure selection: tiers, fitness (lag, regions, quarantine), power of two choices.
 //! - [`retry`]: the failover loop: hedging, what may be retried, health updates.
 //! - [`forward`]: the upstream HTTP client (hyper + rustls), failure classification.
@@ -64,6 +65,7 @@ pub mod forward;
 pub mod health;
 pub mod jsonrpc;
 pub mod metrics;
+pub mod policy;
 pub mod pool;
 pub mod retry;
 pub mod route;

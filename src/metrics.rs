@@ -109,16 +109,24 @@ pub enum Outcome {
     RpcError,
     /// No upstream could answer (detour's own `-32603`).
     Failed,
+    /// Refused by the chain's method policy (never sent upstream).
+    Denied,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::RpcError, Outcome::Failed];
+    const ALL: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::RpcError,
+        Outcome::Failed,
+        Outcome::Denied,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::RpcError => "rpc_error",
             Outcome::Failed => "failed",
+            Outcome::Denied => "denied",
         }
     }
 }
@@ -205,7 +213,7 @@ impl Metrics {
         let reloads = Family::default();
         registry.register(
             "requests",
-            "Client JSON-RPC calls by chain, method and outcome (ok, rpc_error, failed)",
+            "Client JSON-RPC calls by chain, method and outcome (ok, rpc_error, failed, denied)",
             requests.clone(),
         );
         registry.register_with_unit(
@@ -279,7 +287,7 @@ impl Metrics {
 #[derive(Debug, Default)]
 pub struct ChainMetrics {
     /// Per method slot, per [`Outcome`].
-    calls: OnceLock<Vec<[OnceLock<Counter>; 3]>>,
+    calls: OnceLock<Vec<[OnceLock<Counter>; 4]>>,
     duration: OnceLock<Histogram>,
     failovers: OnceLock<Counter>,
     hedges: OnceLock<Counter>,

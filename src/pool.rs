@@ -57,6 +57,10 @@ pub struct Chain {
     pub state: Arc<ChainState>,
     /// Cached metric handles.
     pub metrics: crate::metrics::ChainMetrics,
+    /// Which methods the chain serves.
+    pub policy: crate::policy::MethodPolicy,
+    /// Some upstream lists methods it does not serve.
+    pub any_unsupported: bool,
 }
 
 /// Chain-wide live state.
@@ -214,6 +218,11 @@ impl Pool {
                 broadcast_raw_transactions: cc.broadcast_raw_transactions,
                 state: prev_chain.map(|c| c.state.clone()).unwrap_or_default(),
                 metrics: Default::default(),
+                policy: crate::policy::MethodPolicy::new(&cc.methods.allow, &cc.methods.deny),
+                any_unsupported: cc
+                    .upstreams
+                    .iter()
+                    .any(|u| !u.unsupported_methods.is_empty()),
             });
         }
         Ok(Pool {

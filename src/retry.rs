@@ -130,6 +130,19 @@ pub async fn failover(
     let mut pending: Vec<usize> = (0..n).collect();
     let mut tried: Vec<usize> = Vec::with_capacity(chain.max_attempts);
     let mut exclude: Vec<usize> = Vec::with_capacity(chain.max_attempts);
+    if chain.any_unsupported {
+        // Upstreams that do not serve one of these methods are not asked (unless none does).
+        let cannot: Vec<usize> = (0..chain.upstreams.len())
+            .filter(|&u| {
+                calls
+                    .iter()
+                    .any(|c| !chain.upstreams[u].supports(&c.method))
+            })
+            .collect();
+        if cannot.len() < chain.upstreams.len() {
+            exclude = cannot;
+        }
+    }
     let mut avoid_regions: Vec<usize> = Vec::new();
     let mut report = Report::default();
     let mut inflight: FuturesUnordered<AttemptFuture<'_>> = FuturesUnordered::new();

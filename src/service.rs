@@ -304,12 +304,23 @@ impl Detour {
         let mut answers: Vec<Option<Answer>> = calls
             .iter()
             .map(|c| {
+                let m = &self.inner.metrics;
+                if let Err(refusal) = chain.policy.check(&c.method) {
+                    chain
+                        .metrics
+                        .call(m, &chain.name, &c.method, Outcome::Denied);
+                    served.errors += 1;
+                    return Some(Answer::Error(crate::error::method_refused(
+                        &chain.name,
+                        &c.method,
+                        &refusal,
+                    )));
+                }
                 let local = match method_kind(&c.method) {
                     MethodKind::ChainId => chain.chain_id_json.clone(),
                     MethodKind::NetVersion => chain.net_version_json.clone(),
                     _ => return None,
                 };
-                let m = &self.inner.metrics;
                 chain.metrics.call(m, &chain.name, &c.method, Outcome::Ok);
                 Some(Answer::Result(local))
             })

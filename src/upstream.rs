@@ -191,6 +191,8 @@ pub struct Upstream {
     pub max_batch_len: Option<usize>,
     /// Per-attempt timeout.
     pub timeout: Duration,
+    /// Glob patterns of methods it does not serve.
+    pub unsupported_methods: Vec<String>,
     /// Everything that must be masked in messages about this upstream.
     secrets: Vec<String>,
     /// The configuration this was built from, to recognise it across reloads.
@@ -246,6 +248,7 @@ impl Upstream {
             display_url: target.display,
             max_batch_len: config.max_batch_len,
             timeout: config.timeout.unwrap_or(default_timeout),
+            unsupported_methods: config.unsupported_methods.clone(),
             secrets,
             config: config.clone(),
             state: state.unwrap_or_default(),
@@ -268,6 +271,15 @@ impl Upstream {
     #[inline]
     pub fn usable(&self, now: u64) -> bool {
         self.state.cooldown_until.load(Relaxed) <= now
+    }
+
+    /// Whether this upstream serves `method` (per its `unsupported_methods`).
+    #[inline]
+    pub fn supports(&self, method: &str) -> bool {
+        !self
+            .unsupported_methods
+            .iter()
+            .any(|p| crate::policy::glob(p, method))
     }
 
     /// Whether regular traffic may go here now: not cooling down, not on the wrong chain, not

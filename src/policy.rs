@@ -1,0 +1,190 @@
+//! Method policy: which methods a chain serves at all, and which methods an upstream cannot
+//! serve (so they are routed elsewhere).
+//!
+//! A chain serves a method when it matches an `allow` pattern and no `deny` pattern, except that
+//! a method named exactly (no `*`) in `allow` is always served: that is how one method of a
+//! denied family is opened up (`allow = ["*", "debug_traceTransaction"]`). A denied method is
+//! answered by detour with `-32601` naming the method and the rule; it never reaches an
+//! upstream. Patterns are globs where `*` matches any run of characters.
+
+/// Methods denied unless the configuration says otherwise: node administration, the node's own
+/// keys and accounts, mining and consensus-engine control, mempool dumps, and dev-chain state
+/// manipulation.
+pub const DEFAULT_DENY: &[&str] = &[
+    "admin_*",
+    "personal_*",
+    "debug_*",
+    "miner_*",
+    "engine_*",
+    "txpool_*",
+    "clique_*",
+    "les_*",
+    "signer_*",
+    "parity_*",
+    "eth_sign",
+    "eth_signTransaction",
+    "eth_sendTransaction",
+    "eth_signTypedData",
+    "eth_signTypedData_v1",
+    "eth_signTypedData_v3",
+    "eth_signTypedData_v4",
+    "anvil_*",
+    "hardhat_*",
+    "evm_*",
+];
+
+/// Whether `name` matches `pattern` (`*` matches any run of characters, including none).
+pub fn glob(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    // Where the last `*` was, and where in `name` its match currently ends.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some((sp, sn)) = star {
+            // Let the last `*` swallow one more character and retry.
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// A chain's compiled method policy.
+#[derive(Debug, Clone)]
+pub struct MethodPolicy {
+    allow: Vec<String>,
+    deny: Vec<String>,
+    /// The default policy (allow everything but [`DEFAULT_DENY`]) with no exceptions: checks
+    /// can skip the allow list.
+    allow_all: bool,
+}
+
+/// Why a method is not served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// It matches this `deny` pattern.
+    Denied(String),
+    /// It matches no `allow` pattern.
+    NotAllowed,
+}
+
+impl MethodPolicy {
+    /// Builds the policy from the configured lists.
+    pub fn new(allow: &[String], deny: &[String]) -> MethodPolicy {
+        MethodPolicy {
+            allow_all: allow.iter().any(|a| a == "*")
+                && allow.iter().all(|a| a == "*" || !a.contains('*')),
+            allow: allow.to_vec(),
+            deny: deny.to_vec(),
+        }
+    }
+
+    /// `Ok` when the chain serves `method`, else why not.
+    pub fn check(&self, method: &str) -> Result<(), Refusal> {
+        if self.allow.iter().any(|a| !a.contains('*') && a == method) {
+            return Ok(());
+        }
+        if let Some(rule) = self.deny.iter().find(|d| glob(d, method)) {
+            return Err(Refusal::Denied(rule.clone()));
+        }
+        if self.allow_all || self.allow.iter().any(|a| glob(a, method)) {
+            Ok(())
+        } else {
+            Err(Refusal::NotAllowed)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn globs() {
+        for (p, n, want) in [
+            ("*", "anything", true),
+            ("*", "", true),
+            ("debug_*", "debug_traceTransaction", true),
+            ("debug_*", "debug_", true),
+            ("debug_*", "eth_debug_x", false),
+            ("*_sign*", "eth_signTypedData_v4", true),
+            ("eth_sign", "eth_signTransaction", false),
+            ("eth_sign", "eth_sign", true),
+            ("a*b*c", "aXbYc", true),
+            ("a*b*c", "aXbY", false),
+            ("a**c", "abc", true),
+            ("", "", true),
+            ("", "x", false),
+        ] {
+            assert_eq!(glob(p, n), want, "{p} ~ {n}");
+        }
+    }
+
+    #[test]
+    fn default_policy_denies_the_documented_families_only() {
+        let p = MethodPolicy::new(&strings(&["*"]), &strings(DEFAULT_DENY));
+        for m in [
+            "admin_addPeer",
+            "personal_unlockAccount",
+            "debug_traceTransaction",
+            "miner_start",
+            "engine_forkchoiceUpdatedV3",
+            "txpool_content",
+            "eth_sign",
+            "eth_sendTransaction",
+            "eth_signTransaction",
+            "anvil_setBalance",
+        ] {
+            assert!(
+                matches!(p.check(m), Err(Refusal::Denied(_))),
+                "{m} should be denied"
+            );
+        }
+        for m in [
+            "eth_call",
+            "eth_sendRawTransaction",
+            "eth_getLogs",
+            "trace_block",
+            "net_version",
+            "eth_signer_fake_but_not_matching",
+        ] {
+            assert_eq!(p.check(m), Ok(()), "{m} should be served");
+        }
+        assert_eq!(
+            p.check("debug_traceCall"),
+            Err(Refusal::Denied("debug_*".into()))
+        );
+    }
+
+    #[test]
+    fn an_exact_allow_opens_one_method_of_a_denied_family() {
+        let p = MethodPolicy::new(
+            &strings(&["*", "debug_traceTransaction"]),
+            &strings(DEFAULT_DENY),
+        );
+        assert_eq!(p.check("debug_traceTransaction"), Ok(()));
+        assert!(p.check("debug_traceCall").is_err());
+    }
+
+    #[test]
+    fn an_allow_list_limits_what_is_served() {
+        let p = MethodPolicy::new(&strings(&["eth_*", "net_version"]), &strings(&["eth_sign"]));
+        assert_eq!(p.check("eth_call"), Ok(()));
+        assert_eq!(p.check("net_version"), Ok(()));
+        assert_eq!(p.check("web3_clientVersion"), Err(Refusal::NotAllowed));
+        assert_eq!(p.check("eth_sign"), Err(Refusal::Denied("eth_sign".into())));
+    }
+}
