@@ -17,6 +17,7 @@ use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use crate::access::constant_time_eq;
 use crate::config::{Config, ConfigError};
 use crate::service::{Detour, Reloaded};
 
@@ -183,14 +184,6 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     resp
 }
 
-/// Compares without an early exit, so the time taken says nothing about where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Admin {
     /// An admin service for `detour`; `loader` reads the configuration for reloads; `token`,
     /// when set, is required as `Authorization: Bearer <token>`.
@@ -323,18 +316,5 @@ pub async fn serve_admin(
             }
             () = &mut shutdown => return Ok(()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn constant_time_eq_compares_whole_values() {
-        assert!(constant_time_eq(b"secret-token", b"secret-token"));
-        assert!(!constant_time_eq(b"secret-token", b"secret-tokeN"));
-        assert!(!constant_time_eq(b"secret", b"secret-token"));
-        assert!(!constant_time_eq(b"", b"x"));
     }
 }

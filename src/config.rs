@@ -36,6 +36,10 @@ pub struct Config {
     /// The optional admin listener (reload, cordon, config, status, metrics).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Client API keys (`[[api_keys]]`); when any is configured, every RPC request (and
+    /// `/status`, `/metrics`) needs one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<ApiKey>,
     /// The chains served, by name; each is served at `/<name>` and `/<chain_id>`.
     #[serde(default)]
     pub chains: BTreeMap<String, ChainConfig>,
@@ -64,6 +68,10 @@ pub struct ServerConfig {
     /// Time a client has to send its request headers. Default `10s`.
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
+    /// Origins browsers may call from (CORS), e.g. `["https://app.example"]`, or `["*"]`.
+    /// Default: any origin on a loopback listener, none otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors_origins: Option<Vec<String>>,
     /// One info-level log line per client JSON-RPC request (target `detour::access`): chain,
     /// methods, upstreams, status, errors, attempts, duration, client address. Default true.
     pub access_log: bool,
@@ -83,9 +91,23 @@ impl Default for ServerConfig {
             shutdown_delay: Duration::ZERO,
             header_read_timeout: Duration::from_secs(10),
             access_log: true,
+            cors_origins: None,
             worker_threads: 0,
         }
     }
+}
+
+/// `[[api_keys]]`: one client allowed to use the proxy.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Shown in the access log (the key never is).
+    #[serde(deserialize_with = "expand")]
+    pub name: String,
+    /// The key: sent as `Authorization: Bearer <key>`, or as a path segment
+    /// (`/mainnet/<key>`) by wallets that can only set a URL. At least 16 characters.
+    #[serde(deserialize_with = "expand")]
+    pub key: String,
 }
 
 /// `[admin]`: a separate listener for operators. Off unless `listen` is set.
@@ -463,6 +485,40 @@ impl Config {
         if self.chains.is_empty() {
             bad("chains".into(), "no chain is configured".into());
         }
+        for (i, c) in self.api_keys.iter().enumerate() {
+            let at = format!("api_keys[{i}]");
+            if c.name.is_empty() || c.name.chars().any(char::is_control) {
+                bad(
+                    format!("{at}.name"),
+                    "must be non-empty, without control characters".into(),
+                );
+            }
+            if c.key.len() < 16 || c.key.chars().any(|ch| ch.is_whitespace() || ch == '/') {
+                bad(
+                    format!("{at}.key"),
+                    "must be at least 16 characters, without spaces or '/'".into(),
+                );
+            }
+            if self.api_keys[..i].iter().any(|o| o.name == c.name) {
+                bad(format!("{at}.name"), format!("{:?} is used twice", c.name));
+            }
+            if self.api_keys[..i].iter().any(|o| o.key == c.key) {
+                bad(
+                    format!("{at}.key"),
+                    "is the same as another client's key".into(),
+                );
+            }
+        }
+        if let Some(origins) = &s.cors_origins {
+            for o in origins {
+                if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                    bad(
+                        "server.cors_origins".into(),
+                        format!("{o:?} is not an origin (\"*\" or scheme://host[:port])"),
+                    );
+                }
+            }
+        }
         if self
             .admin
             .token
@@ -614,6 +670,9 @@ impl Config {
         let mut c = self.clone();
         if let Some(t) = &mut c.admin.token {
             *t = "***".into();
+        }
+        for k in &mut c.api_keys {
+            k.key = "***".into();
         }
         for chain in c.chains.values_mut() {
             for up in &mut chain.upstreams {

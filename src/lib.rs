@@ -26,6 +26,7 @@
 //!
 //! # Layout
 //! - [`config`]: typed configuration (defaults ← TOML ← `DETOUR_*` env), validation.
+//! - [`access`]: client API keys and CORS.
 //! - [`server`]: accept loop, HTTP/1.1 + HTTP/2, graceful shutdown.
 //! - [`service`]: the embeddable service: route → parse → answer locally or fail over → respond.
 //! - [`jsonrpc`]: envelopes kept as raw JSON; the standard error objects.
@@ -55,6 +56,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod admin;
 pub mod balance;
 pub mod classify;

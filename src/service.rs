@@ -21,6 +21,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
+use crate::access;
 use crate::config::{Config, ConfigError};
 use crate::dns::Resolver;
 use crate::error::RpcError;
@@ -482,9 +483,35 @@ impl Detour {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let pool = self.pool();
+        let cors = req
+            .headers()
+            .get(http::header::ORIGIN)
+            .and_then(|o| access::allowed_origin(&pool.config.server, o));
+        if req.method() == Method::OPTIONS {
+            // A CORS preflight: allowed origins get the headers, others nothing to go on.
+            let mut resp = Response::new(Body::default());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            if let Some(origin) = cors {
+                access::add_cors(resp.headers_mut(), origin);
+                access::add_preflight(resp.headers_mut());
+            }
+            return resp;
+        }
+        let mut resp = self.route_http(req, pool).await;
+        if let Some(origin) = cors {
+            access::add_cors(resp.headers_mut(), origin);
+        }
+        resp
+    }
+
+    async fn route_http<B>(self, req: Request<B>, pool: Arc<Pool>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let started = Instant::now();
         self.start_health();
-        let pool = self.pool();
         let peer = req.extensions().get::<Peer>().map(|p| p.0);
         let path = req.uri().path();
         let method = req.method();
@@ -496,6 +523,15 @@ impl Detour {
                     return json(StatusCode::SERVICE_UNAVAILABLE, body);
                 }
                 return readiness(&pool);
+            }
+            (&Method::GET | &Method::HEAD, "/status" | "/metrics")
+                if access::authenticate(
+                    &pool.config.api_keys,
+                    access::presented(req.headers(), None),
+                )
+                .is_err() =>
+            {
+                return unauthorized();
             }
             (&Method::GET | &Method::HEAD, "/status") if !wants_html(&req) => {
                 let body = serde_json::to_string_pretty(&self.status()).unwrap_or_default();
@@ -529,9 +565,26 @@ impl Detour {
             (&Method::GET | &Method::HEAD, "/") => return index(&pool),
             _ => {}
         }
-        let Some(chain) = pool.route(path) else {
-            let body = unknown_chain_body(&pool, path);
-            return json(StatusCode::NOT_FOUND, body);
+        let (chain_path, path_key) = access::split_path(path);
+        let chain = match pool.route(chain_path) {
+            // A second path segment is a key, and only where keys are configured.
+            Some(c) if path_key.is_none() || !pool.config.api_keys.is_empty() => c,
+            _ => {
+                // Never echo a path segment that may be a key.
+                let shown = if path_key.is_some() {
+                    format!("/{chain_path}/…")
+                } else {
+                    path.to_owned()
+                };
+                return json(StatusCode::NOT_FOUND, unknown_chain_body(&pool, &shown));
+            }
+        };
+        let client = match access::authenticate(
+            &pool.config.api_keys,
+            access::presented(req.headers(), path_key),
+        ) {
+            Ok(client) => client.map(str::to_owned),
+            Err(()) => return unauthorized(),
         };
         if method != Method::POST {
             let mut resp = json(
@@ -571,7 +624,10 @@ impl Detour {
                 )
             }
         };
-        let mut served = Served::default();
+        let mut served = Served {
+            client,
+            ..Served::default()
+        };
         let out = self.rpc(&pool, chain, &body, &mut served).await;
         chain.metrics.duration(
             &self.inner.metrics,
@@ -672,6 +728,8 @@ struct Served {
     errors: usize,
     /// Calls no upstream could answer.
     failed: usize,
+    /// The API key's name, when keys are configured.
+    client: Option<String>,
 }
 
 /// Whether access-log lines are wanted: configured on, and not filtered out by `RUST_LOG`.
@@ -736,6 +794,7 @@ fn access_log(
         attempts = served.attempts,
         ms = started.elapsed().as_secs_f64() * 1000.0,
         peer = ?peer,
+        client = served.client.as_deref().unwrap_or("-"),
         "request"
     );
 }
@@ -791,6 +850,22 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     resp.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn unauthorized() -> Response<Body> {
+    let mut resp = json(
+        StatusCode::UNAUTHORIZED,
+        error_bytes(
+            -32000,
+            "missing or invalid API key",
+            Some("\"send Authorization: Bearer <key>, or use the URL /<chain>/<key>\""),
+        ),
+    );
+    resp.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer"),
     );
     resp
 }
