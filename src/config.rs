@@ -68,6 +68,12 @@ pub struct ServerConfig {
     /// Time a client has to send its request headers. Default `10s`.
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
+    /// Time a client has to send its whole request body. Default `10s`.
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Most client connections open at once; further clients wait to be accepted until one
+    /// closes. Raise the open-files limit to match. Default 10000.
+    pub max_connections: usize,
     /// Origins browsers may call from (CORS), e.g. `["https://app.example"]`, or `["*"]`.
     /// Default: any origin on a loopback listener, none otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,6 +96,8 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
             access_log: true,
             cors_origins: None,
             worker_threads: 0,
@@ -466,6 +474,7 @@ impl Config {
         for (key, d) in [
             ("server.request_timeout", s.request_timeout),
             ("server.header_read_timeout", s.header_read_timeout),
+            ("server.body_read_timeout", s.body_read_timeout),
             ("client.connect_timeout", self.client.connect_timeout),
             ("client.attempt_timeout", self.client.attempt_timeout),
         ] {
@@ -476,6 +485,7 @@ impl Config {
         for (key, n) in [
             ("server.max_body_bytes", s.max_body_bytes),
             ("server.max_batch_len", s.max_batch_len),
+            ("server.max_connections", s.max_connections),
             ("client.max_response_bytes", self.client.max_response_bytes),
         ] {
             if n == 0 {

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Request;
@@ -14,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::service::{Detour, Peer};
 
@@ -35,7 +37,7 @@ pub async fn serve(
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
-    let serve_connection = |stream: TcpStream, peer: SocketAddr| {
+    let serve_connection = |stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit| {
         let _ = stream.set_nodelay(true);
         let detour = service.clone();
         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -51,18 +53,26 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::trace!(error = %e, "client connection ended with an error");
             }
+            drop(permit);
         });
     };
+    // One permit per open client connection: at the limit, accepting waits for one to close.
+    let slots = Arc::new(Semaphore::new(server.max_connections));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve_connection(stream, peer),
-                Err(e) => {
+            accepted = async {
+                let permit = slots.clone().acquire_owned().await;
+                (listener.accept().await, permit)
+            } => match accepted {
+                (Ok((stream, peer)), Ok(permit)) => serve_connection(stream, peer, permit),
+                (Err(e), _) => {
                     // Typically EMFILE: back off instead of spinning, keep serving.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+                // The semaphore is never closed.
+                (Ok(_), Err(_)) => break,
             },
             () = &mut shutdown => break,
         }
@@ -77,8 +87,11 @@ pub async fn serve(
         tokio::pin!(until);
         loop {
             tokio::select! {
-                accepted = listener.accept() => if let Ok((stream, peer)) = accepted {
-                    serve_connection(stream, peer);
+                accepted = async {
+                    let permit = slots.clone().acquire_owned().await;
+                    (listener.accept().await, permit)
+                } => if let (Ok((stream, peer)), Ok(permit)) = accepted {
+                    serve_connection(stream, peer, permit);
                 },
                 () = &mut until => break,
             }

@@ -610,10 +610,26 @@ impl Detour {
         if declared.is_some_and(|len| len > limit as u64) {
             return too_large(limit);
         }
-        let body = match Limited::new(req.into_body(), limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(limit),
-            Err(_) => {
+        let read = Limited::new(req.into_body(), limit).collect();
+        let body = match tokio::time::timeout(pool.config.server.body_read_timeout, read).await {
+            Err(_elapsed) => {
+                // A client sending its body a byte at a time gives up its slot here.
+                let why = format!(
+                    "the request body did not arrive within {:?} (server.body_read_timeout)",
+                    pool.config.server.body_read_timeout
+                );
+                return json(
+                    StatusCode::REQUEST_TIMEOUT,
+                    error_bytes(
+                        INVALID_REQUEST,
+                        "Invalid Request",
+                        Some(&jsonrpc::json_string(&why)),
+                    ),
+                );
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(limit),
+            Ok(Err(_)) => {
                 return json(
                     StatusCode::BAD_REQUEST,
                     error_bytes(
@@ -691,6 +707,9 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if o.header_read_timeout != n.header_read_timeout {
         out.push("server.header_read_timeout");
+    }
+    if o.max_connections != n.max_connections {
+        out.push("server.max_connections");
     }
     if old.client != new.client {
         out.push("client");
