@@ -1,0 +1,128 @@
+//! Hostile input shapes: deep nesting (params and top level), huge batches, huge strings,
+//! invalid UTF-8, trailing garbage, odd content types. Every answer is well-formed JSON-RPC or a
+//! clear HTTP error; nothing crashes, hangs or overflows the stack.
+
+mod support;
+
+use support::{chain_config, http_request, Mock, Proxy};
+
+async fn proxy() -> (Mock, Proxy) {
+    let up = Mock::start("up").await;
+    let p = Proxy::start(&chain_config("", &[("up", &up.url(), "")])).await;
+    (up, p)
+}
+
+#[tokio::test]
+async fn nesting_100_000_levels_deep_is_bounded() {
+    let (_up, p) = proxy().await;
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    // In params: the envelope parser keeps params as raw bytes (scanned without recursion), so
+    // the call is forwarded as it is and the upstream decides; this mock cannot parse it.
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"eth_call","params":{}}}"#,
+        deep(100_000)
+    );
+    let (status, _, text) = http_request("POST", &p.url("/mainnet"), &body).await;
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (v["jsonrpc"].as_str(), v["id"].as_i64()),
+        (Some("2.0"), Some(1)),
+        "{text}"
+    );
+    assert!(v["error"]["code"].is_i64(), "{text}");
+    // At the top level: a batch whose member is 100 000 arrays deep is one invalid member.
+    let (status, _, text) = http_request("POST", &p.url("/mainnet"), &deep(100_000)).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let code = v[0]["error"]["code"]
+        .as_i64()
+        .or(v["error"]["code"].as_i64());
+    assert!(matches!(code, Some(-32600 | -32700)), "{text}");
+    // Objects too.
+    let objects = format!("{}{}", r#"{"a":"#.repeat(100_000), "}".repeat(100_000));
+    let (status, _, _) = http_request("POST", &p.url("/mainnet"), &objects).await;
+    assert_eq!(status, 200);
+    // Still serving.
+    assert_eq!(
+        p.call("/mainnet", "eth_blockNumber", "[]").await["result"],
+        "up"
+    );
+}
+
+#[tokio::test]
+async fn big_batches_and_big_strings_are_served_or_refused_clearly() {
+    let (up, p) = proxy().await;
+    // A batch of 1000 (the default limit): every call answered, in order.
+    let calls: Vec<String> = (0..1000)
+        .map(|i| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":{i},"method":"eth_getBalance","params":["0x{i:x}"]}}"#
+            )
+        })
+        .collect();
+    let v = p.rpc("/mainnet", &format!("[{}]", calls.join(","))).await;
+    let answers = v.as_array().unwrap();
+    assert_eq!(answers.len(), 1000);
+    assert!(answers
+        .iter()
+        .enumerate()
+        .all(|(i, a)| a["id"] == i && a["result"] == "up"));
+    // A 10 MiB string param: under the 10 MiB body limit it is forwarded as it is...
+    let big = "a".repeat(10 * 1024 * 1024 - 200);
+    let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"eth_call","params":["{big}"]}}"#);
+    let (status, _, text) = http_request("POST", &p.url("/mainnet"), &body).await;
+    assert_eq!(status, 200, "{}", &text[..text.len().min(300)]);
+    assert!(up.bodies().last().unwrap().len() > 10_000_000);
+    // ...and over it, 413 without being read.
+    let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"eth_call","params":["{big}{big}"]}}"#);
+    let (status, _, _) = http_request("POST", &p.url("/mainnet"), &body).await;
+    assert_eq!(status, 413);
+}
+
+#[tokio::test]
+async fn odd_bytes_get_well_formed_answers() {
+    let (_up, p) = proxy().await;
+    let cases: Vec<(&str, Vec<u8>, i64)> = vec![
+        (
+            "invalid UTF-8",
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"eth_\xff\"}".to_vec(),
+            -32700,
+        ),
+        (
+            "trailing garbage",
+            br#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"} xyz"#.to_vec(),
+            -32700,
+        ),
+        ("empty body", Vec::new(), -32700),
+        ("a lone number", b"42".to_vec(), -32600),
+        ("a string", br#""eth_blockNumber""#.to_vec(), -32600),
+        ("null", b"null".to_vec(), -32600),
+    ];
+    for (what, body, code) in cases {
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let req = http::Request::post(p.url("/mainnet"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        use http_body_util::BodyExt;
+        let text = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&text)
+            .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text:?}"));
+        assert_eq!(status, 200, "{what}");
+        assert_eq!(v["error"]["code"], code, "{what}: {v}");
+        assert!(v["id"].is_null(), "{what}: {v}");
+    }
+    // Leading whitespace is fine; so is a text/plain content type (served, never a 5xx).
+    let (status, _, text) = http_request(
+        "POST",
+        &p.url("/mainnet"),
+        "  \n\t{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"eth_blockNumber\"}",
+    )
+    .await;
+    assert_eq!((status, text.contains("\"up\"")), (200, true), "{text}");
+}
