@@ -74,6 +74,9 @@ pub struct ServerConfig {
     /// Most client connections open at once; further clients wait to be accepted until one
     /// closes. Raise the open-files limit to match. Default 10000.
     pub max_connections: usize,
+    /// Serve HTTPS instead of plain HTTP. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
     /// Origins browsers may call from (CORS), e.g. `["https://app.example"]`, or `["*"]`.
     /// Default: any origin on a loopback listener, none otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,6 +103,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             access_log: true,
             cors_origins: None,
+            tls: None,
             worker_threads: 0,
         }
     }
@@ -114,6 +118,18 @@ pub struct ApiKey {
     pub name: String,
     /// The key: sent as `Authorization: Bearer <key>`, or as a path segment
     /// (`/mainnet/<key>`) by wallets that can only set a URL. At least 16 characters.
+    #[serde(deserialize_with = "expand")]
+    pub key: String,
+}
+
+/// `[server.tls]`: certificate and key, PEM files (re-read on every reload).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    #[serde(deserialize_with = "expand")]
+    pub cert: String,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
     #[serde(deserialize_with = "expand")]
     pub key: String,
 }
@@ -517,6 +533,11 @@ impl Config {
                     format!("{at}.key"),
                     "is the same as another client's key".into(),
                 );
+            }
+        }
+        if let Some(tls) = &s.tls {
+            if let Err((at, why)) = crate::tls::load(tls) {
+                bad(at.into(), why);
             }
         }
         if let Some(origins) = &s.cors_origins {

@@ -28,6 +28,7 @@
 //! - [`config`]: typed configuration (defaults ← TOML ← `DETOUR_*` env), validation.
 //! - [`access`]: client API keys and CORS.
 //! - [`server`]: accept loop, HTTP/1.1 + HTTP/2, graceful shutdown.
+//! - [`tls`]: the optional TLS listener (rustls), certificates re-read on reload.
 //! - [`service`]: the embeddable service: route → parse → answer locally or fail over → respond.
 //! - [`jsonrpc`]: envelopes kept as raw JSON; the standard error objects.
 //! - [`route`]: method kinds (local, write, read); which block a call needs.
@@ -73,6 +74,7 @@ pub mod retry;
 pub mod route;
 pub mod server;
 pub mod service;
+pub mod tls;
 pub mod upstream;
 
 pub use config::{Config, ConfigError, Source};

@@ -18,6 +18,8 @@ use crate::upstream::{Upstream, CHAIN_OK};
 /// A snapshot of the whole configuration, ready to route requests.
 #[derive(Debug)]
 pub struct Pool {
+    /// The TLS server configuration when `[server.tls]` is set (files read at load).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The validated configuration this snapshot was built from.
     pub config: Arc<Config>,
     /// The chains, in configuration order (sorted by name).
@@ -225,7 +227,14 @@ impl Pool {
                     .any(|u| !u.unsupported_methods.is_empty()),
             });
         }
+        let tls = match &config.server.tls {
+            Some(t) => Some(crate::tls::load(t).map_err(|(at, why)| ConfigError {
+                problems: vec![(at.to_string(), why)],
+            })?),
+            None => None,
+        };
         Ok(Pool {
+            tls,
             config: Arc::new(config),
             chains,
             routes,

@@ -1,5 +1,6 @@
-//! The accept loop: HTTP/1.1 and HTTP/2 (h2c) on an already-bound listener, TCP_NODELAY, a
-//! header read timeout, and graceful shutdown.
+//! The accept loop: HTTP/1.1 and HTTP/2 (h2c, or h2 by ALPN over TLS) on an already-bound
+//! listener, TCP_NODELAY, header and TLS-handshake timeouts, a connection limit, draining and
+//! graceful shutdown.
 //!
 //! [`serve`] takes the listener and a shutdown future from the caller, so tests and embedders
 //! bind port 0 and stop the server when they like.
@@ -40,17 +41,41 @@ pub async fn serve(
     let serve_connection = |stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit| {
         let _ = stream.set_nodelay(true);
         let detour = service.clone();
-        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(Peer(peer));
-            // Always ready (poll_ready is a no-op): call it directly.
-            tower_service::Service::call(&mut detour.clone(), req)
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        // TLS as configured now: a reload with a renewed certificate applies to new connections.
+        let tls = service.pool().tls.clone();
+        let handshake_timeout = server.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(Peer(peer));
+                // Always ready (poll_ready is a no-op): call it directly.
+                tower_service::Service::call(&mut detour.clone(), req)
+            });
+            let result = match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(config) => {
+                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                    match tokio::time::timeout(handshake_timeout, accept).await {
+                        Ok(Ok(tls_stream)) => {
+                            let conn = builder.serve_connection(TokioIo::new(tls_stream), svc);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::trace!(error = %e, "client connection ended with an error");
             }
             drop(permit);

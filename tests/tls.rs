@@ -1,0 +1,152 @@
+//! The TLS listener: HTTPS with HTTP/1.1 and HTTP/2 (ALPN) using a generated certificate,
+//! plain HTTP refused, renewed certificates picked up by a reload, broken files rejected.
+
+mod support;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use support::{chain_config, Mock, Proxy};
+
+struct Certs {
+    dir: std::path::PathBuf,
+    der: rustls_pki_types::CertificateDer<'static>,
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A self-signed certificate for `localhost`, written as PEM to a scratch directory.
+fn certs(tag: &str) -> Certs {
+    let dir = std::env::temp_dir().join(format!("detour-tls-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    Certs {
+        dir,
+        der: ck.cert.der().clone(),
+    }
+}
+
+fn tls_table(c: &Certs) -> String {
+    format!(
+        "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        c.dir.join("cert.pem").display(),
+        c.dir.join("key.pem").display()
+    )
+}
+
+/// An HTTPS client that trusts only `trusted`; `h2` selects HTTP/2 by ALPN.
+async fn https_call(
+    port: u16,
+    trusted: &Certs,
+    h2: bool,
+) -> Result<(http::Version, String), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only();
+    let connector = if h2 {
+        builder.enable_http2().build()
+    } else {
+        builder.enable_http1().build()
+    };
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build(connector);
+    let req = http::Request::post(format!("https://localhost:{port}/mainnet"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#,
+        )))
+        .unwrap();
+    let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+    let version = resp.version();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Ok((version, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test]
+async fn https_with_http1_and_http2_and_certificates_renewed_on_reload() {
+    let up = Mock::start("up").await;
+    let first = certs("first");
+    let toml = chain_config(&tls_table(&first), &[("up", &up.url(), "")]);
+    let p = Proxy::start(&toml).await;
+    let port = p.addr.port();
+
+    let (v, body) = https_call(port, &first, false).await.unwrap();
+    assert_eq!(v, http::Version::HTTP_11);
+    assert!(body.contains("\"result\":\"up\""), "{body}");
+    let (v, body) = https_call(port, &first, true).await.unwrap();
+    assert_eq!(v, http::Version::HTTP_2);
+    assert!(body.contains("\"result\":\"up\""), "{body}");
+
+    // Plain HTTP on the TLS port is not served.
+    let plain = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        Client::builder(TokioExecutor::new())
+            .build_http::<Full<Bytes>>()
+            .request(
+                http::Request::post(p.url("/mainnet"))
+                    .body(Full::new(Bytes::from_static(b"{}")))
+                    .unwrap(),
+            ),
+    )
+    .await
+    .expect("answered or closed in time");
+    assert!(plain.is_err(), "plain HTTP was served on the TLS listener");
+
+    // A renewed certificate: a reload re-reads the files; new connections get the new one.
+    let second = certs("second");
+    let toml2 = chain_config(&tls_table(&second), &[("up", &up.url(), "")]);
+    p.detour
+        .reload(detour::Config::from_toml(&toml2).unwrap())
+        .unwrap();
+    let (_, body) = https_call(port, &second, false).await.unwrap();
+    assert!(body.contains("\"result\":\"up\""), "{body}");
+    assert!(
+        https_call(port, &first, false).await.is_err(),
+        "the old certificate is no longer served"
+    );
+}
+
+#[test]
+fn missing_or_mismatched_files_are_config_errors() {
+    let a = certs("a");
+    let b = certs("b");
+    let missing = chain_config(
+        "[server.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
+        &[("up", "http://127.0.0.1:1", "")],
+    );
+    let e = detour::Config::from_toml(&missing).unwrap_err().to_string();
+    assert!(
+        e.contains("server.tls.cert") && e.contains("/nonexistent/cert.pem"),
+        "{e}"
+    );
+    let mismatched = chain_config(
+        &format!(
+            "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            a.dir.join("cert.pem").display(),
+            b.dir.join("key.pem").display()
+        ),
+        &[("up", "http://127.0.0.1:1", "")],
+    );
+    let e = detour::Config::from_toml(&mismatched)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("server.tls") && e.contains("pair"), "{e}");
+}
