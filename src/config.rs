@@ -74,6 +74,9 @@ pub struct ServerConfig {
     /// Most client connections open at once; further clients wait to be accepted until one
     /// closes. Raise the open-files limit to match. Default 10000.
     pub max_connections: usize,
+    /// Per-client rate limit (clients are API keys, else IP addresses). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
     /// Serve HTTPS instead of plain HTTP. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
@@ -104,6 +107,7 @@ impl Default for ServerConfig {
             access_log: true,
             cors_origins: None,
             tls: None,
+            rate_limit: None,
             worker_threads: 0,
         }
     }
@@ -120,6 +124,17 @@ pub struct ApiKey {
     /// (`/mainnet/<key>`) by wallets that can only set a URL. At least 16 characters.
     #[serde(deserialize_with = "expand")]
     pub key: String,
+}
+
+/// `[server.rate_limit]`: HTTP requests per client (a batch is one request).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second.
+    pub per_second: u32,
+    /// Requests allowed at once above the sustained rate. Default: `per_second`.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// `[server.tls]`: certificate and key, PEM files (re-read on every reload).
@@ -532,6 +547,14 @@ impl Config {
                 bad(
                     format!("{at}.key"),
                     "is the same as another client's key".into(),
+                );
+            }
+        }
+        if let Some(r) = &s.rate_limit {
+            if r.per_second == 0 || r.burst == Some(0) {
+                bad(
+                    "server.rate_limit".into(),
+                    "per_second and burst must be at least 1".into(),
                 );
             }
         }

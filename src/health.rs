@@ -36,10 +36,17 @@ const CHAIN_ID: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","para
 
 /// Runs the health checks until the pool is dropped.
 pub async fn run(pool: Weak<ArcSwap<Pool>>, fwd: Forwarder) {
+    let mut ticks: u64 = 0;
     loop {
         let Some(current) = pool.upgrade().map(|p| p.load_full()) else {
             return;
         };
+        ticks += 1;
+        if ticks % 64 == 0 {
+            if let Some(limits) = &current.rate_limits {
+                limits.forget_idle();
+            }
+        }
         let tick = tick(&current);
         let now = now_us();
         for (ci, chain) in current.chains.iter().enumerate() {

@@ -20,6 +20,8 @@ use crate::upstream::{Upstream, CHAIN_OK};
 pub struct Pool {
     /// The TLS server configuration when `[server.tls]` is set (files read at load).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Per-client rate limits, when configured (kept across reloads while unchanged).
+    pub rate_limits: Option<Arc<crate::access::RateLimits>>,
     /// The validated configuration this snapshot was built from.
     pub config: Arc<Config>,
     /// The chains, in configuration order (sorted by name).
@@ -233,8 +235,15 @@ impl Pool {
             })?),
             None => None,
         };
+        let rate_limits = config.server.rate_limit.map(|quota| {
+            previous
+                .and_then(|p| p.rate_limits.clone())
+                .filter(|r| r.quota() == quota)
+                .unwrap_or_else(|| Arc::new(crate::access::RateLimits::new(quota)))
+        });
         Ok(Pool {
             tls,
+            rate_limits,
             config: Arc::new(config),
             chains,
             routes,

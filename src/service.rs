@@ -586,6 +586,16 @@ impl Detour {
             Ok(client) => client.map(str::to_owned),
             Err(()) => return unauthorized(),
         };
+        if let Some(limits) = &pool.rate_limits {
+            let who = match (&client, peer) {
+                (Some(name), _) => format!("key:{name}"),
+                (None, Some(addr)) => format!("ip:{}", addr.ip()),
+                (None, None) => "in-process".to_string(),
+            };
+            if let Err(wait) = limits.check(&who) {
+                return rate_limited(wait);
+            }
+        }
         if method != Method::POST {
             let mut resp = json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -870,6 +880,22 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    resp
+}
+
+fn rate_limited(wait: std::time::Duration) -> Response<Body> {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut resp = json(
+        StatusCode::TOO_MANY_REQUESTS,
+        error_bytes(
+            -32005,
+            "rate limit exceeded",
+            Some(&format!("{{\"retry_after_seconds\":{}}}", secs.max(1))),
+        ),
+    );
+    if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+        resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+    }
     resp
 }
 

@@ -196,3 +196,38 @@ fn weak_or_duplicate_keys_are_config_errors() {
         "errors never show a key: {e}"
     );
 }
+
+#[tokio::test]
+async fn rate_limits_apply_per_client_with_429_and_retry_after() {
+    let up = Mock::start("up").await;
+    let toml = format!(
+        "{KEYS}{}",
+        chain_config(
+            "[server.rate_limit]\nper_second = 1\nburst = 3\n",
+            &[("up", &up.url(), "")]
+        )
+    );
+    let p = Proxy::start(&toml).await;
+    let ct = ("content-type", "application/json");
+    let backend = ("authorization", "Bearer backend-key-0123456789");
+    for i in 0..3 {
+        let (status, _, body) = request("POST", &p.url("/mainnet"), &[ct, backend], CALL).await;
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    let (status, h, body) = request("POST", &p.url("/mainnet"), &[ct, backend], CALL).await;
+    assert_eq!(status, 429, "{body}");
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32005);
+    assert_eq!(up.hits(), 3, "a limited request never reaches an upstream");
+    // Another client has its own budget.
+    let (status, _, _) = request(
+        "POST",
+        &p.url("/mainnet/wallet-key-0123456789"),
+        &[ct],
+        CALL,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
