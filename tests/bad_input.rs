@@ -126,3 +126,79 @@ async fn odd_bytes_get_well_formed_answers() {
     .await;
     assert_eq!((status, text.contains("\"up\"")), (200, true), "{text}");
 }
+
+/// An upstream that answers every request with a body that never ends: `fast` streams 4 KiB
+/// chunks as fast as it can, else one byte every 50 ms.
+async fn endless_upstream(fast: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = format!("1000\r\n{}\r\n", "0".repeat(4096));
+                loop {
+                    let sent = if fast {
+                        s.write_all(chunk.as_bytes()).await
+                    } else {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        s.write_all(b"1\r\n0\r\n").await
+                    };
+                    if sent.is_err() {
+                        return; // detour hung up: good
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn endless_upstream_bodies_are_cut_and_fail_over() {
+    let fast = endless_upstream(true).await;
+    let slow = endless_upstream(false).await;
+    let good = Mock::start("good").await;
+    // No hedging here: each endless answer must be cut by its own limit, not outrun.
+    let toml = chain_config(
+        "[chains.mainnet.hedge]\nenabled = false\n",
+        &[
+            ("flood", &fast, "tier = 0"),
+            ("drip", &slow, "tier = 1\ntimeout = \"500ms\""),
+            ("good", &good.url(), "tier = 2"),
+        ],
+    )
+    .replacen("[client]\n", "[client]\nmax_response_bytes = 1048576\n", 1);
+    let p = Proxy::start(&toml).await;
+    let (status, _, text) = http_request(
+        "POST",
+        &p.url("/mainnet"),
+        r#"{"jsonrpc":"2.0","id":1,"method":"eth_getBalance"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["result"], "good", "{text}");
+    let flood = p.upstream_status("flood");
+    assert!(
+        flood["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("max_response_bytes"),
+        "{flood}"
+    );
+    let drip = p.upstream_status("drip");
+    assert!(
+        drip["last_error"].as_str().unwrap().contains("timed out"),
+        "{drip}"
+    );
+}
