@@ -202,3 +202,108 @@ async fn endless_upstream_bodies_are_cut_and_fail_over() {
         "{drip}"
     );
 }
+
+#[tokio::test]
+async fn request_object_shapes_and_content_types() {
+    let (up, p) = proxy().await;
+    // (body, expected code or "up" for a result, expected id as JSON text)
+    let cases: &[(&str, Option<i64>, &str)] = &[
+        (r#"{"id":1,"method":"eth_blockNumber"}"#, Some(-32600), "1"),
+        (
+            r#"{"jsonrpc":"2.1","id":1,"method":"eth_blockNumber"}"#,
+            Some(-32600),
+            "1",
+        ),
+        (
+            r#"{"jsonrpc":2,"id":1,"method":"eth_blockNumber"}"#,
+            Some(-32600),
+            "1",
+        ),
+        (r#"{"jsonrpc":"2.0","id":1}"#, Some(-32600), "1"),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":null}"#,
+            Some(-32600),
+            "1",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":"bar"}"#,
+            Some(-32600),
+            "1",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":7}"#,
+            Some(-32600),
+            "1",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":[1],"method":"eth_blockNumber"}"#,
+            Some(-32600),
+            "null",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":{"a":1},"method":"eth_blockNumber"}"#,
+            Some(-32600),
+            "null",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":true,"method":"eth_blockNumber"}"#,
+            Some(-32600),
+            "null",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"eth_blockNumber"}"#,
+            None,
+            "1.5",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":-3,"method":"eth_blockNumber"}"#,
+            None,
+            "-3",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":"x\"y","method":"eth_blockNumber"}"#,
+            None,
+            r#""x\"y""#,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":123456789012345678901234567890,"method":"eth_blockNumber"}"#,
+            None,
+            "123456789012345678901234567890",
+        ),
+    ];
+    for (body, code, id) in cases {
+        let (status, _, text) = http_request("POST", &p.url("/mainnet"), body).await;
+        assert_eq!(status, 200, "{body}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        match code {
+            Some(c) => assert_eq!(v["error"]["code"], *c, "{body}: {text}"),
+            None => assert_eq!(v["result"], "up", "{body}: {text}"),
+        }
+        // The id comes back as the very same JSON text.
+        assert!(text.contains(&format!("\"id\":{id}")), "{body}: {text}");
+    }
+    let forwarded = up.hits();
+    // Content types other than JSON are served (never a 5xx), and other HTTP methods get 405.
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/json; charset=utf-8",
+    ] {
+        let req = http::Request::post(p.url("/mainnet"))
+            .header("content-type", ct)
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                br#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#,
+            )))
+            .unwrap();
+        assert_eq!(client.request(req).await.unwrap().status(), 200, "{ct}");
+    }
+    assert_eq!(up.hits(), forwarded + 3);
+    for method in ["GET", "PUT", "DELETE", "PATCH"] {
+        let (status, headers, _) = http_request(method, &p.url("/mainnet"), "").await;
+        assert_eq!(status, 405, "{method}");
+        assert_eq!(headers["allow"], "POST");
+    }
+}
