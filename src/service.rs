@@ -584,7 +584,15 @@ impl Detour {
             access::presented(req.headers(), path_key),
         ) {
             Ok(client) => client.map(str::to_owned),
-            Err(()) => return unauthorized(),
+            Err(()) => {
+                // Failed attempts count against the address too: no unlimited key guessing.
+                if let (Some(limits), Some(addr)) = (&pool.rate_limits, peer) {
+                    if let Err(wait) = limits.check(&format!("ip:{}", addr.ip())) {
+                        return rate_limited(wait);
+                    }
+                }
+                return unauthorized();
+            }
         };
         if let Some(limits) = &pool.rate_limits {
             let who = match (&client, peer) {

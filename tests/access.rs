@@ -231,3 +231,23 @@ async fn rate_limits_apply_per_client_with_429_and_retry_after() {
     .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn wrong_keys_are_rate_limited_by_address() {
+    let up = Mock::start("up").await;
+    let toml = format!(
+        "{KEYS}{}",
+        chain_config(
+            "[server.rate_limit]\nper_second = 1\nburst = 2\n",
+            &[("up", &up.url(), "")]
+        )
+    );
+    let p = Proxy::start(&toml).await;
+    let ct = ("content-type", "application/json");
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let url = p.url(&format!("/mainnet/guess-{i:016}"));
+        statuses.push(request("POST", &url, &[ct], CALL).await.0);
+    }
+    assert_eq!(statuses, [401, 401, 429, 429]);
+}
