@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::access::constant_time_eq;
 use crate::config::{Config, ConfigError};
-use crate::service::{Detour, Reloaded};
+use crate::service::{wants_html, Detour, Reloaded};
 
 use crate::pool::{Chain, Pool};
 use crate::upstream::{now_us, Upstream, CHAIN_OK, CHAIN_UNKNOWN, CHAIN_WRONG};
@@ -264,9 +264,22 @@ impl Admin {
                 );
                 resp
             }
-            (&Method::GET, ["status"] | ["status.html"] | ["metrics"]) => {
-                self.passthrough(req).await
+            // Answered here, not by the main listener's handler: that one would ask for a
+            // client API key, and this request carries the admin token.
+            (&Method::GET, ["status"]) if !wants_html(&req) => {
+                reply(StatusCode::OK, self.detour.status())
             }
+            (&Method::GET, ["metrics"]) => {
+                let mut resp = Response::new(Full::new(Bytes::from(self.detour.metrics())));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                resp
+            }
+            (&Method::GET, ["status"] | ["status.html"]) => self.passthrough(req).await,
             (_, ["admin", ..]) => reply(
                 StatusCode::NOT_FOUND,
                 json!({"error": "unknown admin endpoint", "endpoints": [

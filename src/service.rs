@@ -842,7 +842,7 @@ fn access_log(
 const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Whether a browser asked for a page (`Accept: text/html`) rather than the JSON document.
-fn wants_html<B>(req: &Request<B>) -> bool {
+pub(crate) fn wants_html<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
