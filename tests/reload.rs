@@ -268,3 +268,24 @@ async fn the_admin_api_needs_its_token_reloads_cordons_and_shows_the_config() {
     );
     assert_eq!(call(&s.admin, "GET", "/status", None).await.0, 401);
 }
+
+#[tokio::test]
+async fn admin_status_and_metrics_work_when_clients_need_api_keys() {
+    let a = Mock::start("a").await;
+    let toml = format!(
+        "[[api_keys]]\nname = \"app\"\nkey = \"app-key-0123456789ab\"\n{}",
+        chain_config("", &[("a", &a.url(), "")])
+    );
+    let s = admin_setup(&toml, Some("tok-123")).await;
+    // The admin token is not a client key; the admin listener answers these itself.
+    let (status, body) = call(&s.admin, "GET", "/status", Some("tok-123")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"chains\""));
+    assert_eq!(
+        call(&s.admin, "GET", "/metrics", Some("tok-123")).await.0,
+        200
+    );
+    // Through the main listener, the same request needs a client key.
+    let (status, _, _) = support::http_request("GET", &s.proxy.url("/status"), "").await;
+    assert_eq!(status, 401);
+}
