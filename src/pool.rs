@@ -2,9 +2,9 @@
 //!
 //! The service holds the current [`Pool`] behind an `ArcSwap`: a request loads it once and keeps
 //! that snapshot to the end, so a reload never changes the ground under a request in flight.
-//! [`Pool::new`] with a previous pool hands every unchanged upstream (same chain, name and
-//! configuration) its old [`LiveState`](crate::upstream::LiveState), so latency history and
-//! cool-downs survive a reload.
+//! [`Pool::new`] with a previous pool hands every upstream with the same chain, name and URL its
+//! old [`LiveState`](crate::upstream::LiveState), so latency history, heads and cool-downs
+//! survive a reload (also one that only re-weights or re-tiers it).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -172,7 +172,7 @@ pub struct Tier {
 
 impl Pool {
     /// Builds a snapshot from a validated configuration, keeping the live state of upstreams that
-    /// `previous` has with the same chain, name and configuration.
+    /// `previous` has with the same chain, name and URL (re-weighting or re-tiering keeps it).
     pub fn new(config: Config, previous: Option<&Pool>) -> Result<Pool, ConfigError> {
         config.validate()?;
         let mut chains = Vec::with_capacity(config.chains.len());
@@ -185,7 +185,13 @@ impl Pool {
             let mut upstreams = Vec::with_capacity(cc.upstreams.len());
             for (i, uc) in cc.upstreams.iter().enumerate() {
                 let state = prev_chain
-                    .and_then(|c| c.upstreams.iter().find(|u| u.config == *uc))
+                    // Same name and URL: the same endpoint, whatever else changed (tier,
+                    // weight, region, timeouts), so its health and history still hold.
+                    .and_then(|c| {
+                        c.upstreams
+                            .iter()
+                            .find(|u| u.config.name == uc.name && u.config.url == uc.url)
+                    })
                     .map(|u| u.state.clone());
                 let up =
                     Upstream::new(uc, config.client.attempt_timeout, state).map_err(|why| {
@@ -470,12 +476,33 @@ mod tests {
     }
 
     #[test]
-    fn reload_keeps_state_of_unchanged_upstreams_only() {
+    fn reload_keeps_state_of_the_same_endpoints() {
         let old = Pool::new(config(""), None).unwrap();
-        let new = Pool::new(config("weight = 5"), Some(&old)).unwrap();
-        let (o, n) = (&old.chains[0], &new.chains[0]);
-        // "b" is unchanged: same state. "a" changed its weight: fresh state.
-        assert!(Arc::ptr_eq(&o.upstreams[1].state, &n.upstreams[1].state));
-        assert!(!Arc::ptr_eq(&o.upstreams[0].state, &n.upstreams[0].state));
+        let new = Pool::new(config("weight = 5\ntier = 2"), Some(&old)).unwrap();
+        // "a" was re-weighted and re-tiered: the same endpoint, so the same live state
+        // (cool-downs and heads survive); "b" is unchanged.
+        let find = |p: &Pool, n: &str| {
+            p.chains[0]
+                .upstreams
+                .iter()
+                .find(|u| &*u.name == n)
+                .unwrap()
+                .state
+                .clone()
+        };
+        assert!(Arc::ptr_eq(&find(&old, "a"), &find(&new, "a")));
+        assert!(Arc::ptr_eq(&find(&old, "b"), &find(&new, "b")));
+        // A new URL is a new endpoint: fresh state.
+        let moved = Pool::new(
+            Config::from_toml(
+                &old.config
+                    .to_toml()
+                    .replace("http://127.0.0.1:1", "http://127.0.0.1:9"),
+            )
+            .unwrap(),
+            Some(&new),
+        )
+        .unwrap();
+        assert!(!Arc::ptr_eq(&find(&new, "a"), &find(&moved, "a")));
     }
 }

@@ -116,7 +116,8 @@ impl Detour {
         status
     }
 
-    /// Swaps in a new configuration atomically. Unchanged upstreams keep their live state;
+    /// Swaps in a new configuration atomically. Upstreams with the same chain, name and URL keep
+    /// their live state (also when re-weighted or re-tiered);
     /// requests in flight finish on the snapshot they started with. On error nothing changes.
     /// (The upstream client's settings, `[client]`, apply from the next start.)
     ///
