@@ -17,11 +17,12 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
+
+from e2e_common import free_port, poll
 
 ANVIL, DETOUR, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
 CHAIN_ID = 31337
@@ -31,14 +32,6 @@ procs = {}
 
 def log(msg):
     print(f"[e2e-health] {msg}", flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def rpc(port, method, params=None, path="/", timeout=5):
@@ -53,14 +46,8 @@ def rpc(port, method, params=None, path="/", timeout=5):
 
 
 def wait_until(what, pred, timeout):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            if pred():
-                return
-        except (OSError, RuntimeError, ValueError):
-            pass
-        time.sleep(0.1)
+    if poll(pred, timeout):
+        return
     try:
         for name, u in status().items():
             log(f"   status {name}: {json.dumps(u)}")

@@ -13,10 +13,10 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
+
+from e2e_common import free_port, poll
 
 ANVIL, DETOUR, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
 ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".artifacts")
@@ -40,14 +40,6 @@ def cleanup():
 atexit.register(cleanup)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def get(port, path, accept="application/json"):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     conn.request("GET", path, headers={"Accept": accept})
@@ -58,15 +50,8 @@ def get(port, path, accept="application/json"):
 
 
 def wait_until(what, pred, timeout):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            if pred():
-                return
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.2)
-    fail(f"timed out after {timeout}s waiting until {what}")
+    if not poll(pred, timeout, interval=0.2):
+        fail(f"timed out after {timeout}s waiting until {what}")
 
 
 browser = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -197,17 +197,23 @@ fn weak_or_duplicate_keys_are_config_errors() {
     );
 }
 
-#[tokio::test]
-async fn rate_limits_apply_per_client_with_429_and_retry_after() {
+/// A proxy with the two test keys and `[server.rate_limit]` of 1/s with this burst.
+async fn rate_limited_proxy(burst: u32) -> (Mock, Proxy) {
     let up = Mock::start("up").await;
     let toml = format!(
         "{KEYS}{}",
         chain_config(
-            "[server.rate_limit]\nper_second = 1\nburst = 3\n",
+            &format!("[server.rate_limit]\nper_second = 1\nburst = {burst}\n"),
             &[("up", &up.url(), "")]
         )
     );
     let p = Proxy::start(&toml).await;
+    (up, p)
+}
+
+#[tokio::test]
+async fn rate_limits_apply_per_client_with_429_and_retry_after() {
+    let (up, p) = rate_limited_proxy(3).await;
     let ct = ("content-type", "application/json");
     let backend = ("authorization", "Bearer backend-key-0123456789");
     for i in 0..3 {
@@ -234,15 +240,7 @@ async fn rate_limits_apply_per_client_with_429_and_retry_after() {
 
 #[tokio::test]
 async fn wrong_keys_are_rate_limited_by_address() {
-    let up = Mock::start("up").await;
-    let toml = format!(
-        "{KEYS}{}",
-        chain_config(
-            "[server.rate_limit]\nper_second = 1\nburst = 2\n",
-            &[("up", &up.url(), "")]
-        )
-    );
-    let p = Proxy::start(&toml).await;
+    let (up, p) = rate_limited_proxy(2).await;
     let ct = ("content-type", "application/json");
     let mut statuses = Vec::new();
     for i in 0..4 {
@@ -250,4 +248,5 @@ async fn wrong_keys_are_rate_limited_by_address() {
         statuses.push(request("POST", &url, &[ct], CALL).await.0);
     }
     assert_eq!(statuses, [401, 401, 429, 429]);
+    assert_eq!(up.hits(), 0, "no guess reached an upstream");
 }

@@ -192,32 +192,7 @@ async fn binary_serves_logs_one_line_per_chain_and_exits_0_on_sigterm() {
         "d.toml",
         &format!("[chains.mainnet]\nchain_id = 1\n[[chains.mainnet.upstreams]]\nname = \"local\"\nurl = \"{}/KEYPATHSECRET\"\n", m.url()),
     );
-    let mut child = detour()
-        .args(["--config"])
-        .arg(&file)
-        .args(["--listen", "127.0.0.1:0", "--log-format", "pretty"])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut lines = Vec::new();
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("no listening line");
-        lines.push(line.clone());
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let (mut child, addr, rx) = spawn_serving(&file, "pretty");
     let line = rx.recv_timeout(Duration::from_secs(5)).unwrap();
     assert!(
         line.contains("chain mainnet (id 1) at /mainnet /1 /") && line.contains("local"),
@@ -267,9 +242,11 @@ async fn binary_serves_logs_one_line_per_chain_and_exits_0_on_sigterm() {
     assert_eq!(status.code(), Some(0));
 }
 
-/// Starts the binary on `file`; returns it, its address, and its log lines.
+/// Starts the binary on `file` with this log format; returns it, its address, and the log
+/// lines after the "listening" one.
 fn spawn_serving(
     file: &std::path::Path,
+    log_format: &str,
 ) -> (
     std::process::Child,
     String,
@@ -278,8 +255,9 @@ fn spawn_serving(
     let mut child = detour()
         .args(["--config"])
         .arg(file)
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--listen", "127.0.0.1:0", "--log-format", log_format])
         .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -295,7 +273,12 @@ fn spawn_serving(
             .recv_timeout(Duration::from_secs(20))
             .expect("no listening line");
         if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split('"').next().unwrap().to_string();
+            // Pretty logs end the address at a space, JSON logs at a quote.
+            break rest
+                .split(|c: char| c == '"' || c.is_whitespace())
+                .next()
+                .unwrap()
+                .to_string();
         }
     };
     (child, addr, rx)
@@ -323,7 +306,7 @@ async fn the_binary_reloads_on_a_file_change_and_on_sighup() {
         b.url()
     );
     let file = write(&dir, "d.toml", &one);
-    let (mut child, addr, rx) = spawn_serving(&file);
+    let (mut child, addr, rx) = spawn_serving(&file, "json");
     assert_eq!(upstream_names(&addr).await, ["a"]);
 
     // The file changes: picked up without a signal (polled every second, debounced).
