@@ -1,0 +1,474 @@
+#!/usr/bin/env python3
+"""detour vs nginx vs direct, side by side, on loopback. Run it through `run.sh`, which builds
+the binaries and installs the tools; this file does the measuring.
+
+    python3 benches/compare/compare.py [--rounds 5] [--seconds 3] [--rate auto] [--quick]
+
+Layout: the load generator runs on CPU 0; the mock upstream and the proxy under test share CPU 1
+(`taskset`). nginx runs one worker with keep-alive connections to the mock; detour runs one
+worker thread. Every phase visits the targets in an order that rotates each round, and the
+report gives the median over rounds plus every per-round ratio, because a shared VM drifts.
+
+Phases (each bounded by time):
+  sequential   1 connection, wrk, per method: p50 / p99 / p99.9, added p50 vs direct
+  closed loop  64 connections, wrk, per method: requests/s, proxy CPU µs per request
+               (utime + stime of the proxy's processes from /proc, over requests served)
+  open loop    oha at a fixed rate with --latency-correction (coordinated omission), eth_call
+  memory       1 000 keep-alive connections (wrk -c1000); peak RSS (VmHWM, VmRSS sampled)
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+METHODS = ["eth_blockNumber", "eth_call", "eth_getBlockByNumber"]
+BODIES = {
+    "eth_blockNumber": '{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}',
+    "eth_call": '{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{"to":"0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48","data":"0x06fdde03"},"latest"]}',
+    "eth_getBlockByNumber": '{"jsonrpc":"2.0","id":1,"method":"eth_getBlockByNumber","params":["0x1500000",false]}',
+}
+SHORT = {"eth_blockNumber": "blockNumber", "eth_call": "call 500 B", "eth_getBlockByNumber": "block 14 KB"}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def die(msg):
+    print(f"compare: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            total += int(rest[11]) + int(rest[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def status_kib(pid, field):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def post(url, body, timeout=2.0):
+    req = urllib.request.Request(url, data=body.encode(), headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+class Target:
+    def __init__(self, name, url, proc, pids):
+        self.name, self.url, self.proc, self._pids = name, url, proc, pids
+
+    def pids(self):
+        return self._pids()
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = tempfile.mkdtemp(prefix="detour-compare.")
+        self.procs = []
+        ncpu = len(os.sched_getaffinity(0))
+        if ncpu >= 2:
+            cpus = sorted(os.sched_getaffinity(0))
+            self.load_cpu, self.server_cpu = str(cpus[0]), str(cpus[1])
+        else:
+            print("compare: fewer than 2 CPUs; running unpinned", file=sys.stderr)
+            self.load_cpu = self.server_cpu = None
+
+    def pinned(self, cpu, cmd):
+        return (["taskset", "-c", cpu] + cmd) if cpu is not None else cmd
+
+    def spawn(self, cmd, **kw):
+        p = subprocess.Popen(cmd, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.time() + 10
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    # --- the three targets ---------------------------------------------------------------
+
+    def start_mock(self):
+        p = self.spawn(
+            self.pinned(self.server_cpu, [self.args.mock_bin]),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = p.stdout.readline()
+        m = re.match(r"listening on (\S+)", line)
+        if not m:
+            die(f"the mock did not start: {line!r}")
+        self.mock_addr = m.group(1)
+        return Target("direct", f"http://{self.mock_addr}/bench", p, lambda: [p.pid])
+
+    def start_nginx(self):
+        port = free_port()
+        prefix = os.path.join(self.work, "nginx")
+        os.makedirs(prefix)
+        conf = os.path.join(prefix, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""
+worker_processes 1;
+worker_rlimit_nofile 65536;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+user root;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    keepalive_requests 1000000;
+    upstream mock {{
+        server {self.mock_addr};
+        keepalive 128;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+""")
+        p = self.spawn(
+            self.pinned(self.server_cpu, [self.args.nginx_bin, "-p", prefix, "-c", conf]),
+            stderr=subprocess.DEVNULL,
+        )
+        # The master forks the worker; count both (the master is idle).
+        return Target("nginx", f"http://127.0.0.1:{port}/bench", p, lambda: [p.pid] + children(p.pid))
+
+    def start_detour(self):
+        port = free_port()
+        conf = os.path.join(self.work, "detour.toml")
+        with open(conf, "w") as f:
+            f.write(f"""
+[server]
+listen = "127.0.0.1:{port}"
+worker_threads = 1
+access_log = false
+
+[chains.bench]
+chain_id = 1
+
+[[chains.bench.upstreams]]
+name = "mock"
+url = "http://{self.mock_addr}"
+""")
+        p = self.spawn(
+            self.pinned(self.server_cpu, [self.args.detour_bin, "--config", conf]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=dict(os.environ, RUST_LOG="warn"),
+        )
+        return Target("detour", f"http://127.0.0.1:{port}/bench", p, lambda: [p.pid])
+
+    def wait_ready(self, target):
+        deadline = time.time() + 20
+        while True:
+            if target.proc.poll() is not None:
+                die(f"{target.name} exited with {target.proc.returncode}")
+            try:
+                status, _ = post(target.url, BODIES["eth_blockNumber"], timeout=1)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            if time.time() > deadline:
+                die(f"{target.name} did not answer at {target.url}")
+            time.sleep(0.05)
+
+    # --- load generators ---------------------------------------------------------------
+
+    def wrk(self, target, method, conns, seconds):
+        cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s", "-s", os.path.join(HERE, "wrk.lua"), target.url]
+        pids = target.pids()
+        before = cpu_ticks(pids)
+        out = subprocess.run(
+            self.pinned(self.load_cpu, cmd),
+            env=dict(os.environ, METHOD=method),
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+        )
+        cpu = cpu_ticks(pids) - before
+        m = re.search(r"^@@json (.*)$", out.stdout, re.M)
+        if out.returncode != 0 or not m:
+            die(f"wrk against {target.name} failed:\n{out.stdout}\n{out.stderr}")
+        r = json.loads(m.group(1))
+        if r["errors"] or r["status_errors"]:
+            die(f"{target.name} {method}: {r['errors']} socket errors, {r['status_errors']} non-2xx of {r['requests']}")
+        r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+        r["cpu_us_per_req"] = cpu * 1e6 / CLK_TCK / max(1, r["requests"])
+        return r
+
+    def oha(self, target, method, rate, seconds):
+        cmd = [
+            self.args.oha_bin, "--no-tui", "--output-format", "json", "--worker-threads", "1",
+            "-z", f"{seconds}s", "-q", str(rate), "--latency-correction", "-c", "32",
+            "-m", "POST", "-T", "application/json", "-d", BODIES[method], target.url,
+        ]
+        pids = target.pids()
+        before = cpu_ticks(pids)
+        out = subprocess.run(self.pinned(self.load_cpu, cmd), capture_output=True, text=True, timeout=seconds + 30)
+        cpu = cpu_ticks(pids) - before
+        if out.returncode != 0:
+            die(f"oha against {target.name} failed:\n{out.stderr}")
+        d = json.loads(out.stdout)
+        codes = d.get("statusCodeDistribution") or {}
+        ok = codes.get("200", 0)
+        bad = sum(v for k, v in codes.items() if k != "200")
+        # Requests cut by the end of the run are reported as errors ("aborted due to deadline").
+        errors = {k: v for k, v in (d.get("errorDistribution") or {}).items() if "deadline" not in k}
+        if bad or errors:
+            die(f"{target.name} open loop: {bad} non-200, errors {errors}")
+        p = d["latencyPercentiles"]
+        return {
+            "requests": ok,
+            "rps": d["summary"]["requestsPerSec"],
+            "p50": p["p50"] * 1e6,
+            "p99": p["p99"] * 1e6,
+            "p999": p["p99.9"] * 1e6,
+            "cpu_us_per_req": cpu * 1e6 / CLK_TCK / max(1, ok),
+        }
+
+    def memory(self, target, seconds):
+        """Peak RSS while 1 000 keep-alive connections send eth_call."""
+        stop = threading.Event()
+        peak = [0]
+
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], sum(status_kib(p, "VmRSS") for p in target.pids()))
+                time.sleep(0.05)
+
+        t = threading.Thread(target=sample)
+        t.start()
+        try:
+            r = self.wrk(target, "eth_call", 1000, seconds)
+        finally:
+            stop.set()
+            t.join()
+        r["rss_peak_kib"] = peak[0]
+        r["hwm_kib"] = max(status_kib(p, "VmHWM") for p in target.pids())
+        return r
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fmt_list(xs, nd=2):
+    return "[" + ", ".join(f"{x:.{nd}f}" for x in xs) + "]"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=3.0, help="length of each sequential/closed-loop run")
+    ap.add_argument("--rate", default="auto", help="open-loop requests/s (auto: half the slower proxy's closed-loop eth_call rate)")
+    ap.add_argument("--quick", action="store_true", help="1 round of 1 s runs: checks that everything works")
+    ap.add_argument("--json", help="also write every measurement to this file")
+    ap.add_argument("--detour-bin", default=os.path.join(ROOT, "target/release/detour"))
+    ap.add_argument("--mock-bin", default=os.path.join(ROOT, "target/release/examples/compare-mock"))
+    ap.add_argument("--nginx-bin", default=shutil.which("nginx") or "/usr/sbin/nginx")
+    ap.add_argument("--oha-bin", default=shutil.which("oha") or os.path.join(HERE, ".tools/bin/oha"))
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.seconds = 1, 1.0
+    secs = max(1, round(args.seconds))
+    for tool in [args.detour_bin, args.mock_bin, args.nginx_bin, args.oha_bin, shutil.which("wrk") or "wrk"]:
+        if not (os.path.isfile(tool) and os.access(tool, os.X_OK)):
+            die(f"{tool} is missing; run benches/compare/run.sh, which builds and installs everything")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+    if want < 4096:
+        die(f"the open-files limit is {hard}; the 1 000-connection phase needs 4096 (ulimit -n)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+
+    b = Bench(args)
+    results = {"seq": {}, "closed": {}, "open": {}, "memory": {}}
+    try:
+        direct = b.start_mock()
+        nginx = b.start_nginx()
+        detour = b.start_detour()
+        targets = [direct, nginx, detour]
+        for t in targets:
+            b.wait_ready(t)
+        # Transparency first: both proxies must give the mock's bytes exactly.
+        for m in METHODS:
+            want = post(direct.url, BODIES[m])[1]
+            for t in (nginx, detour):
+                got = post(t.url, BODIES[m])[1]
+                if got != want:
+                    die(f"{t.name} changed the {m} answer: {got[:120]!r} vs {want[:120]!r}")
+        print(f"mock {b.mock_addr}; load generator on CPU {b.load_cpu}, servers on CPU {b.server_cpu}", file=sys.stderr)
+        for t in targets:  # warm-up: connections, caches, detour's latency estimate
+            b.wrk(t, "eth_call", 8, 1)
+
+        def rotate(r):
+            return targets[r % 3:] + targets[:r % 3]
+
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
+            for m in METHODS:
+                for t in rotate(r):
+                    results["seq"].setdefault(m, {}).setdefault(t.name, []).append(b.wrk(t, m, 1, secs))
+                for t in rotate(r):
+                    results["closed"].setdefault(m, {}).setdefault(t.name, []).append(b.wrk(t, m, 64, secs))
+
+        if args.rate == "auto":
+            slow = min(med([x["rps"] for x in results["closed"]["eth_call"][n]]) for n in ("nginx", "detour"))
+            rate = max(500, int(slow / 2 / 500) * 500)
+        else:
+            rate = int(args.rate)
+        open_rounds = max(1, min(3, args.rounds))
+        for r in range(open_rounds):
+            print(f"open loop {r + 1}/{open_rounds} at {rate}/s", file=sys.stderr)
+            for t in rotate(r):
+                results["open"].setdefault(t.name, []).append(b.oha(t, "eth_call", rate, secs + 2))
+
+        print("1 000 keep-alive connections", file=sys.stderr)
+        for t in (nginx, detour):
+            results["memory"][t.name] = b.memory(t, secs + 2)
+        for t in targets:
+            if t.proc.poll() is not None:
+                die(f"{t.name} exited during the run")
+        report(b, args, results, rate, secs)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"rate": rate, "seconds": secs, "rounds": args.rounds, "results": results}, f, indent=1)
+    finally:
+        b.stop()
+
+
+def report(b, args, res, rate, secs):
+    names = ["direct", "nginx", "detour"]
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+    ver = subprocess.run([args.nginx_bin, "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
+    print(f"\n## detour vs nginx {ver} vs direct — {args.rounds} round(s), {secs} s per run, {cpu}, {os.cpu_count()} CPUs")
+    print("Medians over rounds; [per-round detour/nginx ratios]. Latency in µs.\n")
+
+    def col(phase, m, n, key):
+        return med([x[key] for x in res[phase][m][n]])
+
+    print("### Sequential, 1 connection (wrk)\n")
+    print("| call | target | requests/run | p50 | p99 | p99.9 | added p50 |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    added = {}
+    for m in METHODS:
+        for n in names:
+            rows = res["seq"][m][n]
+            adds = [rows[i]["p50"] - res["seq"][m]["direct"][i]["p50"] for i in range(len(rows))]
+            added[(m, n)] = adds
+            a = "" if n == "direct" else f"{med(adds):.0f}"
+            print(f"| {SHORT[m]} | {n} | {min(x['requests'] for x in rows)} | {col('seq', m, n, 'p50'):.0f} | {col('seq', m, n, 'p99'):.0f} | {col('seq', m, n, 'p999'):.0f} | {a} |")
+    print("\nadded p50, detour/nginx per round:")
+    for m in METHODS:
+        ratios = [d / max(1e-9, g) for d, g in zip(added[(m, "detour")], added[(m, "nginx")])]
+        print(f"- {SHORT[m]}: {fmt_list(ratios)}  (median {med(ratios):.2f})")
+
+    print("\n### Closed loop, 64 connections (wrk)\n")
+    print("| call | target | requests/s | proxy CPU per request |")
+    print("|---|---|---:|---:|")
+    for m in METHODS:
+        for n in names:
+            c = "(the mock)" if n == "direct" else f"{col('closed', m, n, 'cpu_us_per_req'):.1f} µs"
+            print(f"| {SHORT[m]} | {n} | {col('closed', m, n, 'rps'):.0f} | {c} |")
+    print("\ndetour/nginx per round:")
+    cpu_ratio, rps_ratio = {}, {}
+    for m in METHODS:
+        d, g = res["closed"][m]["detour"], res["closed"][m]["nginx"]
+        cpu_ratio[m] = [x["cpu_us_per_req"] / max(1e-9, y["cpu_us_per_req"]) for x, y in zip(d, g)]
+        rps_ratio[m] = [x["rps"] / y["rps"] for x, y in zip(d, g)]
+        print(f"- {SHORT[m]}: CPU {fmt_list(cpu_ratio[m])} (median {med(cpu_ratio[m]):.2f}), throughput {fmt_list(rps_ratio[m])} (median {med(rps_ratio[m]):.2f})")
+
+    print(f"\n### Open loop, eth_call at {rate}/s, 32 connections (oha, latency corrected for coordinated omission)\n")
+    print("| target | p50 | p99 | p99.9 | proxy CPU per request |")
+    print("|---|---:|---:|---:|---:|")
+    for n in names:
+        rows = res["open"][n]
+        c = "" if n == "direct" else f"{med([x['cpu_us_per_req'] for x in rows]):.1f} µs"
+        print(f"| {n} | {med([x['p50'] for x in rows]):.0f} | {med([x['p99'] for x in rows]):.0f} | {med([x['p999'] for x in rows]):.0f} | {c} |")
+
+    print("\n### Memory, 1 000 keep-alive connections sending eth_call (wrk -c1000)\n")
+    print("| target | requests/s | RSS peak during the run | peak RSS of the process (VmHWM) |")
+    print("|---|---:|---:|---:|")
+    for n in ("nginx", "detour"):
+        r = res["memory"][n]
+        print(f"| {n} | {r['rps']:.0f} | {r['rss_peak_kib'] / 1024:.1f} MiB | {r['hwm_kib'] / 1024:.1f} MiB |")
+
+    print("\n### Targets (detour against nginx in this run)\n")
+    checks = [
+        ("CPU per request, eth_call ≤ 1.0× nginx", med(cpu_ratio["eth_call"]), 1.0),
+        ("CPU per request, 14 KB block ≤ 1.2× nginx", med(cpu_ratio["eth_getBlockByNumber"]), 1.2),
+        ("added p50, eth_call ≤ 1.0× nginx", med([d / max(1e-9, g) for d, g in zip(added[("eth_call", "detour")], added[("eth_call", "nginx")])]), 1.0),
+        ("throughput at 64 connections, eth_call ≥ 1.0× nginx", 1 / med(rps_ratio["eth_call"]), 1.0),
+    ]
+    for what, ratio, limit in checks:
+        shown = 1 / ratio if "throughput" in what else ratio
+        print(f"- {what}: {shown:.2f} — {'met' if ratio <= limit else 'NOT met'}")
+    rss = res["memory"]["detour"]["hwm_kib"] / 1024
+    print(f"- RSS ≤ 30 MiB with 1 000 connections: {rss:.1f} MiB — {'met' if rss <= 30 else 'NOT met'}")
+    print("- selection flat from 3 to 1 000 upstreams: `cargo bench --bench select`")
+
+
+if __name__ == "__main__":
+    main()

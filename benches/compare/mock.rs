@@ -1,0 +1,202 @@
+//! The benchmark's upstream: a small, fast JSON-RPC node stand-in for `benches/compare/run.sh`.
+//!
+//! ```text
+//! cargo run --release --example compare-mock -- [--listen 127.0.0.1:0]
+//! ```
+//!
+//! One thread, HTTP/1.1 keep-alive (hyper). It prints `listening on ADDR` once bound, then
+//! answers until it is killed or its stdin closes. Every answer echoes the request's `id` as
+//! the same JSON text:
+//!
+//! - `eth_chainId` → `"0x1"` (detour's health checks ask for it);
+//! - `eth_blockNumber` → a head that never moves;
+//! - `eth_call` → a 500-byte result (an ABI-encoded string, as a token's `name()` might give);
+//! - `eth_getBlockByNumber` → a ~14 KB block (a mainnet-sized header and 190 transaction hashes);
+//! - anything else → `-32601`.
+//!
+//! Answers are built once at start; a request costs a body read, finding `method` and `id`, and
+//! one write.
+
+use std::io::{BufRead as _, Write as _};
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+fn main() {
+    let mut listen = "127.0.0.1:0".to_string();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--listen" => listen = args.next().unwrap_or_else(|| usage("--listen needs ADDR")),
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    ANSWERS.get_or_init(Answers::build);
+    let listener = std::net::TcpListener::bind(&listen)
+        .unwrap_or_else(|e| usage(&format!("cannot listen on {listen}: {e}")));
+    listener.set_nonblocking(true).expect("nonblocking");
+    println!("listening on {}", listener.local_addr().expect("address"));
+    let _ = std::io::stdout().flush();
+    // Exit when stdin closes, so a crashed driver script leaves no mock behind.
+    std::thread::spawn(|| {
+        let mut sink = String::new();
+        while std::io::stdin()
+            .lock()
+            .read_line(&mut sink)
+            .map_or(false, |n| n > 0)
+        {
+            sink.clear();
+        }
+        std::process::exit(0);
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), hyper::service::service_fn(answer))
+                    .await;
+            });
+        }
+    });
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("compare-mock: {msg}\nusage: compare-mock [--listen ADDR]");
+    std::process::exit(2)
+}
+
+static ANSWERS: OnceLock<Answers> = OnceLock::new();
+
+/// The `"result":…}` tails of each answer; the head `{"jsonrpc":"2.0","id":` and the id are
+/// written per request.
+struct Answers {
+    chain_id: Vec<u8>,
+    block_number: Vec<u8>,
+    call: Vec<u8>,
+    block: Vec<u8>,
+    unknown: Vec<u8>,
+}
+
+impl Answers {
+    fn build() -> Answers {
+        let tail = |result: &str| format!(",\"result\":{result}}}").into_bytes();
+        // An ABI-encoded string (offset, length, text), zero-padded to 500 bytes of JSON.
+        let mut call = String::from("\"0x");
+        call.push_str(&format!("{:064x}", 0x20));
+        call.push_str(&format!("{:064x}", 150));
+        let text: String = "detour benchmark token name, padded to a realistic size. "
+            .bytes()
+            .cycle()
+            .take(150)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        call.push_str(&text);
+        while call.len() < 499 {
+            call.push('0');
+        }
+        call.push('"');
+        Answers {
+            chain_id: tail("\"0x1\""),
+            block_number: tail("\"0x1500000\""),
+            call: tail(&call),
+            block: tail(&block_json()),
+            unknown: br#","error":{"code":-32601,"message":"the method does not exist/is not available"}}"#.to_vec(),
+        }
+    }
+}
+
+/// A mainnet-shaped block with 190 transaction hashes: ~14 KB of JSON.
+fn block_json() -> String {
+    let word = |seed: u64| {
+        let mut s = String::from("0x");
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        for _ in 0..4 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            s.push_str(&format!("{x:016x}"));
+        }
+        s
+    };
+    let addr = |seed: u64| word(seed)[..42].to_string();
+    let txs: Vec<String> = (0..190)
+        .map(|i| format!("\"{}\"", word(1000 + i)))
+        .collect();
+    format!(
+        concat!(
+            "{{\"baseFeePerGas\":\"0x3b9aca00\",\"blobGasUsed\":\"0x0\",\"difficulty\":\"0x0\",",
+            "\"excessBlobGas\":\"0x0\",\"extraData\":\"0x6265617665726275696c642e6f7267\",",
+            "\"gasLimit\":\"0x1c9c380\",\"gasUsed\":\"0xe4e1c0\",\"hash\":\"{}\",",
+            "\"logsBloom\":\"0x{}\",\"miner\":\"{}\",\"mixHash\":\"{}\",\"nonce\":\"0x0000000000000000\",",
+            "\"number\":\"0x1500000\",\"parentBeaconBlockRoot\":\"{}\",\"parentHash\":\"{}\",",
+            "\"receiptsRoot\":\"{}\",\"sha3Uncles\":\"{}\",\"size\":\"0x2f1a4\",\"stateRoot\":\"{}\",",
+            "\"timestamp\":\"0x6756a1f3\",\"totalDifficulty\":\"0xc70d815d562d3cfa955\",",
+            "\"transactions\":[{}],\"transactionsRoot\":\"{}\",\"uncles\":[],\"withdrawals\":[],",
+            "\"withdrawalsRoot\":\"{}\"}}"
+        ),
+        word(1),
+        "0".repeat(512),
+        addr(2),
+        word(3),
+        word(4),
+        word(5),
+        word(6),
+        word(7),
+        word(8),
+        txs.join(","),
+        word(9),
+        word(10),
+    )
+}
+
+async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let answers = ANSWERS.get().expect("built at start");
+    let head = serde_json::from_slice::<Head>(&body).ok();
+    let id = head
+        .as_ref()
+        .map_or("null", |h| h.id.map_or("null", |r| r.get()));
+    let tail = match head.as_ref().map(|h| h.method.as_str()) {
+        Some("eth_chainId") => &answers.chain_id,
+        Some("eth_blockNumber") => &answers.block_number,
+        Some("eth_call") => &answers.call,
+        Some("eth_getBlockByNumber") => &answers.block,
+        _ => &answers.unknown,
+    };
+    let mut out = Vec::with_capacity(24 + id.len() + tail.len());
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(tail);
+    let mut resp = Response::new(Full::new(Bytes::from(out)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    method: String,
+}
