@@ -47,7 +47,7 @@ fn main() {
         while std::io::stdin()
             .lock()
             .read_line(&mut sink)
-            .map_or(false, |n| n > 0)
+            .is_ok_and(|n| n > 0)
         {
             sink.clear();
         }
