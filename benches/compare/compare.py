@@ -58,15 +58,24 @@ def free_port():
 
 
 def cpu_ticks(pids):
-    total = 0
+    """(utime, stime) summed over the processes, in clock ticks."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 rest = f.read().rsplit(")", 1)[1].split()
-            total += int(rest[11]) + int(rest[12])
+            user += int(rest[11])
+            system += int(rest[12])
         except (OSError, IndexError, ValueError):
             pass
-    return total
+    return user, system
+
+
+def cpu_us_per_req(before, after, requests):
+    """Total, user and system CPU µs per request between two cpu_ticks readings."""
+    per = 1e6 / CLK_TCK / max(1, requests)
+    user, system = after[0] - before[0], after[1] - before[1]
+    return {"cpu_us_per_req": (user + system) * per, "user_us_per_req": user * per, "sys_us_per_req": system * per}
 
 
 def status_kib(pid, field):
@@ -248,7 +257,7 @@ url = "http://{self.mock_addr}"
             text=True,
             timeout=seconds + 30,
         )
-        cpu = cpu_ticks(pids) - before
+        after = cpu_ticks(pids)
         m = re.search(r"^@@json (.*)$", out.stdout, re.M)
         if out.returncode != 0 or not m:
             die(f"wrk against {target.name} failed:\n{out.stdout}\n{out.stderr}")
@@ -256,7 +265,7 @@ url = "http://{self.mock_addr}"
         if r["errors"] or r["status_errors"]:
             die(f"{target.name} {method}: {r['errors']} socket errors, {r['status_errors']} non-2xx of {r['requests']}")
         r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
-        r["cpu_us_per_req"] = cpu * 1e6 / CLK_TCK / max(1, r["requests"])
+        r.update(cpu_us_per_req(before, after, r["requests"]))
         return r
 
     def oha(self, target, method, rate, seconds):
@@ -268,7 +277,7 @@ url = "http://{self.mock_addr}"
         pids = target.pids()
         before = cpu_ticks(pids)
         out = subprocess.run(self.pinned(self.load_cpu, cmd), capture_output=True, text=True, timeout=seconds + 30)
-        cpu = cpu_ticks(pids) - before
+        after = cpu_ticks(pids)
         if out.returncode != 0:
             die(f"oha against {target.name} failed:\n{out.stderr}")
         d = json.loads(out.stdout)
@@ -286,7 +295,7 @@ url = "http://{self.mock_addr}"
             "p50": p["p50"] * 1e6,
             "p99": p["p99"] * 1e6,
             "p999": p["p99.9"] * 1e6,
-            "cpu_us_per_req": cpu * 1e6 / CLK_TCK / max(1, ok),
+            **cpu_us_per_req(before, after, ok),
         }
 
     def memory(self, target, seconds):
@@ -325,6 +334,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each sequential/closed-loop run")
     ap.add_argument("--rate", default="auto", help="open-loop requests/s (auto: half the slower proxy's closed-loop eth_call rate)")
     ap.add_argument("--quick", action="store_true", help="1 round of 1 s runs: checks that everything works")
+    ap.add_argument("--phases", default="seq,closed,open,memory", help="comma-separated subset of seq,closed,open,memory")
     ap.add_argument("--json", help="also write every measurement to this file")
     ap.add_argument("--detour-bin", default=os.path.join(ROOT, "target/release/detour"))
     ap.add_argument("--mock-bin", default=os.path.join(ROOT, "target/release/examples/compare-mock"))
@@ -334,6 +344,9 @@ def main():
     if args.quick:
         args.rounds, args.seconds = 1, 1.0
     secs = max(1, round(args.seconds))
+    phases = set(args.phases.split(","))
+    if not phases <= {"seq", "closed", "open", "memory"}:
+        die(f"unknown phase in --phases {args.phases}")
     for tool in [args.detour_bin, args.mock_bin, args.nginx_bin, args.oha_bin, shutil.which("wrk") or "wrk"]:
         if not (os.path.isfile(tool) and os.access(tool, os.X_OK)):
             die(f"{tool} is missing; run benches/compare/run.sh, which builds and installs everything")
@@ -369,24 +382,30 @@ def main():
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
             for m in METHODS:
-                for t in rotate(r):
+                for t in rotate(r) if "seq" in phases else []:
                     results["seq"].setdefault(m, {}).setdefault(t.name, []).append(b.wrk(t, m, 1, secs))
-                for t in rotate(r):
+                for t in rotate(r) if "closed" in phases else []:
                     results["closed"].setdefault(m, {}).setdefault(t.name, []).append(b.wrk(t, m, 64, secs))
 
-        if args.rate == "auto":
+        rate = 0
+        if "open" not in phases:
+            pass
+        elif args.rate == "auto" and "closed" not in phases:
+            die("--rate auto needs the closed phase; give --rate N")
+        elif args.rate == "auto":
             slow = min(med([x["rps"] for x in results["closed"]["eth_call"][n]]) for n in ("nginx", "detour"))
             rate = max(500, int(slow / 2 / 500) * 500)
         else:
             rate = int(args.rate)
-        open_rounds = max(1, min(3, args.rounds))
+        open_rounds = max(1, min(3, args.rounds)) if "open" in phases else 0
         for r in range(open_rounds):
             print(f"open loop {r + 1}/{open_rounds} at {rate}/s", file=sys.stderr)
             for t in rotate(r):
                 results["open"].setdefault(t.name, []).append(b.oha(t, "eth_call", rate, secs + 2))
 
-        print("1 000 keep-alive connections", file=sys.stderr)
-        for t in (nginx, detour):
+        if "memory" in phases:
+            print("1 000 keep-alive connections", file=sys.stderr)
+        for t in (nginx, detour) if "memory" in phases else []:
             results["memory"][t.name] = b.memory(t, secs + 2)
         for t in targets:
             if t.proc.poll() is not None:
@@ -409,6 +428,19 @@ def report(b, args, res, rate, secs):
     def col(phase, m, n, key):
         return med([x[key] for x in res[phase][m][n]])
 
+    added, cpu_ratio, rps_ratio = {}, {}, {}
+    if res["seq"]:
+        added = report_seq(res, names, col)
+    if res["closed"]:
+        cpu_ratio, rps_ratio = report_closed(res, names, col)
+    if res["open"]:
+        report_open(res, names, rate)
+    if res["memory"]:
+        report_memory(res)
+    report_targets(res, added, cpu_ratio, rps_ratio)
+
+
+def report_seq(res, names, col):
     print("### Sequential, 1 connection (wrk)\n")
     print("| call | target | requests/run | p50 | p99 | p99.9 | added p50 |")
     print("|---|---|---:|---:|---:|---:|---:|")
@@ -425,12 +457,16 @@ def report(b, args, res, rate, secs):
         ratios = [d / max(1e-9, g) for d, g in zip(added[(m, "detour")], added[(m, "nginx")])]
         print(f"- {SHORT[m]}: {fmt_list(ratios)}  (median {med(ratios):.2f})")
 
+    return added
+
+
+def report_closed(res, names, col):
     print("\n### Closed loop, 64 connections (wrk)\n")
-    print("| call | target | requests/s | proxy CPU per request |")
-    print("|---|---|---:|---:|")
+    print("| call | target | requests/s | proxy CPU per request | user + sys |")
+    print("|---|---|---:|---:|---:|")
     for m in METHODS:
         for n in names:
-            c = "(the mock)" if n == "direct" else f"{col('closed', m, n, 'cpu_us_per_req'):.1f} µs"
+            c = "(the mock) | " if n == "direct" else f"{col('closed', m, n, 'cpu_us_per_req'):.1f} µs | {col('closed', m, n, 'user_us_per_req'):.1f} + {col('closed', m, n, 'sys_us_per_req'):.1f}"
             print(f"| {SHORT[m]} | {n} | {col('closed', m, n, 'rps'):.0f} | {c} |")
     print("\ndetour/nginx per round:")
     cpu_ratio, rps_ratio = {}, {}
@@ -440,6 +476,10 @@ def report(b, args, res, rate, secs):
         rps_ratio[m] = [x["rps"] / y["rps"] for x, y in zip(d, g)]
         print(f"- {SHORT[m]}: CPU {fmt_list(cpu_ratio[m])} (median {med(cpu_ratio[m]):.2f}), throughput {fmt_list(rps_ratio[m])} (median {med(rps_ratio[m]):.2f})")
 
+    return cpu_ratio, rps_ratio
+
+
+def report_open(res, names, rate):
     print(f"\n### Open loop, eth_call at {rate}/s, 32 connections (oha, latency corrected for coordinated omission)\n")
     print("| target | p50 | p99 | p99.9 | proxy CPU per request |")
     print("|---|---:|---:|---:|---:|")
@@ -448,6 +488,9 @@ def report(b, args, res, rate, secs):
         c = "" if n == "direct" else f"{med([x['cpu_us_per_req'] for x in rows]):.1f} µs"
         print(f"| {n} | {med([x['p50'] for x in rows]):.0f} | {med([x['p99'] for x in rows]):.0f} | {med([x['p999'] for x in rows]):.0f} | {c} |")
 
+
+
+def report_memory(res):
     print("\n### Memory, 1 000 keep-alive connections sending eth_call (wrk -c1000)\n")
     print("| target | requests/s | RSS peak during the run | peak RSS of the process (VmHWM) |")
     print("|---|---:|---:|---:|")
@@ -455,18 +498,27 @@ def report(b, args, res, rate, secs):
         r = res["memory"][n]
         print(f"| {n} | {r['rps']:.0f} | {r['rss_peak_kib'] / 1024:.1f} MiB | {r['hwm_kib'] / 1024:.1f} MiB |")
 
+
+
+def report_targets(res, added, cpu_ratio, rps_ratio):
     print("\n### Targets (detour against nginx in this run)\n")
-    checks = [
-        ("CPU per request, eth_call ≤ 1.0× nginx", med(cpu_ratio["eth_call"]), 1.0),
-        ("CPU per request, 14 KB block ≤ 1.2× nginx", med(cpu_ratio["eth_getBlockByNumber"]), 1.2),
-        ("added p50, eth_call ≤ 1.0× nginx", med([d / max(1e-9, g) for d, g in zip(added[("eth_call", "detour")], added[("eth_call", "nginx")])]), 1.0),
-        ("throughput at 64 connections, eth_call ≥ 1.0× nginx", 1 / med(rps_ratio["eth_call"]), 1.0),
-    ]
-    for what, ratio, limit in checks:
-        shown = 1 / ratio if "throughput" in what else ratio
-        print(f"- {what}: {shown:.2f} — {'met' if ratio <= limit else 'NOT met'}")
-    rss = res["memory"]["detour"]["hwm_kib"] / 1024
-    print(f"- RSS ≤ 30 MiB with 1 000 connections: {rss:.1f} MiB — {'met' if rss <= 30 else 'NOT met'}")
+
+    def check(what, value, ok):
+        print(f"- {what}: {value:.2f} — {'met' if ok else 'NOT met'}")
+
+    if cpu_ratio:
+        c = med(cpu_ratio["eth_call"])
+        check("CPU per request, eth_call, ≤ 1.0× nginx", c, c <= 1.0)
+        c = med(cpu_ratio["eth_getBlockByNumber"])
+        check("CPU per request, 14 KB block, ≤ 1.2× nginx", c, c <= 1.2)
+        t = med(rps_ratio["eth_call"])
+        check("throughput at 64 connections, eth_call, ≥ 1.0× nginx", t, t >= 1.0)
+    if added:
+        a = med([d / max(1e-9, g) for d, g in zip(added[("eth_call", "detour")], added[("eth_call", "nginx")])])
+        check("added p50, eth_call, ≤ 1.0× nginx", a, a <= 1.0)
+    if res["memory"]:
+        rss = res["memory"]["detour"]["hwm_kib"] / 1024
+        check("peak RSS with 1 000 connections ≤ 30 MiB (MiB)", rss, rss <= 30)
     print("- selection flat from 3 to 1 000 upstreams: `cargo bench --bench select`")
 
 
