@@ -181,7 +181,8 @@ pub struct ClientConfig {
     /// Idle keep-alive connections are closed after this. Default `90s`.
     #[serde(with = "duration")]
     pub pool_idle_timeout: Duration,
-    /// Idle keep-alive connections kept per upstream host. Default 64.
+    /// Idle keep-alive connections kept per upstream (for HTTPS upstreams: per host). 0 closes
+    /// every connection after its answer. Default 64.
     pub pool_max_idle_per_host: usize,
     /// How long a resolved upstream hostname is reused before it is resolved again. Default `30s`.
     #[serde(with = "duration")]

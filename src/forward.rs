@@ -1,7 +1,11 @@
-//! The upstream HTTP client: one shared, pooled hyper client (HTTP/1.1 and HTTP/2 via ALPN,
-//! HTTPS through rustls with the webpki roots), and the classification of what went wrong.
+//! The upstream HTTP client, and the classification of what went wrong.
+//!
+//! HTTPS upstreams share one pooled hyper-util client (HTTP/1.1 and HTTP/2 via ALPN, rustls
+//! with the webpki roots). Plain-HTTP upstreams use hyper's HTTP/1.1 connections directly, from
+//! a small pool each upstream owns ([`crate::conns`]), which costs less per request.
 
 use std::error::Error as StdError;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,11 +15,13 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 
 use crate::config::ClientConfig;
+use crate::conns;
 use crate::dns::Resolver;
-use crate::upstream::Upstream;
+use crate::upstream::{PlainHttp, Upstream};
 
 type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
 
@@ -24,6 +30,10 @@ type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
 pub struct Forwarder {
     client: HttpClient,
     max_response_bytes: usize,
+    resolver: Resolver,
+    connect_timeout: Duration,
+    pool_idle_timeout: Duration,
+    pool_max_idle: usize,
 }
 
 /// Why an attempt produced no usable HTTP answer.
@@ -99,7 +109,7 @@ impl Forwarder {
     /// [`crate::dns`]).
     pub fn new(config: &ClientConfig, resolver: Resolver) -> Forwarder {
         let resolver = resolver.with_settings(config.dns_refresh, config.dns_max_stale);
-        let mut http = HttpConnector::new_with_resolver(resolver);
+        let mut http = HttpConnector::new_with_resolver(resolver.clone());
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
@@ -122,6 +132,10 @@ impl Forwarder {
         Forwarder {
             client,
             max_response_bytes: config.max_response_bytes,
+            resolver,
+            connect_timeout: config.connect_timeout,
+            pool_idle_timeout: config.pool_idle_timeout,
+            pool_max_idle: config.pool_max_idle_per_host,
         }
     }
 
@@ -161,7 +175,6 @@ impl Forwarder {
     ) -> Result<Reply, Failure> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = up.uri.clone();
         *req.headers_mut() = up.headers.clone();
         if let Some(what) = probe {
             req.headers_mut().insert(
@@ -169,11 +182,24 @@ impl Forwarder {
                 http::HeaderValue::from_static(what),
             );
         }
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| describe_client_error(up, &e))?;
+        let (resp, conn) = match &up.plain {
+            Some(plain) => {
+                *req.uri_mut() = plain.origin.clone();
+                req.headers_mut()
+                    .insert(http::header::HOST, plain.host_header.clone());
+                let (resp, conn) = self.send_plain(up, plain, req).await?;
+                (resp, Some(conn))
+            }
+            None => {
+                *req.uri_mut() = up.uri.clone();
+                let resp = self
+                    .client
+                    .request(req)
+                    .await
+                    .map_err(|e| describe_client_error(up, &e))?;
+                (resp, None)
+            }
+        };
         let (parts, body) = resp.into_parts();
         if let Some(len) = parts
             .headers
@@ -197,11 +223,112 @@ impl Forwarder {
                 }
             })?
             .to_bytes();
+        if let Some(conn) = conn {
+            // The answer was read to its end: the connection can serve the next request.
+            let keep = parts.headers.get(http::header::CONNECTION).is_none_or(|v| {
+                !v.as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+            });
+            if keep {
+                self.give_back(up, conn);
+            }
+        }
         Ok(Reply {
             status: parts.status,
             headers: parts.headers,
             body,
         })
+    }
+
+    /// Returns a connection to its upstream's pool once it can take the next request: at once
+    /// as a rule; when its I/O task has not caught up with the end of the answer yet, a small
+    /// task waits for that (at most a second; a connection that is closing is dropped).
+    fn give_back(&self, up: &Upstream, mut conn: conns::Sender) {
+        let (max_idle, idle_timeout) = (self.pool_max_idle, self.pool_idle_timeout);
+        if conn.is_ready() {
+            up.state.conns.put(conn, max_idle, idle_timeout);
+        } else if !conn.is_closed() {
+            let state = up.state.clone();
+            tokio::spawn(async move {
+                let ready = tokio::time::timeout(Duration::from_secs(1), conn.ready()).await;
+                if let Ok(Ok(())) = ready {
+                    state.conns.put(conn, max_idle, idle_timeout);
+                }
+            });
+        }
+    }
+
+    /// Sends `req` (origin-form target, `Host` set) on a pooled connection of a plain-HTTP
+    /// upstream, or a new one. A pooled connection found closed as the request goes out gets
+    /// the request back unsent; it then goes out on the next pooled or a fresh connection.
+    async fn send_plain(
+        &self,
+        up: &Upstream,
+        plain: &PlainHttp,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<(http::Response<hyper::body::Incoming>, conns::Sender), Failure> {
+        loop {
+            let (mut tx, reused) = match up.state.conns.checkout(self.pool_idle_timeout) {
+                Some(tx) => (tx, true),
+                None => (self.connect_plain(up, plain).await?, false),
+            };
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, tx)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => {
+                        return Err(Failure::Transport(
+                            up.redact(&format!("connection failed: {}", root_cause(e.error()))),
+                        ))
+                    }
+                },
+            }
+        }
+    }
+
+    /// A new HTTP/1.1 connection to a plain-HTTP upstream: resolve (through the caching
+    /// resolver), connect within `client.connect_timeout`, handshake; its I/O runs on a task.
+    async fn connect_plain(
+        &self,
+        up: &Upstream,
+        plain: &PlainHttp,
+    ) -> Result<conns::Sender, Failure> {
+        let connect = async {
+            let ips = match plain.host.parse::<IpAddr>() {
+                Ok(ip) => vec![ip],
+                Err(_) => self.resolver.resolve(&plain.host).await.map_err(|e| {
+                    Failure::Connect(up.redact(&format!("{DNS_FAILED}: {}", root_cause(&e))))
+                })?,
+            };
+            let mut last = None;
+            for ip in ips {
+                match TcpStream::connect(SocketAddr::new(ip, plain.port)).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => last = Some(e),
+                }
+            }
+            let e = last.unwrap_or_else(|| std::io::Error::other("no addresses"));
+            Err(Failure::Connect(up.redact(&match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+                _ => format!("connect failed: {e}"),
+            })))
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| Failure::Connect("connect timed out".into()))??;
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| {
+                Failure::Connect(up.redact(&format!("connect failed: {}", root_cause(&e))))
+            })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(tx)
     }
 }
 

@@ -62,6 +62,7 @@ pub mod admin;
 pub mod balance;
 pub mod classify;
 pub mod config;
+mod conns;
 pub mod dns;
 pub mod error;
 pub mod forward;

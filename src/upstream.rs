@@ -201,6 +201,43 @@ pub struct Upstream {
     pub state: Arc<LiveState>,
     /// Cached metric handles.
     pub metrics: crate::metrics::UpstreamMetrics,
+    /// For a plain-`http://` URL: where detour's own connection pool connects and what it sends.
+    pub(crate) plain: Option<PlainHttp>,
+}
+
+/// How requests to a plain-HTTP upstream are addressed (see [`crate::conns`]).
+#[derive(Debug, Clone)]
+pub(crate) struct PlainHttp {
+    /// The host to resolve (or an IP literal, without brackets).
+    pub host: Box<str>,
+    /// The TCP port (80 when the URL names none).
+    pub port: u16,
+    /// The request target in origin form: path and query.
+    pub origin: Uri,
+    /// The `Host` header: host, and the port when not 80.
+    pub host_header: HeaderValue,
+}
+
+impl PlainHttp {
+    fn of(uri: &Uri) -> Option<PlainHttp> {
+        if uri.scheme_str() != Some("http") {
+            return None;
+        }
+        let authority = uri.authority()?;
+        let host = authority.host();
+        let origin = Uri::from(uri.path_and_query()?.clone());
+        Some(PlainHttp {
+            host: host.trim_start_matches('[').trim_end_matches(']').into(),
+            port: authority.port_u16().unwrap_or(80),
+            origin,
+            // The authority has no userinfo here (Target::parse strips it).
+            host_header: HeaderValue::from_str(match authority.port_u16() {
+                Some(80) => host,
+                _ => authority.as_str(),
+            })
+            .ok()?,
+        })
+    }
 }
 
 impl Upstream {
@@ -243,7 +280,6 @@ impl Upstream {
             weight: config.weight.max(1),
             region: config.region.as_deref().map(Into::into),
             region_id: 0,
-            uri: target.uri,
             headers,
             display_url: target.display,
             max_batch_len: config.max_batch_len,
@@ -253,6 +289,8 @@ impl Upstream {
             config: config.clone(),
             state: state.unwrap_or_default(),
             metrics: Default::default(),
+            plain: PlainHttp::of(&target.uri),
+            uri: target.uri,
         })
     }
 
@@ -448,6 +486,8 @@ pub struct LiveState {
     recent_failures: Window,
     /// The last failure, redacted, for the status page (taken only when something fails).
     last_error: Mutex<Option<String>>,
+    /// Idle keep-alive connections (plain-HTTP upstreams; see [`crate::conns`]).
+    pub(crate) conns: crate::conns::Conns,
 }
 
 impl Default for LiveState {
@@ -481,6 +521,7 @@ impl Default for LiveState {
             cordoned: AtomicBool::new(false),
             recent_failures: Window::default(),
             last_error: Mutex::new(None),
+            conns: Default::default(),
         }
     }
 }

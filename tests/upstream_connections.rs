@@ -1,0 +1,201 @@
+//! Keep-alive connections to plain-HTTP upstreams (detour's own per-upstream pool): reused,
+//! replaced without an error when the upstream closed them while idle, never reused after
+//! `Connection: close`, and not kept at all with `pool_max_idle_per_host = 0`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A bare HTTP/1.1 JSON-RPC upstream that counts connections. It closes a connection after
+/// `per_conn` answers (announced with `Connection: close` if `announce_close`), or when no
+/// request came for `keep_alive` (silently, as servers with a keep-alive timeout do).
+/// Answers `eth_chainId` with 0x1 and anything else with block 0x64.
+struct RawUpstream {
+    addr: SocketAddr,
+    accepts: Arc<AtomicUsize>,
+    answers: Arc<AtomicUsize>,
+}
+
+impl RawUpstream {
+    async fn start(per_conn: usize, keep_alive: Duration, announce_close: bool) -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let answers = Arc::new(AtomicUsize::new(0));
+        let (a, n) = (accepts.clone(), answers.clone());
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                a.fetch_add(1, SeqCst);
+                let n = n.clone();
+                tokio::spawn(serve_conn(s, per_conn, keep_alive, announce_close, n));
+            }
+        });
+        RawUpstream {
+            addr,
+            accepts,
+            answers,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn serve_conn(
+    mut s: TcpStream,
+    per_conn: usize,
+    keep_alive: Duration,
+    announce_close: bool,
+    answers: Arc<AtomicUsize>,
+) {
+    let mut buf = Vec::new();
+    for i in 0..per_conn {
+        let next = tokio::time::timeout(keep_alive, read_request(&mut s, &mut buf));
+        let Ok(Some(body)) = next.await else {
+            // Idle too long (or the client left): dropping the stream closes it, unannounced.
+            return;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let result = if v["method"] == "eth_chainId" {
+            "\"0x1\""
+        } else {
+            "\"0x64\""
+        };
+        let out = format!(r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#, v["id"]);
+        let last = i + 1 == per_conn;
+        let close = if last && announce_close {
+            "connection: close\r\n"
+        } else {
+            ""
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{close}content-length: {}\r\n\r\n",
+            out.len()
+        );
+        if s.write_all(format!("{head}{out}").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        answers.fetch_add(1, SeqCst);
+    }
+}
+
+/// Reads one request (headers, then a content-length body); None at end of stream.
+async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let mut chunk = [0u8; 4096];
+                let n = s.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = buf[end + 4..end + 4 + len].to_vec();
+            buf.drain(..end + 4 + len);
+            return Some(body);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// One upstream, probes slowed down so that the test's calls are what is counted.
+fn config(url: &str, client: &str) -> String {
+    format!(
+        "[client]\nattempt_timeout = \"2s\"\n{client}\n[chains.mainnet]\nchain_id = 1\n\
+         max_attempts = 1\n[chains.mainnet.health]\nprobe_interval = \"1h\"\nidle_probe_interval = \"1h\"\n\
+         [[chains.mainnet.upstreams]]\nname = \"raw\"\nurl = \"{url}\"\n"
+    )
+}
+
+async fn calls(proxy: &Proxy, n: usize, pause: Duration) {
+    for i in 0..n {
+        let v = proxy.call("/mainnet", "eth_getBalance", "[]").await;
+        assert_eq!(v["result"], "0x64", "call {i}: {v}");
+        tokio::time::sleep(pause).await;
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_connections_are_reused() {
+    let up = RawUpstream::start(usize::MAX, Duration::from_secs(60), false).await;
+    let proxy = Proxy::start(&config(&up.url(), "")).await;
+    calls(&proxy, 30, Duration::ZERO).await;
+    let accepts = up.accepts.load(SeqCst);
+    assert!(
+        accepts <= 2,
+        "30 sequential calls (and the start-up probes) took {accepts} connections"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn connections_the_upstream_closed_while_idle_are_replaced_without_an_error() {
+    // The upstream closes connections idle for 20 ms, much shorter than detour's pool timeout;
+    // calls come 80 ms apart, so each finds its pooled connection closed.
+    let up = RawUpstream::start(usize::MAX, Duration::from_millis(20), false).await;
+    let proxy = Proxy::start(&config(&up.url(), "")).await;
+    calls(&proxy, 10, Duration::from_millis(80)).await;
+    let status = proxy.upstream_status("raw");
+    assert!(
+        proxy.states("raw").is_empty(),
+        "the upstream was never unhealthy: {status}"
+    );
+    assert_eq!(status["errors_last_minute"], 0, "{status}");
+    assert_eq!(status["failures"], 0, "{status}");
+    assert!(
+        up.accepts.load(SeqCst) >= 10,
+        "each call needed a new connection"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn connections_announced_closing_are_not_reused() {
+    // `Connection: close` on the third answer of each connection, then it closes at once.
+    let up = RawUpstream::start(3, Duration::from_secs(60), true).await;
+    let proxy = Proxy::start(&config(&up.url(), "")).await;
+    calls(&proxy, 12, Duration::ZERO).await;
+    let status = proxy.upstream_status("raw");
+    assert_eq!(status["errors_last_minute"], 0, "{status}");
+    let (accepts, answers) = (up.accepts.load(SeqCst), up.answers.load(SeqCst));
+    assert!(
+        accepts * 3 >= answers && accepts < answers,
+        "{answers} answers over {accepts} connections"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn no_idle_connections_are_kept_when_the_pool_size_is_zero() {
+    let up = RawUpstream::start(usize::MAX, Duration::from_secs(60), false).await;
+    let proxy = Proxy::start(&config(&up.url(), "pool_max_idle_per_host = 0")).await;
+    calls(&proxy, 5, Duration::ZERO).await;
+    // Start-up probes included: every request had a connection of its own.
+    let (accepts, answers) = (up.accepts.load(SeqCst), up.answers.load(SeqCst));
+    assert!(answers >= 5);
+    assert_eq!(accepts, answers, "one connection per request");
+    proxy.stop().await;
+}
