@@ -168,11 +168,14 @@ pub async fn failover(
             inflight.push(launch(fwd, metrics, chain, ui, calls, &pending, deadline));
             newest = Some((now, ui));
         }
+        // Armed only when there is someone left to hedge to: a timer per request costs a
+        // timer-wheel entry and, being the runtime's earliest, a wake-up of its driver.
         let hedge_at = newest
             .filter(|_| {
                 chain.hedge.enabled
                     && inflight.len() == 1
                     && tried.len() < chain.max_attempts
+                    && exclude.len() < chain.upstreams.len()
                     && pending.iter().all(|&i| !writes[i])
             })
             .map(|(started, ui)| started + hedge_delay(chain, ui));
