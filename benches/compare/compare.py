@@ -161,6 +161,19 @@ class Bench:
         self.mock_addr = m.group(1)
         return Target("direct", f"http://{self.mock_addr}/bench", p, lambda: [p.pid])
 
+    def start_floor(self):
+        """The smallest proxy on detour's stack (compare-mock --forward-to): the floor."""
+        p = self.spawn(
+            self.pinned(self.server_cpu, [self.args.mock_bin, "--forward-to", self.mock_addr]),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        m = re.match(r"listening on (\S+)", p.stdout.readline())
+        if not m:
+            die("the hyper floor proxy did not start")
+        return Target("floor", f"http://{m.group(1)}/bench", p, lambda: [p.pid])
+
     def start_nginx(self):
         port = free_port()
         prefix = os.path.join(self.work, "nginx")
@@ -370,13 +383,14 @@ def main():
         direct = b.start_mock()
         nginx = b.start_nginx()
         detour = b.start_detour()
-        targets = [direct, nginx, detour]
+        floor = b.start_floor()
+        targets = [direct, nginx, detour, floor]
         for t in targets:
             b.wait_ready(t)
         # Transparency first: both proxies must give the mock's bytes exactly.
         for m in METHODS:
             want = post(direct.url, BODIES[m])[1]
-            for t in (nginx, detour):
+            for t in (nginx, detour, floor):
                 got = post(t.url, BODIES[m])[1]
                 if got != want:
                     die(f"{t.name} changed the {m} answer: {got[:120]!r} vs {want[:120]!r}")
@@ -385,7 +399,8 @@ def main():
             b.wrk(t, "eth_call", 8, 1)
 
         def rotate(r):
-            return targets[r % 3:] + targets[:r % 3]
+            k = r % len(targets)
+            return targets[k:] + targets[:k]
 
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
@@ -410,12 +425,15 @@ def main():
 
         if "memory" in phases:
             print("1 000 keep-alive connections", file=sys.stderr)
-        for t in (nginx, detour) if "memory" in phases else []:
-            results["memory"][t.name] = b.memory(t, secs + 2, rate)
+        # 1 000 clients at a quarter of the slower proxy's capacity: many open connections,
+        # modest load (at full load the all-busy run shows the other extreme).
+        mem_rate = max(500, rate // 2 // 500 * 500)
+        for t in (nginx, detour, floor) if "memory" in phases else []:
+            results["memory"][t.name] = b.memory(t, secs + 2, mem_rate)
         for t in targets:
             if t.proc.poll() is not None:
                 die(f"{t.name} exited during the run")
-        report(b, args, results, rate, secs)
+        report(b, args, results, rate, secs, mem_rate if "memory" in phases else 0)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"rate": rate, "seconds": secs, "rounds": args.rounds, "results": results}, f, indent=1)
@@ -423,12 +441,14 @@ def main():
         b.stop()
 
 
-def report(b, args, res, rate, secs):
-    names = ["direct", "nginx", "detour"]
+def report(b, args, res, rate, secs, mem_rate):
+    names = ["direct", "nginx", "detour", "floor"]
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
     ver = subprocess.run([args.nginx_bin, "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
     print(f"\n## detour vs nginx {ver} vs direct — {args.rounds} round(s), {secs} s per run, {cpu}, {os.cpu_count()} CPUs")
-    print("Medians over rounds; [per-round detour/nginx ratios]. Latency in µs.\n")
+    print("Medians over rounds; [per-round detour/nginx ratios]. Latency in µs. `floor`: the")
+    print("smallest proxy on detour's stack (hyper server and client, Tokio current-thread; no")
+    print("JSON-RPC work at all), to show what the stack itself costs.\n")
 
     def col(phase, m, n, key):
         return med([x[key] for x in res[phase][m][n]])
@@ -441,7 +461,7 @@ def report(b, args, res, rate, secs):
     if res["open"]:
         report_open(res, names, rate)
     if res["memory"]:
-        report_memory(res, rate)
+        report_memory(res, mem_rate)
     report_targets(res, added, cpu_ratio, rps_ratio)
 
 
@@ -499,7 +519,7 @@ def report_memory(res, rate):
     print("\n### Memory with 1 000 keep-alive client connections, eth_call\n")
     print("| target | load | requests/s | RSS peak during the run | peak RSS of the process so far (VmHWM) |")
     print("|---|---|---:|---:|---:|")
-    for n in ("nginx", "detour"):
+    for n in ("nginx", "detour", "floor"):
         for kind, what in (("open", f"{rate}/s in all (oha)"), ("busy", "all busy (wrk -c1000)")):
             r = res["memory"][n][kind]
             print(f"| {n} | {what} | {r['rps']:.0f} | {r['rss_peak_kib'] / 1024:.1f} MiB | {r['hwm_kib'] / 1024:.1f} MiB |")

@@ -16,9 +16,16 @@
 //!
 //! Answers are built once at start; a request costs a body read, finding `method` and `id`, and
 //! one write.
+//!
+//! With `--forward-to ADDR` it is instead the smallest proxy that can be built on detour's stack
+//! (hyper server, hyper HTTP/1.1 client connections from a keep-alive pool, Tokio's
+//! current-thread runtime): every request's body is read and POSTed to ADDR, and the answer's
+//! body is read and returned — no JSON, no routing, no failover, no metrics. The benchmark
+//! measures it as `hyper floor`: what any proxy on this stack costs before doing anything.
 
 use std::io::{BufRead as _, Write as _};
-use std::sync::OnceLock;
+use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -28,14 +35,25 @@ use hyper_util::rt::TokioIo;
 
 fn main() {
     let mut listen = "127.0.0.1:0".to_string();
+    let mut forward_to: Option<SocketAddr> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => listen = args.next().unwrap_or_else(|| usage("--listen needs ADDR")),
+            "--forward-to" => {
+                let addr = args.next().unwrap_or_else(|| usage("--forward-to needs ADDR"));
+                let addr = addr
+                    .parse()
+                    .unwrap_or_else(|_| usage(&format!("--forward-to: {addr} is not IP:PORT")));
+                forward_to = Some(addr);
+            }
             other => usage(&format!("unknown argument {other}")),
         }
     }
     ANSWERS.get_or_init(Answers::build);
+    if let Some(addr) = forward_to {
+        let _ = UPSTREAM.set(addr);
+    }
     let listener = std::net::TcpListener::bind(&listen)
         .unwrap_or_else(|e| usage(&format!("cannot listen on {listen}: {e}")));
     listener.set_nonblocking(true).expect("nonblocking");
@@ -65,16 +83,24 @@ fn main() {
             };
             let _ = s.set_nodelay(true);
             tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), hyper::service::service_fn(answer))
-                    .await;
+                let conn = hyper::server::conn::http1::Builder::new();
+                let _ = match UPSTREAM.get() {
+                    None => {
+                        conn.serve_connection(TokioIo::new(s), hyper::service::service_fn(answer))
+                            .await
+                    }
+                    Some(_) => {
+                        conn.serve_connection(TokioIo::new(s), hyper::service::service_fn(forward))
+                            .await
+                    }
+                };
             });
         }
     });
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("compare-mock: {msg}\nusage: compare-mock [--listen ADDR]");
+    eprintln!("compare-mock: {msg}\nusage: compare-mock [--listen ADDR] [--forward-to IP:PORT]");
     std::process::exit(2)
 }
 
@@ -199,4 +225,43 @@ struct Head<'a> {
     id: Option<&'a serde_json::value::RawValue>,
     #[serde(default)]
     method: String,
+}
+
+// === --forward-to: the floor of the stack ===
+
+static UPSTREAM: OnceLock<SocketAddr> = OnceLock::new();
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+static IDLE: Mutex<Vec<Sender>> = Mutex::new(Vec::new());
+
+async fn forward(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+    let addr = *UPSTREAM.get().expect("set at start");
+    let pooled = IDLE.lock().unwrap().pop();
+    let mut tx = match pooled {
+        Some(tx) if tx.is_ready() => tx,
+        _ => {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(std::io::Error::other)?;
+            tokio::spawn(conn);
+            tx
+        }
+    };
+    let mut up = Request::new(Full::new(body));
+    *up.method_mut() = parts.method;
+    *up.uri_mut() = parts.uri;
+    up.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let resp = tx.send_request(up).await.map_err(std::io::Error::other)?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+    if tx.is_ready() {
+        IDLE.lock().unwrap().push(tx);
+    }
+    Ok(Response::from_parts(parts, Full::new(body)))
 }
