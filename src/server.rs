@@ -18,7 +18,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::service::{Detour, Peer};
+use crate::service::Detour;
 
 /// Serves `service` on `listener` until `shutdown` completes; then `/readyz` turns 503, new
 /// connections are still accepted for `server.shutdown_delay` (default 0) so load balancers
@@ -47,10 +47,14 @@ pub async fn serve(
         let tls = service.pool().tls.clone();
         let handshake_timeout = server.header_read_timeout;
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(Peer(peer));
-                // Always ready (poll_ready is a no-op): call it directly.
-                tower_service::Service::call(&mut detour.clone(), req)
+            // The peer goes straight in, not through the request's extensions (a map
+            // allocated per request). The future is boxed: hyper keeps room for one in every
+            // connection, and a box keeps that room small between requests.
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let detour = detour.clone();
+                Box::pin(async move {
+                    Ok::<_, std::convert::Infallible>(detour.serve_http(req, Some(peer)).await)
+                })
             });
             let result = match tls {
                 None => {

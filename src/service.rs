@@ -479,11 +479,18 @@ impl Detour {
         Some(Bytes::from(out))
     }
 
-    async fn serve_http<B>(self, req: Request<B>) -> Response<Body>
+    /// Answers a request from the client at `peer` (detour's own server passes the address
+    /// here; other callers may put a [`Peer`] in the request's extensions instead).
+    pub(crate) async fn serve_http<B>(
+        self,
+        req: Request<B>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let peer = peer.or_else(|| req.extensions().get::<Peer>().map(|p| p.0));
         let pool = self.pool();
         let cors = req
             .headers()
@@ -499,21 +506,25 @@ impl Detour {
             }
             return resp;
         }
-        let mut resp = self.route_http(req, pool).await;
+        let mut resp = self.route_http(req, pool, peer).await;
         if let Some(origin) = cors {
             access::add_cors(resp.headers_mut(), origin);
         }
         resp
     }
 
-    async fn route_http<B>(self, req: Request<B>, pool: Arc<Pool>) -> Response<Body>
+    async fn route_http<B>(
+        self,
+        req: Request<B>,
+        pool: Arc<Pool>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let started = Instant::now();
         self.start_health();
-        let peer = req.extensions().get::<Peer>().map(|p| p.0);
         let path = req.uri().path();
         let method = req.method();
         match (method, path) {
@@ -701,7 +712,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.serve_http(req).await) })
+        Box::pin(async move { Ok(this.serve_http(req, None).await) })
     }
 }
 
