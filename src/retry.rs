@@ -145,7 +145,9 @@ pub async fn failover(
     }
     let mut avoid_regions: Vec<usize> = Vec::new();
     let mut report = Report::default();
-    let mut inflight: FuturesUnordered<AttemptFuture<'_>> = FuturesUnordered::new();
+    // Created when a second attempt may run alongside the first (a hedge): a lone attempt
+    // is awaited directly, with no set, box or timer.
+    let mut inflight: Option<FuturesUnordered<AttemptFuture<'_>>> = None;
     // When the newest attempt in flight started, and its upstream (for the hedge delay).
     let mut newest: Option<(Instant, usize)> = None;
 
@@ -157,7 +159,16 @@ pub async fn failover(
         if now >= deadline {
             break;
         }
-        if inflight.is_empty() {
+        // A hedge needs someone left to hedge to: otherwise no timer is armed (a timer per
+        // request costs a timer-wheel entry and, being the runtime's earliest, a wake-up of
+        // its driver).
+        let may_hedge = |tried: &[usize], exclude: &[usize], pending: &[usize]| {
+            chain.hedge.enabled
+                && tried.len() < chain.max_attempts
+                && exclude.len() < chain.upstreams.len()
+                && pending.iter().all(|&i| !writes[i])
+        };
+        if inflight.as_ref().is_none_or(FuturesUnordered::is_empty) {
             if tried.len() >= chain.max_attempts {
                 break;
             }
@@ -165,19 +176,33 @@ pub async fn failover(
                 break;
             };
             tried.push(ui);
-            inflight.push(launch(fwd, metrics, chain, ui, calls, &pending, deadline));
+            if !may_hedge(&tried, &exclude, &pending) {
+                // This attempt alone decides: await it right here.
+                let sent = pending.clone();
+                let done = run_attempt(fwd, metrics, chain, ui, calls, sent, deadline).await;
+                process(
+                    metrics,
+                    chain,
+                    calls,
+                    &writes,
+                    done,
+                    &mut answers,
+                    &mut fallback,
+                    &mut report,
+                    &mut avoid_regions,
+                    tried.len() > 1,
+                );
+                pending.retain(|&i| answers[i].is_none());
+                continue;
+            }
+            inflight
+                .get_or_insert_with(FuturesUnordered::new)
+                .push(launch(fwd, metrics, chain, ui, calls, &pending, deadline));
             newest = Some((now, ui));
         }
-        // Armed only when there is someone left to hedge to: a timer per request costs a
-        // timer-wheel entry and, being the runtime's earliest, a wake-up of its driver.
+        let inflight = inflight.get_or_insert_with(FuturesUnordered::new);
         let hedge_at = newest
-            .filter(|_| {
-                chain.hedge.enabled
-                    && inflight.len() == 1
-                    && tried.len() < chain.max_attempts
-                    && exclude.len() < chain.upstreams.len()
-                    && pending.iter().all(|&i| !writes[i])
-            })
+            .filter(|_| inflight.len() == 1 && may_hedge(&tried, &exclude, &pending))
             .map(|(started, ui)| started + hedge_delay(chain, ui));
         let hedge_sleep = async {
             match hedge_at {
@@ -428,8 +453,28 @@ fn launch<'a>(
     pending: &[usize],
     deadline: Instant,
 ) -> AttemptFuture<'a> {
-    let sent = pending.to_vec();
-    Box::pin(async move {
+    Box::pin(run_attempt(
+        fwd,
+        metrics,
+        chain,
+        ui,
+        calls,
+        pending.to_vec(),
+        deadline,
+    ))
+}
+
+/// One attempt: the pending calls (`sent`) to upstream `ui`, in chunks of its batch limit.
+async fn run_attempt<'a>(
+    fwd: &'a Forwarder,
+    metrics: &'a Metrics,
+    chain: &'a Chain,
+    ui: usize,
+    calls: &'a [&'a Call<'a>],
+    sent: Vec<usize>,
+    deadline: Instant,
+) -> Done {
+    {
         let up = &chain.upstreams[ui];
         let timeout = up
             .timeout
@@ -468,7 +513,7 @@ fn launch<'a>(
             elapsed,
             results,
         }
-    })
+    }
 }
 
 /// Records the wait of an attempt dropped before it finished (a lost hedge race) as a latency
