@@ -184,9 +184,8 @@ impl Forwarder {
         }
         let (resp, conn) = match &up.plain {
             Some(plain) => {
+                // `Host` is among the upstream's headers already.
                 *req.uri_mut() = plain.origin.clone();
-                req.headers_mut()
-                    .insert(http::header::HOST, plain.host_header.clone());
                 let (resp, conn) = self.send_plain(up, plain, req).await?;
                 (resp, Some(conn))
             }
@@ -259,7 +258,7 @@ impl Forwarder {
         }
     }
 
-    /// Sends `req` (origin-form target, `Host` set) on a pooled connection of a plain-HTTP
+    /// Sends `req` (origin-form target, with `Host`) on a pooled connection of a plain-HTTP
     /// upstream, or a new one. A pooled connection found closed as the request goes out gets
     /// the request back unsent; it then goes out on the next pooled or a fresh connection.
     async fn send_plain(

@@ -274,6 +274,14 @@ impl Upstream {
             }
         }
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let plain = PlainHttp::of(&target.uri);
+        if let Some(p) = &plain {
+            // Sent on every request to a plain-HTTP upstream (unless configured otherwise);
+            // built once here rather than added to each request.
+            headers
+                .entry(http::header::HOST)
+                .or_insert_with(|| p.host_header.clone());
+        }
         Ok(Upstream {
             name: config.name.as_str().into(),
             tier: config.tier,
@@ -289,7 +297,7 @@ impl Upstream {
             config: config.clone(),
             state: state.unwrap_or_default(),
             metrics: Default::default(),
-            plain: PlainHttp::of(&target.uri),
+            plain,
             uri: target.uri,
         })
     }

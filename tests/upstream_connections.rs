@@ -199,3 +199,24 @@ async fn no_idle_connections_are_kept_when_the_pool_size_is_zero() {
     assert_eq!(accepts, answers, "one connection per request");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn the_host_header_names_the_upstream_unless_configured() {
+    let node = Mock::start("node").await;
+    let proxy = Proxy::start(&chain_config("", &[("node", &node.url(), "")])).await;
+    proxy.call("/mainnet", "eth_getBalance", "[]").await;
+    let sent = node.headers().last().cloned().unwrap();
+    assert_eq!(sent["host"], node.addr.to_string());
+    proxy.stop().await;
+
+    let extra = "headers = { Host = \"rpc.internal\" }";
+    let proxy = Proxy::start(&chain_config("", &[("node", &node.url(), extra)])).await;
+    proxy.call("/mainnet", "eth_getBalance", "[]").await;
+    let sent = node.headers().last().cloned().unwrap();
+    assert_eq!(
+        sent["host"], "rpc.internal",
+        "a configured Host header wins"
+    );
+    assert_eq!(sent.get_all("host").iter().count(), 1);
+    proxy.stop().await;
+}
