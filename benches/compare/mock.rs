@@ -41,7 +41,9 @@ fn main() {
         match a.as_str() {
             "--listen" => listen = args.next().unwrap_or_else(|| usage("--listen needs ADDR")),
             "--forward-to" => {
-                let addr = args.next().unwrap_or_else(|| usage("--forward-to needs ADDR"));
+                let addr = args
+                    .next()
+                    .unwrap_or_else(|| usage("--forward-to needs ADDR"));
                 let addr = addr
                     .parse()
                     .unwrap_or_else(|_| usage(&format!("--forward-to: {addr} is not IP:PORT")));
@@ -235,7 +237,11 @@ static IDLE: Mutex<Vec<Sender>> = Mutex::new(Vec::new());
 
 async fn forward(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+    let body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
     let addr = *UPSTREAM.get().expect("set at start");
     let pooled = IDLE.lock().unwrap().pop();
     let mut tx = match pooled {
@@ -259,7 +265,11 @@ async fn forward(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::i
     );
     let resp = tx.send_request(up).await.map_err(std::io::Error::other)?;
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+    let body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
     if tx.is_ready() {
         IDLE.lock().unwrap().push(tx);
     }
