@@ -104,7 +104,13 @@ async fn run(source: Source, config: Config, listen_override: Option<SocketAddr>
     if !addr.ip().is_loopback() && proxy.pool().config.api_keys.is_empty() {
         tracing::warn!(%addr, "listening beyond this machine without client API keys: anyone who can reach it can use your upstreams (add [[api_keys]], or bind 127.0.0.1)");
     }
-    tracing::info!(config = %source, "detour {} listening on http://{addr}", env!("CARGO_PKG_VERSION"));
+    let runtime = tokio::runtime::Handle::current();
+    let scheduler = match runtime.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => "current-thread",
+        _ => "multi-thread",
+    };
+    tracing::info!(config = %source, scheduler, workers = runtime.metrics().num_workers(),
+        "detour {} listening on http://{addr}", env!("CARGO_PKG_VERSION"));
     for line in proxy.describe() {
         tracing::info!("{line}");
     }

@@ -185,14 +185,36 @@ fn config_is_discovered_from_env_then_cwd_then_built_in() {
 
 #[tokio::test]
 async fn binary_serves_logs_one_line_per_chain_and_exits_0_on_sigterm() {
+    serves_logs_and_exits_0("serve", "").await;
+}
+
+#[tokio::test]
+async fn binary_on_one_worker_thread_runs_tokios_current_thread_scheduler() {
+    let listening = serves_logs_and_exits_0("serve-1", "[server]\nworker_threads = 1\n").await;
+    assert!(
+        listening.contains("scheduler=\"current-thread\"") && listening.contains("workers=1"),
+        "{listening}"
+    );
+    let listening = serves_logs_and_exits_0("serve-2", "[server]\nworker_threads = 2\n").await;
+    assert!(
+        listening.contains("scheduler=\"multi-thread\"") && listening.contains("workers=2"),
+        "{listening}"
+    );
+}
+
+/// Serves one request through the binary (with `server_toml` prepended to its config, written
+/// to a temporary directory named after `tag`: tests run in parallel), checks
+/// the start-up and access log lines, stops it with SIGTERM and expects exit code 0. Returns
+/// the "listening" log line (it names the runtime's scheduler, as the runtime reports it).
+async fn serves_logs_and_exits_0(tag: &str, server_toml: &str) -> String {
     let m = Mock::start("up").await;
-    let dir = tempdir("serve");
+    let dir = tempdir(tag);
     let file = write(
         &dir,
         "d.toml",
-        &format!("[chains.mainnet]\nchain_id = 1\n[[chains.mainnet.upstreams]]\nname = \"local\"\nurl = \"{}/KEYPATHSECRET\"\n", m.url()),
+        &format!("{server_toml}[chains.mainnet]\nchain_id = 1\n[[chains.mainnet.upstreams]]\nname = \"local\"\nurl = \"{}/KEYPATHSECRET\"\n", m.url()),
     );
-    let (mut child, addr, rx) = spawn_serving(&file, "pretty");
+    let (mut child, addr, rx, listening) = spawn_serving(&file, "pretty");
     let line = rx.recv_timeout(Duration::from_secs(5)).unwrap();
     assert!(
         line.contains("chain mainnet (id 1) at /mainnet /1 /") && line.contains("local"),
@@ -240,10 +262,11 @@ async fn binary_serves_logs_one_line_per_chain_and_exits_0_on_sigterm() {
         waited += Duration::from_millis(50);
     };
     assert_eq!(status.code(), Some(0));
+    listening
 }
 
-/// Starts the binary on `file` with this log format; returns it, its address, and the log
-/// lines after the "listening" one.
+/// Starts the binary on `file` with this log format; returns it, its address, the log lines
+/// after the "listening" one, and that line.
 fn spawn_serving(
     file: &std::path::Path,
     log_format: &str,
@@ -251,6 +274,7 @@ fn spawn_serving(
     std::process::Child,
     String,
     std::sync::mpsc::Receiver<String>,
+    String,
 ) {
     let mut child = detour()
         .args(["--config"])
@@ -268,20 +292,21 @@ fn spawn_serving(
             let _ = tx.send(line);
         }
     });
-    let addr = loop {
+    let (addr, listening) = loop {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("no listening line");
         if let Some(rest) = line.split("listening on http://").nth(1) {
             // Pretty logs end the address at a space, JSON logs at a quote.
-            break rest
+            let addr = rest
                 .split(|c: char| c == '"' || c.is_whitespace())
                 .next()
                 .unwrap()
                 .to_string();
+            break (addr, line);
         }
     };
-    (child, addr, rx)
+    (child, addr, rx, listening)
 }
 
 async fn upstream_names(addr: &str) -> Vec<String> {
@@ -306,7 +331,7 @@ async fn the_binary_reloads_on_a_file_change_and_on_sighup() {
         b.url()
     );
     let file = write(&dir, "d.toml", &one);
-    let (mut child, addr, rx) = spawn_serving(&file, "json");
+    let (mut child, addr, rx, _) = spawn_serving(&file, "json");
     assert_eq!(upstream_names(&addr).await, ["a"]);
 
     // The file changes: picked up without a signal (polled every second, debounced).
