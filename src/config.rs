@@ -87,8 +87,9 @@ pub struct ServerConfig {
     /// One info-level log line per client JSON-RPC request (target `detour::access`): chain,
     /// methods, upstreams, status, errors, attempts, duration, client address. Default true.
     pub access_log: bool,
-    /// Runtime worker threads; 0 means one per CPU core. One worker gives the lowest latency
-    /// per request; more serve more concurrent load. Needs a restart to change. Default 0.
+    /// Runtime worker threads; 0 means one per CPU core. One worker (also 0 on one core) runs
+    /// Tokio's single-threaded scheduler, with the lowest latency and CPU per request; more
+    /// serve more concurrent load. Needs a restart to change. Default 0.
     pub worker_threads: usize,
 }
 
