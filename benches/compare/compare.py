@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""detour vs nginx vs direct, side by side, on loopback. Run it through `run.sh`, which builds
+"""detour vs nginx vs direct (and the `floor`: the smallest proxy on detour's stack, built from
+the mock with --forward-to), side by side, on loopback. Run it through `run.sh`, which builds
 the binaries and installs the tools; this file does the measuring.
 
     python3 benches/compare/compare.py [--rounds 5] [--seconds 3] [--rate auto] [--quick]
@@ -14,8 +15,8 @@ Phases (each bounded by time):
   closed loop  64 connections, wrk, per method: requests/s, proxy CPU µs per request
                (utime + stime of the proxy's processes from /proc, over requests served)
   open loop    oha at a fixed rate with --latency-correction (coordinated omission), eth_call
-  memory       1 000 keep-alive connections, first sending at the open-loop rate in all (oha
-               -c 1000), then all busy at once (wrk -c1000); peak RSS (VmHWM, VmRSS sampled)
+  memory       1 000 keep-alive connections, first sending at half the open-loop rate in all
+               (oha -c 1000), then all busy at once (wrk -c1000); peak RSS (VmHWM, VmRSS sampled)
 """
 
 import argparse

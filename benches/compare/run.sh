@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# detour vs nginx vs direct on loopback, in one run: builds detour and the mock upstream
-# (release), installs what is missing (Debian's nginx-light and wrk; oha from crates.io into
-# benches/compare/.tools), then runs compare.py, which prints the tables the README quotes.
+# detour vs nginx vs direct (and the stack's floor) on loopback, in one run: builds detour and
+# the mock upstream (release), installs what is missing (Debian's nginx-light and wrk; oha from
+# crates.io into benches/compare/.tools), then runs compare.py, which prints the tables the
+# README quotes.
 #
-#   bash benches/compare/run.sh                # 5 rounds × 3 s runs: about 7 minutes
+#   bash benches/compare/run.sh                # 5 rounds × 3 s runs: about 10 minutes
 #   bash benches/compare/run.sh --quick        # 1 round × 1 s: checks the set-up (~1 minute)
 #   bash benches/compare/run.sh --rounds 9 --json /tmp/compare.json
 #
