@@ -55,10 +55,10 @@ impl Conns {
         None
     }
 
-    /// Returns a connection whose last answer was read to its end. Kept when it is ready for
-    /// another request and fewer than `max_idle` are idle; else dropped, which closes it.
+    /// Returns a connection that is ready for another request (the caller has seen to that).
+    /// Kept when fewer than `max_idle` are idle; else dropped, which closes it.
     pub(crate) fn put(&self, tx: Sender, max_idle: usize, idle_timeout: Duration) {
-        if !tx.is_ready() || max_idle == 0 {
+        if max_idle == 0 {
             return;
         }
         let now = Instant::now();

@@ -214,29 +214,30 @@ pub(crate) struct PlainHttp {
     pub port: u16,
     /// The request target in origin form: path and query.
     pub origin: Uri,
-    /// The `Host` header: host, and the port when not 80.
-    pub host_header: HeaderValue,
 }
 
 impl PlainHttp {
-    fn of(uri: &Uri) -> Option<PlainHttp> {
+    /// Where a plain-HTTP URL's requests go, and the `Host` header they carry (the host, and
+    /// the port when not 80); `None` for HTTPS.
+    fn of(uri: &Uri) -> Option<(PlainHttp, HeaderValue)> {
         if uri.scheme_str() != Some("http") {
             return None;
         }
         let authority = uri.authority()?;
         let host = authority.host();
         let origin = Uri::from(uri.path_and_query()?.clone());
-        Some(PlainHttp {
+        // The authority has no userinfo here (Target::parse strips it).
+        let host_header = HeaderValue::from_str(match authority.port_u16() {
+            Some(80) => host,
+            _ => authority.as_str(),
+        })
+        .ok()?;
+        let plain = PlainHttp {
             host: host.trim_start_matches('[').trim_end_matches(']').into(),
             port: authority.port_u16().unwrap_or(80),
             origin,
-            // The authority has no userinfo here (Target::parse strips it).
-            host_header: HeaderValue::from_str(match authority.port_u16() {
-                Some(80) => host,
-                _ => authority.as_str(),
-            })
-            .ok()?,
-        })
+        };
+        Some((plain, host_header))
     }
 }
 
@@ -274,14 +275,12 @@ impl Upstream {
             }
         }
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        let plain = PlainHttp::of(&target.uri);
-        if let Some(p) = &plain {
+        let plain = PlainHttp::of(&target.uri).map(|(plain, host)| {
             // Sent on every request to a plain-HTTP upstream (unless configured otherwise);
             // built once here rather than added to each request.
-            headers
-                .entry(http::header::HOST)
-                .or_insert_with(|| p.host_header.clone());
-        }
+            headers.entry(http::header::HOST).or_insert(host);
+            plain
+        });
         Ok(Upstream {
             name: config.name.as_str().into(),
             tier: config.tier,
