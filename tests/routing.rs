@@ -154,3 +154,91 @@ async fn clients_may_speak_http2_with_prior_knowledge() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], br#"{"jsonrpc":"2.0","id":1,"result":"m"}"#);
 }
+
+/// A client stream whose first write sends only 9 bytes and whose next write waits 100 ms: the
+/// HTTP/2 preface arrives in two pieces.
+struct SplitPreface {
+    tcp: tokio::net::TcpStream,
+    written: usize,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio::io::AsyncRead for SplitPreface {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SplitPreface {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Some(pause) = self.pause.as_mut() {
+            std::task::ready!(std::future::Future::poll(pause.as_mut(), cx));
+            self.pause = None;
+        }
+        let first = self.written == 0;
+        let buf = if first { &buf[..buf.len().min(9)] } else { buf };
+        let n = std::task::ready!(std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf))?;
+        self.written += n;
+        if first {
+            self.pause = Some(Box::pin(tokio::time::sleep(
+                std::time::Duration::from_millis(100),
+            )));
+        }
+        std::task::Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn an_http2_preface_arriving_in_pieces_is_still_http2() {
+    use http_body_util::{BodyExt, Full};
+    let m = Mock::start("m").await;
+    let p = Proxy::start(&chain_config("", &[("m", &m.url(), "")])).await;
+    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let io = SplitPreface {
+        tcp,
+        written: 0,
+        pause: None,
+    };
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(p.url("/mainnet"))
+        .body(Full::new(bytes::Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#,
+        )))
+        .unwrap();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), tx.send_request(req))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], br#"{"jsonrpc":"2.0","id":1,"result":"m"}"#);
+}

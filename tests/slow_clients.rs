@@ -120,3 +120,56 @@ async fn at_the_connection_limit_new_clients_wait_for_a_slot() {
         .unwrap();
     assert_eq!((status, body.contains("\"up\"")), (200, true), "{body}");
 }
+
+#[tokio::test]
+async fn connections_that_send_nothing_are_closed_after_the_header_timeout() {
+    let up = Mock::start("up").await;
+    let p = Proxy::start(&chain_config(
+        "[server]\nmax_connections = 2\nheader_read_timeout = \"500ms\"\n",
+        &[("up", &up.url(), "")],
+    ))
+    .await;
+    // Two silent clients take both slots...
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(p.addr).await.unwrap());
+    }
+    // ...and are cut once the header timeout passes, so a third client gets served.
+    let (status, _, body) = tokio::time::timeout(
+        Duration::from_secs(10),
+        support::http_request("POST", &p.url("/mainnet"), CALL),
+    )
+    .await
+    .expect("a silent connection kept its slot");
+    assert_eq!((status, body.contains("\"up\"")), (200, true), "{body}");
+    for mut s in silent {
+        let mut out = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "the silent connection was closed without an answer: {closed:?} {out:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_whose_first_byte_arrives_alone_is_served() {
+    let up = Mock::start("up").await;
+    let p = Proxy::start(&chain_config("", &[("up", &up.url(), "")])).await;
+    // "P" could begin the HTTP/2 preface ("PRI * ..."); the server waits for more.
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rest = format!(
+        "OST /mainnet HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{CALL}",
+        CALL.len()
+    );
+    s.write_all(rest.as_bytes()).await.unwrap();
+    let answer = read_all(&mut s, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"jsonrpc":"2.0","id":1,"result":"up"}"#),
+        "{answer}"
+    );
+}

@@ -150,3 +150,61 @@ fn missing_or_mismatched_files_are_config_errors() {
         .to_string();
     assert!(e.contains("server.tls") && e.contains("pair"), "{e}");
 }
+
+/// A TLS connection that offers no ALPN protocol, then speaks HTTP/1.1 or (with prior
+/// knowledge) HTTP/2 over it.
+async fn no_alpn_call(port: u16, trusted: &Certs, h2: bool) -> (http::Version, String) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    assert!(config.alpn_protocols.is_empty());
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let req = http::Request::post(format!("https://localhost:{port}/mainnet"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#,
+        )))
+        .unwrap();
+    let resp = if h2 {
+        let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        tx.send_request(req).await.unwrap()
+    } else {
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        tx.send_request(req).await.unwrap()
+    };
+    let version = resp.version();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (version, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn tls_clients_that_offer_no_alpn_are_served_http1_and_http2() {
+    let up = Mock::start("up").await;
+    let c = certs("no-alpn");
+    let p = Proxy::start(&chain_config(&tls_table(&c), &[("up", &up.url(), "")])).await;
+    let port = p.addr.port();
+    let (v, body) = no_alpn_call(port, &c, false).await;
+    assert_eq!(v, http::Version::HTTP_11);
+    assert!(body.contains("\"result\":\"up\""), "{body}");
+    let (v, body) = no_alpn_call(port, &c, true).await;
+    assert_eq!(v, http::Version::HTTP_2);
+    assert!(body.contains("\"result\":\"up\""), "{body}");
+}
