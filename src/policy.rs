@@ -61,11 +61,53 @@ pub fn glob(pattern: &str, name: &str) -> bool {
 /// A chain's compiled method policy.
 #[derive(Debug, Clone)]
 pub struct MethodPolicy {
-    allow: Vec<String>,
-    deny: Vec<String>,
+    /// Methods named exactly in `allow`: always served.
+    exact_allow: Vec<String>,
+    allow: Vec<Pattern>,
+    deny: Vec<Pattern>,
     /// The default policy (allow everything but [`DEFAULT_DENY`]) with no exceptions: checks
     /// can skip the allow list.
     allow_all: bool,
+}
+
+/// A glob compiled for the common shapes: most rules are a name or a `prefix_*` family, which
+/// are checked with one comparison instead of the general matcher.
+#[derive(Debug, Clone)]
+struct Pattern {
+    rule: String,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// No `*`: the name itself.
+    Exact,
+    /// One `*`, at the end: names starting with the rest.
+    Prefix,
+    /// Anything else: [`glob`].
+    Glob,
+}
+
+impl Pattern {
+    fn new(rule: &str) -> Pattern {
+        let kind = match rule.find('*') {
+            None => Kind::Exact,
+            Some(i) if i + 1 == rule.len() => Kind::Prefix,
+            Some(_) => Kind::Glob,
+        };
+        Pattern {
+            rule: rule.to_owned(),
+            kind,
+        }
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match self.kind {
+            Kind::Exact => self.rule == name,
+            Kind::Prefix => name.starts_with(&self.rule[..self.rule.len() - 1]),
+            Kind::Glob => glob(&self.rule, name),
+        }
+    }
 }
 
 /// Why a method is not served.
@@ -83,20 +125,21 @@ impl MethodPolicy {
         MethodPolicy {
             allow_all: allow.iter().any(|a| a == "*")
                 && allow.iter().all(|a| a == "*" || !a.contains('*')),
-            allow: allow.to_vec(),
-            deny: deny.to_vec(),
+            exact_allow: allow.iter().filter(|a| !a.contains('*')).cloned().collect(),
+            allow: allow.iter().map(|a| Pattern::new(a)).collect(),
+            deny: deny.iter().map(|d| Pattern::new(d)).collect(),
         }
     }
 
     /// `Ok` when the chain serves `method`, else why not.
     pub fn check(&self, method: &str) -> Result<(), Refusal> {
-        if self.allow.iter().any(|a| !a.contains('*') && a == method) {
+        if self.exact_allow.iter().any(|a| a == method) {
             return Ok(());
         }
-        if let Some(rule) = self.deny.iter().find(|d| glob(d, method)) {
-            return Err(Refusal::Denied(rule.clone()));
+        if let Some(rule) = self.deny.iter().find(|d| d.matches(method)) {
+            return Err(Refusal::Denied(rule.rule.clone()));
         }
-        if self.allow_all || self.allow.iter().any(|a| glob(a, method)) {
+        if self.allow_all || self.allow.iter().any(|a| a.matches(method)) {
             Ok(())
         } else {
             Err(Refusal::NotAllowed)
@@ -186,5 +229,35 @@ mod tests {
         assert_eq!(p.check("net_version"), Ok(()));
         assert_eq!(p.check("web3_clientVersion"), Err(Refusal::NotAllowed));
         assert_eq!(p.check("eth_sign"), Err(Refusal::Denied("eth_sign".into())));
+    }
+
+    #[test]
+    fn compiled_patterns_match_exactly_what_the_glob_matches() {
+        let patterns = [
+            "*", "", "eth_sign", "debug_*", "*_sign*", "a*b*c", "a**", "*x", "eth_*_v4", "e*",
+        ];
+        let names = [
+            "",
+            "eth_sign",
+            "eth_signTransaction",
+            "debug_",
+            "debug_x",
+            "xdebug_",
+            "a",
+            "abc",
+            "aXbYc",
+            "ab",
+            "x",
+            "yx",
+            "eth_signTypedData_v4",
+            "eth_call",
+            "e",
+        ];
+        for p in patterns {
+            let compiled = Pattern::new(p);
+            for n in names {
+                assert_eq!(compiled.matches(n), glob(p, n), "{p} ~ {n} ({compiled:?})");
+            }
+        }
     }
 }
