@@ -294,14 +294,17 @@ pub struct RawResponse<'a> {
 
 /// Parses an upstream body as one response object or a batch of them.
 /// `None` when the body is not JSON-RPC at all.
-pub fn parse_upstream(body: &[u8]) -> Option<Vec<RawResponse<'_>>> {
+/// A single response is kept inline (no allocation).
+pub fn parse_upstream(body: &[u8]) -> Option<smallvec::SmallVec<[RawResponse<'_>; 1]>> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
     if body[start] == b'[' {
-        serde_json::from_slice::<Vec<RawResponse<'_>>>(body).ok()
+        serde_json::from_slice::<Vec<RawResponse<'_>>>(body)
+            .ok()
+            .map(smallvec::SmallVec::from_vec)
     } else {
         serde_json::from_slice::<RawResponse<'_>>(body)
             .ok()
-            .map(|r| vec![r])
+            .map(|r| smallvec::smallvec![r])
     }
 }
 

@@ -36,6 +36,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::StatusCode;
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::balance::{self, Want};
@@ -57,11 +58,18 @@ pub enum Answer {
     Error(Bytes),
 }
 
+/// One entry per call: inline for the common single call (no allocation), on the heap for
+/// batches.
+pub type PerCall<T> = SmallVec<[T; 1]>;
+
+/// A few indices (calls of a chunk, upstreams tried or excluded, regions): inline up to 4.
+pub type Indices = SmallVec<[usize; 4]>;
+
 /// What [`failover`] did, for logs and response headers.
 #[derive(Debug, Default)]
 pub struct Report {
     /// Upstreams that answered at least one call, in order.
-    pub answered_by: Vec<Arc<str>>,
+    pub answered_by: PerCall<Arc<str>>,
     /// Attempts that failed, in order.
     pub failures: Vec<AttemptNote>,
     /// Number of upstreams tried (hedges included).
@@ -82,13 +90,13 @@ enum Got {
 }
 
 /// What came back for one chunk of calls (indices into the request's calls).
-type ChunkResult = (Vec<usize>, Result<Vec<Got>, Failure>);
+type ChunkResult = (Indices, Result<PerCall<Got>, Failure>);
 
 /// A finished attempt: the upstream, how long it took, and per chunk of calls what came back.
 struct Done {
     upstream: usize,
     elapsed: Duration,
-    results: Vec<ChunkResult>,
+    results: PerCall<ChunkResult>,
 }
 
 type AttemptFuture<'a> = Pin<Box<dyn Future<Output = Done> + Send + 'a>>;
@@ -100,18 +108,18 @@ pub async fn failover(
     chain: &Chain,
     calls: &[&Call<'_>],
     deadline: Instant,
-) -> (Vec<Answer>, Report) {
+) -> (PerCall<Answer>, Report) {
     if let [call] = calls {
         if chain.broadcast_raw_transactions && call.method == "eth_sendRawTransaction" {
             return broadcast(fwd, chain, call, deadline).await;
         }
     }
     let n = calls.len();
-    let mut answers: Vec<Option<Answer>> = vec![None; n];
+    let mut answers: PerCall<Option<Answer>> = SmallVec::from_elem(None, n);
     // What each pending call got on its latest attempt that is worth returning if nothing
     // better comes: a provider-trouble error, or a `null` from an upstream that was behind.
-    let mut fallback: Vec<Option<Answer>> = vec![None; n];
-    let writes: Vec<bool> = calls
+    let mut fallback: PerCall<Option<Answer>> = SmallVec::from_elem(None, n);
+    let writes: SmallVec<[bool; 8]> = calls
         .iter()
         .map(|c| method_kind(&c.method) == MethodKind::Write)
         .collect();
@@ -127,12 +135,12 @@ pub async fn failover(
             min_block: 0,
         }
     };
-    let mut pending: Vec<usize> = (0..n).collect();
-    let mut tried: Vec<usize> = Vec::with_capacity(chain.max_attempts);
-    let mut exclude: Vec<usize> = Vec::with_capacity(chain.max_attempts);
+    let mut pending: Indices = (0..n).collect();
+    let mut tried = Indices::new();
+    let mut exclude = Indices::new();
     if chain.any_unsupported {
         // Upstreams that do not serve one of these methods are not asked (unless none does).
-        let cannot: Vec<usize> = (0..chain.upstreams.len())
+        let cannot: Indices = (0..chain.upstreams.len())
             .filter(|&u| {
                 calls
                     .iter()
@@ -143,7 +151,7 @@ pub async fn failover(
             exclude = cannot;
         }
     }
-    let mut avoid_regions: Vec<usize> = Vec::new();
+    let mut avoid_regions = Indices::new();
     let mut report = Report::default();
     // Created when a second attempt may run alongside the first (a hedge): a lone attempt
     // is awaited directly, with no set, box or timer.
@@ -192,7 +200,7 @@ pub async fn failover(
                     &mut avoid_regions,
                     tried.len() > 1,
                 );
-                pending.retain(|&i| answers[i].is_none());
+                pending.retain(|i| answers[*i].is_none());
                 continue;
             }
             inflight
@@ -215,7 +223,7 @@ pub async fn failover(
             Some(done) = inflight.next() => {
                 process(metrics, chain, calls, &writes, done, &mut answers, &mut fallback,
                         &mut report, &mut avoid_regions, tried.len() > 1);
-                pending.retain(|&i| answers[i].is_none());
+                pending.retain(|i| answers[*i].is_none());
                 if inflight.is_empty() {
                     newest = None;
                 } else if !pending.is_empty() && tried.len() < chain.max_attempts {
@@ -303,12 +311,12 @@ async fn broadcast(
     chain: &Chain,
     call: &Call<'_>,
     deadline: Instant,
-) -> (Vec<Answer>, Report) {
+) -> (PerCall<Answer>, Report) {
     let mut report = Report::default();
-    let mut exclude = Vec::new();
+    let mut exclude = Indices::new();
     let Some(primary) = pick(chain, route::need(call), &mut exclude, &[]) else {
         let failed = error::all_failed(&[], false);
-        return (vec![Answer::Error(failed)], report);
+        return (smallvec::smallvec![Answer::Error(failed)], report);
     };
     let mut targets = vec![primary];
     let now = now_us();
@@ -403,18 +411,21 @@ async fn broadcast(
         };
         if let Some(a) = answer {
             report.answered_by.push(up.name.clone());
-            return (vec![a], report);
+            return (smallvec::smallvec![a], report);
         }
     }
     let failed = || Answer::Error(error::all_failed(&report.failures, false));
-    (vec![primary_answer.unwrap_or_else(failed)], report)
+    (
+        smallvec::smallvec![primary_answer.unwrap_or_else(failed)],
+        report,
+    )
 }
 
 /// Selects the next upstream and takes its admission (one trial at a time while half-open).
 fn pick(
     chain: &Chain,
     need: Need,
-    exclude: &mut Vec<usize>,
+    exclude: &mut Indices,
     avoid_regions: &[usize],
 ) -> Option<usize> {
     loop {
@@ -459,7 +470,7 @@ fn launch<'a>(
         chain,
         ui,
         calls,
-        pending.to_vec(),
+        Indices::from_slice(pending),
         deadline,
     ))
 }
@@ -471,7 +482,7 @@ async fn run_attempt<'a>(
     chain: &'a Chain,
     ui: usize,
     calls: &'a [&'a Call<'a>],
-    sent: Vec<usize>,
+    sent: Indices,
     deadline: Instant,
 ) -> Done {
     {
@@ -490,9 +501,9 @@ async fn run_attempt<'a>(
         let (elapsed, results) = if sent.len() <= size {
             // One chunk (the common case): no chunk lists to build.
             let (took, r) = attempt(fwd, up, calls, &sent, timeout).await;
-            (took, vec![(sent, r)])
+            (took, smallvec::smallvec![(sent, r)])
         } else {
-            let chunks: Vec<Vec<usize>> = sent.chunks(size).map(<[usize]>::to_vec).collect();
+            let chunks: Vec<Indices> = sent.chunks(size).map(Indices::from_slice).collect();
             let outcomes = join_all(
                 chunks
                     .iter()
@@ -554,7 +565,7 @@ fn process(
     answers: &mut [Option<Answer>],
     fallback: &mut [Option<Answer>],
     report: &mut Report,
-    avoid_regions: &mut Vec<usize>,
+    avoid_regions: &mut Indices,
     retried: bool,
 ) {
     let ui = done.upstream;
@@ -861,7 +872,7 @@ async fn attempt(
     calls: &[&Call<'_>],
     chunk: &[usize],
     timeout: Duration,
-) -> (Duration, Result<Vec<Got>, Failure>) {
+) -> (Duration, Result<PerCall<Got>, Failure>) {
     let body = upstream_body(calls, chunk);
     let (took, result) = send(fwd, up, body, timeout).await;
     (took, result.and_then(|reply| read_reply(&reply, chunk)))
@@ -914,7 +925,7 @@ fn sub(body: &Bytes, part: &str) -> Bytes {
     }
 }
 
-fn read_reply(reply: &Reply, chunk: &[usize]) -> Result<Vec<Got>, Failure> {
+fn read_reply(reply: &Reply, chunk: &[usize]) -> Result<PerCall<Got>, Failure> {
     let status_failure = || Failure::Status(reply.status, forward::retry_after(&reply.headers));
     if reply.status == StatusCode::TOO_MANY_REQUESTS {
         return Err(status_failure());
@@ -936,7 +947,7 @@ fn read_reply(reply: &Reply, chunk: &[usize]) -> Result<Vec<Got>, Failure> {
         (None, Some(r)) => Got::Result(sub(&reply.body, r.get())),
         (None, None) => Got::Missing,
     };
-    let mut got = vec![Got::Missing; chunk.len()];
+    let mut got: PerCall<Got> = SmallVec::from_elem(Got::Missing, chunk.len());
     let mut matched = 0;
     for r in &list {
         let k =
@@ -952,7 +963,7 @@ fn read_reply(reply: &Reply, chunk: &[usize]) -> Result<Vec<Got>, Failure> {
         if let [r] = list.as_slice() {
             if r.error.is_some() {
                 let g = got_of(r);
-                return Ok(vec![g; chunk.len()]);
+                return Ok(SmallVec::from_elem(g, chunk.len()));
             }
         }
         return Err(if reply.status.is_success() {

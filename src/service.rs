@@ -29,7 +29,7 @@ use crate::forward::Forwarder;
 use crate::jsonrpc::{self, Call, Entry, Parsed, INVALID_REQUEST, PARSE_ERROR, RESOURCE_NOT_FOUND};
 use crate::metrics::{Metrics, Outcome};
 use crate::pool::{Chain, Pool};
-use crate::retry::{failover, Answer};
+use crate::retry::{failover, Answer, Indices, PerCall};
 use crate::route::{method_kind, MethodKind};
 use crate::upstream::now_us;
 
@@ -301,9 +301,9 @@ impl Detour {
         calls: &[&Call<'_>],
         deadline: Instant,
         served: &mut Served,
-    ) -> Vec<Answer> {
+    ) -> PerCall<Answer> {
         chain.state.touch(now_us());
-        let mut answers: Vec<Option<Answer>> = calls
+        let mut answers: PerCall<Option<Answer>> = calls
             .iter()
             .map(|c| {
                 let m = &self.inner.metrics;
@@ -327,9 +327,9 @@ impl Detour {
                 Some(Answer::Result(local))
             })
             .collect();
-        let remote: Vec<usize> = (0..calls.len()).filter(|&i| answers[i].is_none()).collect();
+        let remote: Indices = (0..calls.len()).filter(|&i| answers[i].is_none()).collect();
         if !remote.is_empty() {
-            let forwarded: Vec<&Call<'_>> = remote.iter().map(|&i| calls[i]).collect();
+            let forwarded: PerCall<&Call<'_>> = remote.iter().map(|&i| calls[i]).collect();
             let m = &self.inner.metrics;
             let (got, report) =
                 failover(&self.inner.forwarder, m, chain, &forwarded, deadline).await;
@@ -383,8 +383,8 @@ impl Detour {
     ) -> Option<Bytes> {
         let deadline = Instant::now() + pool.config.server.request_timeout;
         let (entries, batch) = match jsonrpc::parse(body, pool.config.server.max_batch_len) {
-            Parsed::Single(e) => (vec![e], false),
-            Parsed::Batch(v) => (v, true),
+            Parsed::Single(e) => (smallvec::smallvec![e], false),
+            Parsed::Batch(v) => (PerCall::from_vec(v), true),
             Parsed::ParseError => {
                 return Some(error_bytes(
                     PARSE_ERROR,
@@ -411,7 +411,7 @@ impl Detour {
                 ));
             }
         };
-        let calls: Vec<&Call<'_>> = entries
+        let calls: PerCall<&Call<'_>> = entries
             .iter()
             .filter_map(|e| match e {
                 Entry::Call(c) => Some(c),
@@ -423,7 +423,7 @@ impl Detour {
             served.methods = methods_summary(&entries);
         }
         let mut answers = if calls.is_empty() {
-            Vec::new()
+            PerCall::new()
         } else {
             self.answer_calls(chain, &calls, deadline, served).await
         }
@@ -766,7 +766,7 @@ pub struct Peer(pub std::net::SocketAddr);
 #[derive(Debug, Default)]
 struct Served {
     /// Upstreams that answered, in order.
-    answered_by: Vec<Arc<str>>,
+    answered_by: PerCall<Arc<str>>,
     /// The methods, summarised (filled only when the access log is on).
     methods: String,
     /// Entries in the request (a single request is one).
