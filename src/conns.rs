@@ -2,26 +2,21 @@
 //!
 //! HTTPS upstreams go through hyper-util's pooled client (TLS, ALPN, HTTP/2). Plain-HTTP
 //! upstreams — self-hosted nodes, sidecars, the other side of a private network — use this
-//! smaller pool, which does the same job with less work per request: it belongs to the upstream
-//! (no host key to hash, no shared map to lock), a checkout is a pop from a stack, and the
-//! connection goes back when [`crate::forward`] has read the answer to its end, so no task has
-//! to be spawned to return it later. Profiling showed hyper-util's checkout, return and
-//! per-request return task at about 8% of the instructions of a proxied request.
+//! smaller pool of [`crate::h1`] connections, which does the same job with less work per
+//! request: it belongs to the upstream (no host key to hash, no shared map to lock), a checkout
+//! is a pop from a stack, and the connection goes back when [`crate::forward`] has read the
+//! answer to its end, so no task has to be spawned to return it later. Profiling showed
+//! hyper-util's checkout, return and per-request return task at about 8% of the instructions of
+//! a proxied request.
 //!
 //! The most recently used connection is reused first (warm in every cache, and idle ones age
 //! out at the bottom). A pooled connection the upstream closed while it sat idle is noticed
-//! before use or, if the close races the request, hyper hands the unsent request back and it
-//! goes out on a fresh connection.
+//! before use (its socket turned readable) and dropped.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::client::conn::http1::SendRequest;
-
-/// The sending half of an HTTP/1.1 connection (its I/O runs on a task of its own).
-pub(crate) type Sender = SendRequest<Full<Bytes>>;
+use crate::h1::Conn;
 
 /// Idle connections of one upstream.
 #[derive(Default)]
@@ -30,7 +25,7 @@ pub(crate) struct Conns {
 }
 
 struct Idle {
-    tx: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -45,19 +40,19 @@ impl std::fmt::Debug for Conns {
 impl Conns {
     /// The most recently returned connection that is still open and idle for less than
     /// `idle_timeout`, if any; expired and closed ones met on the way are dropped (closed).
-    pub(crate) fn checkout(&self, idle_timeout: Duration) -> Option<Sender> {
+    pub(crate) fn checkout(&self, idle_timeout: Duration) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
-            if c.tx.is_ready() && c.since.elapsed() < idle_timeout {
-                return Some(c.tx);
+            if c.since.elapsed() < idle_timeout && c.conn.idle_usable() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    /// Returns a connection that is ready for another request (the caller has seen to that).
-    /// Kept when fewer than `max_idle` are idle; else dropped, which closes it.
-    pub(crate) fn put(&self, tx: Sender, max_idle: usize, idle_timeout: Duration) {
+    /// Returns a connection that is ready for another request (its answer was read to the
+    /// end). Kept when fewer than `max_idle` are idle; else dropped, which closes it.
+    pub(crate) fn put(&self, conn: Conn, max_idle: usize, idle_timeout: Duration) {
         if max_idle == 0 {
             return;
         }
@@ -72,7 +67,7 @@ impl Conns {
             idle.retain(|c| now.duration_since(c.since) < idle_timeout);
         }
         if idle.len() < max_idle {
-            idle.push(Idle { tx, since: now });
+            idle.push(Idle { conn, since: now });
         }
     }
 

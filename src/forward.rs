@@ -1,8 +1,9 @@
 //! The upstream HTTP client, and the classification of what went wrong.
 //!
 //! HTTPS upstreams share one pooled hyper-util client (HTTP/1.1 and HTTP/2 via ALPN, rustls
-//! with the webpki roots). Plain-HTTP upstreams use hyper's HTTP/1.1 connections directly, from
-//! a small pool each upstream owns ([`crate::conns`]), which costs less per request.
+//! with the webpki roots). Plain-HTTP upstreams use detour's own HTTP/1.1 connections
+//! ([`crate::h1`]), from a small pool each upstream owns ([`crate::conns`]), which costs less
+//! per request.
 
 use std::error::Error as StdError;
 use std::net::{IpAddr, SocketAddr};
@@ -15,12 +16,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::config::ClientConfig;
-use crate::conns;
 use crate::dns::Resolver;
+use crate::h1;
 use crate::upstream::{PlainHttp, Upstream};
 
 type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
@@ -173,6 +174,9 @@ impl Forwarder {
         body: Bytes,
         probe: Option<&'static str>,
     ) -> Result<Reply, Failure> {
+        if let Some(plain) = &up.plain {
+            return self.exchange_plain(up, plain, &body, probe).await;
+        }
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
         *req.headers_mut() = up.headers.clone();
@@ -182,23 +186,12 @@ impl Forwarder {
                 http::HeaderValue::from_static(what),
             );
         }
-        let (resp, conn) = match &up.plain {
-            Some(plain) => {
-                // `Host` is among the upstream's headers already.
-                *req.uri_mut() = plain.origin.clone();
-                let (resp, conn) = self.send_plain(up, plain, req).await?;
-                (resp, Some(conn))
-            }
-            None => {
-                *req.uri_mut() = up.uri.clone();
-                let resp = self
-                    .client
-                    .request(req)
-                    .await
-                    .map_err(|e| describe_client_error(up, &e))?;
-                (resp, None)
-            }
-        };
+        *req.uri_mut() = up.uri.clone();
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| describe_client_error(up, &e))?;
         let (parts, body) = resp.into_parts();
         if let Some(len) = parts
             .headers
@@ -222,17 +215,6 @@ impl Forwarder {
                 }
             })?
             .to_bytes();
-        if let Some(conn) = conn {
-            // The answer was read to its end: the connection can serve the next request.
-            let keep = parts.headers.get(http::header::CONNECTION).is_none_or(|v| {
-                !v.as_bytes()
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-            });
-            if keep {
-                self.give_back(up, conn);
-            }
-        }
         Ok(Reply {
             status: parts.status,
             headers: parts.headers,
@@ -240,59 +222,49 @@ impl Forwarder {
         })
     }
 
-    /// Returns a connection to its upstream's pool once it can take the next request: at once
-    /// as a rule; when its I/O task has not caught up with the end of the answer yet, a small
-    /// task waits for that (at most a second; a connection that is closing is dropped).
-    fn give_back(&self, up: &Upstream, mut conn: conns::Sender) {
-        let (max_idle, idle_timeout) = (self.pool_max_idle, self.pool_idle_timeout);
-        if conn.is_ready() {
-            up.state.conns.put(conn, max_idle, idle_timeout);
-        } else if !conn.is_closed() {
-            let state = up.state.clone();
-            tokio::spawn(async move {
-                let ready = tokio::time::timeout(Duration::from_secs(1), conn.ready()).await;
-                if let Ok(Ok(())) = ready {
-                    state.conns.put(conn, max_idle, idle_timeout);
-                }
-            });
-        }
-    }
-
-    /// Sends `req` (origin-form target, with `Host`) on a pooled connection of a plain-HTTP
-    /// upstream, or a new one. A pooled connection found closed as the request goes out gets
-    /// the request back unsent; it then goes out on the next pooled or a fresh connection.
-    async fn send_plain(
+    /// Sends `body` to a plain-HTTP upstream on one of its pooled connections (or a new one)
+    /// and reads the answer; the connection goes back to the pool when it can carry another
+    /// request.
+    async fn exchange_plain(
         &self,
         up: &Upstream,
         plain: &PlainHttp,
-        mut req: Request<Full<Bytes>>,
-    ) -> Result<(http::Response<hyper::body::Incoming>, conns::Sender), Failure> {
-        loop {
-            let (mut tx, reused) = match up.state.conns.checkout(self.pool_idle_timeout) {
-                Some(tx) => (tx, true),
-                None => (self.connect_plain(up, plain).await?, false),
-            };
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, tx)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    _ => {
-                        return Err(Failure::Transport(
-                            up.redact(&format!("connection failed: {}", root_cause(e.error()))),
-                        ))
-                    }
-                },
+        body: &[u8],
+        probe: Option<&'static str>,
+    ) -> Result<Reply, Failure> {
+        let mut conn = match up.state.conns.checkout(self.pool_idle_timeout) {
+            Some(conn) => conn,
+            None => self.connect_plain(up, plain).await?,
+        };
+        let extra = probe.map(|what| (PROBE_HEADER, what));
+        match conn
+            .exchange(&plain.head, extra, body, self.max_response_bytes)
+            .await
+        {
+            Ok(answer) => {
+                if answer.reusable {
+                    let (max_idle, idle_timeout) = (self.pool_max_idle, self.pool_idle_timeout);
+                    up.state.conns.put(conn, max_idle, idle_timeout);
+                }
+                Ok(Reply {
+                    status: answer.status,
+                    headers: answer.headers,
+                    body: answer.body,
+                })
             }
+            Err(h1::Error::TooLarge) => Err(Failure::TooLarge(self.max_response_bytes)),
+            Err(h1::Error::Closed { partial: true }) => Err(Failure::Transport(up.redact(
+                "reading the response failed: connection closed before the message completed",
+            ))),
+            Err(e) => Err(Failure::Transport(
+                up.redact(&format!("connection failed: {e}")),
+            )),
         }
     }
 
     /// A new HTTP/1.1 connection to a plain-HTTP upstream: resolve (through the caching
-    /// resolver), connect within `client.connect_timeout`, handshake; its I/O runs on a task.
-    async fn connect_plain(
-        &self,
-        up: &Upstream,
-        plain: &PlainHttp,
-    ) -> Result<conns::Sender, Failure> {
+    /// resolver) and connect within `client.connect_timeout`.
+    async fn connect_plain(&self, up: &Upstream, plain: &PlainHttp) -> Result<h1::Conn, Failure> {
         let connect = async {
             let ips = match plain.host.parse::<IpAddr>() {
                 Ok(ip) => vec![ip],
@@ -319,15 +291,7 @@ impl Forwarder {
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| {
-                Failure::Connect(up.redact(&format!("connect failed: {}", root_cause(&e))))
-            })?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(tx)
+        Ok(h1::Conn::new(stream))
     }
 }
 

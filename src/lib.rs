@@ -66,6 +66,7 @@ mod conns;
 pub mod dns;
 pub mod error;
 pub mod forward;
+mod h1;
 pub mod health;
 pub mod jsonrpc;
 pub mod metrics;

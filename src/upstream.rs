@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use http::Uri;
 
@@ -206,7 +207,7 @@ pub struct Upstream {
 }
 
 /// How requests to a plain-HTTP upstream are addressed (see [`crate::conns`]).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct PlainHttp {
     /// The host to resolve (or an IP literal, without brackets).
     pub host: Box<str>,
@@ -214,6 +215,19 @@ pub(crate) struct PlainHttp {
     pub port: u16,
     /// The request target in origin form: path and query.
     pub origin: Uri,
+    /// The request line and the upstream's headers, as sent (see [`crate::h1`]). It may hold
+    /// credentials: never printed.
+    pub head: Bytes,
+}
+
+impl std::fmt::Debug for PlainHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlainHttp")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("head_bytes", &self.head.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PlainHttp {
@@ -236,6 +250,7 @@ impl PlainHttp {
             host: host.trim_start_matches('[').trim_end_matches(']').into(),
             port: authority.port_u16().unwrap_or(80),
             origin,
+            head: Bytes::new(),
         };
         Some((plain, host_header))
     }
@@ -275,10 +290,12 @@ impl Upstream {
             }
         }
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        let plain = PlainHttp::of(&target.uri).map(|(plain, host)| {
+        let plain = PlainHttp::of(&target.uri).map(|(mut plain, host)| {
             // Sent on every request to a plain-HTTP upstream (unless configured otherwise);
             // built once here rather than added to each request.
             headers.entry(http::header::HOST).or_insert(host);
+            let target = plain.origin.path_and_query().map_or("/", |p| p.as_str());
+            plain.head = crate::h1::request_head(target, &headers);
             plain
         });
         Ok(Upstream {

@@ -1,6 +1,7 @@
 //! Keep-alive connections to plain-HTTP upstreams (detour's own per-upstream pool): reused,
 //! replaced without an error when the upstream closed them while idle, never reused after
-//! `Connection: close`, and not kept at all with `pool_max_idle_per_host = 0`.
+//! `Connection: close`, and not kept at all with `pool_max_idle_per_host = 0`; chunked and
+//! close-delimited answers (detour's own HTTP/1.1 client, `src/h1.rs`) are read whole.
 
 mod support;
 
@@ -219,4 +220,69 @@ async fn the_host_header_names_the_upstream_unless_configured() {
     );
     assert_eq!(sent.get_all("host").iter().count(), 1);
     proxy.stop().await;
+}
+
+/// An upstream that frames its answers as `style` says: `"chunked"` (5-byte chunks and a
+/// trailer, keep-alive) or `"close"` (HTTP/1.0, no length: the body ends when the connection
+/// closes). Returns its address and its count of accepted connections.
+async fn framed_upstream(style: &'static str) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let a = accepts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            a.fetch_add(1, SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(body) = read_request(&mut s, &mut buf).await {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let result = if v["method"] == "eth_chainId" {
+                        "0x1"
+                    } else {
+                        "0x64"
+                    };
+                    let out = format!(
+                        r#"{{"jsonrpc":"2.0","id":{},"result":"{result}"}}"#,
+                        v["id"]
+                    );
+                    let answer = if style == "chunked" {
+                        let mut a =
+                            String::from("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+                        for piece in out.as_bytes().chunks(5) {
+                            a += &format!(
+                                "{:x}\r\n{}\r\n",
+                                piece.len(),
+                                String::from_utf8_lossy(piece)
+                            );
+                        }
+                        a + "0\r\nx-trailer: 1\r\n\r\n"
+                    } else {
+                        format!("HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{out}")
+                    };
+                    if s.write_all(answer.as_bytes()).await.is_err() || style == "close" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), accepts)
+}
+
+#[tokio::test]
+async fn chunked_and_close_delimited_answers_pass_through_whole() {
+    for style in ["chunked", "close"] {
+        let (url, accepts) = framed_upstream(style).await;
+        let p = Proxy::start(&config(&url, "")).await;
+        calls(&p, 6, Duration::ZERO).await;
+        // A chunked answer leaves the connection usable; a close-delimited one cannot be (the
+        // health checks' probes may add a connection or two).
+        let accepts = accepts.load(SeqCst);
+        match style {
+            "chunked" => assert!(accepts <= 2, "{style}: {accepts} connections"),
+            _ => assert!(accepts >= 6, "{style}: {accepts} connections"),
+        }
+        assert_eq!(p.upstream_status("raw")["failures"], 0, "{style}");
+    }
 }
