@@ -103,9 +103,11 @@ pub fn parse(body: &[u8], max_batch_len: usize) -> Parsed<'_> {
             Err(_) => Parsed::ParseError,
         },
         // The common case, a single request object: one pass over the body.
-        Some(b'{') => match serde_json::from_slice::<RawRequest<'_>>(body) {
-            Ok(req) => Parsed::Single(validate(req)),
-            Err(_) => parse_single_slow(body),
+        // UTF-8 is checked once over the whole body, so the parser need not check each raw
+        // member again.
+        Some(b'{') => match std::str::from_utf8(body).map(serde_json::from_str::<RawRequest<'_>>) {
+            Ok(Ok(req)) => Parsed::Single(validate(req)),
+            _ => parse_single_slow(body),
         },
         _ => parse_single_slow(body),
     }
@@ -297,12 +299,15 @@ pub struct RawResponse<'a> {
 /// A single response is kept inline (no allocation).
 pub fn parse_upstream(body: &[u8]) -> Option<smallvec::SmallVec<[RawResponse<'_>; 1]>> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    // UTF-8 is checked once over the whole body, so the parser need not check each raw
+    // member (a result may be megabytes) again.
+    let text = std::str::from_utf8(body).ok()?;
     if body[start] == b'[' {
-        serde_json::from_slice::<Vec<RawResponse<'_>>>(body)
+        serde_json::from_str::<Vec<RawResponse<'_>>>(text)
             .ok()
             .map(smallvec::SmallVec::from_vec)
     } else {
-        serde_json::from_slice::<RawResponse<'_>>(body)
+        serde_json::from_str::<RawResponse<'_>>(text)
             .ok()
             .map(|r| smallvec::smallvec![r])
     }
@@ -472,6 +477,8 @@ mod tests {
         assert_eq!(v[0].result.unwrap().get(), "null");
         assert!(v[0].error.is_none());
         assert!(parse_upstream(b"<html>").is_none());
+        // Not UTF-8 inside the result: not an answer to pass on.
+        assert!(parse_upstream(b"{\"jsonrpc\":\"2.0\",\"id\":0,\"result\":\"\xff\"}").is_none());
         let e = RawValue::from_string(r#"{"code":-32000,"message":"execution reverted"}"#.into())
             .unwrap();
         let f = error_fields(&e).unwrap();
