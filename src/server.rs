@@ -87,9 +87,7 @@ pub async fn serve(
                             Ok(())
                         }
                     };
-                    if let Err(e) = result {
-                        tracing::trace!(error = %e, "client connection ended with an error");
-                    }
+                    log_end(result);
                     drop(permit);
                 });
             }
@@ -123,9 +121,7 @@ pub async fn serve(
                             Ok(())
                         }
                     };
-                    if let Err(e) = result {
-                        tracing::trace!(error = %e, "client connection ended with an error");
-                    }
+                    log_end(result);
                     drop(permit);
                 }));
             }
@@ -181,6 +177,13 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Notes how a client connection ended (at TRACE: clients come and go).
+fn log_end<E: std::fmt::Display>(result: Result<(), E>) {
+    if let Err(e) = result {
+        tracing::trace!(error = %e, "client connection ended with an error");
+    }
 }
 
 /// The first bytes an HTTP/2 client with prior knowledge (h2c) sends.

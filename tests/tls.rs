@@ -43,20 +43,25 @@ fn tls_table(c: &Certs) -> String {
     )
 }
 
+/// A TLS client configuration that trusts only `trusted` and offers no ALPN protocol.
+fn client_config(trusted: &Certs) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 /// An HTTPS client that trusts only `trusted`; `h2` selects HTTP/2 by ALPN.
 async fn https_call(
     port: u16,
     trusted: &Certs,
     h2: bool,
 ) -> Result<(http::Version, String), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(trusted.der.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = client_config(trusted);
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_only();
@@ -154,14 +159,7 @@ fn missing_or_mismatched_files_are_config_errors() {
 /// A TLS connection that offers no ALPN protocol, then speaks HTTP/1.1 or (with prior
 /// knowledge) HTTP/2 over it.
 async fn no_alpn_call(port: u16, trusted: &Certs, h2: bool) -> (http::Version, String) {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(trusted.der.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = client_config(trusted);
     assert!(config.alpn_protocols.is_empty());
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
