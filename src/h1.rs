@@ -23,6 +23,8 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Read at least this much at a time.
 const READ_CHUNK: usize = 8 * 1024;
+/// A connection keeps its read buffer between exchanges up to this size.
+const KEEP_BUF: usize = 64 * 1024;
 
 /// One keep-alive HTTP/1.1 connection.
 pub(crate) struct Conn {
@@ -226,6 +228,11 @@ impl Conn {
             };
             // Bytes beyond the answer: the connection is out of step; do not reuse it.
             let reusable = reusable && self.buf.is_empty();
+            // The buffer shares its allocation with the body; after a large answer, let that
+            // go with the body rather than keep it while the connection idles in the pool.
+            if body.len() > KEEP_BUF || self.buf.capacity() > KEEP_BUF {
+                self.buf = BytesMut::new();
+            }
             return Ok(Answer {
                 status,
                 headers,
@@ -582,6 +589,28 @@ mod tests {
         );
         let a = c.exchange(head, None, b"{}", 1000).await.unwrap();
         assert_eq!((&a.body[..], a.reusable), (&b"[]"[..], false));
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_leaves_no_large_buffer_behind() {
+        let big: &'static [u8] = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: 200002\r\n\r\n\"{}\"",
+                "a".repeat(200_000)
+            )
+            .into_bytes()
+            .into_boxed_slice(),
+        );
+        let mut c = serve(vec![big]).await;
+        let a = c
+            .exchange(b"POST / HTTP/1.1\r\nhost: x\r\n", None, b"{}", 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!((a.body.len(), a.reusable), (200_002, true));
+        assert!(
+            a.body.is_unique(),
+            "the connection still holds the body's buffer"
+        );
     }
 
     #[tokio::test]
