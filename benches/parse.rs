@@ -1,5 +1,6 @@
 //! JSON-RPC envelope parsing: a single `eth_call` and a batch of 100, plus the upstream-answer
-//! parse and the client-response write that each request also pays.
+//! parse (a 500-byte result and a 14 KB block) and the client-response write that each request
+//! also pays.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use detour::jsonrpc::{self, Entry, Parsed};
@@ -38,6 +39,24 @@ fn bench(c: &mut Criterion) {
     g.bench_function("parse answer (500-byte result)", |b| {
         b.iter(|| black_box(jsonrpc::parse_upstream(black_box(answer.as_bytes())).map(|v| v.len())))
     });
+    // A block-sized answer: ~14 KB, mostly 32-byte hashes (as `eth_getBlockByNumber` returns).
+    let hash = |i: usize| format!("\"0x{:064x}\"", i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let txs: Vec<String> = (0..190).map(hash).collect();
+    let block = format!(
+        r#"{{"jsonrpc":"2.0","id":0,"result":{{"number":"0x1500000","hash":{},"parentHash":{},"logsBloom":"0x{}","transactions":[{}],"uncles":[]}}}}"#,
+        hash(1),
+        hash(2),
+        "0".repeat(512),
+        txs.join(",")
+    );
+    g.throughput(Throughput::Bytes(block.len() as u64));
+    g.bench_function("parse answer (14 KB block)", |b| {
+        b.iter(|| black_box(jsonrpc::parse_upstream(black_box(block.as_bytes())).map(|v| v.len())))
+    });
+    g.bench_function("UTF-8 check alone (14 KB block)", |b| {
+        b.iter(|| black_box(std::str::from_utf8(black_box(block.as_bytes())).is_ok()))
+    });
+    g.throughput(Throughput::Elements(1));
     let Parsed::Single(Entry::Call(call)) = jsonrpc::parse(CALL.as_bytes(), 10) else {
         unreachable!()
     };
