@@ -391,7 +391,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Error> {
 }
 
 /// A number's decimal digits.
-fn itoa_buf(mut n: usize) -> smallvec::SmallVec<[u8; 20]> {
+pub(crate) fn itoa_buf(mut n: usize) -> smallvec::SmallVec<[u8; 20]> {
     let mut digits = smallvec::SmallVec::<[u8; 20]>::new();
     loop {
         digits.push(b'0' + (n % 10) as u8);

@@ -67,6 +67,7 @@ pub mod dns;
 pub mod error;
 pub mod forward;
 mod h1;
+mod h1serve;
 pub mod health;
 pub mod jsonrpc;
 pub mod metrics;

@@ -19,6 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::h1serve;
 use crate::service::Detour;
 
 /// Serves `service` on `listener` until `shutdown` completes; then `/readyz` turns 503, new
@@ -47,19 +48,23 @@ pub async fn serve(
         .keep_alive(true);
     auto.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    // Shutdown for the HTTP/1 fast path (hyper's connections have `graceful`).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serve_connection = |stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit| {
         let _ = stream.set_nodelay(true);
         let detour = service.clone();
         // The peer goes straight in, not through the request's extensions (a map allocated
         // per request). The future is boxed: hyper keeps room for one in every connection,
         // and a box keeps that room small between requests.
+        let svc_detour = detour.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let detour = detour.clone();
+            let detour = svc_detour.clone();
             Box::pin(async move {
                 Ok::<_, std::convert::Infallible>(detour.serve_http(req, Some(peer)).await)
             })
         });
         let watcher = graceful.watcher();
+        let stop = stop_rx.clone();
         let first_bytes_timeout = server.header_read_timeout;
         // TLS as configured now: a reload with a renewed certificate applies to new connections.
         match service.pool().tls.clone() {
@@ -71,12 +76,22 @@ pub async fn serve(
                     let h2c = tokio::time::timeout(first_bytes_timeout, sniff_h2c(&stream)).await;
                     let result = match h2c {
                         Ok(Ok(false)) => {
-                            let conn = http1.serve_connection(TokioIo::new(stream), svc);
-                            watcher.watch(conn).await
+                            // The fast path serves what it can; hyper takes the rest of the
+                            // connection from the first request it does not.
+                            match h1serve::serve(stream, peer, detour, stop).await {
+                                h1serve::End::Closed(result) => {
+                                    result.map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+                                }
+                                h1serve::End::Handover(rewind) => {
+                                    let conn = http1.serve_connection(TokioIo::new(rewind), svc);
+                                    Box::pin(watcher.watch(conn)).await.map_err(Into::into)
+                                }
+                            }
                         }
                         Ok(Ok(true)) => {
+                            drop(stop);
                             let conn = http2.serve_connection(TokioIo::new(stream), svc);
-                            Box::pin(watcher.watch(conn)).await
+                            Box::pin(watcher.watch(conn)).await.map_err(Into::into)
                         }
                         Ok(Err(e)) => {
                             tracing::trace!(%peer, error = %e, "client connection failed before its first request");
@@ -169,9 +184,15 @@ pub async fn serve(
         }
     }
     drop(listener);
-    tracing::info!(connections = graceful.count(), grace = ?server.shutdown_grace, "shutting down");
+    drop(stop_rx);
+    let connections = graceful.count().max(stop_tx.receiver_count());
+    tracing::info!(connections, grace = ?server.shutdown_grace, "shutting down");
+    let _ = stop_tx.send(true);
+    let all_closed = async {
+        tokio::join!(graceful.shutdown(), stop_tx.closed());
+    };
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = all_closed => tracing::info!("all connections closed"),
         () = tokio::time::sleep(server.shutdown_grace) => {
             tracing::warn!("shutdown grace expired with requests still in flight");
         }

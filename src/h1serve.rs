@@ -1,0 +1,414 @@
+//! The HTTP/1.1 fast path for plain client connections, with hyper behind it for the rest.
+//!
+//! A JSON-RPC call is nearly always the same shape: `POST`, HTTP/1.1, a `content-length` body
+//! that arrives with its head. For those, this module does the whole exchange in the
+//! connection's task: reads into one buffer, parses the head with `httparse` (the parser hyper
+//! uses), hands the request to [`Detour::serve_http`] and writes the answer with one `write`.
+//! callgrind put hyper's server connection at about a quarter of the instructions of a proxied
+//! request; see README, Performance.
+//!
+//! Anything else — another method, HTTP/1.0, `transfer-encoding`, `expect`, `upgrade`, a body
+//! that has not fully arrived with its head, a head that does not parse — is handed over, with
+//! every byte read so far, to hyper's HTTP/1 server for the rest of the connection
+//! ([`End::Handover`]). So the fast path never has to answer an odd request itself, and an odd
+//! request gets exactly hyper's answer.
+//!
+//! Kept as hyper keeps it: keep-alive by default, `connection: close` from either side ends the
+//! connection after the answer, pipelined requests are answered in order, a head (or the wait
+//! for the next one) that takes longer than `server.header_read_timeout` ends the connection,
+//! answers carry `date` and `content-length` (none on 1xx, 204 and 304), and on shutdown an idle
+//! connection closes at once while a request in flight finishes with `connection: close`.
+
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use smallvec::SmallVec;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::service::{Body, Detour};
+
+/// Headers beyond this many: handed over (hyper answers 431).
+const MAX_HEADERS: usize = 100;
+/// A head still incomplete at this size is handed over (hyper applies its own limit).
+const MAX_HEAD: usize = 64 * 1024;
+/// The read buffer's size, as hyper's.
+const READ_CHUNK: usize = 8 * 1024;
+/// Bodies up to this size are copied behind the head and go in one plain `write` (a little
+/// less kernel time than a vectored write); larger ones go as a second slice of a vectored
+/// write.
+const COPY_BODY: usize = 2 * 1024;
+/// The buffer for answer heads (and small bodies) is kept between requests up to this size,
+/// so an idle connection holds little.
+const KEEP_OUT: usize = 4 * 1024;
+
+/// How a connection's fast path ended.
+pub(crate) enum End {
+    /// The connection is finished (the client closed it, asked to, timed out, or shutdown).
+    Closed(std::io::Result<()>),
+    /// A request the fast path does not serve: hyper's server takes the connection, starting
+    /// with the bytes already read.
+    Handover(Rewind),
+}
+
+/// Serves `io` until it ends or a request needs hyper. `stop` turns `true` at shutdown.
+pub(crate) async fn serve(
+    io: TcpStream,
+    peer: SocketAddr,
+    detour: Detour,
+    mut stop: watch::Receiver<bool>,
+) -> End {
+    let mut conn = Conn {
+        io,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        out: Vec::new(),
+    };
+    loop {
+        let timeout = detour.pool().config.server.header_read_timeout;
+        let sleep = tokio::time::sleep(timeout);
+        tokio::pin!(sleep);
+        // Read until the buffer holds a complete request the fast path serves.
+        let (req, client_close) = loop {
+            match take_request(&mut conn.buf) {
+                Taken::Request(req, close) => break (req, close),
+                Taken::Other => return End::Handover(conn.into_rewind()),
+                Taken::Partial => {}
+            }
+            if conn.buf.len() >= MAX_HEAD {
+                return End::Handover(conn.into_rewind());
+            }
+            let idle = conn.buf.is_empty();
+            if idle && *stop.borrow() {
+                return End::Closed(Ok(()));
+            }
+            if conn.buf.capacity() - conn.buf.len() < READ_CHUNK / 8 {
+                conn.buf.reserve(READ_CHUNK);
+            }
+            let read = tokio::select! {
+                biased;
+                read = conn.io.read_buf(&mut conn.buf) => read,
+                // Shutdown: an idle connection closes now (one mid-head finishes its head).
+                _ = stop.changed(), if idle => return End::Closed(Ok(())),
+                () = &mut sleep => {
+                    tracing::debug!(%peer, "no complete request head within server.header_read_timeout; closed");
+                    return End::Closed(Ok(()));
+                }
+            };
+            match read {
+                Ok(0) if idle => return End::Closed(Ok(())),
+                Ok(0) => {
+                    // Closed mid-head: hyper answers that the way it does (or not at all).
+                    return End::Handover(conn.into_rewind());
+                }
+                Ok(_) => {}
+                Err(e) => return End::Closed(Err(e)),
+            }
+        };
+        let resp = Box::pin(detour.clone().serve_http(req, Some(peer))).await;
+        let close = client_close || *stop.borrow();
+        match conn.respond(resp, close).await {
+            Ok(true) => {}
+            Ok(false) => return End::Closed(Ok(())),
+            Err(e) => return End::Closed(Err(e)),
+        }
+    }
+}
+
+struct Conn {
+    io: TcpStream,
+    /// Read and not yet consumed: the start of the next request, if any.
+    buf: BytesMut,
+    /// Answer heads are written here (with small bodies behind them).
+    out: Vec<u8>,
+}
+
+impl Conn {
+    fn into_rewind(self) -> Rewind {
+        Rewind {
+            prefix: self.buf.freeze(),
+            io: self.io,
+        }
+    }
+
+    /// Writes the answer; `Ok(false)` when the connection is to close after it.
+    async fn respond(&mut self, resp: Response<Body>, close: bool) -> std::io::Result<bool> {
+        let (parts, body) = resp.into_parts();
+        let body = full_bytes(body).await;
+        let close = close
+            || parts
+                .headers
+                .get(CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let status = parts.status;
+        // 1xx, 204 and 304 have no body and no content-length (RFC 9110 §8.6).
+        let bodyless = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in &parts.headers {
+            if name == CONTENT_LENGTH || (name == CONNECTION && close) {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !bodyless {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(&crate::h1::itoa_buf(body.len()));
+            out.extend_from_slice(b"\r\n");
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        if !parts.headers.contains_key(DATE) {
+            out.extend_from_slice(b"date: ");
+            out.extend_from_slice(&http_date());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        let body: &[u8] = if bodyless { &[] } else { &body };
+        if body.len() <= COPY_BODY {
+            out.extend_from_slice(body);
+            self.io.write_all(out).await?;
+        } else {
+            write_all_vectored(&mut self.io, &mut [IoSlice::new(out), IoSlice::new(body)]).await?;
+        }
+        if self.out.capacity() > KEEP_OUT {
+            self.out = Vec::new();
+        }
+        if close {
+            let _ = self.io.shutdown().await;
+        }
+        Ok(!close)
+    }
+}
+
+async fn write_all_vectored(
+    io: &mut TcpStream,
+    mut bufs: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    while !bufs.is_empty() {
+        let n = io.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+/// The bytes of a `Full` body (it has one frame, or none).
+async fn full_bytes(mut body: Full<Bytes>) -> Bytes {
+    match body.frame().await {
+        Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    }
+}
+
+/// The `date` header's value, formatted once a second (as hyper does).
+fn http_date() -> [u8; 29] {
+    use std::cell::Cell;
+    thread_local! {
+        static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHED.with(|c| {
+        let (at, text) = c.get();
+        if at == secs {
+            return text;
+        }
+        let mut text = [0u8; 29];
+        let formatted = httpdate::fmt_http_date(now);
+        let n = formatted.len().min(29);
+        text[..n].copy_from_slice(&formatted.as_bytes()[..n]);
+        c.set((secs, text));
+        text
+    })
+}
+
+/// Where each header's name and value are in the buffer: (name at, length, value at, length).
+type Spans = SmallVec<[(usize, usize, usize, usize); 8]>;
+
+// Returned and matched at once; boxing the request would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Taken {
+    /// More bytes are needed.
+    Partial,
+    /// A request, and whether the client asked to close after it.
+    Request(Request<Body>, bool),
+    /// Not for the fast path.
+    Other,
+}
+
+/// Takes one complete request off the front of `buf`, if there is one the fast path serves.
+fn take_request(buf: &mut BytesMut) -> Taken {
+    if buf.is_empty() {
+        return Taken::Partial;
+    }
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let head_len = match parsed.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Taken::Partial,
+        Err(_) => return Taken::Other,
+    };
+    if parsed.method != Some("POST") || parsed.version != Some(1) {
+        return Taken::Other;
+    }
+    // Offsets into `buf`, so the header values can share the buffer's allocation.
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    let path = at(parsed.path.unwrap_or("").as_bytes());
+    let mut body_len: Option<usize> = None;
+    let mut close = false;
+    let mut spans: Spans = SmallVec::new();
+    for h in parsed.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match (body_len, parse_length(h.value)) {
+                (None, Some(n)) => body_len = Some(n),
+                // Repeated or not a number: hyper decides.
+                _ => return Taken::Other,
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if h.value.eq_ignore_ascii_case(b"close") {
+                close = true;
+            } else if !h.value.eq_ignore_ascii_case(b"keep-alive") {
+                return Taken::Other;
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            return Taken::Other;
+        }
+        let (n, nl) = at(name);
+        let (v, vl) = at(h.value);
+        spans.push((n, nl, v, vl));
+    }
+    let body_len = body_len.unwrap_or(0);
+    let Some(total) = head_len.checked_add(body_len) else {
+        return Taken::Other;
+    };
+    if buf.len() < total {
+        // The body is still on its way: hyper reads it (with server.body_read_timeout).
+        return Taken::Other;
+    }
+    let bytes = buf.split_to(total).freeze();
+    match request(&bytes, head_len, path, &spans) {
+        Some(req) => Taken::Request(req, close),
+        None => {
+            // Not valid for `http` after all: put the bytes back for hyper (a rare path).
+            let mut restored = BytesMut::with_capacity(bytes.len() + buf.len());
+            restored.extend_from_slice(&bytes);
+            restored.extend_from_slice(buf);
+            *buf = restored;
+            Taken::Other
+        }
+    }
+}
+
+/// The request in `bytes` (head, then body), its header values sharing their allocation.
+fn request(
+    bytes: &Bytes,
+    head_len: usize,
+    path: (usize, usize),
+    spans: &[(usize, usize, usize, usize)],
+) -> Option<Request<Body>> {
+    let mut req = Request::new(Full::new(bytes.slice(head_len..)));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = Uri::from_maybe_shared(bytes.slice(path.0..path.0 + path.1)).ok()?;
+    let headers = req.headers_mut();
+    headers.reserve(spans.len());
+    for &(n, nl, v, vl) in spans {
+        let name = HeaderName::from_bytes(&bytes[n..n + nl]).ok()?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(v..v + vl)).ok()?;
+        headers.append(name, value);
+    }
+    Some(req)
+}
+
+/// A `content-length` value: digits only.
+fn parse_length(v: &[u8]) -> Option<usize> {
+    if v.is_empty() || v.len() > 15 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0usize, |n, &d| {
+        n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+    })
+}
+
+/// The connection for hyper: first the bytes already read, then the socket.
+pub(crate) struct Rewind {
+    prefix: Bytes,
+    io: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                self.prefix = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
