@@ -10,13 +10,18 @@
 //! a proxied request.
 //!
 //! The most recently used connection is reused first (warm in every cache, and idle ones age
-//! out at the bottom). A pooled connection the upstream closed while it sat idle is noticed
-//! before use (its socket turned readable) and dropped.
+//! out at the bottom). Only the top [`WARM`] keep their read buffers; the ones below hold just
+//! their sockets, so a pool sized for bursts of hundreds of requests costs little while idle.
+//! A pooled connection the upstream closed while it sat idle is noticed before use (its socket
+//! turned readable) and dropped.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::h1::Conn;
+
+/// Idle connections at the top of the stack that keep their read buffers.
+const WARM: usize = 16;
 
 /// Idle connections of one upstream.
 #[derive(Default)]
@@ -68,11 +73,56 @@ impl Conns {
         }
         if idle.len() < max_idle {
             idle.push(Idle { conn, since: now });
+            if let Some(cold) = idle.len().checked_sub(WARM + 1) {
+                idle[cold].conn.release_buffer();
+            }
         }
     }
 
     /// How many connections are idle in the pool now.
     pub(crate) fn idle_count(&self) -> usize {
         self.idle.lock().map_or(0, |i| i.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_the_most_recently_used_idle_connections_keep_their_buffers() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut accepted = Vec::new();
+        let pool = Conns::default();
+        let timeout = Duration::from_secs(60);
+        for _ in 0..WARM + 4 {
+            let io = tokio::net::TcpStream::connect(addr).await.unwrap();
+            accepted.push(listener.accept().await.unwrap());
+            pool.put(Conn::new(io).with_buffer(), 1024, timeout);
+        }
+        assert_eq!(pool.idle_count(), WARM + 4);
+        let mut capacities = Vec::new();
+        while let Some(c) = pool.checkout(timeout) {
+            capacities.push(c.buffer_capacity());
+        }
+        // Checked out from the top: the WARM most recent first.
+        assert_eq!(capacities.len(), WARM + 4);
+        assert!(capacities[..WARM].iter().all(|&c| c > 0), "{capacities:?}");
+        assert!(capacities[WARM..].iter().all(|&c| c == 0), "{capacities:?}");
+    }
+
+    #[tokio::test]
+    async fn the_pool_keeps_at_most_max_idle() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut accepted = Vec::new();
+        let pool = Conns::default();
+        for _ in 0..5 {
+            let io = tokio::net::TcpStream::connect(addr).await.unwrap();
+            accepted.push(listener.accept().await.unwrap());
+            pool.put(Conn::new(io), 3, Duration::from_secs(60));
+        }
+        assert_eq!(pool.idle_count(), 3);
     }
 }

@@ -91,6 +91,27 @@ impl Conn {
         }
     }
 
+    /// Lets the read buffer go (an idle connection deep in the pool need not hold 8 KiB or
+    /// more); the next exchange allocates a new one.
+    pub(crate) fn release_buffer(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// The read buffer's capacity (tests).
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Gives the connection a read buffer, as an exchange does (tests).
+    #[cfg(test)]
+    pub(crate) fn with_buffer(mut self) -> Conn {
+        self.buf.reserve(READ_CHUNK);
+        self
+    }
+
     /// Whether an idle connection can take a request: nothing arrived on it and it was not
     /// closed. Costs no system call unless the socket was seen readable since the last read.
     pub(crate) fn idle_usable(&self) -> bool {

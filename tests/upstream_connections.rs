@@ -26,6 +26,16 @@ struct RawUpstream {
 
 impl RawUpstream {
     async fn start(per_conn: usize, keep_alive: Duration, announce_close: bool) -> RawUpstream {
+        Self::start_slow(per_conn, keep_alive, announce_close, Duration::ZERO).await
+    }
+
+    /// As `start`, each answer held back for `delay`.
+    async fn start_slow(
+        per_conn: usize,
+        keep_alive: Duration,
+        announce_close: bool,
+        delay: Duration,
+    ) -> RawUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepts = Arc::new(AtomicUsize::new(0));
@@ -35,7 +45,14 @@ impl RawUpstream {
             while let Ok((s, _)) = listener.accept().await {
                 a.fetch_add(1, SeqCst);
                 let n = n.clone();
-                tokio::spawn(serve_conn(s, per_conn, keep_alive, announce_close, n));
+                tokio::spawn(serve_conn(
+                    s,
+                    per_conn,
+                    keep_alive,
+                    announce_close,
+                    delay,
+                    n,
+                ));
             }
         });
         RawUpstream {
@@ -55,6 +72,7 @@ async fn serve_conn(
     per_conn: usize,
     keep_alive: Duration,
     announce_close: bool,
+    delay: Duration,
     answers: Arc<AtomicUsize>,
 ) {
     let mut buf = Vec::new();
@@ -64,6 +82,7 @@ async fn serve_conn(
             // Idle too long (or the client left): dropping the stream closes it, unannounced.
             return;
         };
+        tokio::time::sleep(delay).await;
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let result = if v["method"] == "eth_chainId" {
             "\"0x1\""
@@ -150,6 +169,44 @@ async fn keep_alive_connections_are_reused() {
         "30 sequential calls (and the start-up probes) took {accepts} connections"
     );
     proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_burst_of_concurrent_calls_reuses_the_first_bursts_connections() {
+    // 200 calls at once, each held 200 ms upstream, so they need about 200 connections. With
+    // the pool keeping fewer (it kept 64), most were closed after the first burst (each close
+    // leaving a socket in TIME_WAIT) and opened again for the second.
+    let up = RawUpstream::start_slow(
+        usize::MAX,
+        Duration::from_secs(60),
+        false,
+        Duration::from_millis(200),
+    )
+    .await;
+    let proxy = Arc::new(Proxy::start(&config(&up.url(), "")).await);
+    let burst = || async {
+        let calls: Vec<_> = (0..200)
+            .map(|_| {
+                let proxy = proxy.clone();
+                tokio::spawn(async move { proxy.call("/mainnet", "eth_getBalance", "[]").await })
+            })
+            .collect();
+        for c in calls {
+            assert_eq!(c.await.unwrap()["result"], "0x64");
+        }
+    };
+    burst().await;
+    let first = up.accepts.load(SeqCst);
+    assert!(
+        first > 64,
+        "the first burst overlapped: {first} connections"
+    );
+    burst().await;
+    let second = up.accepts.load(SeqCst) - first;
+    assert!(
+        second * 10 <= first,
+        "the second burst opened {second} new connections (the first {first})"
+    );
 }
 
 #[tokio::test]
