@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""detour vs nginx vs direct (and the `floor`: the smallest proxy on detour's stack, built from
-the mock with --forward-to), side by side, on loopback. Run it through `run.sh`, which builds
+"""detour vs nginx vs direct (and the `floor`: the smallest proxy on the runtime detour's hot
+path is built from, the mock with --forward-to), side by side, on loopback. Run it through `run.sh`, which builds
 the binaries and installs the tools; this file does the measuring.
 
     python3 benches/compare/compare.py [--rounds 5] [--seconds 3] [--rate auto] [--quick]
@@ -163,7 +163,7 @@ class Bench:
         return Target("direct", f"http://{self.mock_addr}/bench", p, lambda: [p.pid])
 
     def start_floor(self):
-        """The smallest proxy on detour's stack (compare-mock --forward-to): the floor."""
+        """The smallest proxy on Tokio and httparse (compare-mock --forward-to): the floor."""
         p = self.spawn(
             self.pinned(self.server_cpu, [self.args.mock_bin, "--forward-to", self.mock_addr]),
             stdin=subprocess.PIPE,
@@ -172,7 +172,7 @@ class Bench:
         )
         m = re.match(r"listening on (\S+)", p.stdout.readline())
         if not m:
-            die("the hyper floor proxy did not start")
+            die("the floor proxy did not start")
         return Target("floor", f"http://{m.group(1)}/bench", p, lambda: [p.pid])
 
     def start_nginx(self):
@@ -451,8 +451,9 @@ def report(b, args, res, rate, secs, mem_rate):
     ver = subprocess.run([args.nginx_bin, "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
     print(f"\n## detour vs nginx {ver} vs direct — {args.rounds} round(s), {secs} s per run, {cpu}, {os.cpu_count()} CPUs")
     print("Medians over rounds; [per-round detour/nginx ratios]. Latency in µs. `floor`: the")
-    print("smallest proxy on detour's stack (hyper server and client, Tokio current-thread; no")
-    print("JSON-RPC work at all), to show what the stack itself costs.\n")
+    print("smallest proxy on what detour's HTTP/1 path is built from (Tokio current-thread,")
+    print("httparse, one upstream connection per client; no JSON-RPC work, no timeouts), to show")
+    print("what the runtime itself costs.\n")
 
     def col(phase, m, n, key):
         return med([x[key] for x in res[phase][m][n]])

@@ -17,15 +17,17 @@
 //! Answers are built once at start; a request costs a body read, finding `method` and `id`, and
 //! one write.
 //!
-//! With `--forward-to ADDR` it is instead the smallest proxy that can be built on detour's stack
-//! (hyper server, hyper HTTP/1.1 client connections from a keep-alive pool, Tokio's
-//! current-thread runtime): every request's body is read and POSTed to ADDR, and the answer's
-//! body is read and returned — no JSON, no routing, no failover, no metrics. The benchmark
-//! measures it as `hyper floor`: what any proxy on this stack costs before doing anything.
+//! With `--forward-to ADDR` it is instead the smallest proxy on what detour's HTTP/1 hot path
+//! is built from (Tokio's current-thread runtime, `httparse`, one buffer per side): each client
+//! connection gets one keep-alive connection to ADDR; every request's body is POSTed there and
+//! the answer's body returned — no JSON, no routing, no failover, no metrics, no timeouts. The
+//! benchmark measures it as `floor`: what a proxy on this runtime costs before doing anything.
 
 use std::io::{BufRead as _, Write as _};
 use std::net::SocketAddr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+
+use bytes::Buf as _;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -84,18 +86,15 @@ fn main() {
                 continue;
             };
             let _ = s.set_nodelay(true);
+            if UPSTREAM.get().is_some() {
+                tokio::spawn(forward(s));
+                continue;
+            }
             tokio::spawn(async move {
                 let conn = hyper::server::conn::http1::Builder::new();
-                let _ = match UPSTREAM.get() {
-                    None => {
-                        conn.serve_connection(TokioIo::new(s), hyper::service::service_fn(answer))
-                            .await
-                    }
-                    Some(_) => {
-                        conn.serve_connection(TokioIo::new(s), hyper::service::service_fn(forward))
-                            .await
-                    }
-                };
+                let _ = conn
+                    .serve_connection(TokioIo::new(s), hyper::service::service_fn(answer))
+                    .await;
             });
         }
     });
@@ -229,49 +228,88 @@ struct Head<'a> {
     method: String,
 }
 
-// === --forward-to: the floor of the stack ===
+// === --forward-to: the floor ===
 
 static UPSTREAM: OnceLock<SocketAddr> = OnceLock::new();
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-static IDLE: Mutex<Vec<Sender>> = Mutex::new(Vec::new());
 
-async fn forward(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(std::io::Error::other)?
-        .to_bytes();
+/// One client connection of the floor proxy, with its own upstream connection.
+async fn forward(mut client: tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
     let addr = *UPSTREAM.get().expect("set at start");
-    let pooled = IDLE.lock().unwrap().pop();
-    let mut tx = match pooled {
-        Some(tx) if tx.is_ready() => tx,
-        _ => {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let _ = tcp.set_nodelay(true);
-            let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .map_err(std::io::Error::other)?;
-            tokio::spawn(conn);
-            tx
-        }
-    };
-    let mut up = Request::new(Full::new(body));
-    *up.method_mut() = parts.method;
-    *up.uri_mut() = parts.uri;
-    up.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    let resp = tx.send_request(up).await.map_err(std::io::Error::other)?;
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(std::io::Error::other)?
-        .to_bytes();
-    if tx.is_ready() {
-        IDLE.lock().unwrap().push(tx);
+    let mut upstream = tokio::net::TcpStream::connect(addr).await?;
+    upstream.set_nodelay(true)?;
+    let mut from_client = bytes::BytesMut::with_capacity(8192);
+    let mut from_upstream = bytes::BytesMut::with_capacity(8192);
+    let mut out = Vec::with_capacity(8192);
+    loop {
+        let Some((head, len)) = read_message(&mut client, &mut from_client, true).await? else {
+            return Ok(());
+        };
+        let body = &from_client[head..head + len];
+        out.clear();
+        out.extend_from_slice(b"POST /bench HTTP/1.1\r\nhost: upstream\r\ncontent-type: application/json\r\ncontent-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(body);
+        from_client.advance(head + len);
+        upstream.write_all(&out).await?;
+        let Some((head, len)) = read_message(&mut upstream, &mut from_upstream, false).await?
+        else {
+            return Ok(());
+        };
+        out.clear();
+        out.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ",
+        );
+        out.extend_from_slice(len.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(&from_upstream[head..head + len]);
+        from_upstream.advance(head + len);
+        client.write_all(&out).await?;
     }
-    Ok(Response::from_parts(parts, Full::new(body)))
+}
+
+/// Reads one request (or response) with a `content-length` body into `buf`: its head's length
+/// and body's length, or None at the end of the stream.
+async fn read_message(
+    io: &mut tokio::net::TcpStream,
+    buf: &mut bytes::BytesMut,
+    request: bool,
+) -> std::io::Result<Option<(usize, usize)>> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let parsed = if request {
+            let mut r = httparse::Request::new(&mut headers);
+            match r.parse(buf).map_err(std::io::Error::other)? {
+                httparse::Status::Complete(n) => Some((n, length(r.headers))),
+                httparse::Status::Partial => None,
+            }
+        } else {
+            let mut r = httparse::Response::new(&mut headers);
+            match r.parse(buf).map_err(std::io::Error::other)? {
+                httparse::Status::Complete(n) => Some((n, length(r.headers))),
+                httparse::Status::Partial => None,
+            }
+        };
+        if let Some((head, len)) = parsed {
+            if buf.len() >= head + len {
+                return Ok(Some((head, len)));
+            }
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(8192);
+        }
+        if io.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+fn length(headers: &[httparse::Header<'_>]) -> usize {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+        .unwrap_or(0)
 }
