@@ -27,7 +27,8 @@
 //! # Layout
 //! - [`config`]: typed configuration (defaults ← TOML ← `DETOUR_*` env), validation.
 //! - [`access`]: client API keys and CORS.
-//! - [`server`]: accept loop, HTTP/1.1 + HTTP/2, graceful shutdown.
+//! - [`server`]: accept loop, HTTP/1.1 (a fast path for plain POSTs, hyper for the rest) +
+//!   HTTP/2, graceful shutdown.
 //! - [`tls`]: the optional TLS listener (rustls), certificates re-read on reload.
 //! - [`service`]: the embeddable service: route → parse → answer locally or fail over → respond.
 //! - [`jsonrpc`]: envelopes kept as raw JSON; the standard error objects.
