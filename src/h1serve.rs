@@ -1,4 +1,5 @@
-//! The HTTP/1.1 fast path for plain client connections, with hyper behind it for the rest.
+//! The HTTP/1.1 fast path for client connections (plain, or TLS that agreed on `http/1.1` by
+//! ALPN), with hyper behind it for the rest.
 //!
 //! A JSON-RPC call is nearly always the same shape: `POST`, HTTP/1.1, a `content-length` body
 //! that arrives with its head. For those, this module does the whole exchange in the
@@ -32,7 +33,6 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::service::{Body, Detour};
@@ -52,21 +52,24 @@ const COPY_BODY: usize = 2 * 1024;
 const KEEP_OUT: usize = 4 * 1024;
 
 /// How a connection's fast path ended.
-pub(crate) enum End {
+pub(crate) enum End<IO> {
     /// The connection is finished (the client closed it, asked to, timed out, or shutdown).
     Closed(std::io::Result<()>),
     /// A request the fast path does not serve: hyper's server takes the connection, starting
     /// with the bytes already read.
-    Handover(Rewind),
+    Handover(Rewind<IO>),
 }
 
 /// Serves `io` until it ends or a request needs hyper. `stop` turns `true` at shutdown.
-pub(crate) async fn serve(
-    io: TcpStream,
+pub(crate) async fn serve<IO>(
+    io: IO,
     peer: SocketAddr,
     detour: Detour,
     mut stop: watch::Receiver<bool>,
-) -> End {
+) -> End<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let mut conn = Conn {
         io,
         buf: BytesMut::with_capacity(READ_CHUNK),
@@ -123,16 +126,16 @@ pub(crate) async fn serve(
     }
 }
 
-struct Conn {
-    io: TcpStream,
+struct Conn<IO> {
+    io: IO,
     /// Read and not yet consumed: the start of the next request, if any.
     buf: BytesMut,
     /// Answer heads are written here (with small bodies behind them).
     out: Vec<u8>,
 }
 
-impl Conn {
-    fn into_rewind(self) -> Rewind {
+impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
+    fn into_rewind(self) -> Rewind<IO> {
         Rewind {
             prefix: self.buf.freeze(),
             io: self.io,
@@ -200,8 +203,8 @@ impl Conn {
     }
 }
 
-async fn write_all_vectored(
-    io: &mut TcpStream,
+async fn write_all_vectored<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
     mut bufs: &mut [IoSlice<'_>],
 ) -> std::io::Result<()> {
     while !bufs.is_empty() {
@@ -359,12 +362,12 @@ fn parse_length(v: &[u8]) -> Option<usize> {
 }
 
 /// The connection for hyper: first the bytes already read, then the socket.
-pub(crate) struct Rewind {
+pub(crate) struct Rewind<IO> {
     prefix: Bytes,
-    io: TcpStream,
+    io: IO,
 }
 
-impl AsyncRead for Rewind {
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -383,7 +386,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

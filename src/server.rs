@@ -119,8 +119,14 @@ pub async fn serve(
                                 watcher.watch(conn).await.map_err(Into::into)
                             }
                             Some(b"http/1.1") => {
-                                let conn = http1.serve_connection(TokioIo::new(tls), svc);
-                                watcher.watch(conn).await.map_err(Into::into)
+                                match h1serve::serve(tls, peer, detour, stop).await {
+                                    h1serve::End::Closed(result) => result.map_err(Into::into),
+                                    h1serve::End::Handover(rewind) => {
+                                        let conn =
+                                            http1.serve_connection(TokioIo::new(rewind), svc);
+                                        watcher.watch(conn).await.map_err(Into::into)
+                                    }
+                                }
                             }
                             _ => {
                                 let conn = auto.serve_connection(TokioIo::new(tls), svc);

@@ -206,3 +206,49 @@ async fn tls_clients_that_offer_no_alpn_are_served_http1_and_http2() {
     assert_eq!(v, http::Version::HTTP_2);
     assert!(body.contains("\"result\":\"up\""), "{body}");
 }
+
+#[tokio::test]
+async fn http1_over_tls_serves_pipelined_posts_and_hands_other_requests_to_hyper() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Mock::start("up").await;
+    let c = certs("fast-path");
+    let p = Proxy::start(&chain_config(&tls_table(&c), &[("up", &up.url(), "")])).await;
+    let mut config = client_config(&c);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let post = |id: u32, extra: &str| {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"eth_blockNumber"}}"#);
+        format!(
+            "POST /mainnet HTTP/1.1\r\nhost: localhost\r\n{extra}content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // Two POSTs (the fast path), a GET (hyper's from then on), a last POST asking to close.
+    let all = format!(
+        "{}{}GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n{}",
+        post(1, ""),
+        post(2, ""),
+        post(3, "connection: close\r\n")
+    );
+    tls.write_all(all.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tls.read_to_end(&mut out),
+    )
+    .await
+    .expect("the server closed the connection");
+    let text = String::from_utf8_lossy(&out);
+    let answers: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 4, "{text}");
+    assert!(answers[0].ends_with(r#""id":1,"result":"up"}"#), "{text}");
+    assert!(answers[1].ends_with(r#""id":2,"result":"up"}"#), "{text}");
+    assert!(answers[2].ends_with("ok\n"), "{text}");
+    assert!(answers[3].ends_with(r#""id":3,"result":"up"}"#), "{text}");
+}
