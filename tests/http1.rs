@@ -264,3 +264,34 @@ async fn a_request_in_flight_at_shutdown_is_answered_with_connection_close() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn pipelined_requests_split_anywhere_are_all_answered_in_order() {
+    let up = Mock::start("up").await;
+    let p = Proxy::start(&chain_config("", &[("up", &up.url(), "")])).await;
+    let all = format!(
+        "{}{}{}",
+        post(1, ""),
+        post(2, ""),
+        post(3, "connection: close\r\n")
+    );
+    // Every 5th byte as the split point: heads and bodies cut anywhere, so the fast path
+    // waits for a head, or hands a half-arrived body over to hyper, and either way answers.
+    for at in (1..all.len()).step_by(5) {
+        let mut s = connect(p.addr).await;
+        s.write_all(&all.as_bytes()[..at]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        s.write_all(&all.as_bytes()[at..]).await.unwrap();
+        let text = read_to_close(&mut s, Duration::from_secs(10)).await;
+        let answers: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
+        assert_eq!(answers.len(), 3, "split at {at}: {text}");
+        for (i, a) in answers.iter().enumerate() {
+            let id = i + 1;
+            assert!(
+                a.starts_with("200 OK\r\n")
+                    && a.ends_with(&format!(r#"{{"jsonrpc":"2.0","id":{id},"result":"up"}}"#)),
+                "split at {at}, answer {id}: {a}"
+            );
+        }
+    }
+}
