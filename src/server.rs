@@ -15,7 +15,7 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -76,17 +76,7 @@ pub async fn serve(
                     let h2c = tokio::time::timeout(first_bytes_timeout, sniff_h2c(&stream)).await;
                     let result = match h2c {
                         Ok(Ok(false)) => {
-                            // The fast path serves what it can; hyper takes the rest of the
-                            // connection from the first request it does not.
-                            match h1serve::serve(stream, peer, detour, stop).await {
-                                h1serve::End::Closed(result) => {
-                                    result.map_err(Box::<dyn std::error::Error + Send + Sync>::from)
-                                }
-                                h1serve::End::Handover(rewind) => {
-                                    let conn = http1.serve_connection(TokioIo::new(rewind), svc);
-                                    Box::pin(watcher.watch(conn)).await.map_err(Into::into)
-                                }
-                            }
+                            serve_http1(stream, peer, detour, stop, &http1, svc, watcher).await
                         }
                         Ok(Ok(true)) => {
                             drop(stop);
@@ -119,14 +109,7 @@ pub async fn serve(
                                 watcher.watch(conn).await.map_err(Into::into)
                             }
                             Some(b"http/1.1") => {
-                                match h1serve::serve(tls, peer, detour, stop).await {
-                                    h1serve::End::Closed(result) => result.map_err(Into::into),
-                                    h1serve::End::Handover(rewind) => {
-                                        let conn =
-                                            http1.serve_connection(TokioIo::new(rewind), svc);
-                                        watcher.watch(conn).await.map_err(Into::into)
-                                    }
-                                }
+                                serve_http1(tls, peer, detour, stop, &http1, svc, watcher).await
                             }
                             _ => {
                                 let conn = auto.serve_connection(TokioIo::new(tls), svc);
@@ -205,6 +188,34 @@ pub async fn serve(
     }
     Ok(())
 }
+
+/// HTTP/1.1 on `io`: the fast path serves what it can, and hyper's server takes the rest of the
+/// connection from the first request it does not (see [`h1serve`]).
+async fn serve_http1<IO, S>(
+    io: IO,
+    peer: SocketAddr,
+    detour: Detour,
+    stop: tokio::sync::watch::Receiver<bool>,
+    http1: &hyper::server::conn::http1::Builder,
+    svc: S,
+    watcher: Watcher,
+) -> Result<(), BoxError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = crate::service::Body>,
+    S::Error: Into<BoxError>,
+{
+    match h1serve::serve(io, peer, detour, stop).await {
+        h1serve::End::Closed(result) => result.map_err(Into::into),
+        h1serve::End::Handover(rewind) => {
+            // Boxed: rare, and it keeps the connection's task small.
+            let conn = http1.serve_connection(TokioIo::new(rewind), svc);
+            Box::pin(watcher.watch(conn)).await.map_err(Into::into)
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Notes how a client connection ended (at TRACE: clients come and go).
 fn log_end<E: std::fmt::Display>(result: Result<(), E>) {
