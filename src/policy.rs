@@ -65,6 +65,12 @@ pub struct MethodPolicy {
     exact_allow: Vec<String>,
     allow: Vec<Pattern>,
     deny: Vec<Pattern>,
+    /// `deny` indexed by a rule's first character, so a check compares a method with the few
+    /// rules that can match it (the default list has 20): `deny_at[b]..deny_at[b + 1]` are the
+    /// positions in `deny_sorted` of rules starting with byte `b`, and `deny_at[256]..` those
+    /// starting with `*`.
+    deny_sorted: Vec<u32>,
+    deny_at: Box<[u32; 258]>,
     /// The default policy (allow everything but [`DEFAULT_DENY`]) with no exceptions: checks
     /// can skip the allow list.
     allow_all: bool,
@@ -122,13 +128,49 @@ pub enum Refusal {
 impl MethodPolicy {
     /// Builds the policy from the configured lists.
     pub fn new(allow: &[String], deny: &[String]) -> MethodPolicy {
+        let deny: Vec<Pattern> = deny.iter().map(|d| Pattern::new(d)).collect();
+        // A rule's bucket: its first byte, or 256 when it starts with `*` (or is empty, which
+        // matches only the empty name) and so may match a name starting with anything.
+        let bucket = |p: &Pattern| match p.rule.as_bytes().first() {
+            Some(&b) if b != b'*' => usize::from(b),
+            _ => 256,
+        };
+        let mut deny_sorted: Vec<u32> = (0..deny.len() as u32).collect();
+        // Stable: within a bucket, rules keep their configured order.
+        deny_sorted.sort_by_key(|&i| bucket(&deny[i as usize]));
+        let mut deny_at = Box::new([0u32; 258]);
+        for &i in &deny_sorted {
+            deny_at[bucket(&deny[i as usize]) + 1] += 1;
+        }
+        for b in 1..deny_at.len() {
+            deny_at[b] += deny_at[b - 1];
+        }
         MethodPolicy {
             allow_all: allow.iter().any(|a| a == "*")
                 && allow.iter().all(|a| a == "*" || !a.contains('*')),
             exact_allow: allow.iter().filter(|a| !a.contains('*')).cloned().collect(),
             allow: allow.iter().map(|a| Pattern::new(a)).collect(),
-            deny: deny.iter().map(|d| Pattern::new(d)).collect(),
+            deny,
+            deny_sorted,
+            deny_at,
         }
+    }
+
+    /// The first `deny` rule, in configured order, that matches `method`.
+    fn denied_by(&self, method: &str) -> Option<&Pattern> {
+        let rules = |bucket: usize| {
+            let (from, to) = (self.deny_at[bucket], self.deny_at[bucket + 1]);
+            self.deny_sorted[from as usize..to as usize]
+                .iter()
+                .copied()
+                .filter(|&i| self.deny[i as usize].matches(method))
+        };
+        let first = method.as_bytes().first().map_or(256, |&b| usize::from(b));
+        let hit = match first {
+            256 => rules(256).next(),
+            b => rules(b).next().into_iter().chain(rules(256).next()).min(),
+        };
+        hit.map(|i| &self.deny[i as usize])
     }
 
     /// `Ok` when the chain serves `method`, else why not.
@@ -136,7 +178,7 @@ impl MethodPolicy {
         if self.exact_allow.iter().any(|a| a == method) {
             return Ok(());
         }
-        if let Some(rule) = self.deny.iter().find(|d| d.matches(method)) {
+        if let Some(rule) = self.denied_by(method) {
             return Err(Refusal::Denied(rule.rule.clone()));
         }
         if self.allow_all || self.allow.iter().any(|a| a.matches(method)) {
@@ -258,6 +300,59 @@ mod tests {
             for n in names {
                 assert_eq!(compiled.matches(n), glob(p, n), "{p} ~ {n} ({compiled:?})");
             }
+        }
+    }
+
+    #[test]
+    fn the_deny_index_names_the_first_matching_rule_in_configured_order() {
+        let names = [
+            "",
+            "eth_sign",
+            "eth_call",
+            "debug_x",
+            "xdebug_",
+            "abc",
+            "aXbYc",
+            "x",
+            "yx",
+            "e",
+            "é",
+            "eth_signTypedData_v4",
+            "zz",
+        ];
+        let rules = [
+            "*", "", "eth_sign", "debug_*", "*_sign*", "a*b*c", "a**", "*x", "eth_*_v4", "e*",
+            "é*", "z",
+        ];
+        // Every rotation, so each rule comes first once (and the `*` rules sit before and after
+        // the ones they overlap).
+        for k in 0..rules.len() {
+            let deny: Vec<String> = rules[k..]
+                .iter()
+                .chain(&rules[..k])
+                .map(|r| r.to_string())
+                .collect();
+            let p = MethodPolicy::new(&strings(&["*"]), &deny);
+            for n in names {
+                let want = deny.iter().find(|r| glob(r, n)).cloned();
+                let got = match p.check(n) {
+                    Err(Refusal::Denied(rule)) => Some(rule),
+                    _ => None,
+                };
+                assert_eq!(got, want, "{n} against {deny:?}");
+            }
+        }
+        for n in ["eth_call", "eth_getBalance", "net_version", ""] {
+            let p = MethodPolicy::new(&strings(&["*"]), &strings(DEFAULT_DENY));
+            let want = DEFAULT_DENY
+                .iter()
+                .find(|r| glob(r, n))
+                .map(|r| r.to_string());
+            let got = match p.check(n) {
+                Err(Refusal::Denied(rule)) => Some(rule),
+                _ => None,
+            };
+            assert_eq!(got, want, "{n}");
         }
     }
 }
