@@ -44,11 +44,12 @@ impl std::fmt::Debug for Conns {
 
 impl Conns {
     /// The most recently returned connection that is still open and idle for less than
-    /// `idle_timeout`, if any; expired and closed ones met on the way are dropped (closed).
-    pub(crate) fn checkout(&self, idle_timeout: Duration) -> Option<Conn> {
+    /// `idle_timeout` at `now`, if any; expired and closed ones met on the way are dropped
+    /// (closed).
+    pub(crate) fn checkout(&self, now: Instant, idle_timeout: Duration) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
-            if c.since.elapsed() < idle_timeout && c.conn.idle_usable() {
+            if now.saturating_duration_since(c.since) < idle_timeout && c.conn.idle_usable() {
                 return Some(c.conn);
             }
         }
@@ -56,20 +57,20 @@ impl Conns {
     }
 
     /// Returns a connection that is ready for another request (its answer was read to the
-    /// end). Kept when fewer than `max_idle` are idle; else dropped, which closes it.
-    pub(crate) fn put(&self, conn: Conn, max_idle: usize, idle_timeout: Duration) {
+    /// end), idle from `now` on. Kept when fewer than `max_idle` are idle; else dropped, which
+    /// closes it.
+    pub(crate) fn put(&self, conn: Conn, now: Instant, max_idle: usize, idle_timeout: Duration) {
         if max_idle == 0 {
             return;
         }
-        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // The oldest sit at the bottom of the stack; close them once expired, so a pool that
         // served a burst shrinks back without a timer.
         if idle
             .first()
-            .is_some_and(|c| now.duration_since(c.since) >= idle_timeout)
+            .is_some_and(|c| now.saturating_duration_since(c.since) >= idle_timeout)
         {
-            idle.retain(|c| now.duration_since(c.since) < idle_timeout);
+            idle.retain(|c| now.saturating_duration_since(c.since) < idle_timeout);
         }
         if idle.len() < max_idle {
             idle.push(Idle { conn, since: now });
@@ -99,11 +100,11 @@ mod tests {
         for _ in 0..WARM + 4 {
             let io = tokio::net::TcpStream::connect(addr).await.unwrap();
             accepted.push(listener.accept().await.unwrap());
-            pool.put(Conn::new(io).with_buffer(), 1024, timeout);
+            pool.put(Conn::new(io).with_buffer(), Instant::now(), 1024, timeout);
         }
         assert_eq!(pool.idle_count(), WARM + 4);
         let mut capacities = Vec::new();
-        while let Some(c) = pool.checkout(timeout) {
+        while let Some(c) = pool.checkout(Instant::now(), timeout) {
             capacities.push(c.buffer_capacity());
         }
         // Checked out from the top: the WARM most recent first.
@@ -121,7 +122,7 @@ mod tests {
         for _ in 0..5 {
             let io = tokio::net::TcpStream::connect(addr).await.unwrap();
             accepted.push(listener.accept().await.unwrap());
-            pool.put(Conn::new(io), 3, Duration::from_secs(60));
+            pool.put(Conn::new(io), Instant::now(), 3, Duration::from_secs(60));
         }
         assert_eq!(pool.idle_count(), 3);
     }

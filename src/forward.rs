@@ -147,7 +147,21 @@ impl Forwarder {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Reply, Failure> {
-        match tokio::time::timeout(timeout, self.exchange(up, body, None)).await {
+        self.send_from(up, body, tokio::time::Instant::now(), timeout)
+            .await
+    }
+
+    /// [`Forwarder::send`] for an attempt that started at `started` (read once by the
+    /// caller, which times the attempt too): the answer must come within `timeout` of it.
+    pub(crate) async fn send_from(
+        &self,
+        up: &Upstream,
+        body: Bytes,
+        started: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Reply, Failure> {
+        let exchange = self.exchange(up, body, None, started.into_std());
+        match tokio::time::timeout_at(started + timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(Failure::Timeout),
         }
@@ -162,7 +176,9 @@ impl Forwarder {
         timeout: Duration,
         what: &'static str,
     ) -> Result<Reply, Failure> {
-        match tokio::time::timeout(timeout, self.exchange(up, body, Some(what))).await {
+        let now = tokio::time::Instant::now();
+        let exchange = self.exchange(up, body, Some(what), now.into_std());
+        match tokio::time::timeout_at(now + timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(Failure::Timeout),
         }
@@ -173,9 +189,10 @@ impl Forwarder {
         up: &Upstream,
         body: Bytes,
         probe: Option<&'static str>,
+        started: std::time::Instant,
     ) -> Result<Reply, Failure> {
         if let Some(plain) = &up.plain {
-            return self.exchange_plain(up, plain, &body, probe).await;
+            return self.exchange_plain(up, plain, &body, probe, started).await;
         }
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
@@ -224,15 +241,17 @@ impl Forwarder {
 
     /// Sends `body` to a plain-HTTP upstream on one of its pooled connections (or a new one)
     /// and reads the answer; the connection goes back to the pool when it can carry another
-    /// request.
+    /// request. `started` (when the attempt began) stands for "now" in the pool's idle
+    /// bookkeeping, which needs no finer clock than that.
     async fn exchange_plain(
         &self,
         up: &Upstream,
         plain: &PlainHttp,
         body: &[u8],
         probe: Option<&'static str>,
+        started: std::time::Instant,
     ) -> Result<Reply, Failure> {
-        let mut conn = match up.state.conns.checkout(self.pool_idle_timeout) {
+        let mut conn = match up.state.conns.checkout(started, self.pool_idle_timeout) {
             Some(conn) => conn,
             None => self.connect_plain(up, plain).await?,
         };
@@ -244,7 +263,7 @@ impl Forwarder {
             Ok(answer) => {
                 if answer.reusable {
                     let (max_idle, idle_timeout) = (self.pool_max_idle, self.pool_idle_timeout);
-                    up.state.conns.put(conn, max_idle, idle_timeout);
+                    up.state.conns.put(conn, started, max_idle, idle_timeout);
                 }
                 Ok(Reply {
                     status: answer.status,

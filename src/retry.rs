@@ -47,7 +47,7 @@ use crate::jsonrpc::{self, Call};
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::pool::Chain;
 use crate::route::{self, method_kind, MethodKind, Need};
-use crate::upstream::{now_us, Upstream};
+use crate::upstream::{now_us, us_at, Upstream};
 
 /// The answer to one call: raw JSON of a result or of an error object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +96,8 @@ type ChunkResult = (Indices, Result<PerCall<Got>, Failure>);
 struct Done {
     upstream: usize,
     elapsed: Duration,
+    /// When the attempt ended.
+    finished: Instant,
     results: PerCall<ChunkResult>,
 }
 
@@ -180,7 +182,7 @@ pub async fn failover(
             if tried.len() >= chain.max_attempts {
                 break;
             }
-            let Some(ui) = pick(chain, need, &mut exclude, &avoid_regions) else {
+            let Some(ui) = pick(chain, need, &mut exclude, &avoid_regions, us_at(now)) else {
                 break;
             };
             tried.push(ui);
@@ -229,10 +231,11 @@ pub async fn failover(
                 } else if !pending.is_empty() && tried.len() < chain.max_attempts {
                     // What failed was the hedge of an attempt that is still stalled: fail
                     // over to the next upstream now rather than after another hedge delay.
-                    if let Some(ui) = pick(chain, need, &mut exclude, &avoid_regions) {
+                    let now = Instant::now();
+                    if let Some(ui) = pick(chain, need, &mut exclude, &avoid_regions, us_at(now)) {
                         tried.push(ui);
                         inflight.push(launch(fwd, metrics, chain, ui, calls, &pending, deadline));
-                        newest = Some((Instant::now(), ui));
+                        newest = Some((now, ui));
                     }
                 }
             }
@@ -242,14 +245,15 @@ pub async fn failover(
                 if !avoid_regions.contains(&region) {
                     avoid_regions.push(region);
                 }
-                match pick(chain, need, &mut exclude, &avoid_regions) {
+                let now = Instant::now();
+                match pick(chain, need, &mut exclude, &avoid_regions, us_at(now)) {
                     Some(ui) => {
                         tried.push(ui);
                         report.hedges += 1;
                         tracing::debug!(chain = &*chain.name, stalled = &*chain.upstreams[stalled].name,
                             hedge = &*chain.upstreams[ui].name, "hedging a slow read");
                         inflight.push(launch(fwd, metrics, chain, ui, calls, &pending, deadline));
-                        newest = Some((Instant::now(), ui));
+                        newest = Some((now, ui));
                     }
                     // Nobody to hedge to: wait for the attempt in flight.
                     None => newest = None,
@@ -314,7 +318,7 @@ async fn broadcast(
 ) -> (PerCall<Answer>, Report) {
     let mut report = Report::default();
     let mut exclude = Indices::new();
-    let Some(primary) = pick(chain, route::need(call), &mut exclude, &[]) else {
+    let Some(primary) = pick(chain, route::need(call), &mut exclude, &[], now_us()) else {
         let failed = error::all_failed(&[], false);
         return (smallvec::smallvec![Answer::Error(failed)], report);
     };
@@ -421,15 +425,16 @@ async fn broadcast(
     )
 }
 
-/// Selects the next upstream and takes its admission (one trial at a time while half-open).
+/// Selects the next upstream and takes its admission (one trial at a time while half-open);
+/// `now` in [`now_us`] microseconds.
 fn pick(
     chain: &Chain,
     need: Need,
     exclude: &mut Indices,
     avoid_regions: &[usize],
+    now: u64,
 ) -> Option<usize> {
     loop {
-        let now = now_us();
         let want = Want {
             exclude,
             latest: need.latest,
@@ -487,41 +492,38 @@ async fn run_attempt<'a>(
 ) -> Done {
     {
         let up = &chain.upstreams[ui];
-        let timeout = up
-            .timeout
-            .min(deadline.saturating_duration_since(Instant::now()));
+        // The clock is read once at the start and once at the end of an attempt.
+        let started = Instant::now();
+        let timeout = up.timeout.min(deadline.saturating_duration_since(started));
         let size = up.max_batch_len.unwrap_or(usize::MAX);
         let mut guard = Cancelled {
             metrics,
             chain,
             up,
-            started: Instant::now(),
+            started,
             done: false,
         };
-        let (elapsed, results) = if sent.len() <= size {
+        let results = if sent.len() <= size {
             // One chunk (the common case): no chunk lists to build.
-            let (took, r) = attempt(fwd, up, calls, &sent, timeout).await;
-            (took, smallvec::smallvec![(sent, r)])
+            let r = attempt(fwd, up, calls, &sent, started, timeout).await;
+            smallvec::smallvec![(sent, r)]
         } else {
             let chunks: Vec<Indices> = sent.chunks(size).map(Indices::from_slice).collect();
             let outcomes = join_all(
                 chunks
                     .iter()
-                    .map(|chunk| attempt(fwd, up, calls, chunk, timeout)),
+                    .map(|chunk| attempt(fwd, up, calls, chunk, started, timeout)),
             )
             .await;
-            let elapsed = outcomes.iter().map(|o| o.0).max().unwrap_or_default();
-            let results = chunks
-                .into_iter()
-                .zip(outcomes)
-                .map(|(chunk, (_, r))| (chunk, r))
-                .collect();
-            (elapsed, results)
+            chunks.into_iter().zip(outcomes).collect()
         };
+        // The chunks ran side by side: the attempt took as long as the slowest.
+        let finished = Instant::now();
         guard.done = true;
         Done {
             upstream: ui,
-            elapsed,
+            elapsed: finished.saturating_duration_since(started),
+            finished,
             results,
         }
     }
@@ -570,6 +572,7 @@ fn process(
 ) {
     let ui = done.upstream;
     let up = &chain.upstreams[ui];
+    let now = us_at(done.finished);
     // How far behind the chain head this upstream is, when both are known and it is behind.
     let behind_by = up
         .state
@@ -641,7 +644,7 @@ fn process(
                             answered += 1;
                             settled += 1;
                             let r = if method == "eth_blockNumber" {
-                                block_number(chain, ui, r)
+                                block_number(chain, ui, r, now)
                             } else {
                                 r
                             };
@@ -696,6 +699,7 @@ fn process(
     let outcome = record_health(
         chain,
         ui,
+        now,
         worst.as_ref(),
         done.elapsed,
         answered,
@@ -721,7 +725,7 @@ fn process(
 }
 
 /// An `eth_blockNumber` answer: the upstream's head, and the chain's answers never go backwards.
-fn block_number(chain: &Chain, ui: usize, raw: Bytes) -> Bytes {
+fn block_number(chain: &Chain, ui: usize, raw: Bytes, now: u64) -> Bytes {
     let text = std::str::from_utf8(&raw).unwrap_or("");
     let Some(n) = text
         .strip_prefix('"')
@@ -730,7 +734,7 @@ fn block_number(chain: &Chain, ui: usize, raw: Bytes) -> Bytes {
     else {
         return raw;
     };
-    chain.observe_head(ui, now_us(), n);
+    chain.observe_head(ui, now, n);
     let served = chain.state.monotonic_block(n);
     if served > n {
         Bytes::from(format!("\"0x{served:x}\""))
@@ -779,9 +783,11 @@ fn severity(f: &Failure) -> u8 {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn record_health(
     chain: &Chain,
     ui: usize,
+    now: u64,
     worst: Option<&Failure>,
     elapsed: Duration,
     answered: usize,
@@ -789,7 +795,6 @@ fn record_health(
     rate_limited: bool,
 ) -> AttemptOutcome {
     let up = &chain.upstreams[ui];
-    let now = now_us();
     let state = &up.state;
     let outcome = match worst {
         Some(Failure::Connect(_)) => AttemptOutcome::ConnectError,
@@ -865,17 +870,20 @@ fn describe_rpc_error(up: &Upstream, error: &[u8]) -> String {
     up.redact(&format!("JSON-RPC error {}: {}", e.code, e.message))
 }
 
-/// Sends one chunk of calls to one upstream and reads what it said about each.
+/// Sends one chunk of calls to one upstream, counted in flight, and reads what it said about
+/// each; the answer is due within `timeout` of `started`.
 async fn attempt(
     fwd: &Forwarder,
     up: &Upstream,
     calls: &[&Call<'_>],
     chunk: &[usize],
+    started: Instant,
     timeout: Duration,
-) -> (Duration, Result<PerCall<Got>, Failure>) {
+) -> Result<PerCall<Got>, Failure> {
     let body = upstream_body(calls, chunk);
-    let (took, result) = send(fwd, up, body, timeout).await;
-    (took, result.and_then(|reply| read_reply(&reply, chunk)))
+    let _in_flight = up.state.start();
+    let reply = fwd.send_from(up, body, started, timeout).await?;
+    read_reply(&reply, chunk)
 }
 
 /// Sends a prepared body, counting it in flight.

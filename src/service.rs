@@ -31,7 +31,7 @@ use crate::metrics::{Metrics, Outcome};
 use crate::pool::{Chain, Pool};
 use crate::retry::{failover, Answer, Indices, PerCall};
 use crate::route::{method_kind, MethodKind};
-use crate::upstream::now_us;
+use crate::upstream::{now_us, us_at};
 
 /// The response body type of [`Detour`]'s service.
 pub type Body = Full<Bytes>;
@@ -230,7 +230,10 @@ impl Detour {
         self.start_health();
         let pool = self.pool();
         match pool.route(chain) {
-            Some(c) => Ok(self.rpc(&pool, c, body, &mut Served::default()).await),
+            Some(c) => {
+                let served = &mut Served::default();
+                Ok(self.rpc(&pool, c, body, Instant::now(), served).await)
+            }
             None => Err(unknown_chain_body(&pool, chain)),
         }
     }
@@ -271,9 +274,10 @@ impl Detour {
             method: method.into(),
             params,
         };
-        let deadline = Instant::now() + pool.config.server.request_timeout;
+        let now = Instant::now();
+        let deadline = now + pool.config.server.request_timeout;
         let mut answers = self
-            .answer_calls(c, &[&call], deadline, &mut Served::default())
+            .answer_calls(c, &[&call], now, deadline, &mut Served::default())
             .await;
         match answers.pop() {
             Some(Answer::Result(r)) => {
@@ -294,15 +298,16 @@ impl Detour {
     }
 
     /// Answers local calls and forwards the rest; one answer per call, in order. What it took
-    /// goes into `served`.
+    /// goes into `served`. The request arrived at `now`.
     async fn answer_calls(
         &self,
         chain: &Chain,
         calls: &[&Call<'_>],
+        now: Instant,
         deadline: Instant,
         served: &mut Served,
     ) -> PerCall<Answer> {
-        chain.state.touch(now_us());
+        chain.state.touch(us_at(now));
         let mut answers: PerCall<Option<Answer>> = calls
             .iter()
             .map(|c| {
@@ -372,16 +377,17 @@ impl Detour {
             .collect()
     }
 
-    /// Parses a body, answers it, and writes the response (`None`: notifications only). What
-    /// it took goes into `served`.
+    /// Parses a body that arrived at `now`, answers it, and writes the response (`None`:
+    /// notifications only). What it took goes into `served`.
     async fn rpc(
         &self,
         pool: &Pool,
         chain: &Chain,
         body: &[u8],
+        now: Instant,
         served: &mut Served,
     ) -> Option<Bytes> {
-        let deadline = Instant::now() + pool.config.server.request_timeout;
+        let deadline = now + pool.config.server.request_timeout;
         let (entries, batch) = match jsonrpc::parse(body, pool.config.server.max_batch_len) {
             Parsed::Single(e) => (smallvec::smallvec![e], false),
             Parsed::Batch(v) => (PerCall::from_vec(v), true),
@@ -425,7 +431,8 @@ impl Detour {
         let mut answers = if calls.is_empty() {
             PerCall::new()
         } else {
-            self.answer_calls(chain, &calls, deadline, served).await
+            self.answer_calls(chain, &calls, now, deadline, served)
+                .await
         }
         .into_iter();
         let answer_bytes: usize = answers
@@ -640,8 +647,13 @@ impl Detour {
         if declared.is_some_and(|len| len > limit as u64) {
             return too_large(limit);
         }
-        let read = Limited::new(req.into_body(), limit).collect();
-        let body = match tokio::time::timeout(pool.config.server.body_read_timeout, read).await {
+        let mut read = std::pin::pin!(Limited::new(req.into_body(), limit).collect());
+        // A body that is all here already (the fast path's always is) needs no timer.
+        let read = match futures_util::FutureExt::now_or_never(&mut read) {
+            Some(done) => Ok(done),
+            None => tokio::time::timeout(pool.config.server.body_read_timeout, read).await,
+        };
+        let body = match read {
             Err(_elapsed) => {
                 // A client sending its body a byte at a time gives up its slot here.
                 let why = format!(
@@ -674,7 +686,7 @@ impl Detour {
             client,
             ..Served::default()
         };
-        let out = self.rpc(&pool, chain, &body, &mut served).await;
+        let out = self.rpc(&pool, chain, &body, started, &mut served).await;
         chain.metrics.duration(
             &self.inner.metrics,
             &chain.name,

@@ -40,12 +40,16 @@ pub const SOFT_FAILURES_TO_EJECT: u32 = 3;
 
 /// Microseconds since a process-wide origin, on tokio's clock (so paused-time tests work).
 pub fn now_us() -> u64 {
+    us_at(tokio::time::Instant::now())
+}
+
+/// `at` in the microseconds of [`now_us`], for callers that read the clock already (a clock
+/// read costs about 20 ns on these machines, and a request used to make 25).
+pub fn us_at(at: tokio::time::Instant) -> u64 {
     static ORIGIN: OnceLock<tokio::time::Instant> = OnceLock::new();
     let origin = *ORIGIN.get_or_init(tokio::time::Instant::now);
     // u64 microseconds last 584 000 years.
-    tokio::time::Instant::now()
-        .duration_since(origin)
-        .as_micros() as u64
+    at.saturating_duration_since(origin).as_micros() as u64
 }
 
 /// A parsed upstream URL: where to connect, which headers carry its credentials, and how to
