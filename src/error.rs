@@ -127,7 +127,7 @@ impl RpcError {
         let parsed = std::str::from_utf8(raw)
             .ok()
             .and_then(|s| serde_json::from_str::<&RawValue>(s).ok())
-            .and_then(jsonrpc::error_fields);
+            .and_then(|e| jsonrpc::error_fields(e.into()));
         match parsed {
             Some(f) => RpcError {
                 code: f.code,

@@ -13,6 +13,8 @@ use std::io::Write as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use crate::jsonscan::Scanner;
+
 /// Invalid JSON was received.
 pub const PARSE_ERROR: i64 = -32700;
 /// The JSON sent is not a valid request object.
@@ -24,6 +26,38 @@ pub const INTERNAL_ERROR: i64 = -32603;
 /// EIP-1474 "resource not found"; detour uses it for an unknown chain path.
 pub const RESOURCE_NOT_FOUND: i64 = -32001;
 
+/// One JSON value exactly as it was received, borrowed from the body it was parsed from.
+///
+/// Only the parsers of this module make one from text (from text they validated), so its
+/// text is always one well-formed JSON value without surrounding whitespace.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Raw<'a>(&'a str);
+
+impl<'a> Raw<'a> {
+    /// The value's JSON text.
+    pub fn get(self) -> &'a str {
+        self.0
+    }
+}
+
+impl<'a> From<&'a RawValue> for Raw<'a> {
+    fn from(v: &'a RawValue) -> Raw<'a> {
+        Raw(v.get())
+    }
+}
+
+impl std::fmt::Debug for Raw<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Raw<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Raw<'a>, D::Error> {
+        <&'de RawValue>::deserialize(d).map(Raw::from)
+    }
+}
+
 /// One member of a client request (a single request is a batch of one).
 #[derive(Debug, Clone)]
 pub enum Entry<'a> {
@@ -32,7 +66,7 @@ pub enum Entry<'a> {
     /// Not a valid request object: answered with `-32600` and the id when it was readable.
     Invalid {
         /// The id to echo (`None` → `null`).
-        id: Option<&'a RawValue>,
+        id: Option<Raw<'a>>,
         /// Why the entry is invalid; sent as the error's `data`.
         reason: &'static str,
     },
@@ -42,11 +76,11 @@ pub enum Entry<'a> {
 #[derive(Debug, Clone)]
 pub struct Call<'a> {
     /// `None` for a notification; otherwise the raw id (string, number or `null`).
-    pub id: Option<&'a RawValue>,
+    pub id: Option<Raw<'a>>,
     /// The method name, unescaped.
     pub method: Cow<'a, str>,
     /// The raw params (an array or an object), if any.
-    pub params: Option<&'a RawValue>,
+    pub params: Option<Raw<'a>>,
 }
 
 /// The shape of a parsed client body.
@@ -65,41 +99,54 @@ pub enum Parsed<'a> {
 }
 
 /// Deserializes a present field, `null` included, as `Some` (serde would map `null` to `None`).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&'de RawValue>::deserialize(d).map(Some)
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Raw<'de>>, D::Error> {
+    Raw::deserialize(d).map(Some)
 }
 
 /// A request object with every member kept raw, so that validation can say exactly what is wrong.
 #[derive(Deserialize)]
 struct RawRequest<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
-    jsonrpc: Option<&'a RawValue>,
+    jsonrpc: Option<Raw<'a>>,
     #[serde(borrow, default, deserialize_with = "present")]
-    method: Option<&'a RawValue>,
+    method: Option<Raw<'a>>,
     #[serde(borrow, default, deserialize_with = "present")]
-    params: Option<&'a RawValue>,
+    params: Option<Raw<'a>>,
     #[serde(borrow, default, deserialize_with = "present")]
-    id: Option<&'a RawValue>,
+    id: Option<Raw<'a>>,
 }
 
-fn first_byte(raw: &RawValue) -> u8 {
+fn first_byte(raw: Raw<'_>) -> u8 {
     // A RawValue holds one JSON value without surrounding whitespace, so it is never empty.
     raw.get().as_bytes().first().copied().unwrap_or(b' ')
 }
 
 /// Whether a raw id is of a type the specification allows: string, number or null.
-fn valid_id(raw: &RawValue) -> bool {
+fn valid_id(raw: Raw<'_>) -> bool {
     matches!(first_byte(raw), b'"' | b'-' | b'0'..=b'9' | b'n')
 }
 
 /// Parses a client body. `max_batch_len` bounds the number of batch members.
 pub fn parse(body: &[u8], max_batch_len: usize) -> Parsed<'_> {
+    // Plain bodies (nearly all) are read by the scanner; it gives up on anything unusual,
+    // which serde_json then reads, errors included.
+    if let Some(parsed) = std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| parse_plain(text, max_batch_len))
+    {
+        return parsed;
+    }
+    parse_with_serde(body, max_batch_len)
+}
+
+/// [`parse`] by serde_json alone.
+fn parse_with_serde(body: &[u8], max_batch_len: usize) -> Parsed<'_> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace());
     match start.map(|i| body[i]) {
         Some(b'[') => match serde_json::from_slice::<Vec<&RawValue>>(body) {
             Ok(items) if items.is_empty() => Parsed::EmptyBatch,
             Ok(items) if items.len() > max_batch_len => Parsed::BatchTooLong(items.len()),
-            Ok(items) => Parsed::Batch(items.into_iter().map(parse_entry).collect()),
+            Ok(items) => Parsed::Batch(items.into_iter().map(|i| parse_entry(i.into())).collect()),
             Err(_) => Parsed::ParseError,
         },
         // The common case, a single request object: one pass over the body.
@@ -113,17 +160,57 @@ pub fn parse(body: &[u8], max_batch_len: usize) -> Parsed<'_> {
     }
 }
 
+/// The members of a request object, at `{` in `s`.
+fn request_members<'a>(s: &mut Scanner<'a>, depth: u32) -> Option<RawRequest<'a>> {
+    let mut found = [None; 4];
+    s.object(depth, &["jsonrpc", "method", "params", "id"], &mut found)?;
+    let [jsonrpc, method, params, id] = found.map(|v| v.map(Raw));
+    Some(RawRequest {
+        jsonrpc,
+        method,
+        params,
+        id,
+    })
+}
+
+/// [`parse`] by the scanner: `None` where it gives up.
+fn parse_plain(text: &str, max_batch_len: usize) -> Option<Parsed<'_>> {
+    let mut s = Scanner::new(text);
+    let parsed = match s.next_byte()? {
+        b'{' => Parsed::Single(validate(request_members(&mut s, 0)?)),
+        b'[' => {
+            let mut entries = Vec::new();
+            s.array(0, |s, depth| {
+                entries.push(if s.next_byte()? == b'{' {
+                    validate(request_members(s, depth)?)
+                } else {
+                    parse_entry(Raw(s.value(depth)?))
+                });
+                Some(())
+            })?;
+            match entries.len() {
+                0 => Parsed::EmptyBatch,
+                n if n > max_batch_len => Parsed::BatchTooLong(n),
+                _ => Parsed::Batch(entries),
+            }
+        }
+        _ => return None,
+    };
+    s.end()?;
+    Some(parsed)
+}
+
 /// A single value that is not a well-formed request object: tell invalid JSON (`-32700`) from
 /// valid JSON that is not a request (`-32600`).
 fn parse_single_slow(body: &[u8]) -> Parsed<'_> {
     match serde_json::from_slice::<&RawValue>(body) {
-        Ok(raw) => Parsed::Single(parse_entry(raw)),
+        Ok(raw) => Parsed::Single(parse_entry(Raw::from(raw))),
         Err(_) => Parsed::ParseError,
     }
 }
 
 /// Validates one request object.
-pub fn parse_entry(raw: &RawValue) -> Entry<'_> {
+pub fn parse_entry(raw: Raw<'_>) -> Entry<'_> {
     if first_byte(raw) != b'{' {
         return Entry::Invalid {
             id: None,
@@ -147,7 +234,7 @@ fn validate(req: RawRequest<'_>) -> Entry<'_> {
         }
         id => id,
     };
-    if req.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+    if req.jsonrpc.map(Raw::get) != Some("\"2.0\"") {
         return invalid(id, "\"jsonrpc\" must be exactly \"2.0\"");
     }
     let method = match req.method {
@@ -171,7 +258,7 @@ fn validate(req: RawRequest<'_>) -> Entry<'_> {
 }
 
 /// A raw JSON string's content: borrowed when it has no escapes (method names never do).
-fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+fn json_str(raw: Raw<'_>) -> Option<Cow<'_, str>> {
     let text = raw.get();
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     if !inner.contains('\\') {
@@ -184,12 +271,12 @@ fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
 
 const NULL_ID: &str = "null";
 
-fn id_str(id: Option<&RawValue>) -> &str {
-    id.map_or(NULL_ID, RawValue::get)
+fn id_str(id: Option<Raw<'_>>) -> &str {
+    id.map_or(NULL_ID, Raw::get)
 }
 
 /// Appends `{"jsonrpc":"2.0","id":<id>,"result":<result>}`; `result` is copied verbatim.
-pub fn write_result(out: &mut Vec<u8>, id: Option<&RawValue>, result: &[u8]) {
+pub fn write_result(out: &mut Vec<u8>, id: Option<Raw<'_>>, result: &[u8]) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     out.extend_from_slice(id_str(id).as_bytes());
     out.extend_from_slice(b",\"result\":");
@@ -198,7 +285,7 @@ pub fn write_result(out: &mut Vec<u8>, id: Option<&RawValue>, result: &[u8]) {
 }
 
 /// Appends `{"jsonrpc":"2.0","id":<id>,"error":<error>}`; `error` (an object) is copied verbatim.
-pub fn write_error(out: &mut Vec<u8>, id: Option<&RawValue>, error: &[u8]) {
+pub fn write_error(out: &mut Vec<u8>, id: Option<Raw<'_>>, error: &[u8]) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     out.extend_from_slice(id_str(id).as_bytes());
     out.extend_from_slice(b",\"error\":");
@@ -223,7 +310,7 @@ pub fn error_object(code: i64, message: &str, data: Option<&str>) -> Vec<u8> {
 
 /// A complete error response with a standard or detour error code.
 pub fn error_response(
-    id: Option<&RawValue>,
+    id: Option<Raw<'_>>,
     code: i64,
     message: &str,
     data: Option<&str>,
@@ -285,13 +372,13 @@ pub fn write_upstream_call(out: &mut Vec<u8>, id: usize, call: &Call<'_>) {
 pub struct RawResponse<'a> {
     /// The id the upstream echoed (detour's integer).
     #[serde(borrow, default, deserialize_with = "present")]
-    pub id: Option<&'a RawValue>,
+    pub id: Option<Raw<'a>>,
     /// The result, verbatim (may be `null`).
     #[serde(borrow, default, deserialize_with = "present")]
-    pub result: Option<&'a RawValue>,
+    pub result: Option<Raw<'a>>,
     /// The error object, verbatim.
     #[serde(borrow, default, deserialize_with = "present")]
-    pub error: Option<&'a RawValue>,
+    pub error: Option<Raw<'a>>,
 }
 
 /// Parses an upstream body as one response object or a batch of them.
@@ -302,7 +389,18 @@ pub fn parse_upstream(body: &[u8]) -> Option<smallvec::SmallVec<[RawResponse<'_>
     // UTF-8 is checked once over the whole body, so the parser need not check each raw
     // member (a result may be megabytes) again.
     let text = std::str::from_utf8(body).ok()?;
-    if body[start] == b'[' {
+    if let Some(list) = parse_upstream_plain(text) {
+        return Some(list);
+    }
+    parse_upstream_with_serde(text, body[start])
+}
+
+/// [`parse_upstream`] by serde_json alone; `first` is the first byte that is not whitespace.
+fn parse_upstream_with_serde(
+    text: &str,
+    first: u8,
+) -> Option<smallvec::SmallVec<[RawResponse<'_>; 1]>> {
+    if first == b'[' {
         serde_json::from_str::<Vec<RawResponse<'_>>>(text)
             .ok()
             .map(smallvec::SmallVec::from_vec)
@@ -311,6 +409,36 @@ pub fn parse_upstream(body: &[u8]) -> Option<smallvec::SmallVec<[RawResponse<'_>
             .ok()
             .map(|r| smallvec::smallvec![r])
     }
+}
+
+/// The members of a response object, at `{` in `s`.
+fn response_members<'a>(s: &mut Scanner<'a>, depth: u32) -> Option<RawResponse<'a>> {
+    let mut found = [None; 3];
+    s.object(depth, &["id", "result", "error"], &mut found)?;
+    let [id, result, error] = found.map(|v| v.map(Raw));
+    Some(RawResponse { id, result, error })
+}
+
+/// [`parse_upstream`] by the scanner: `None` where it gives up.
+fn parse_upstream_plain(text: &str) -> Option<smallvec::SmallVec<[RawResponse<'_>; 1]>> {
+    let mut s = Scanner::new(text);
+    let list = match s.next_byte()? {
+        b'{' => smallvec::smallvec![response_members(&mut s, 0)?],
+        b'[' => {
+            let mut list = smallvec::SmallVec::new();
+            s.array(0, |s, depth| {
+                if s.next_byte()? != b'{' {
+                    return None;
+                }
+                list.push(response_members(s, depth)?);
+                Some(())
+            })?;
+            list
+        }
+        _ => return None,
+    };
+    s.end()?;
+    Some(list)
 }
 
 /// The code and message of an upstream error object, for classification and logs.
@@ -328,7 +456,7 @@ pub struct ErrorFields<'a> {
 }
 
 /// Reads an error object's code and message; `None` when it is not an object with them.
-pub fn error_fields(error: &RawValue) -> Option<ErrorFields<'_>> {
+pub fn error_fields(error: Raw<'_>) -> Option<ErrorFields<'_>> {
     if first_byte(error) != b'{' {
         return None;
     }
@@ -448,7 +576,7 @@ mod tests {
     fn writes_responses_verbatim() {
         let id = RawValue::from_string("\"abc\"".into()).unwrap();
         let mut out = Vec::new();
-        write_result(&mut out, Some(&id), br#"{"a" : 1.50}"#);
+        write_result(&mut out, Some(Raw::from(&*id)), br#"{"a" : 1.50}"#);
         assert_eq!(
             out,
             br#"{"jsonrpc":"2.0","id":"abc","result":{"a" : 1.50}}"#
@@ -471,6 +599,63 @@ mod tests {
         );
     }
 
+    /// Bodies near the usual shapes, and odd ones: both parsers must read them the same.
+    const BODIES: &[&str] = &[
+        r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{"to":"0x1","data":"0x2"},"latest"]}"#,
+        r#" { "id" : "a\"b" , "method" : "eth_\u0063all" , "jsonrpc" : "2.0" } "#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"m","id":2}"#,
+        r#"{"jsonrpc":"2.0","i\u0064":1,"method":"m"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"m","x":1,"x":[2]}"#,
+        r#"{"jsonrpc":"2.0","id":1.5e3,"method":"m","params":{}}"#,
+        r#"{"jsonrpc":"2.0","id":null,"method":5}"#,
+        r#"{"jsonrpc":"1.0","id":1,"method":"m"}"#,
+        r#"{"jsonrpc":"2.0","method":"m","params":"x"}"#,
+        r#"{"jsonrpc":"2.0","id":[1],"method":"m"}"#,
+        r#"[{"jsonrpc":"2.0","id":1,"method":"a"}, 7, "x", {"id":2}, []]"#,
+        r#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","id":1,"id":2,"method":"b"}]"#,
+        r#"[1,2,3]"#,
+        r#"[]"#,
+        r#"[1,"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"m"} x"#,
+        r#"{"jsonrpc":"2.0","id":01,"method":"m"}"#,
+        r#""just a string""#,
+        r#"null"#,
+        "",
+        "\u{c}{}",
+        r#"{"jsonrpc":"2.0","id":1,"result":"0x1"}"#,
+        r#"[{"jsonrpc":"2.0","id":1,"result":null},{"jsonrpc":"2.0","id":0,"error":{"code":-32000,"message":"m"}}]"#,
+        r#"{"id":1,"result":1,"result":2}"#,
+        r#"[[1,"x",null]]"#,
+        r#"{"id":1,"error":{"code":1},"result":{"a":[1,2,{"b":"\n"}]}}"#,
+    ];
+
+    #[test]
+    fn the_scanner_reads_bodies_as_serde_does() {
+        for body in BODIES {
+            for max in [1, 2, 100] {
+                assert_eq!(
+                    format!("{:?}", parse(body.as_bytes(), max)),
+                    format!("{:?}", parse_with_serde(body.as_bytes(), max)),
+                    "{body}"
+                );
+            }
+            let first = body
+                .bytes()
+                .find(|b| !b.is_ascii_whitespace())
+                .unwrap_or(b' ');
+            let serde = if body.trim().is_empty() {
+                None
+            } else {
+                parse_upstream_with_serde(body, first)
+            };
+            assert_eq!(
+                format!("{:?}", parse_upstream(body.as_bytes())),
+                format!("{serde:?}"),
+                "{body}"
+            );
+        }
+    }
+
     #[test]
     fn upstream_null_result_is_present() {
         let v = parse_upstream(br#"{"jsonrpc":"2.0","id":0,"result":null}"#).unwrap();
@@ -481,7 +666,7 @@ mod tests {
         assert!(parse_upstream(b"{\"jsonrpc\":\"2.0\",\"id\":0,\"result\":\"\xff\"}").is_none());
         let e = RawValue::from_string(r#"{"code":-32000,"message":"execution reverted"}"#.into())
             .unwrap();
-        let f = error_fields(&e).unwrap();
+        let f = error_fields(Raw::from(&*e)).unwrap();
         assert_eq!((f.code, f.message.as_ref()), (-32000, "execution reverted"));
     }
 }

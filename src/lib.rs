@@ -71,6 +71,7 @@ mod h1;
 mod h1serve;
 pub mod health;
 pub mod jsonrpc;
+mod jsonscan;
 pub mod metrics;
 pub mod policy;
 pub mod pool;

@@ -4,6 +4,9 @@
 
 use serde_json::value::RawValue;
 
+use crate::jsonrpc::Raw;
+use crate::jsonscan;
+
 use crate::jsonrpc::Call;
 
 /// How detour treats a method.
@@ -114,18 +117,23 @@ pub fn need(call: &Call<'_>) -> Need {
     let Some(params) = call.params else {
         return LATEST;
     };
-    let Ok(list) = serde_json::from_str::<Vec<&RawValue>>(params.get()) else {
-        return LATEST;
+    let tag = match jsonscan::element(params.get(), pos) {
+        Some(tag) => tag,
+        // Params the scanner gives up on (an escaped key, say): serde_json reads them.
+        None => match serde_json::from_str::<Vec<&RawValue>>(params.get()) {
+            Ok(list) => list.get(pos).map(|t| t.get()),
+            Err(_) => return LATEST,
+        },
     };
-    match list.get(pos) {
+    match tag {
         Some(tag) => tag_need(tag),
         None => LATEST,
     }
 }
 
-/// A block tag, number, hash or EIP-1898 object.
-fn tag_need(tag: &RawValue) -> Need {
-    let text = tag.get().trim();
+/// A block tag, number, hash or EIP-1898 object (its JSON text).
+fn tag_need(tag: &str) -> Need {
+    let text = tag.trim();
     if let Some(s) = text.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
         return match s {
             "latest" | "pending" => Need {
@@ -154,7 +162,7 @@ fn tag_need(tag: &RawValue) -> Need {
             block_number: Some(n),
         }) = serde_json::from_str(text)
         {
-            return tag_need(n);
+            return tag_need(n.get());
         }
         return Need::default();
     }
@@ -164,7 +172,7 @@ fn tag_need(tag: &RawValue) -> Need {
     }
 }
 
-fn logs_need(params: Option<&RawValue>) -> Need {
+fn logs_need(params: Option<Raw<'_>>) -> Need {
     #[derive(serde::Deserialize)]
     struct Filter<'a> {
         #[serde(rename = "toBlock", borrow)]
@@ -185,7 +193,7 @@ fn logs_need(params: Option<&RawValue>) -> Need {
         }) => Need::default(),
         Some(Filter {
             to_block: Some(t), ..
-        }) => tag_need(t),
+        }) => tag_need(t.get()),
         _ => Need {
             latest: true,
             min_block: 0,

@@ -270,9 +270,9 @@ impl Detour {
             data: None,
         })?;
         let call = Call {
-            id: Some(&id),
+            id: Some(jsonrpc::Raw::from(&*id)),
             method: method.into(),
-            params,
+            params: params.map(jsonrpc::Raw::from),
         };
         let now = Instant::now();
         let deadline = now + pool.config.server.request_timeout;
