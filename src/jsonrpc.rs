@@ -275,6 +275,11 @@ fn id_str(id: Option<Raw<'_>>) -> &str {
     id.map_or(NULL_ID, Raw::get)
 }
 
+/// The length of what [`write_result`] writes (for an `error`, one less).
+pub fn result_len(id: Option<Raw<'_>>, result_len: usize) -> usize {
+    br#"{"jsonrpc":"2.0","id":,"result":}"#.len() + id_str(id).len() + result_len
+}
+
 /// Appends `{"jsonrpc":"2.0","id":<id>,"result":<result>}`; `result` is copied verbatim.
 pub fn write_result(out: &mut Vec<u8>, id: Option<Raw<'_>>, result: &[u8]) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
@@ -348,6 +353,26 @@ pub fn standard_message(code: i64) -> &'static str {
 
 // === Upstream side ===
 
+/// The length of `s` as a JSON string literal.
+fn json_string_len(s: &str) -> usize {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        return s.len() + 2;
+    }
+    let mut out = Vec::new();
+    write_json_string(&mut out, s);
+    out.len()
+}
+
+/// The length of what [`write_upstream_call`] writes, so the buffer can be sized exactly.
+pub fn upstream_call_len(id: usize, call: &Call<'_>) -> usize {
+    br#"{"jsonrpc":"2.0","id":,"method":}"#.len()
+        + crate::h1::itoa_buf(id).len()
+        + json_string_len(&call.method)
+        + call
+            .params
+            .map_or(0, |p| br#","params":"#.len() + p.get().len())
+}
+
 /// Appends one upstream request `{"jsonrpc":"2.0","id":<n>,"method":..,"params":..}`.
 ///
 /// Upstreams see detour's own small integer ids (the entry's position in the client's batch),
@@ -356,8 +381,7 @@ pub fn standard_message(code: i64) -> &'static str {
 /// be matched even when an upstream reorders a batch.
 pub fn write_upstream_call(out: &mut Vec<u8>, id: usize, call: &Call<'_>) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    // Writing into a Vec cannot fail; no temporary String.
-    let _ = write!(out, "{id}");
+    out.extend_from_slice(&crate::h1::itoa_buf(id));
     out.extend_from_slice(b",\"method\":");
     write_json_string(out, &call.method);
     if let Some(params) = call.params {
@@ -586,6 +610,28 @@ mod tests {
             String::from_utf8(e).unwrap(),
             r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid \"x\"","data":"why"}}"#
         );
+    }
+
+    #[test]
+    fn written_lengths_are_known_before_writing() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":"client","method":"eth_x","params":{"a":1}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","method":"a\"b\u0001\u00e9","params":[]}"#,
+        ] {
+            let c = call(body);
+            for id in [0, 7, 10, 12345] {
+                let mut out = Vec::new();
+                write_upstream_call(&mut out, id, &c);
+                assert_eq!(out.len(), upstream_call_len(id, &c), "{body} {id}");
+            }
+            let mut out = Vec::new();
+            write_result(&mut out, c.id, b"\"0x1\"");
+            assert_eq!(out.len(), result_len(c.id, 5), "{body}");
+            out.clear();
+            write_error(&mut out, c.id, b"{}");
+            assert_eq!(out.len() + 1, result_len(c.id, 2), "{body}");
+        }
     }
 
     #[test]

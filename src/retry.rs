@@ -902,11 +902,12 @@ async fn send(
 /// The body sent upstream: a single request for one call, else a batch. Ids are the calls'
 /// indices, so answers can be matched whatever order they come in.
 fn upstream_body(calls: &[&Call<'_>], chunk: &[usize]) -> Bytes {
+    // Sized exactly: a buffer with room to spare would cost `Bytes` a second allocation.
     let size: usize = chunk
         .iter()
-        .map(|&i| 48 + calls[i].method.len() + calls[i].params.map_or(0, |p| p.get().len()))
+        .map(|&i| jsonrpc::upstream_call_len(i, calls[i]) + 1)
         .sum();
-    let mut out = Vec::with_capacity(size + 2);
+    let mut out = Vec::with_capacity(if chunk.len() == 1 { size - 1 } else { size + 1 });
     if let [i] = chunk {
         jsonrpc::write_upstream_call(&mut out, *i, calls[*i]);
     } else {
