@@ -35,7 +35,7 @@ use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
-use crate::service::{Body, Detour};
+use crate::service::{Body, Detour, Reply, UPSTREAM_HEADER};
 
 /// Headers beyond this many: handed over (hyper answers 431).
 const MAX_HEADERS: usize = 100;
@@ -116,9 +116,13 @@ where
                 Err(e) => return End::Closed(Err(e)),
             }
         };
-        let resp = Box::pin(detour.clone().serve_http(req, Some(peer))).await;
+        let reply = Box::pin(detour.clone().answer(req, Some(peer))).await;
         let close = client_close || *stop.borrow();
-        match conn.respond(resp, close).await {
+        let written = match reply {
+            Reply::Rpc { body, upstream } => conn.respond_rpc(body, upstream, close).await,
+            Reply::Http(resp) => conn.respond(resp, close).await,
+        };
+        match written {
             Ok(true) => {}
             Ok(false) => return End::Closed(Ok(())),
             Err(e) => return End::Closed(Err(e)),
@@ -142,6 +146,29 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         }
     }
 
+    /// Writes the answer to JSON-RPC calls, as [`Reply::into_response`] would have it; `Ok(false)`
+    /// when the connection is to close after it.
+    async fn respond_rpc(
+        &mut self,
+        body: Option<Bytes>,
+        upstream: Option<HeaderValue>,
+        close: bool,
+    ) -> std::io::Result<bool> {
+        let status = match body {
+            Some(_) => StatusCode::OK,
+            None => StatusCode::NO_CONTENT,
+        };
+        self.start(status);
+        if body.is_some() {
+            self.header(b"content-type", b"application/json");
+        }
+        if let Some(v) = &upstream {
+            self.header(UPSTREAM_HEADER.as_bytes(), v.as_bytes());
+        }
+        self.finish(status, body.unwrap_or_default(), close, false)
+            .await
+    }
+
     /// Writes the answer; `Ok(false)` when the connection is to close after it.
     async fn respond(&mut self, resp: Response<Body>, close: bool) -> std::io::Result<bool> {
         let (parts, body) = resp.into_parts();
@@ -151,11 +178,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 .headers
                 .get(CONNECTION)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        let status = parts.status;
-        // 1xx, 204 and 304 have no body and no content-length (RFC 9110 §8.6).
-        let bodyless = status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
+        self.start(parts.status);
+        for (name, value) in &parts.headers {
+            if name == CONTENT_LENGTH || (name == CONNECTION && close) {
+                continue;
+            }
+            self.header(name.as_str().as_bytes(), value.as_bytes());
+        }
+        let has_date = parts.headers.contains_key(DATE);
+        self.finish(parts.status, body, close, has_date).await
+    }
+
+    /// Starts an answer head: the status line.
+    fn start(&mut self, status: StatusCode) {
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -163,15 +198,31 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         out.push(b' ');
         out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
-        for (name, value) in &parts.headers {
-            if name == CONTENT_LENGTH || (name == CONNECTION && close) {
-                continue;
-            }
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
+    }
+
+    /// Adds one header line to the head.
+    fn header(&mut self, name: &[u8], value: &[u8]) {
+        let out = &mut self.out;
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Ends the head (`content-length`, `connection: close` when `close`, `date` unless the
+    /// answer has one) and writes it with the body.
+    async fn finish(
+        &mut self,
+        status: StatusCode,
+        body: Bytes,
+        close: bool,
+        has_date: bool,
+    ) -> std::io::Result<bool> {
+        // 1xx, 204 and 304 have no body and no content-length (RFC 9110 §8.6).
+        let bodyless = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let out = &mut self.out;
         if !bodyless {
             out.extend_from_slice(b"content-length: ");
             out.extend_from_slice(&crate::h1::itoa_buf(body.len()));
@@ -180,7 +231,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
-        if !parts.headers.contains_key(DATE) {
+        if !has_date {
             out.extend_from_slice(b"date: ");
             out.extend_from_slice(&http_date());
             out.extend_from_slice(b"\r\n");
@@ -249,8 +300,15 @@ fn http_date() -> [u8; 29] {
     })
 }
 
-/// Where each header's name and value are in the buffer: (name at, length, value at, length).
-type Spans = SmallVec<[(usize, usize, usize, usize); 8]>;
+/// The request headers the service reads on a POST, which are all the request it gets carries:
+/// `origin` (CORS) and `authorization` (API keys). The body's length is the body's own, the
+/// connection's headers are this module's business, and nothing else is read. A request with
+/// none of them (most) gets an empty header map, which allocates nothing.
+const PASSED_ON: [&[u8]; 2] = [b"origin", b"authorization"];
+
+/// Where each passed-on header's name and value are in the buffer: (name at, length, value
+/// at, length).
+type Spans = SmallVec<[(usize, usize, usize, usize); 4]>;
 
 // Returned and matched at once; boxing the request would cost an allocation per request.
 #[allow(clippy::large_enum_variant)]
@@ -304,10 +362,11 @@ fn take_request(buf: &mut BytesMut) -> Taken {
             || name.eq_ignore_ascii_case(b"upgrade")
         {
             return Taken::Other;
+        } else if PASSED_ON.iter().any(|p| name.eq_ignore_ascii_case(p)) {
+            let (n, nl) = at(name);
+            let (v, vl) = at(h.value);
+            spans.push((n, nl, v, vl));
         }
-        let (n, nl) = at(name);
-        let (v, vl) = at(h.value);
-        spans.push((n, nl, v, vl));
     }
     let body_len = body_len.unwrap_or(0);
     let Some(total) = head_len.checked_add(body_len) else {
@@ -342,7 +401,6 @@ fn request(
     *req.method_mut() = Method::POST;
     *req.uri_mut() = Uri::from_maybe_shared(bytes.slice(path.0..path.0 + path.1)).ok()?;
     let headers = req.headers_mut();
-    headers.reserve(spans.len());
     for &(n, nl, v, vl) in spans {
         let name = HeaderName::from_bytes(&bytes[n..n + nl]).ok()?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(v..v + vl)).ok()?;

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::value::RawValue;
@@ -442,7 +442,15 @@ impl Detour {
                 Answer::Result(b) | Answer::Error(b) => b.len(),
             })
             .sum();
-        let mut out = Vec::with_capacity(answer_bytes + 64 * entries.len() + 2);
+        // A single answer is sized exactly: a buffer with room to spare would cost `Bytes` a
+        // second allocation.
+        let capacity = match (&entries[..], answers.as_slice()) {
+            ([Entry::Call(c)], [a]) if !batch && c.id.is_some() => {
+                jsonrpc::result_len(c.id, answer_bytes) - usize::from(matches!(a, Answer::Error(_)))
+            }
+            _ => answer_bytes + 64 * entries.len() + 2,
+        };
+        let mut out = Vec::with_capacity(capacity);
         if batch {
             out.push(b'[');
         }
@@ -497,6 +505,20 @@ impl Detour {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        self.answer(req, peer).await.into_response()
+    }
+
+    /// [`Detour::serve_http`]'s answer, with a JSON-RPC answer kept as a [`Reply::Rpc`] (which
+    /// the HTTP/1.1 fast path writes without building a header map).
+    pub(crate) async fn answer<B>(
+        self,
+        req: Request<B>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Reply
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let peer = peer.or_else(|| req.extensions().get::<Peer>().map(|p| p.0));
         let pool = self.pool();
         let cors = req
@@ -511,13 +533,17 @@ impl Detour {
                 access::add_cors(resp.headers_mut(), origin);
                 access::add_preflight(resp.headers_mut());
             }
-            return resp;
+            return Reply::Http(resp);
         }
-        let mut resp = self.route_http(req, pool, peer).await;
-        if let Some(origin) = cors {
-            access::add_cors(resp.headers_mut(), origin);
+        let reply = self.route_http(req, pool, peer).await;
+        match cors {
+            Some(origin) => {
+                let mut resp = reply.into_response();
+                access::add_cors(resp.headers_mut(), origin);
+                Reply::Http(resp)
+            }
+            None => reply,
         }
-        resp
     }
 
     async fn route_http<B>(
@@ -525,7 +551,7 @@ impl Detour {
         req: Request<B>,
         pool: Arc<Pool>,
         peer: Option<std::net::SocketAddr>,
-    ) -> Response<Body>
+    ) -> Reply
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -535,13 +561,15 @@ impl Detour {
         let path = req.uri().path();
         let method = req.method();
         match (method, path) {
-            (&Method::GET | &Method::HEAD, "/healthz") => return text(StatusCode::OK, "ok\n"),
+            (&Method::GET | &Method::HEAD, "/healthz") => {
+                return text(StatusCode::OK, "ok\n").into()
+            }
             (&Method::GET | &Method::HEAD, "/readyz") => {
                 if self.inner.draining.load(Relaxed) {
                     let body = Bytes::from_static(b"{\"ready\":false,\"draining\":true}");
-                    return json(StatusCode::SERVICE_UNAVAILABLE, body);
+                    return json(StatusCode::SERVICE_UNAVAILABLE, body).into();
                 }
-                return readiness(&pool);
+                return readiness(&pool).into();
             }
             (&Method::GET | &Method::HEAD, "/status" | "/metrics")
                 if access::authenticate(
@@ -550,11 +578,11 @@ impl Detour {
                 )
                 .is_err() =>
             {
-                return unauthorized();
+                return unauthorized().into();
             }
             (&Method::GET | &Method::HEAD, "/status") if !wants_html(&req) => {
                 let body = serde_json::to_string_pretty(&self.status()).unwrap_or_default();
-                return json(StatusCode::OK, Bytes::from(body));
+                return json(StatusCode::OK, Bytes::from(body)).into();
             }
             (&Method::GET | &Method::HEAD, "/status" | "/status.html") => {
                 let mut resp = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
@@ -569,7 +597,7 @@ impl Detour {
                         "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
                     ),
                 );
-                return resp;
+                return resp.into();
             }
             (&Method::GET | &Method::HEAD, "/metrics") => {
                 let mut resp = Response::new(Full::new(Bytes::from(self.metrics())));
@@ -579,9 +607,9 @@ impl Detour {
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     ),
                 );
-                return resp;
+                return resp.into();
             }
-            (&Method::GET | &Method::HEAD, "/") => return index(&pool),
+            (&Method::GET | &Method::HEAD, "/") => return index(&pool).into(),
             _ => {}
         }
         let (chain_path, path_key) = access::split_path(path);
@@ -595,7 +623,7 @@ impl Detour {
                 } else {
                     path.to_owned()
                 };
-                return json(StatusCode::NOT_FOUND, unknown_chain_body(&pool, &shown));
+                return json(StatusCode::NOT_FOUND, unknown_chain_body(&pool, &shown)).into();
             }
         };
         let client = match access::authenticate(
@@ -607,10 +635,10 @@ impl Detour {
                 // Failed attempts count against the address too: no unlimited key guessing.
                 if let (Some(limits), Some(addr)) = (&pool.rate_limits, peer) {
                     if let Err(wait) = limits.check(&format!("ip:{}", addr.ip())) {
-                        return rate_limited(wait);
+                        return rate_limited(wait).into();
                     }
                 }
-                return unauthorized();
+                return unauthorized().into();
             }
         };
         if let Some(limits) = &pool.rate_limits {
@@ -620,7 +648,7 @@ impl Detour {
                 (None, None) => "in-process".to_string(),
             };
             if let Err(wait) = limits.check(&who) {
-                return rate_limited(wait);
+                return rate_limited(wait).into();
             }
         }
         if method != Method::POST {
@@ -637,7 +665,7 @@ impl Detour {
             );
             resp.headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("POST"));
-            return resp;
+            return resp.into();
         }
         let limit = pool.config.server.max_body_bytes;
         let declared = req
@@ -645,9 +673,9 @@ impl Detour {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit as u64) {
-            return too_large(limit);
+            return too_large(limit).into();
         }
-        let mut read = std::pin::pin!(Limited::new(req.into_body(), limit).collect());
+        let mut read = std::pin::pin!(read_body(Limited::new(req.into_body(), limit)));
         // A body that is all here already (the fast path's always is) needs no timer.
         let read = match futures_util::FutureExt::now_or_never(&mut read) {
             Some(done) => Ok(done),
@@ -667,10 +695,13 @@ impl Detour {
                         "Invalid Request",
                         Some(&jsonrpc::json_string(&why)),
                     ),
-                );
+                )
+                .into();
             }
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(limit),
+            Ok(Ok(body)) => body,
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return too_large(limit).into()
+            }
             Ok(Err(_)) => {
                 return json(
                     StatusCode::BAD_REQUEST,
@@ -680,6 +711,7 @@ impl Detour {
                         Some("\"the request body could not be read\""),
                     ),
                 )
+                .into();
             }
         };
         let mut served = Served {
@@ -692,20 +724,14 @@ impl Detour {
             &chain.name,
             started.elapsed().as_secs_f64(),
         );
-        let mut resp = match out {
-            Some(out) => json(StatusCode::OK, out),
-            None => Response::builder()
-                .status(StatusCode::NO_CONTENT)
-                .body(Body::default())
-                .unwrap_or_default(),
+        let reply = Reply::Rpc {
+            body: out,
+            upstream: upstream_header(&served.answered_by),
         };
-        if let Some(v) = upstream_header(&served.answered_by) {
-            resp.headers_mut().insert(UPSTREAM_HEADER, v);
-        }
         if access_log_on(&pool) {
-            access_log(&chain.name, &served, resp.status(), started, peer);
+            access_log(&chain.name, &served, reply.status(), started, peer);
         }
-        resp
+        reply
     }
 }
 
@@ -895,6 +921,85 @@ fn upstream_header(names: &[Arc<str>]) -> Option<HeaderValue> {
 
 fn error_bytes(code: i64, message: &str, data: Option<&str>) -> Bytes {
     Bytes::from(jsonrpc::error_response(None, code, message, data))
+}
+
+/// The whole of a body. One that comes in one piece (the fast path's always does, and small
+/// ones over hyper mostly do) is passed on as it is: no list of pieces, no copy.
+async fn read_body<B>(body: B) -> Result<Bytes, BoxError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        // Trailers say nothing a JSON-RPC body needs.
+        let Ok(data) = frame.map_err(Into::into)?.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            None => joined.extend_from_slice(&data),
+            Some(f) => {
+                joined.reserve(f.len() + data.len());
+                joined.extend_from_slice(&f);
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(joined)))
+}
+
+/// An answer, as [`Detour::answer`] gives it.
+pub(crate) enum Reply {
+    /// The answer to JSON-RPC calls: `200` with the JSON body, or `204` when there were only
+    /// notifications; `upstream` is the `x-detour-upstream` header's value.
+    Rpc {
+        body: Option<Bytes>,
+        upstream: Option<HeaderValue>,
+    },
+    /// Anything else, complete.
+    Http(Response<Body>),
+}
+
+impl From<Response<Body>> for Reply {
+    fn from(resp: Response<Body>) -> Reply {
+        Reply::Http(resp)
+    }
+}
+
+impl Reply {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Reply::Rpc { body: Some(_), .. } => StatusCode::OK,
+            Reply::Rpc { body: None, .. } => StatusCode::NO_CONTENT,
+            Reply::Http(resp) => resp.status(),
+        }
+    }
+
+    pub(crate) fn into_response(self) -> Response<Body> {
+        let (body, upstream) = match self {
+            Reply::Http(resp) => return resp,
+            Reply::Rpc { body, upstream } => (body, upstream),
+        };
+        let mut resp = match body {
+            Some(body) => json(StatusCode::OK, body),
+            None => {
+                let mut resp = Response::new(Body::default());
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+                resp
+            }
+        };
+        if let Some(v) = upstream {
+            resp.headers_mut()
+                .insert(HeaderName::from_static(UPSTREAM_HEADER), v);
+        }
+        resp
+    }
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<Body> {

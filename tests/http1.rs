@@ -295,3 +295,66 @@ async fn pipelined_requests_split_anywhere_are_all_answered_in_order() {
         }
     }
 }
+
+/// The head lines of an answer, but `date`, sorted; and its body.
+fn head_and_body(answer: &str) -> (Vec<String>, String) {
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let mut lines: Vec<String> = head
+        .lines()
+        .filter(|l| !l.starts_with("date: "))
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    (lines, body.to_owned())
+}
+
+#[tokio::test]
+async fn the_fast_path_answers_as_hyper_does_with_origins_and_keys() {
+    let up = Mock::start("up").await;
+    let keys = "[[api_keys]]\nname = \"wallet\"\nkey = \"wallet-key-0123456780\"\n";
+    let p = Proxy::start(&chain_config(keys, &[("up", &up.url(), "")])).await;
+    for extra in [
+        // No key: 401, with or without an origin.
+        "",
+        "origin: http://localhost:5173\r\n",
+        // A key: the answer, with the upstream's name; CORS headers for the origin.
+        "authorization: Bearer wallet-key-0123456780\r\n",
+        "authorization: Bearer wallet-key-0123456780\r\norigin: http://localhost:5173\r\n",
+    ] {
+        // The same request through the fast path, then through hyper (a chunked body is
+        // hyper's to read).
+        let mut s = connect(p.addr).await;
+        s.write_all(post(1, extra).as_bytes()).await.unwrap();
+        let fast = head_and_body(&read_answer(&mut s).await);
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#;
+        let chunked = format!(
+            "POST /mainnet HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{extra}transfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        );
+        s.write_all(chunked.as_bytes()).await.unwrap();
+        let slow = head_and_body(&read_answer(&mut s).await);
+        assert_eq!(fast, slow, "with {extra:?}");
+        let want = if extra.contains("authorization") {
+            "HTTP/1.1 200 OK"
+        } else {
+            "HTTP/1.1 401 Unauthorized"
+        };
+        assert!(
+            fast.0.contains(&want.to_string()),
+            "with {extra:?}: {fast:?}"
+        );
+        if extra.contains("authorization") {
+            assert!(
+                fast.0.contains(&"x-detour-upstream: up".to_string()),
+                "{fast:?}"
+            );
+        }
+        if extra.contains("origin") {
+            assert!(
+                fast.0
+                    .contains(&"access-control-allow-origin: http://localhost:5173".to_string()),
+                "{fast:?}"
+            );
+        }
+    }
+}
