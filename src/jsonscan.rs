@@ -55,20 +55,16 @@ fn special_mask(chunk: &[u8; 16]) -> u32 {
 
 /// Where the first `"`, `\\` or control character at or after `from` is.
 fn find_special(b: &[u8], from: usize) -> Option<usize> {
-    let rest = b.get(from..)?;
-    let mut chunks = rest.chunks_exact(16);
-    for (k, chunk) in (&mut chunks).enumerate() {
+    let mut i = from;
+    while let Some(chunk) = b.get(i..i + 16) {
         let m = special_mask(chunk.try_into().ok()?);
         if m != 0 {
-            return Some(from + k * 16 + m.trailing_zeros() as usize);
+            return Some(i + m.trailing_zeros() as usize);
         }
+        i += 16;
     }
     // The last few bytes of the text.
-    let tail = chunks.remainder();
-    let at = tail
-        .iter()
-        .position(|&c| matches!(c, b'"' | b'\\') || c < 0x20)?;
-    Some(from + (rest.len() - tail.len()) + at)
+    (i..b.len()).find(|&k| matches!(b[k], b'"' | b'\\') || b[k] < 0x20)
 }
 
 pub(crate) struct Scanner<'a> {

@@ -121,10 +121,14 @@ pub async fn failover(
     // What each pending call got on its latest attempt that is worth returning if nothing
     // better comes: a provider-trouble error, or a `null` from an upstream that was behind.
     let mut fallback: PerCall<Option<Answer>> = SmallVec::from_elem(None, n);
-    let writes: SmallVec<[bool; 8]> = calls
-        .iter()
-        .map(|c| method_kind(&c.method) == MethodKind::Write)
-        .collect();
+    // Plain loops rather than collects: one call nearly always, and SmallVec's collect costs
+    // more than the work.
+    let mut writes: SmallVec<[bool; 8]> = SmallVec::new();
+    let mut pending = Indices::new();
+    for (i, c) in calls.iter().enumerate() {
+        writes.push(method_kind(&c.method) == MethodKind::Write);
+        pending.push(i);
+    }
     // Which block the calls need matters only while some upstream is behind the chain head;
     // otherwise every upstream is fresh and the params need not be looked into.
     let need = if chain.state.heads_differ() {
@@ -137,7 +141,6 @@ pub async fn failover(
             min_block: 0,
         }
     };
-    let mut pending: Indices = (0..n).collect();
     let mut tried = Indices::new();
     let mut exclude = Indices::new();
     if chain.any_unsupported {
@@ -298,11 +301,11 @@ pub async fn failover(
             });
         }
     }
-    let answers = answers
-        .into_iter()
-        .map(|a| a.unwrap_or_else(|| Answer::Error(error::all_failed(&[], false))))
-        .collect();
-    (answers, report)
+    let mut out = PerCall::with_capacity(n);
+    for a in answers {
+        out.push(a.unwrap_or_else(|| Answer::Error(error::all_failed(&[], false))));
+    }
+    (out, report)
 }
 
 /// `broadcast_raw_transactions`: one raw transaction goes to the selected upstream and, at the
@@ -509,11 +512,12 @@ async fn run_attempt<'a>(
             smallvec::smallvec![(sent, r)]
         } else {
             let chunks: Vec<Indices> = sent.chunks(size).map(Indices::from_slice).collect();
-            let outcomes = join_all(
+            // Boxed: rare, and it would make the common one-chunk future larger.
+            let outcomes = Box::pin(join_all(
                 chunks
                     .iter()
                     .map(|chunk| attempt(fwd, up, calls, chunk, started, timeout)),
-            )
+            ))
             .await;
             chunks.into_iter().zip(outcomes).collect()
         };

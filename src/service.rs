@@ -308,73 +308,90 @@ impl Detour {
         served: &mut Served,
     ) -> PerCall<Answer> {
         chain.state.touch(us_at(now));
-        let mut answers: PerCall<Option<Answer>> = calls
-            .iter()
-            .map(|c| {
-                let m = &self.inner.metrics;
-                if let Err(refusal) = chain.policy.check(&c.method) {
-                    chain
-                        .metrics
-                        .call(m, &chain.name, &c.method, Outcome::Denied);
-                    served.errors += 1;
-                    return Some(Answer::Error(crate::error::method_refused(
-                        &chain.name,
-                        &c.method,
-                        &refusal,
-                    )));
-                }
-                let local = match method_kind(&c.method) {
-                    MethodKind::ChainId => chain.chain_id_json.clone(),
-                    MethodKind::NetVersion => chain.net_version_json.clone(),
-                    _ => return None,
-                };
-                chain.metrics.call(m, &chain.name, &c.method, Outcome::Ok);
-                Some(Answer::Result(local))
-            })
-            .collect();
-        let remote: Indices = (0..calls.len()).filter(|&i| answers[i].is_none()).collect();
-        if !remote.is_empty() {
-            let forwarded: PerCall<&Call<'_>> = remote.iter().map(|&i| calls[i]).collect();
-            let m = &self.inner.metrics;
-            let (got, report) =
-                failover(&self.inner.forwarder, m, chain, &forwarded, deadline).await;
-            chain.metrics.attempts(
-                m,
-                &chain.name,
-                report.attempts.saturating_sub(1 + report.hedges),
-                report.hedges,
-            );
-            for (k, a) in got.iter().enumerate() {
-                let outcome = match a {
-                    Answer::Result(_) => Outcome::Ok,
-                    Answer::Error(_) if report.failed_calls.contains(&k) => Outcome::Failed,
-                    Answer::Error(_) => Outcome::RpcError,
-                };
-                served.errors += usize::from(outcome == Outcome::RpcError);
-                served.failed += usize::from(outcome == Outcome::Failed);
+        let m = &self.inner.metrics;
+        // Calls answered here (refused, or the chain's id) get their answer now; the rest are
+        // forwarded. Plain loops: these lists hold one call nearly always, and SmallVec's
+        // collect cost more than the work.
+        let mut answers: PerCall<Option<Answer>> = PerCall::new();
+        let mut remote = Indices::new();
+        for (i, c) in calls.iter().enumerate() {
+            let local = if let Err(refusal) = chain.policy.check(&c.method) {
                 chain
                     .metrics
-                    .call(m, &chain.name, &forwarded[k].method, outcome);
+                    .call(m, &chain.name, &c.method, Outcome::Denied);
+                served.errors += 1;
+                Some(Answer::Error(crate::error::method_refused(
+                    &chain.name,
+                    &c.method,
+                    &refusal,
+                )))
+            } else {
+                let local = match method_kind(&c.method) {
+                    MethodKind::ChainId => Some(chain.chain_id_json.clone()),
+                    MethodKind::NetVersion => Some(chain.net_version_json.clone()),
+                    _ => None,
+                };
+                if local.is_some() {
+                    chain.metrics.call(m, &chain.name, &c.method, Outcome::Ok);
+                }
+                local.map(Answer::Result)
+            };
+            if local.is_none() {
+                remote.push(i);
             }
-            tracing::debug!(
-                chain = &*chain.name,
-                calls = forwarded.len(),
-                attempts = report.attempts,
-                hedges = report.hedges,
-                answered_by = ?report.answered_by,
-                failures = ?report.failures,
-                "forwarded"
-            );
-            for (i, a) in remote.into_iter().zip(got) {
-                answers[i] = Some(a);
-            }
-            served.answered_by = report.answered_by;
-            served.attempts = report.attempts;
+            answers.push(local);
         }
-        answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(|| Answer::Error(crate::error::all_failed(&[], false))))
-            .collect()
+        if remote.is_empty() {
+            return answers.into_iter().flatten().collect();
+        }
+        // All forwarded (the usual case): the calls go as they are.
+        let forwarded: PerCall<&Call<'_>>;
+        let sent = if remote.len() == calls.len() {
+            calls
+        } else {
+            forwarded = remote.iter().map(|&i| calls[i]).collect();
+            &forwarded
+        };
+        let (got, report) = failover(&self.inner.forwarder, m, chain, sent, deadline).await;
+        chain.metrics.attempts(
+            m,
+            &chain.name,
+            report.attempts.saturating_sub(1 + report.hedges),
+            report.hedges,
+        );
+        for (k, a) in got.iter().enumerate() {
+            let outcome = match a {
+                Answer::Result(_) => Outcome::Ok,
+                Answer::Error(_) if report.failed_calls.contains(&k) => Outcome::Failed,
+                Answer::Error(_) => Outcome::RpcError,
+            };
+            served.errors += usize::from(outcome == Outcome::RpcError);
+            served.failed += usize::from(outcome == Outcome::Failed);
+            chain.metrics.call(m, &chain.name, &sent[k].method, outcome);
+        }
+        tracing::debug!(
+            chain = &*chain.name,
+            calls = sent.len(),
+            attempts = report.attempts,
+            hedges = report.hedges,
+            answered_by = ?report.answered_by,
+            failures = ?report.failures,
+            "forwarded"
+        );
+        served.answered_by = report.answered_by;
+        served.attempts = report.attempts;
+        if remote.len() == calls.len() && got.len() == calls.len() {
+            // One answer per call, in order.
+            return got;
+        }
+        for (i, a) in remote.into_iter().zip(got) {
+            answers[i] = Some(a);
+        }
+        let mut out = PerCall::with_capacity(answers.len());
+        for a in answers {
+            out.push(a.unwrap_or_else(|| Answer::Error(crate::error::all_failed(&[], false))));
+        }
+        out
     }
 
     /// Parses a body that arrived at `now`, answers it, and writes the response (`None`:
@@ -417,13 +434,12 @@ impl Detour {
                 ));
             }
         };
-        let calls: PerCall<&Call<'_>> = entries
-            .iter()
-            .filter_map(|e| match e {
-                Entry::Call(c) => Some(c),
-                Entry::Invalid { .. } => None,
-            })
-            .collect();
+        let mut calls: PerCall<&Call<'_>> = PerCall::new();
+        for e in &entries {
+            if let Entry::Call(c) = e {
+                calls.push(c);
+            }
+        }
         served.calls = entries.len();
         if access_log_on(pool) {
             served.methods = methods_summary(&entries);
