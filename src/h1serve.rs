@@ -65,7 +65,7 @@ pub(crate) async fn serve<IO>(
     io: IO,
     peer: SocketAddr,
     detour: Detour,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> End<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -75,10 +75,18 @@ where
         buf: BytesMut::with_capacity(READ_CHUNK),
         out: Vec::new(),
     };
+    // One timer and one shutdown wait for the whole connection, armed once: registering a
+    // timer and a waiter for each request, and removing them after it, cost more than the
+    // rest of reading a request. The timer is lazy: when it fires, it checks the deadline of
+    // the wait in progress, and is armed again for that if the connection was busy meanwhile.
+    let sleep = tokio::time::sleep(detour.pool().config.server.header_read_timeout);
+    tokio::pin!(sleep);
+    let mut stopping = stop.clone();
+    let stopped = stopping.changed();
+    tokio::pin!(stopped);
     loop {
-        let timeout = detour.pool().config.server.header_read_timeout;
-        let sleep = tokio::time::sleep(timeout);
-        tokio::pin!(sleep);
+        // This wait for a head began now; it may last up to header_read_timeout.
+        let waiting_since = tokio::time::Instant::now();
         // Read until the buffer holds a complete request the fast path serves.
         let (req, client_close) = loop {
             match take_request(&mut conn.buf) {
@@ -100,8 +108,15 @@ where
                 biased;
                 read = conn.io.read_buf(&mut conn.buf) => read,
                 // Shutdown: an idle connection closes now (one mid-head finishes its head).
-                _ = stop.changed(), if idle => return End::Closed(Ok(())),
+                _ = &mut stopped, if idle => return End::Closed(Ok(())),
                 () = &mut sleep => {
+                    let deadline =
+                        waiting_since + detour.pool().config.server.header_read_timeout;
+                    if tokio::time::Instant::now() < deadline {
+                        // Armed for an earlier wait: this one has time left.
+                        sleep.as_mut().reset(deadline);
+                        continue;
+                    }
                     tracing::debug!(%peer, "no complete request head within server.header_read_timeout; closed");
                     return End::Closed(Ok(()));
                 }

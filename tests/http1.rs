@@ -205,6 +205,32 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     assert!(text.ends_with(r#""id":1,"result":"up"}"#), "{text}");
 }
 
+#[tokio::test]
+async fn each_wait_for_a_head_gets_the_whole_header_timeout() {
+    // One timer serves the connection: when it fires for an earlier wait, the wait in progress
+    // must still get its full time.
+    let up = Mock::start("up").await;
+    let p = Proxy::start(&chain_config(
+        "[server]\nheader_read_timeout = \"2s\"\n",
+        &[("up", &up.url(), "")],
+    ))
+    .await;
+    let mut s = connect(p.addr).await;
+    for id in 1..=3 {
+        s.write_all(post(id, "").as_bytes()).await.unwrap();
+        let answer = read_answer(&mut s).await;
+        assert!(
+            answer.ends_with(&format!(r#""id":{id},"result":"up"}}"#)),
+            "{answer}"
+        );
+        // The third request comes 2.4 s after the first wait began: past the first timer.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    // Idle now: closed once its own wait has lasted 2 s.
+    let text = read_to_close(&mut s, Duration::from_secs(10)).await;
+    assert!(text.is_empty(), "{text}");
+}
+
 /// A server with a long header timeout and grace, so only shutdown itself can close things.
 async fn server(
     upstream: &Mock,
