@@ -126,14 +126,17 @@ fn valid_id(raw: Raw<'_>) -> bool {
     matches!(first_byte(raw), b'"' | b'-' | b'0'..=b'9' | b'n')
 }
 
+/// `body` as text, if it is UTF-8: checked 16 or 32 bytes at a time (std's check is about 5
+/// times slower on the ASCII that JSON-RPC bodies are).
+fn utf8(body: &[u8]) -> Option<&str> {
+    simdutf8::basic::from_utf8(body).ok()
+}
+
 /// Parses a client body. `max_batch_len` bounds the number of batch members.
 pub fn parse(body: &[u8], max_batch_len: usize) -> Parsed<'_> {
     // Plain bodies (nearly all) are read by the scanner; it gives up on anything unusual,
     // which serde_json then reads, errors included.
-    if let Some(parsed) = std::str::from_utf8(body)
-        .ok()
-        .and_then(|text| parse_plain(text, max_batch_len))
-    {
+    if let Some(parsed) = utf8(body).and_then(|text| parse_plain(text, max_batch_len)) {
         return parsed;
     }
     parse_with_serde(body, max_batch_len)
@@ -412,7 +415,7 @@ pub fn parse_upstream(body: &[u8]) -> Option<smallvec::SmallVec<[RawResponse<'_>
     let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
     // UTF-8 is checked once over the whole body, so the parser need not check each raw
     // member (a result may be megabytes) again.
-    let text = std::str::from_utf8(body).ok()?;
+    let text = utf8(body)?;
     if let Some(list) = parse_upstream_plain(text) {
         return Some(list);
     }
