@@ -691,11 +691,14 @@ impl Detour {
         if declared.is_some_and(|len| len > limit as u64) {
             return too_large(limit).into();
         }
-        let mut read = std::pin::pin!(read_body(Limited::new(req.into_body(), limit)));
-        // A body that is all here already (the fast path's always is) needs no timer.
-        let read = match futures_util::FutureExt::now_or_never(&mut read) {
-            Some(done) => Ok(done),
-            None => tokio::time::timeout(pool.config.server.body_read_timeout, read).await,
+        let read = {
+            // Scoped, so that the reading's state is not kept beside the answering's.
+            let mut read = std::pin::pin!(read_body(Limited::new(req.into_body(), limit)));
+            // A body that is all here already (the fast path's always is) needs no timer.
+            match futures_util::FutureExt::now_or_never(&mut read) {
+                Some(done) => Ok(done),
+                None => tokio::time::timeout(pool.config.server.body_read_timeout, read).await,
+            }
         };
         let body = match read {
             Err(_elapsed) => {
