@@ -412,17 +412,33 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Error> {
 }
 
 /// A number's decimal digits.
-pub(crate) fn itoa_buf(mut n: usize) -> smallvec::SmallVec<[u8; 20]> {
-    let mut digits = smallvec::SmallVec::<[u8; 20]>::new();
+pub(crate) fn itoa_buf(mut n: usize) -> Digits {
+    // Written from the end: no reversing, no length checks (a usize has at most 20 digits).
+    let mut buf = [0u8; 20];
+    let mut start = buf.len();
     loop {
-        digits.push(b'0' + (n % 10) as u8);
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    digits.reverse();
-    digits
+    Digits { buf, start }
+}
+
+/// The decimal digits of a number, as [`itoa_buf`] writes them.
+pub(crate) struct Digits {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl std::ops::Deref for Digits {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
 }
 
 /// The request head for an upstream: `POST <target> HTTP/1.1` and `headers`, each line ending
@@ -536,6 +552,7 @@ mod tests {
     fn numbers_and_request_heads() {
         assert_eq!(&itoa_buf(0)[..], b"0");
         assert_eq!(&itoa_buf(14_093)[..], b"14093");
+        assert_eq!(&itoa_buf(usize::MAX)[..], usize::MAX.to_string().as_bytes());
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_static("node:8545"));
         h.insert("content-type", HeaderValue::from_static("application/json"));
