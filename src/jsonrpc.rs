@@ -1,9 +1,13 @@
 //! JSON-RPC 2.0 envelopes, kept as raw JSON.
 //!
 //! A client body is parsed once into [`Entry`]s that borrow from it: the `id` and `params` stay
-//! [`RawValue`]s, so ids are echoed exactly as sent (including integers above 2^53) and params are
-//! never re-serialised. Upstream answers are parsed the same way, and their `result`/`error` are
-//! copied into the client's response byte for byte.
+//! raw JSON text ([`Raw`]), so ids are echoed exactly as sent (including integers above 2^53)
+//! and params are never re-serialised. Upstream answers are parsed the same way, and their
+//! `result`/`error` are copied into the client's response byte for byte.
+//!
+//! Plain bodies (nearly all) are read in one validating pass by `jsonscan`; anything it does
+//! not take (escaped keys, repeated members, deep nesting, invalid JSON) is read by serde_json,
+//! which decides, errors included. Both give the same answer wherever the scanner answers.
 //!
 //! The standard error objects of the specification (section 5.1) are built here too.
 

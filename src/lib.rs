@@ -31,7 +31,8 @@
 //!   HTTP/2, graceful shutdown.
 //! - [`tls`]: the optional TLS listener (rustls), certificates re-read on reload.
 //! - [`service`]: the embeddable service: route → parse → answer locally or fail over → respond.
-//! - [`jsonrpc`]: envelopes kept as raw JSON; the standard error objects.
+//! - [`jsonrpc`]: envelopes kept as raw JSON (read in one pass by a scanner, serde_json for
+//!   anything unusual); the standard error objects.
 //! - [`route`]: method kinds (local, write, read); which block a call needs.
 //! - [`policy`]: which methods a chain serves (allow/deny globs), and per-upstream exceptions.
 //! - [`balance`]: pure selection: tiers, fitness (lag, regions, quarantine), power of two choices.
