@@ -160,11 +160,8 @@ impl Forwarder {
         started: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Reply, Failure> {
-        let exchange = self.exchange(up, body, None, started.into_std());
-        match tokio::time::timeout_at(started + timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(Failure::Timeout),
-        }
+        self.exchange(up, body, None, started, started + timeout)
+            .await
     }
 
     /// Like [`Forwarder::send`], for a health probe: marked with an `x-detour-probe` header
@@ -177,25 +174,35 @@ impl Forwarder {
         what: &'static str,
     ) -> Result<Reply, Failure> {
         let now = tokio::time::Instant::now();
-        let exchange = self.exchange(up, body, Some(what), now.into_std());
-        match tokio::time::timeout_at(now + timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(Failure::Timeout),
-        }
+        self.exchange(up, body, Some(what), now, now + timeout)
+            .await
     }
 
+    /// One exchange that started at `started` and must end by `deadline` (else
+    /// [`Failure::Timeout`]).
     async fn exchange(
         &self,
         up: &Upstream,
         body: Bytes,
         probe: Option<&'static str>,
-        started: std::time::Instant,
+        started: tokio::time::Instant,
+        deadline: tokio::time::Instant,
     ) -> Result<Reply, Failure> {
         match &up.plain {
-            Some(plain) => self.exchange_plain(up, plain, &body, probe, started).await,
+            // Timed by the connection's own lazy timer (see `h1::Conn::exchange`).
+            Some(plain) => {
+                self.exchange_plain(up, plain, &body, probe, started.into_std(), deadline)
+                    .await
+            }
             // Boxed: its state would make every request's future (which is moved a few times
             // on its way) 400 bytes larger, and a TLS exchange costs far more than a box.
-            None => Box::pin(self.exchange_hyper(up, body, probe)).await,
+            None => {
+                let exchange = Box::pin(self.exchange_hyper(up, body, probe));
+                match tokio::time::timeout_at(deadline, exchange).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Failure::Timeout),
+                }
+            }
         }
     }
 
@@ -262,14 +269,17 @@ impl Forwarder {
         body: &[u8],
         probe: Option<&'static str>,
         started: std::time::Instant,
+        deadline: tokio::time::Instant,
     ) -> Result<Reply, Failure> {
         let mut conn = match up.state.conns.checkout(started, self.pool_idle_timeout) {
             Some(conn) => conn,
-            None => self.connect_plain(up, plain).await?,
+            None => tokio::time::timeout_at(deadline, self.connect_plain(up, plain))
+                .await
+                .map_err(|_| Failure::Timeout)??,
         };
         let extra = probe.map(|what| (PROBE_HEADER, what));
         match conn
-            .exchange(&plain.head, extra, body, self.max_response_bytes)
+            .exchange(&plain.head, extra, body, self.max_response_bytes, deadline)
             .await
         {
             Ok(answer) => {
@@ -284,6 +294,7 @@ impl Forwarder {
                 })
             }
             Err(h1::Error::TooLarge) => Err(Failure::TooLarge(self.max_response_bytes)),
+            Err(h1::Error::TimedOut) => Err(Failure::Timeout),
             Err(h1::Error::Closed { partial: true }) => Err(Failure::Transport(up.redact(
                 "reading the response failed: connection closed before the message completed",
             ))),
