@@ -221,28 +221,9 @@ impl<'a> Scanner<'a> {
     pub(crate) fn array(
         &mut self,
         depth: u32,
-        mut element: impl FnMut(&mut Scanner<'a>, u32) -> Option<()>,
+        element: impl FnMut(&mut Scanner<'a>, u32) -> Option<()>,
     ) -> Option<()> {
-        if depth >= MAX_DEPTH {
-            return None;
-        }
-        self.eat(b'[')?;
-        if self.next_byte()? == b']' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
-            element(self, depth + 1)?;
-            self.ws();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b']' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
+        self.sequence(b'[', b']', depth, element)
     }
 
     /// An object, at `{`: the values of the members named in `keys` go to the same places in
@@ -253,30 +234,45 @@ impl<'a> Scanner<'a> {
         keys: &[&str],
         found: &mut [Option<&'a str>],
     ) -> Option<()> {
-        if depth >= MAX_DEPTH {
-            return None;
-        }
-        self.eat(b'{')?;
-        if self.next_byte()? == b'}' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
-            if self.next_byte()? != b'"' {
+        self.sequence(b'{', b'}', depth, |s, depth| {
+            if s.next_byte()? != b'"' {
                 return None;
             }
-            let key = self.string(false)?;
-            self.eat(b':')?;
-            let value = self.value(depth + 1)?;
+            let key = s.string(false)?;
+            s.eat(b':')?;
+            let value = s.value(depth)?;
             if let Some(k) = keys.iter().position(|k| *k == key) {
                 if found[k].replace(value).is_some() {
                     return None;
                 }
             }
+            Some(())
+        })
+    }
+
+    /// `open`, then items separated by commas (each read by `item` one level deeper), then
+    /// `close`: the shape arrays and objects share.
+    fn sequence(
+        &mut self,
+        open: u8,
+        close: u8,
+        depth: u32,
+        mut item: impl FnMut(&mut Scanner<'a>, u32) -> Option<()>,
+    ) -> Option<()> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
+        self.eat(open)?;
+        if self.next_byte()? == close {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            item(self, depth + 1)?;
             self.ws();
             match self.peek()? {
                 b',' => self.at += 1,
-                b'}' => {
+                c if c == close => {
                     self.at += 1;
                     return Some(());
                 }
