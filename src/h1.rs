@@ -27,12 +27,19 @@ const MAX_HEADERS: usize = 100;
 const READ_CHUNK: usize = 8 * 1024;
 /// A connection keeps its read buffer between exchanges up to this size.
 const KEEP_BUF: usize = 64 * 1024;
+/// Requests up to this size are copied into one buffer and sent with one `write`; larger ones
+/// go as they are with `writev`. On loopback a `writev` of the three pieces (head, length,
+/// body) cost the kernel about 190 ns more than one `write` of the same bytes, and copying
+/// 4 KiB costs less than that.
+const COPY_MAX: usize = 4 * 1024;
 
 /// One keep-alive HTTP/1.1 connection.
 pub(crate) struct Conn {
     io: TcpStream,
     /// What was read and not yet consumed; between exchanges, empty (its spare room is reused).
     buf: BytesMut,
+    /// A request of up to [`COPY_MAX`] bytes in one piece; kept between exchanges (its room).
+    out: Vec<u8>,
     /// Times the exchanges; made at the first one and kept (see [`Conn::exchange`]).
     timer: Option<Pin<Box<Sleep>>>,
 }
@@ -95,16 +102,18 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            out: Vec::new(),
             timer: None,
         }
     }
 
-    /// Lets the read buffer go (an idle connection deep in the pool need not hold 8 KiB or
-    /// more); the next exchange allocates a new one.
+    /// Lets the read and write buffers go (an idle connection deep in the pool need not hold
+    /// 8 KiB or more); the next exchange allocates new ones.
     pub(crate) fn release_buffer(&mut self) {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
         }
+        self.out = Vec::new();
     }
 
     /// The read buffer's capacity (tests).
@@ -216,12 +225,25 @@ impl Conn {
         put(b"content-length: ");
         put(&itoa_buf(body.len()));
         put(b"\r\n\r\n");
-        self.write_all(&mut [
-            IoSlice::new(head),
-            IoSlice::new(&tail[..t]),
-            IoSlice::new(body),
-        ])
-        .await?;
+        let len = head.len() + t + body.len();
+        if len <= COPY_MAX {
+            let mut out = std::mem::take(&mut self.out);
+            out.clear();
+            out.reserve(len);
+            out.extend_from_slice(head);
+            out.extend_from_slice(&tail[..t]);
+            out.extend_from_slice(body);
+            let written = self.io.write_all(&out).await;
+            self.out = out;
+            written?;
+        } else {
+            self.write_all(&mut [
+                IoSlice::new(head),
+                IoSlice::new(&tail[..t]),
+                IoSlice::new(body),
+            ])
+            .await?;
+        }
         self.read_answer(limit).await
     }
 
@@ -706,6 +728,73 @@ mod tests {
             }
         });
         Conn::new(TcpStream::connect(addr).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn requests_small_and_large_arrive_byte_for_byte() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = Vec::new();
+            let mut b = [0u8; 4096];
+            loop {
+                let n = s.read(&mut b).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                req.extend_from_slice(&b[..n]);
+                let text = String::from_utf8_lossy(&req).to_string();
+                let Some(end) = text.find("\r\n\r\n") else {
+                    continue;
+                };
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                if req.len() >= end + 4 + len {
+                    let rest = req.split_off(end + 4 + len);
+                    tx.send(std::mem::replace(&mut req, rest)).unwrap();
+                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+        let mut c = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let head = b"POST /k HTTP/1.1\r\nhost: x\r\n";
+        // Below, at and above the size copied into one buffer, with and without a probe header.
+        let at = COPY_MAX - head.len() - "content-length: 4035\r\n\r\n".len();
+        for (n, probe) in [
+            (40, None),
+            (at, None),
+            (at + 1, Some(("x-detour-probe", "head"))),
+            (3 * COPY_MAX, None),
+            (10, Some(("x-detour-probe", "head"))),
+        ] {
+            let body: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            let a = c.exchange(head, probe, &body, 100, far()).await.unwrap();
+            assert_eq!(&a.body[..], b"{}");
+            let mut want = head.to_vec();
+            if let Some((k, v)) = probe {
+                want.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+            }
+            want.extend_from_slice(format!("content-length: {n}\r\n\r\n").as_bytes());
+            want.extend_from_slice(&body);
+            let got = rx.recv().await.unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&want),
+                "{n}"
+            );
+            // The copy path's buffer is kept, within its bound.
+            assert!(c.out.capacity() <= 2 * COPY_MAX, "{}", c.out.capacity());
+        }
+        c.release_buffer();
+        assert_eq!((c.out.capacity(), c.buffer_capacity()), (0, 0));
     }
 
     #[tokio::test]
