@@ -35,7 +35,7 @@ use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
-use crate::service::{Body, Detour, Reply, UPSTREAM_HEADER};
+use crate::service::{Body, Detour, Reply, RpcBody, UPSTREAM_HEADER};
 
 /// Headers beyond this many: handed over (hyper answers 431).
 const MAX_HEADERS: usize = 100;
@@ -168,7 +168,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     /// when the connection is to close after it.
     async fn respond_rpc(
         &mut self,
-        body: Option<Bytes>,
+        body: Option<RpcBody>,
         upstream: Option<HeaderValue>,
         close: bool,
     ) -> std::io::Result<bool> {
@@ -183,8 +183,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         if let Some(v) = &upstream {
             self.header(UPSTREAM_HEADER.as_bytes(), v.as_bytes());
         }
-        self.finish(status, body.unwrap_or_default(), close, false)
-            .await
+        let body = body.unwrap_or(RpcBody::Whole(Bytes::new()));
+        self.finish(status, &body, close, false).await
     }
 
     /// Writes the answer; `Ok(false)` when the connection is to close after it.
@@ -204,7 +204,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             self.header(name.as_str().as_bytes(), value.as_bytes());
         }
         let has_date = parts.headers.contains_key(DATE);
-        self.finish(parts.status, body, close, has_date).await
+        self.finish(parts.status, &RpcBody::Whole(body), close, has_date)
+            .await
     }
 
     /// Starts an answer head: the status line.
@@ -232,7 +233,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     async fn finish(
         &mut self,
         status: StatusCode,
-        body: Bytes,
+        body: &RpcBody,
         close: bool,
         has_date: bool,
     ) -> std::io::Result<bool> {
@@ -241,9 +242,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
         let out = &mut self.out;
+        let len = if bodyless { 0 } else { body.len() };
         if !bodyless {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(&crate::h1::itoa_buf(body.len()));
+            out.extend_from_slice(&crate::h1::itoa_buf(len));
             out.extend_from_slice(b"\r\n");
         }
         if close {
@@ -255,12 +257,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        let body: &[u8] = if bodyless { &[] } else { &body };
-        if body.len() <= COPY_BODY {
-            out.extend_from_slice(body);
+        let [a, b] = if bodyless {
+            [&[][..], &[][..]]
+        } else {
+            body.write_start(out)
+        };
+        if len <= COPY_BODY {
+            out.extend_from_slice(a);
+            out.extend_from_slice(b);
             self.io.write_all(out).await?;
         } else {
-            write_all_vectored(&mut self.io, &mut [IoSlice::new(out), IoSlice::new(body)]).await?;
+            let parts = &mut [IoSlice::new(out), IoSlice::new(a), IoSlice::new(b)];
+            write_all_vectored(&mut self.io, parts).await?;
         }
         if self.out.capacity() > KEEP_OUT {
             self.out = Vec::new();

@@ -32,6 +32,7 @@ use crate::pool::{Chain, Pool};
 use crate::retry::{failover, Answer, Indices, PerCall};
 use crate::route::{method_kind, MethodKind};
 use crate::upstream::{now_us, us_at};
+use smallvec::SmallVec;
 
 /// The response body type of [`Detour`]'s service.
 pub type Body = Full<Bytes>;
@@ -232,7 +233,10 @@ impl Detour {
         match pool.route(chain) {
             Some(c) => {
                 let served = &mut Served::default();
-                Ok(self.rpc(&pool, c, body, Instant::now(), served).await)
+                Ok(self
+                    .rpc(&pool, c, body, Instant::now(), served)
+                    .await
+                    .map(RpcBody::into_bytes))
             }
             None => Err(unknown_chain_body(&pool, chain)),
         }
@@ -403,35 +407,35 @@ impl Detour {
         body: &[u8],
         now: Instant,
         served: &mut Served,
-    ) -> Option<Bytes> {
+    ) -> Option<RpcBody> {
         let deadline = now + pool.config.server.request_timeout;
         let (entries, batch) = match jsonrpc::parse(body, pool.config.server.max_batch_len) {
             Parsed::Single(e) => (smallvec::smallvec![e], false),
             Parsed::Batch(v) => (PerCall::from_vec(v), true),
             Parsed::ParseError => {
-                return Some(error_bytes(
+                return Some(RpcBody::Whole(error_bytes(
                     PARSE_ERROR,
                     "Parse error",
                     Some("\"the body is not valid JSON\""),
-                ));
+                )));
             }
             Parsed::EmptyBatch => {
-                return Some(error_bytes(
+                return Some(RpcBody::Whole(error_bytes(
                     INVALID_REQUEST,
                     "Invalid Request",
                     Some("\"empty batch\""),
-                ));
+                )));
             }
             Parsed::BatchTooLong(len) => {
                 let why = format!(
                     "batch of {len} requests exceeds the limit of {} (server.max_batch_len)",
                     pool.config.server.max_batch_len
                 );
-                return Some(error_bytes(
+                return Some(RpcBody::Whole(error_bytes(
                     INVALID_REQUEST,
                     "Invalid Request",
                     Some(&jsonrpc::json_string(&why)),
-                ));
+                )));
             }
         };
         let mut calls: PerCall<&Call<'_>> = PerCall::new();
@@ -451,6 +455,21 @@ impl Detour {
                 .await
         }
         .into_iter();
+        // A single result goes back as the envelope's start and the upstream's bytes, which
+        // the fast path writes without copying them into a new buffer first.
+        if let ([Entry::Call(Call { id: Some(id), .. })], [Answer::Result(_)]) =
+            (&entries[..], answers.as_slice())
+        {
+            if !batch {
+                let Some(Answer::Result(result)) = answers.next() else {
+                    unreachable!("matched above")
+                };
+                return Some(RpcBody::Result {
+                    id: id.get().as_bytes().into(),
+                    result,
+                });
+            }
+        }
         let answer_bytes: usize = answers
             .as_slice()
             .iter()
@@ -507,7 +526,7 @@ impl Detour {
         if batch {
             out.push(b']');
         }
-        Some(Bytes::from(out))
+        Some(RpcBody::Whole(Bytes::from(out)))
     }
 
     /// Answers a request from the client at `peer` (detour's own server passes the address
@@ -978,7 +997,7 @@ pub(crate) enum Reply {
     /// The answer to JSON-RPC calls: `200` with the JSON body, or `204` when there were only
     /// notifications; `upstream` is the `x-detour-upstream` header's value.
     Rpc {
-        body: Option<Bytes>,
+        body: Option<RpcBody>,
         upstream: Option<HeaderValue>,
     },
     /// Anything else, complete.
@@ -1006,7 +1025,7 @@ impl Reply {
             Reply::Rpc { body, upstream } => (body, upstream),
         };
         let mut resp = match body {
-            Some(body) => json(StatusCode::OK, body),
+            Some(body) => json(StatusCode::OK, body.into_bytes()),
             None => {
                 let mut resp = Response::new(Body::default());
                 *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -1018,6 +1037,64 @@ impl Reply {
                 .insert(HeaderName::from_static(UPSTREAM_HEADER), v);
         }
         resp
+    }
+}
+
+/// The body of a JSON-RPC answer.
+#[derive(Debug)]
+pub(crate) enum RpcBody {
+    /// All of it.
+    Whole(Bytes),
+    /// `{"jsonrpc":"2.0","id":<id>,"result":<result>}` of one call, not yet joined: `result`
+    /// is the upstream's bytes (a slice of its answer), so the HTTP/1.1 fast path writes them
+    /// as they are instead of copying them into a new body first (for a 14 KB block, an
+    /// allocation and a 14 KB copy less).
+    Result {
+        /// The client's id, as it sent it.
+        id: SmallVec<[u8; 24]>,
+        result: Bytes,
+    },
+}
+
+impl RpcBody {
+    const RESULT_START: &'static [u8] = b"{\"jsonrpc\":\"2.0\",\"id\":";
+    const RESULT_KEY: &'static [u8] = b",\"result\":";
+
+    /// The body's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            RpcBody::Whole(b) => b.len(),
+            RpcBody::Result { id, result } => {
+                Self::RESULT_START.len() + id.len() + Self::RESULT_KEY.len() + result.len() + 1
+            }
+        }
+    }
+
+    /// Appends the part of the body before the upstream's bytes to `out` and returns the
+    /// rest, in order: the whole body goes out as `out` followed by the two slices.
+    pub(crate) fn write_start<'a>(&'a self, out: &mut Vec<u8>) -> [&'a [u8]; 2] {
+        match self {
+            RpcBody::Whole(b) => [b, &[]],
+            RpcBody::Result { id, result } => {
+                out.extend_from_slice(Self::RESULT_START);
+                out.extend_from_slice(id);
+                out.extend_from_slice(Self::RESULT_KEY);
+                [result, b"}"]
+            }
+        }
+    }
+
+    /// The body in one piece.
+    pub(crate) fn into_bytes(self) -> Bytes {
+        if let RpcBody::Whole(b) = self {
+            return b;
+        }
+        let mut out = Vec::with_capacity(self.len());
+        let rest = self.write_start(&mut out);
+        for part in rest {
+            out.extend_from_slice(part);
+        }
+        Bytes::from(out)
     }
 }
 

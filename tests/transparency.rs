@@ -89,3 +89,39 @@ async fn null_result_is_a_result() {
         .await;
     assert_eq!(text, r#"{"jsonrpc":"2.0","id":1,"result":null}"#);
 }
+
+#[tokio::test]
+async fn single_results_of_every_size_come_back_whole_with_the_clients_id() {
+    // The fast path writes a single result as its envelope plus the upstream's bytes: copied
+    // behind the head up to 2 KiB of body, written from the upstream's buffer beyond that.
+    let m = Mock::start("a").await;
+    let p = Proxy::start(&chain_config("", &[("a", &m.url(), "")])).await;
+    let ids = [
+        "7".to_string(),
+        "-0.5e3".to_string(),
+        r#""short""#.to_string(),
+        // Longer than the id's inline room, with escapes.
+        format!(r#""{}\"\\\u00e9""#, "k".repeat(40)),
+    ];
+    for id in &ids {
+        let envelope = r#"{"jsonrpc":"2.0","id":,"result":}"#.len() + id.len();
+        for body_len in [envelope + 3, 2047, 2048, 2049, 14_000, 200_000] {
+            // A JSON string result that makes the whole body `body_len` bytes long.
+            let n = body_len - envelope - 2;
+            let raw = format!("\"{}\"", "ab".repeat(n / 2 + 1)[..n].to_owned());
+            m.times("eth_getBlockByNumber", 1, Reply::result(&raw));
+            let req = format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"eth_getBlockByNumber","params":["latest",false]}}"#
+            );
+            let (status, text) = p.post("/mainnet", &req).await;
+            assert_eq!(status, 200);
+            let want = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{raw}}}"#);
+            assert_eq!(text.len(), body_len, "id {id}");
+            assert!(
+                text == want,
+                "id {id}, {body_len} bytes: {}",
+                &text[..80.min(text.len())]
+            );
+        }
+    }
+}
