@@ -10,8 +10,12 @@
 //! a proxied request.
 //!
 //! The most recently used connection is reused first (warm in every cache, and idle ones age
-//! out at the bottom). Only the top [`WARM`] keep their read buffers; the ones below hold just
-//! their sockets, so a pool sized for bursts of hundreds of requests costs little while idle.
+//! out at the bottom). Only the top [`WARM`] keep their read buffers for good; the ones below
+//! let theirs go once idle for [`COOL`], so a pool sized for bursts of hundreds of requests
+//! costs little while idle. Not sooner: under steady load with more requests in flight than
+//! `WARM`, connections cycle through the lower part of the stack within milliseconds, and
+//! freeing and allocating their buffers each time made the allocator return memory to the
+//! kernel and fault it back in (0.12 page faults a request with 14 KB answers).
 //! A pooled connection the upstream closed while it sat idle is noticed before use (its socket
 //! turned readable) and dropped.
 
@@ -22,11 +26,21 @@ use crate::h1::Conn;
 
 /// Idle connections at the top of the stack that keep their read buffers.
 const WARM: usize = 16;
+/// Connections below the top [`WARM`] that have been idle this long let their buffers go.
+const COOL: Duration = Duration::from_secs(1);
 
 /// Idle connections of one upstream.
 #[derive(Default)]
 pub(crate) struct Conns {
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<Stack>,
+}
+
+#[derive(Default)]
+struct Stack {
+    /// The most recently returned last.
+    conns: Vec<Idle>,
+    /// When idle connections were last looked at for buffers to let go.
+    swept: Option<Instant>,
 }
 
 struct Idle {
@@ -48,7 +62,7 @@ impl Conns {
     /// (closed).
     pub(crate) fn checkout(&self, now: Instant, idle_timeout: Duration) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(c) = idle.pop() {
+        while let Some(c) = idle.conns.pop() {
             if now.saturating_duration_since(c.since) < idle_timeout && c.conn.idle_usable() {
                 return Some(c.conn);
             }
@@ -63,7 +77,8 @@ impl Conns {
         if max_idle == 0 {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stack = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let Stack { conns: idle, swept } = &mut *stack;
         // The oldest sit at the bottom of the stack; close them once expired, so a pool that
         // served a burst shrinks back without a timer.
         if idle
@@ -74,15 +89,22 @@ impl Conns {
         }
         if idle.len() < max_idle {
             idle.push(Idle { conn, since: now });
-            if let Some(cold) = idle.len().checked_sub(WARM + 1) {
-                idle[cold].conn.release_buffer();
+        }
+        // At most once per COOL, the cold ones below the top WARM let their buffers go.
+        if idle.len() > WARM && swept.is_none_or(|t| now.saturating_duration_since(t) >= COOL) {
+            *swept = Some(now);
+            let below = idle.len() - WARM;
+            for c in &mut idle[..below] {
+                if now.saturating_duration_since(c.since) >= COOL {
+                    c.conn.release_buffer();
+                }
             }
         }
     }
 
     /// How many connections are idle in the pool now.
     pub(crate) fn idle_count(&self) -> usize {
-        self.idle.lock().map_or(0, |i| i.len())
+        self.idle.lock().map_or(0, |i| i.conns.len())
     }
 }
 
@@ -97,20 +119,37 @@ mod tests {
         let mut accepted = Vec::new();
         let pool = Conns::default();
         let timeout = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let capacities = |pool: &Conns, at: Instant| {
+            let mut all = Vec::new();
+            while let Some(c) = pool.checkout(at, timeout) {
+                all.push(c);
+            }
+            let caps: Vec<usize> = all.iter().map(Conn::buffer_capacity).collect();
+            // Back as they were, the same age.
+            for c in all.into_iter().rev() {
+                pool.put(c, t0, 1024, timeout);
+            }
+            caps
+        };
         for _ in 0..WARM + 4 {
             let io = tokio::net::TcpStream::connect(addr).await.unwrap();
             accepted.push(listener.accept().await.unwrap());
-            pool.put(Conn::new(io).with_buffer(), Instant::now(), 1024, timeout);
+            pool.put(Conn::new(io).with_buffer(), t0, 1024, timeout);
         }
         assert_eq!(pool.idle_count(), WARM + 4);
-        let mut capacities = Vec::new();
-        while let Some(c) = pool.checkout(Instant::now(), timeout) {
-            capacities.push(c.buffer_capacity());
-        }
-        // Checked out from the top: the WARM most recent first.
-        assert_eq!(capacities.len(), WARM + 4);
-        assert!(capacities[..WARM].iter().all(|&c| c > 0), "{capacities:?}");
-        assert!(capacities[WARM..].iter().all(|&c| c == 0), "{capacities:?}");
+        // Idle for less than COOL (a pool cycling under load): every one keeps its buffer.
+        let caps = capacities(&pool, t0);
+        assert!(caps.iter().all(|&c| c > 0), "{caps:?}");
+        // Once the ones below the top WARM have been idle for COOL, the next return lets their
+        // buffers go; checked out from the top, the WARM most recent come first.
+        let io = tokio::net::TcpStream::connect(addr).await.unwrap();
+        accepted.push(listener.accept().await.unwrap());
+        pool.put(Conn::new(io).with_buffer(), t0 + COOL, 1024, timeout);
+        let caps = capacities(&pool, t0 + COOL);
+        assert_eq!(caps.len(), WARM + 5);
+        assert!(caps[..WARM].iter().all(|&c| c > 0), "{caps:?}");
+        assert!(caps[WARM..].iter().all(|&c| c == 0), "{caps:?}");
     }
 
     #[tokio::test]
