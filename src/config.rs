@@ -187,7 +187,7 @@ pub struct ClientConfig {
     /// its connections for the next one instead of closing them (each close leaves a socket in
     /// TIME_WAIT, and a pool too small for the load closes and reopens one per request). Idle
     /// ones close after `pool_idle_timeout`; plain-HTTP ones below the 16 most recently used
-    /// hold no read buffer.
+    /// let their read buffers go after a second idle.
     pub pool_max_idle_per_host: usize,
     /// How long a resolved upstream hostname is reused before it is resolved again. Default `30s`.
     #[serde(with = "duration")]
