@@ -84,9 +84,10 @@ where
     let mut stopping = stop.clone();
     let stopped = stopping.changed();
     tokio::pin!(stopped);
+    // When the wait for the next head began; each may last up to header_read_timeout. After
+    // an answer, its `ready` time stands for it (the write in between takes microseconds).
+    let mut waiting_since = tokio::time::Instant::now();
     loop {
-        // This wait for a head began now; it may last up to header_read_timeout.
-        let waiting_since = tokio::time::Instant::now();
         // Read until the buffer holds a complete request the fast path serves.
         let (req, client_close) = loop {
             match take_request(&mut conn.buf) {
@@ -137,8 +138,19 @@ where
         let reply = detour.clone().answer(req, Some(peer)).await;
         let close = client_close || *stop.borrow();
         let written = match reply {
-            Reply::Rpc { body, upstream } => conn.respond_rpc(body, upstream, close).await,
-            Reply::Http(resp) => conn.respond(resp, close).await,
+            Reply::Rpc {
+                body,
+                upstream,
+                ready,
+            } => {
+                waiting_since = ready;
+                conn.respond_rpc(body, upstream, close).await
+            }
+            Reply::Http(resp) => {
+                let written = conn.respond(resp, close).await;
+                waiting_since = tokio::time::Instant::now();
+                written
+            }
         };
         match written {
             Ok(true) => {}

@@ -79,6 +79,8 @@ pub struct Report {
     /// Calls (indices) that got detour's own error: no upstream could answer, or a write
     /// failed where it may have been received.
     pub failed_calls: Vec<usize>,
+    /// When the last attempt to finish ended (none when nothing was tried).
+    pub finished: Option<Instant>,
 }
 
 /// What one upstream said about one call.
@@ -111,6 +113,20 @@ pub async fn failover(
     calls: &[&Call<'_>],
     deadline: Instant,
 ) -> (PerCall<Answer>, Report) {
+    failover_from(fwd, metrics, chain, calls, Instant::now(), deadline).await
+}
+
+/// [`failover`] for calls that arrived at `now` (a clock read taken a moment ago, which the
+/// first attempt takes as its start instead of reading the clock again).
+pub(crate) async fn failover_from(
+    fwd: &Forwarder,
+    metrics: &Metrics,
+    chain: &Chain,
+    calls: &[&Call<'_>],
+    now: Instant,
+    deadline: Instant,
+) -> (PerCall<Answer>, Report) {
+    let arrived = now;
     if let [call] = calls {
         if chain.broadcast_raw_transactions && call.method == "eth_sendRawTransaction" {
             return broadcast(fwd, chain, call, deadline).await;
@@ -164,11 +180,14 @@ pub async fn failover(
     // When the newest attempt in flight started, and its upstream (for the hedge delay).
     let mut newest: Option<(Instant, usize)> = None;
 
+    // The first pass takes the calls' arrival as "now"; later ones read the clock.
+    let mut first = true;
     loop {
         if pending.is_empty() {
             break;
         }
-        let now = Instant::now();
+        let now = if first { arrived } else { Instant::now() };
+        first = false;
         if now >= deadline {
             break;
         }
@@ -192,7 +211,7 @@ pub async fn failover(
             if !may_hedge(&tried, &exclude, &pending) {
                 // This attempt alone decides: await it right here.
                 let sent = pending.clone();
-                let done = run_attempt(fwd, metrics, chain, ui, calls, sent, deadline).await;
+                let done = run_attempt(fwd, metrics, chain, ui, calls, sent, now, deadline).await;
                 process(
                     metrics,
                     chain,
@@ -210,7 +229,9 @@ pub async fn failover(
             }
             inflight
                 .get_or_insert_with(FuturesUnordered::new)
-                .push(launch(fwd, metrics, chain, ui, calls, &pending, deadline));
+                .push(launch(
+                    fwd, metrics, chain, ui, calls, &pending, now, deadline,
+                ));
             newest = Some((now, ui));
         }
         let inflight = inflight.get_or_insert_with(FuturesUnordered::new);
@@ -237,7 +258,7 @@ pub async fn failover(
                     let now = Instant::now();
                     if let Some(ui) = pick(chain, need, &mut exclude, &avoid_regions, us_at(now)) {
                         tried.push(ui);
-                        inflight.push(launch(fwd, metrics, chain, ui, calls, &pending, deadline));
+                        inflight.push(launch(fwd, metrics, chain, ui, calls, &pending, now, deadline));
                         newest = Some((now, ui));
                     }
                 }
@@ -255,7 +276,7 @@ pub async fn failover(
                         report.hedges += 1;
                         tracing::debug!(chain = &*chain.name, stalled = &*chain.upstreams[stalled].name,
                             hedge = &*chain.upstreams[ui].name, "hedging a slow read");
-                        inflight.push(launch(fwd, metrics, chain, ui, calls, &pending, deadline));
+                        inflight.push(launch(fwd, metrics, chain, ui, calls, &pending, now, deadline));
                         newest = Some((now, ui));
                     }
                     // Nobody to hedge to: wait for the attempt in flight.
@@ -463,6 +484,7 @@ fn hedge_delay(chain: &Chain, ui: usize) -> Duration {
     est.clamp(chain.hedge.min_delay, chain.hedge.max_delay)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn launch<'a>(
     fwd: &'a Forwarder,
     metrics: &'a Metrics,
@@ -470,6 +492,7 @@ fn launch<'a>(
     ui: usize,
     calls: &'a [&'a Call<'a>],
     pending: &[usize],
+    started: Instant,
     deadline: Instant,
 ) -> AttemptFuture<'a> {
     Box::pin(run_attempt(
@@ -479,11 +502,14 @@ fn launch<'a>(
         ui,
         calls,
         Indices::from_slice(pending),
+        started,
         deadline,
     ))
 }
 
-/// One attempt: the pending calls (`sent`) to upstream `ui`, in chunks of its batch limit.
+/// One attempt, begun at `started` (the caller's clock read, taken just before): the pending
+/// calls (`sent`) to upstream `ui`, in chunks of its batch limit.
+#[allow(clippy::too_many_arguments)]
 async fn run_attempt<'a>(
     fwd: &'a Forwarder,
     metrics: &'a Metrics,
@@ -491,12 +517,12 @@ async fn run_attempt<'a>(
     ui: usize,
     calls: &'a [&'a Call<'a>],
     sent: Indices,
+    started: Instant,
     deadline: Instant,
 ) -> Done {
     {
         let up = &chain.upstreams[ui];
-        // The clock is read once at the start and once at the end of an attempt.
-        let started = Instant::now();
+        // The clock is read once, at the end of an attempt; its start is the caller's.
         let timeout = up.timeout.min(deadline.saturating_duration_since(started));
         let size = up.max_batch_len.unwrap_or(usize::MAX);
         let mut guard = Cancelled {
@@ -576,6 +602,7 @@ fn process(
 ) {
     let ui = done.upstream;
     let up = &chain.upstreams[ui];
+    report.finished = Some(done.finished);
     let now = us_at(done.finished);
     // How far behind the chain head this upstream is, when both are known and it is behind.
     let behind_by = up

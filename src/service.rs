@@ -29,7 +29,7 @@ use crate::forward::Forwarder;
 use crate::jsonrpc::{self, Call, Entry, Parsed, INVALID_REQUEST, PARSE_ERROR, RESOURCE_NOT_FOUND};
 use crate::metrics::{Metrics, Outcome};
 use crate::pool::{Chain, Pool};
-use crate::retry::{failover, Answer, Indices, PerCall};
+use crate::retry::{failover_from, Answer, Indices, PerCall};
 use crate::route::{method_kind, MethodKind};
 use crate::upstream::{now_us, us_at};
 use smallvec::SmallVec;
@@ -356,7 +356,8 @@ impl Detour {
             forwarded = remote.iter().map(|&i| calls[i]).collect();
             &forwarded
         };
-        let (got, report) = failover(&self.inner.forwarder, m, chain, sent, deadline).await;
+        let (got, report) =
+            failover_from(&self.inner.forwarder, m, chain, sent, now, deadline).await;
         chain.metrics.attempts(
             m,
             &chain.name,
@@ -384,6 +385,7 @@ impl Detour {
         );
         served.answered_by = report.answered_by;
         served.attempts = report.attempts;
+        served.finished = report.finished;
         if remote.len() == calls.len() && got.len() == calls.len() {
             // One answer per call, in order.
             return got;
@@ -757,14 +759,18 @@ impl Detour {
             ..Served::default()
         };
         let out = self.rpc(&pool, chain, &body, started, &mut served).await;
+        // The answer is ready when the last attempt ended (what remains is assembling it, well
+        // under a microsecond): that clock read stands for this one.
+        let ready = served.finished.unwrap_or_else(Instant::now);
         chain.metrics.duration(
             &self.inner.metrics,
             &chain.name,
-            started.elapsed().as_secs_f64(),
+            ready.saturating_duration_since(started).as_secs_f64(),
         );
         let reply = Reply::Rpc {
             body: out,
             upstream: upstream_header(&served.answered_by),
+            ready,
         };
         if access_log_on(&pool) {
             access_log(&chain.name, &served, reply.status(), started, peer);
@@ -855,6 +861,8 @@ struct Served {
     failed: usize,
     /// The API key's name, when keys are configured.
     client: Option<String>,
+    /// When the last upstream attempt ended (none when no upstream was asked).
+    finished: Option<Instant>,
 }
 
 /// Whether access-log lines are wanted: configured on, and not filtered out by `RUST_LOG`.
@@ -999,6 +1007,8 @@ pub(crate) enum Reply {
     Rpc {
         body: Option<RpcBody>,
         upstream: Option<HeaderValue>,
+        /// When the answer was ready (a recent clock read).
+        ready: Instant,
     },
     /// Anything else, complete.
     Http(Response<Body>),
@@ -1022,7 +1032,7 @@ impl Reply {
     pub(crate) fn into_response(self) -> Response<Body> {
         let (body, upstream) = match self {
             Reply::Http(resp) => return resp,
-            Reply::Rpc { body, upstream } => (body, upstream),
+            Reply::Rpc { body, upstream, .. } => (body, upstream),
         };
         let mut resp = match body {
             Some(body) => json(StatusCode::OK, body.into_bytes()),
