@@ -89,9 +89,29 @@ pub const KNOWN_METHODS: &[&str] = &[
 ];
 
 /// The `method` label slot of a method: its index in [`KNOWN_METHODS`], or the last slot.
+///
+/// Looked up among the known methods of the same length, last byte first: one or two
+/// comparisons for most methods, where a binary search over all of them made seven.
 pub fn method_slot(method: &str) -> usize {
-    KNOWN_METHODS
-        .binary_search(&method)
+    static BY_LEN: std::sync::OnceLock<Vec<Vec<u16>>> = std::sync::OnceLock::new();
+    let by_len = BY_LEN.get_or_init(|| {
+        let longest = KNOWN_METHODS.iter().map(|m| m.len()).max().unwrap_or(0);
+        let mut by_len = vec![Vec::new(); longest + 1];
+        for (slot, m) in KNOWN_METHODS.iter().enumerate() {
+            by_len[m.len()].push(slot as u16);
+        }
+        by_len
+    });
+    let (Some(slots), Some(&last)) = (by_len.get(method.len()), method.as_bytes().last()) else {
+        return KNOWN_METHODS.len();
+    };
+    slots
+        .iter()
+        .map(|&slot| usize::from(slot))
+        .find(|&slot| {
+            let known = KNOWN_METHODS[slot].as_bytes();
+            known[known.len() - 1] == last && known == method.as_bytes()
+        })
         .unwrap_or(KNOWN_METHODS.len())
 }
 
@@ -534,6 +554,18 @@ mod tests {
     fn known_methods_are_sorted_and_slots_are_bounded() {
         assert!(KNOWN_METHODS.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(method_label(method_slot("eth_call")), "eth_call");
+        for (slot, m) in KNOWN_METHODS.iter().enumerate() {
+            assert_eq!(method_slot(m), slot);
+            // Same length, one byte off (first, middle, last): not this method.
+            for at in [0, m.len() / 2, m.len() - 1] {
+                let mut near = m.as_bytes().to_vec();
+                near[at] ^= 0x20;
+                let near = String::from_utf8(near).unwrap();
+                if !KNOWN_METHODS.contains(&near.as_str()) {
+                    assert_eq!(method_slot(&near), KNOWN_METHODS.len(), "{near}");
+                }
+            }
+        }
         assert_eq!(method_label(method_slot("eth_madeUp_123")), "other");
         assert_eq!(method_label(method_slot("")), "other");
     }
