@@ -534,7 +534,7 @@ impl Detour {
     /// Answers a request from the client at `peer` (detour's own server passes the address
     /// here; other callers may put a [`Peer`] in the request's extensions instead).
     pub(crate) async fn serve_http<B>(
-        self,
+        &self,
         req: Request<B>,
         peer: Option<std::net::SocketAddr>,
     ) -> Response<Body>
@@ -548,7 +548,7 @@ impl Detour {
     /// [`Detour::serve_http`]'s answer, with a JSON-RPC answer kept as a [`Reply::Rpc`] (which
     /// the HTTP/1.1 fast path writes without building a header map).
     pub(crate) async fn answer<B>(
-        self,
+        &self,
         req: Request<B>,
         peer: Option<std::net::SocketAddr>,
     ) -> Reply
@@ -584,7 +584,7 @@ impl Detour {
     }
 
     async fn route_http<B>(
-        self,
+        &self,
         req: Request<B>,
         pool: Arc<Pool>,
         peer: Option<std::net::SocketAddr>,
