@@ -265,26 +265,49 @@ async fn serves_logs_and_exits_0(tag: &str, server_toml: &str) -> String {
     listening
 }
 
+/// A running binary, killed when dropped: a test that fails half-way leaves no process behind
+/// (one would hold the test harness's output open).
+struct Running(std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts the binary on `file` with this log format; returns it, its address, the log lines
 /// after the "listening" one, and that line.
 fn spawn_serving(
     file: &std::path::Path,
     log_format: &str,
-) -> (
-    std::process::Child,
-    String,
-    std::sync::mpsc::Receiver<String>,
-    String,
-) {
-    let mut child = detour()
-        .args(["--config"])
-        .arg(file)
-        .args(["--listen", "127.0.0.1:0", "--log-format", log_format])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+) -> (Running, String, std::sync::mpsc::Receiver<String>, String) {
+    let mut child = Running(
+        detour()
+            .args(["--config"])
+            .arg(file)
+            .args(["--listen", "127.0.0.1:0", "--log-format", log_format])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
