@@ -35,7 +35,7 @@ use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
-use crate::service::{Body, Detour, Reply, RpcBody, UPSTREAM_HEADER};
+use crate::service::{AnsweredBy, Body, Detour, Reply, RpcBody, UPSTREAM_HEADER};
 
 /// Headers beyond this many: handed over (hyper answers 431).
 const MAX_HEADERS: usize = 100;
@@ -181,7 +181,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     async fn respond_rpc(
         &mut self,
         body: Option<RpcBody>,
-        upstream: Option<HeaderValue>,
+        upstream: AnsweredBy,
         close: bool,
     ) -> std::io::Result<bool> {
         let status = match body {
@@ -192,9 +192,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         if body.is_some() {
             self.header(b"content-type", b"application/json");
         }
-        if let Some(v) = &upstream {
-            self.header(UPSTREAM_HEADER.as_bytes(), v.as_bytes());
-        }
+        upstream.with_bytes(|v| self.header(UPSTREAM_HEADER.as_bytes(), v));
         let body = body.unwrap_or(RpcBody::Whole(Bytes::new()));
         self.finish(status, &body, close, false).await
     }

@@ -767,12 +767,19 @@ impl Detour {
             &chain.name,
             ready.saturating_duration_since(started).as_secs_f64(),
         );
+        let logging = access_log_on(&pool);
+        // The access log names the upstreams too.
+        let answered_by = if logging {
+            served.answered_by.clone()
+        } else {
+            std::mem::take(&mut served.answered_by)
+        };
         let reply = Reply::Rpc {
             body: out,
-            upstream: upstream_header(&served.answered_by),
+            upstream: AnsweredBy(answered_by),
             ready,
         };
-        if access_log_on(&pool) {
+        if logging {
             access_log(&chain.name, &served, reply.status(), started, peer);
         }
         reply
@@ -949,18 +956,47 @@ pub(crate) fn wants_html<B>(req: &Request<B>) -> bool {
 /// names, comma-separated, in the order they answered; never URLs).
 pub const UPSTREAM_HEADER: &str = "x-detour-upstream";
 
-fn upstream_header(names: &[Arc<str>]) -> Option<HeaderValue> {
-    match names {
-        [] => None,
-        [one] => HeaderValue::from_str(one).ok(),
-        many => {
-            let mut unique: Vec<&str> = Vec::with_capacity(many.len());
-            for n in many {
-                if !unique.contains(&&**n) {
-                    unique.push(n);
+/// The upstreams that answered a request, in the order they answered: the `x-detour-upstream`
+/// header's value is their names, each once, comma-separated (no header when none answered, or
+/// when a name is not a valid header value).
+#[derive(Debug, Default)]
+pub(crate) struct AnsweredBy(PerCall<Arc<str>>);
+
+impl AnsweredBy {
+    /// The header's value.
+    pub(crate) fn value(&self) -> Option<HeaderValue> {
+        match &self.0[..] {
+            [] => None,
+            [one] => HeaderValue::from_str(one).ok(),
+            many => {
+                let mut unique: Vec<&str> = Vec::with_capacity(many.len());
+                for n in many {
+                    if !unique.contains(&&**n) {
+                        unique.push(n);
+                    }
+                }
+                HeaderValue::from_str(&unique.join(", ")).ok()
+            }
+        }
+    }
+
+    /// Calls `f` with the header value's bytes, if there is a header: for the usual one name
+    /// without building a `HeaderValue` (an allocation and a copy per request).
+    pub(crate) fn with_bytes(&self, f: impl FnOnce(&[u8])) {
+        match &self.0[..] {
+            // What `HeaderValue::from_str` accepts: visible ASCII, spaces and tabs.
+            [one]
+                if one
+                    .bytes()
+                    .all(|b| (b' '..=b'~').contains(&b) || b == b'\t') =>
+            {
+                f(one.as_bytes())
+            }
+            _ => {
+                if let Some(v) = self.value() {
+                    f(v.as_bytes())
                 }
             }
-            HeaderValue::from_str(&unique.join(", ")).ok()
         }
     }
 }
@@ -1006,7 +1042,7 @@ pub(crate) enum Reply {
     /// notifications; `upstream` is the `x-detour-upstream` header's value.
     Rpc {
         body: Option<RpcBody>,
-        upstream: Option<HeaderValue>,
+        upstream: AnsweredBy,
         /// When the answer was ready (a recent clock read).
         ready: Instant,
     },
@@ -1042,7 +1078,7 @@ impl Reply {
                 resp
             }
         };
-        if let Some(v) = upstream {
+        if let Some(v) = upstream.value() {
             resp.headers_mut()
                 .insert(HeaderName::from_static(UPSTREAM_HEADER), v);
         }
@@ -1233,5 +1269,34 @@ fn readiness(pool: &Pool) -> Response<Body> {
             StatusCode::SERVICE_UNAVAILABLE,
             Bytes::from(body.to_string()),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_header_is_written_as_its_value_would_be() {
+        let names = |list: &[&str]| AnsweredBy(list.iter().map(|n| Arc::from(*n)).collect());
+        for list in [
+            &[][..],
+            &["alchemy"][..],
+            &["my node\t2"][..],
+            // Not a header value: no header, either way.
+            &["bad\u{1}name"][..],
+            &["caf\u{e9}"][..],
+            &["a", "b", "a"][..],
+            &["a", "bad\nname"][..],
+        ] {
+            let answered = names(list);
+            let mut written = None;
+            answered.with_bytes(|v| written = Some(v.to_vec()));
+            let value = answered.value().map(|v| v.as_bytes().to_vec());
+            assert_eq!(written, value, "{list:?}");
+        }
+        let mut written = None;
+        names(&["a", "b", "a"]).with_bytes(|v| written = Some(v.to_vec()));
+        assert_eq!(written.as_deref(), Some(&b"a, b"[..]));
     }
 }
