@@ -284,16 +284,27 @@ fn id_str(id: Option<Raw<'_>>) -> &str {
 
 /// The length of what [`write_result`] writes (for an `error`, one less).
 pub fn result_len(id: Option<Raw<'_>>, result_len: usize) -> usize {
-    br#"{"jsonrpc":"2.0","id":,"result":}"#.len() + id_str(id).len() + result_len
+    result_len_for(id_str(id).as_bytes(), result_len)
+}
+
+/// [`result_len`] for an id given as its JSON text.
+pub(crate) fn result_len_for(id: &[u8], result_len: usize) -> usize {
+    br#"{"jsonrpc":"2.0","id":,"result":}"#.len() + id.len() + result_len
 }
 
 /// Appends `{"jsonrpc":"2.0","id":<id>,"result":<result>}`; `result` is copied verbatim.
 pub fn write_result(out: &mut Vec<u8>, id: Option<Raw<'_>>, result: &[u8]) {
-    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    out.extend_from_slice(id_str(id).as_bytes());
-    out.extend_from_slice(b",\"result\":");
+    write_result_start(out, id_str(id).as_bytes());
     out.extend_from_slice(result);
     out.push(b'}');
+}
+
+/// Appends what [`write_result`] writes before the result, for an id given as its JSON text:
+/// `{"jsonrpc":"2.0","id":<id>,"result":` (the result and a `}` follow).
+pub(crate) fn write_result_start(out: &mut Vec<u8>, id: &[u8]) {
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id);
+    out.extend_from_slice(b",\"result\":");
 }
 
 /// Appends `{"jsonrpc":"2.0","id":<id>,"error":<error>}`; `error` (an object) is copied verbatim.

@@ -1103,16 +1103,11 @@ pub(crate) enum RpcBody {
 }
 
 impl RpcBody {
-    const RESULT_START: &'static [u8] = b"{\"jsonrpc\":\"2.0\",\"id\":";
-    const RESULT_KEY: &'static [u8] = b",\"result\":";
-
     /// The body's length in bytes.
     pub(crate) fn len(&self) -> usize {
         match self {
             RpcBody::Whole(b) => b.len(),
-            RpcBody::Result { id, result } => {
-                Self::RESULT_START.len() + id.len() + Self::RESULT_KEY.len() + result.len() + 1
-            }
+            RpcBody::Result { id, result } => jsonrpc::result_len_for(id, result.len()),
         }
     }
 
@@ -1122,9 +1117,7 @@ impl RpcBody {
         match self {
             RpcBody::Whole(b) => [b, &[]],
             RpcBody::Result { id, result } => {
-                out.extend_from_slice(Self::RESULT_START);
-                out.extend_from_slice(id);
-                out.extend_from_slice(Self::RESULT_KEY);
+                jsonrpc::write_result_start(out, id);
                 [result, b"}"]
             }
         }
