@@ -126,7 +126,8 @@ pub(crate) async fn failover_from(
     now: Instant,
     deadline: Instant,
 ) -> (PerCall<Answer>, Report) {
-    let arrived = now;
+    // The first pass takes the calls' arrival as "now"; later ones read the clock.
+    let mut arrived = Some(now);
     if let [call] = calls {
         if chain.broadcast_raw_transactions && call.method == "eth_sendRawTransaction" {
             return broadcast(fwd, chain, call, deadline).await;
@@ -180,14 +181,11 @@ pub(crate) async fn failover_from(
     // When the newest attempt in flight started, and its upstream (for the hedge delay).
     let mut newest: Option<(Instant, usize)> = None;
 
-    // The first pass takes the calls' arrival as "now"; later ones read the clock.
-    let mut first = true;
     loop {
         if pending.is_empty() {
             break;
         }
-        let now = if first { arrived } else { Instant::now() };
-        first = false;
+        let now = arrived.take().unwrap_or_else(Instant::now);
         if now >= deadline {
             break;
         }
