@@ -708,33 +708,43 @@ mod tests {
         assert!(started.elapsed() < ms(2000), "{:?}", started.elapsed());
     }
 
+    /// Reads one request (its head and its content-length body) off `s`; `None` when the
+    /// client closed first. The client sends the next request only after the answer, so no
+    /// byte beyond it may have come.
+    async fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
+        let mut req = Vec::new();
+        let mut b = [0u8; 4096];
+        loop {
+            let n = s.read(&mut b).await.unwrap();
+            if n == 0 {
+                return None;
+            }
+            req.extend_from_slice(&b[..n]);
+            let text = String::from_utf8_lossy(&req).to_string();
+            let Some(end) = text.find("\r\n\r\n") else {
+                continue;
+            };
+            let len: usize = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            if req.len() >= end + 4 + len {
+                assert_eq!(req.len(), end + 4 + len, "bytes beyond the request");
+                return Some(req);
+            }
+        }
+    }
+
     async fn serve(answers: Vec<&'static [u8]>) -> Conn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
             for answer in answers {
-                let mut req = Vec::new();
-                let mut b = [0u8; 4096];
-                // The request: head plus its content-length body.
-                loop {
-                    let n = s.read(&mut b).await.unwrap();
-                    if n == 0 {
-                        return;
-                    }
-                    req.extend_from_slice(&b[..n]);
-                    let text = String::from_utf8_lossy(&req).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len: usize = text
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length: "))
-                            .unwrap()
-                            .parse()
-                            .unwrap();
-                        if req.len() >= end + 4 + len {
-                            break;
-                        }
-                    }
+                if read_request(&mut s).await.is_none() {
+                    return;
                 }
                 for piece in answer.chunks(7) {
                     s.write_all(piece).await.unwrap();
@@ -746,6 +756,12 @@ mod tests {
         Conn::new(TcpStream::connect(addr).await.unwrap())
     }
 
+    /// A small request whose answer may be up to 1 MiB.
+    async fn post_up_to_1mib(c: &mut Conn) -> Answer {
+        let head = b"POST / HTTP/1.1\r\nhost: x\r\n";
+        c.exchange(head, None, b"{}", 1 << 20, far()).await.unwrap()
+    }
+
     #[tokio::test]
     async fn requests_small_and_large_arrive_byte_for_byte() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -753,31 +769,11 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            let mut req = Vec::new();
-            let mut b = [0u8; 4096];
-            loop {
-                let n = s.read(&mut b).await.unwrap();
-                if n == 0 {
-                    return;
-                }
-                req.extend_from_slice(&b[..n]);
-                let text = String::from_utf8_lossy(&req).to_string();
-                let Some(end) = text.find("\r\n\r\n") else {
-                    continue;
-                };
-                let len: usize = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length: "))
-                    .unwrap()
-                    .parse()
+            while let Some(req) = read_request(&mut s).await {
+                tx.send(req).unwrap();
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    .await
                     .unwrap();
-                if req.len() >= end + 4 + len {
-                    let rest = req.split_off(end + 4 + len);
-                    tx.send(std::mem::replace(&mut req, rest)).unwrap();
-                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
-                        .await
-                        .unwrap();
-                }
             }
         });
         let mut c = Conn::new(TcpStream::connect(addr).await.unwrap());
@@ -851,16 +847,7 @@ mod tests {
             .into_boxed_slice(),
         );
         let mut c = serve(vec![big]).await;
-        let a = c
-            .exchange(
-                b"POST / HTTP/1.1\r\nhost: x\r\n",
-                None,
-                b"{}",
-                1 << 20,
-                far(),
-            )
-            .await
-            .unwrap();
+        let a = post_up_to_1mib(&mut c).await;
         assert_eq!((a.body.len(), a.reusable), (200_002, true));
         assert!(
             a.body.is_unique(),
@@ -888,16 +875,7 @@ mod tests {
                 .into_iter()
                 .zip([head_len + 14_001, READ_CHUNK, head_len + 14_001, KEEP_BUF])
         {
-            let a = c
-                .exchange(
-                    b"POST / HTTP/1.1\r\nhost: x\r\n",
-                    None,
-                    b"{}",
-                    1 << 20,
-                    far(),
-                )
-                .await
-                .unwrap();
+            let a = post_up_to_1mib(&mut c).await;
             assert_eq!(a.body.len(), n);
             assert_eq!(c.expect, expect, "after {n} bytes");
             drop(a);
