@@ -150,12 +150,19 @@ pub fn parse(body: &[u8], max_batch_len: usize) -> Parsed<'_> {
 fn parse_with_serde(body: &[u8], max_batch_len: usize) -> Parsed<'_> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace());
     match start.map(|i| body[i]) {
-        Some(b'[') => match serde_json::from_slice::<Vec<&RawValue>>(body) {
-            Ok(items) if items.is_empty() => Parsed::EmptyBatch,
-            Ok(items) if items.len() > max_batch_len => Parsed::BatchTooLong(items.len()),
-            Ok(items) => Parsed::Batch(items.into_iter().map(|i| parse_entry(i.into())).collect()),
-            Err(_) => Parsed::ParseError,
-        },
+        Some(b'[') => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let items =
+                serde::de::DeserializeSeed::deserialize(BatchSeed { max_batch_len }, &mut de);
+            match items.and_then(|items| de.end().map(|()| items)) {
+                Ok(Members::Kept(items)) if items.is_empty() => Parsed::EmptyBatch,
+                Ok(Members::Kept(items)) => {
+                    Parsed::Batch(items.into_iter().map(|i| parse_entry(i.into())).collect())
+                }
+                Ok(Members::TooMany(n)) => Parsed::BatchTooLong(n),
+                Err(_) => Parsed::ParseError,
+            }
+        }
         // The common case, a single request object: one pass over the body.
         // UTF-8 is checked once over the whole body, so the parser need not check each raw
         // member again.
@@ -164,6 +171,53 @@ fn parse_with_serde(body: &[u8], max_batch_len: usize) -> Parsed<'_> {
             _ => parse_single_slow(body),
         },
         _ => parse_single_slow(body),
+    }
+}
+
+/// A batch's members as serde_json reads them: kept up to the limit, beyond it only counted,
+/// so a body of millions of tiny members costs no more memory than one at the limit.
+enum Members<'a> {
+    Kept(Vec<&'a RawValue>),
+    TooMany(usize),
+}
+
+struct BatchSeed {
+    max_batch_len: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for BatchSeed {
+    type Value = Members<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Members<'de>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BatchSeed {
+    type Value = Members<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Members<'de>, A::Error> {
+        // The size hint comes from the body's author: never trust it for capacity.
+        let mut kept = Vec::new();
+        while kept.len() < self.max_batch_len {
+            match seq.next_element::<&'de RawValue>()? {
+                Some(v) => kept.push(v),
+                None => return Ok(Members::Kept(kept)),
+            }
+        }
+        if seq.next_element::<serde::de::IgnoredAny>()?.is_none() {
+            return Ok(Members::Kept(kept));
+        }
+        let mut n = kept.len() + 1;
+        drop(kept);
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            n += 1;
+        }
+        Ok(Members::TooMany(n))
     }
 }
 
@@ -187,7 +241,15 @@ fn parse_plain(text: &str, max_batch_len: usize) -> Option<Parsed<'_>> {
         b'{' => Parsed::Single(validate(request_members(&mut s, 0)?)),
         b'[' => {
             let mut entries = Vec::new();
+            let mut n = 0usize;
             s.array(0, |s, depth| {
+                n += 1;
+                if n > max_batch_len {
+                    // Past the limit members are only counted: memory stays bounded by the
+                    // limit, not by the body.
+                    s.value(depth)?;
+                    return Some(());
+                }
                 entries.push(if s.next_byte()? == b'{' {
                     validate(request_members(s, depth)?)
                 } else {
@@ -195,7 +257,7 @@ fn parse_plain(text: &str, max_batch_len: usize) -> Option<Parsed<'_>> {
                 });
                 Some(())
             })?;
-            match entries.len() {
+            match n {
                 0 => Parsed::EmptyBatch,
                 n if n > max_batch_len => Parsed::BatchTooLong(n),
                 _ => Parsed::Batch(entries),
