@@ -110,6 +110,31 @@ fn attempts_data(notes: &[AttemptNote]) -> String {
     data
 }
 
+/// Checks the params of a method that takes none (`eth_chainId`, `net_version`), as geth does:
+/// absent or `[]` pass; anything else is the `-32602` error object a node would send.
+pub fn no_params(params: Option<jsonrpc::Raw<'_>>) -> Result<(), Bytes> {
+    let Some(p) = params else { return Ok(()) };
+    let text = p.get();
+    // A Raw is one well-formed JSON value: `[` … `]` with only whitespace between is empty.
+    let inner = text.get(1..text.len().saturating_sub(1)).unwrap_or("");
+    let message = match text.as_bytes().first() {
+        Some(b'[')
+            if inner
+                .trim_matches(|c: char| c.is_ascii_whitespace())
+                .is_empty() =>
+        {
+            return Ok(())
+        }
+        Some(b'[') => "too many arguments, want at most 0",
+        _ => "non-array args",
+    };
+    Err(Bytes::from(jsonrpc::error_object(
+        jsonrpc::INVALID_PARAMS,
+        message,
+        None,
+    )))
+}
+
 /// A JSON-RPC error returned to an in-process caller of [`crate::Detour::request`].
 #[derive(Debug, Clone)]
 pub struct RpcError {
@@ -154,6 +179,22 @@ impl std::error::Error for RpcError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn methods_without_params_accept_only_none_or_an_empty_array() {
+        let raw = |t: &'static str| {
+            Some(jsonrpc::Raw::from(&*Box::leak(
+                RawValue::from_string(t.into()).unwrap(),
+            )))
+        };
+        assert!(no_params(None).is_ok());
+        assert!(no_params(raw("[]")).is_ok());
+        assert!(no_params(raw("[ \n ]")).is_ok());
+        for bad in ["[1]", "[[[1]]]", "[null]", "{}", "{\"a\":1}", "[[]]"] {
+            let e = RpcError::from_object(&no_params(raw(bad)).unwrap_err());
+            assert_eq!(e.code, -32602, "{bad}");
+        }
+    }
 
     #[test]
     fn all_failed_names_each_attempt() {

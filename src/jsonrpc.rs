@@ -25,6 +25,8 @@ pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
 /// The method does not exist or is not available.
 pub const METHOD_NOT_FOUND: i64 = -32601;
+/// Invalid method parameters.
+pub const INVALID_PARAMS: i64 = -32602;
 /// Internal JSON-RPC error; detour uses it when no upstream could answer.
 pub const INTERNAL_ERROR: i64 = -32603;
 /// EIP-1474 "resource not found"; detour uses it for an unknown chain path.

@@ -335,10 +335,21 @@ impl Detour {
                     MethodKind::NetVersion => Some(chain.net_version_json.clone()),
                     _ => None,
                 };
-                if local.is_some() {
-                    chain.metrics.call(m, &chain.name, &c.method, Outcome::Ok);
+                match local.map(|answer| (answer, crate::error::no_params(c.params))) {
+                    Some((answer, Ok(()))) => {
+                        chain.metrics.call(m, &chain.name, &c.method, Outcome::Ok);
+                        Some(Answer::Result(answer))
+                    }
+                    Some((_, Err(invalid))) => {
+                        // As a node answers: these methods take no params.
+                        chain
+                            .metrics
+                            .call(m, &chain.name, &c.method, Outcome::RpcError);
+                        served.errors += 1;
+                        Some(Answer::Error(invalid))
+                    }
+                    None => None,
                 }
-                local.map(Answer::Result)
             };
             if local.is_none() {
                 remote.push(i);

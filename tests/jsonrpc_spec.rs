@@ -173,3 +173,24 @@ async fn duplicate_ids_in_a_batch_each_get_their_own_answer() {
         r#"[{"jsonrpc":"2.0","id":1,"result":"A"},{"jsonrpc":"2.0","id":1,"result":"B"}]"#
     );
 }
+
+#[tokio::test]
+async fn local_answers_check_their_params_as_a_node_does() {
+    let (m, p) = setup().await;
+    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    for method in ["eth_chainId", "net_version"] {
+        for params in ["[1]", "[[[1]]]", "{}", "[null]", deep.as_str()] {
+            let body =
+                format!(r#"{{"jsonrpc":"2.0","id":7,"method":"{method}","params":{params}}}"#);
+            let v = p.rpc("/mainnet", &body).await;
+            assert_eq!(v["error"]["code"], -32602, "{method} {:.20}: {v}", params);
+            assert_eq!(v["id"], 7);
+        }
+        for params in ["", r#","params":[]"#, r#","params":[ ]"#] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":7,"method":"{method}"{params}}}"#);
+            let v = p.rpc("/mainnet", &body).await;
+            assert!(v["result"].is_string(), "{method} {params}: {v}");
+        }
+    }
+    assert_eq!(m.hits(), 0, "answered locally, right or wrong");
+}
