@@ -40,6 +40,7 @@
 //! - [`forward`]: the upstream HTTP client (hyper + rustls), failure classification.
 //! - [`dns`]: the caching resolver that outlives resolver outages.
 //! - [`classify`]: the error taxonomy (deterministic vs provider trouble).
+//! - [`rawtx`]: raw transactions' hashes (blob transactions too) and "already known".
 //! - [`pool`]: the immutable snapshot behind `ArcSwap`: chains, chain head, regions.
 //! - [`upstream`]: one upstream: target, secrets redaction, live state (EWMA, head, cool-down).
 //! - [`health`]: the background task: chain-id checks, head probes, hysteresis, regions.
@@ -76,6 +77,7 @@ mod jsonscan;
 pub mod metrics;
 pub mod policy;
 pub mod pool;
+pub mod rawtx;
 pub mod retry;
 pub mod route;
 pub mod server;

@@ -773,34 +773,14 @@ fn block_number(chain: &Chain, ui: usize, raw: Bytes, now: u64) -> Bytes {
 }
 
 fn is_already_known(error: &[u8]) -> bool {
-    let e = crate::error::RpcError::from_object(error);
-    let m = e.message.to_ascii_lowercase();
-    m.contains("already known") || m.contains("known transaction") || m.contains("alreadyknown")
+    crate::rawtx::already_known(&crate::error::RpcError::from_object(error).message)
 }
 
 /// The hash of the raw transaction in an `eth_sendRawTransaction` call, as a JSON string.
 fn tx_hash(call: &Call<'_>) -> Option<Bytes> {
-    use tiny_keccak::{Hasher, Keccak};
-    let params: Vec<String> = serde_json::from_str(call.params?.get()).ok()?;
-    let hex = params.first()?.strip_prefix("0x")?;
-    if hex.len() % 2 != 0 || hex.is_empty() {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-        .collect();
-    let mut k = Keccak::v256();
-    k.update(&bytes?);
-    let mut out = [0u8; 32];
-    k.finalize(&mut out);
-    let mut s = String::with_capacity(68);
-    s.push_str("\"0x");
-    for b in out {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s.push('"');
-    Some(Bytes::from(s))
+    let params: Vec<&str> = serde_json::from_str(call.params?.get()).ok()?;
+    let hash = crate::rawtx::hash(params.first()?)?;
+    Some(Bytes::from(crate::rawtx::hash_json(&hash)))
 }
 
 /// Which failure of a multi-chunk attempt decides the upstream's health.

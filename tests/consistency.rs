@@ -223,3 +223,65 @@ async fn broadcast_returns_the_primarys_error_when_nothing_succeeds() {
     assert_eq!(v["error"]["message"], "nonce too low", "{v}");
     assert_eq!((a.hits(), b.hits()), (1, 1));
 }
+
+#[tokio::test]
+async fn a_rejection_that_only_looks_like_already_known_reaches_the_wallet() {
+    // The first upstream is rate limited (so the write is retried), the second rejects the
+    // transaction: the wallet must see the rejection, not a hash of a transaction that will
+    // never exist.
+    let limited = Mock::start("limited").await;
+    limited.always(Reply::status(429));
+    let second = Mock::start("second").await;
+    second.on(
+        "eth_sendRawTransaction",
+        Reply::error(-32000, "unknown transaction type"),
+    );
+    let p = Proxy::start(&chain_config(
+        "",
+        &[
+            ("limited", &limited.url(), "tier = 0"),
+            ("second", &second.url(), "tier = 1"),
+        ],
+    ))
+    .await;
+    let v = p
+        .call("/mainnet", "eth_sendRawTransaction", r#"["0xdeadbeef01"]"#)
+        .await;
+    assert_eq!(v["error"]["message"], "unknown transaction type", "{v}");
+    assert!(v.get("result").is_none(), "{v}");
+    assert_eq!((limited.hits(), second.hits()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_raw_transaction_that_is_not_hex_gets_an_answer_with_broadcast_on() {
+    let a = Mock::start("a").await;
+    a.on(
+        "eth_sendRawTransaction",
+        Reply::error(-32602, "invalid argument 0: hex string has odd length"),
+    );
+    let b = Mock::start("b").await;
+    b.on(
+        "eth_sendRawTransaction",
+        Reply::error(-32000, "already known"),
+    );
+    let p = Proxy::start(&chain_config(
+        "broadcast_raw_transactions = true",
+        &[
+            ("a", &a.url(), "region = \"x\""),
+            ("b", &b.url(), "tier = 1\nregion = \"y\""),
+        ],
+    ))
+    .await;
+    for raw in ["0xaé0", "0xé", "0x0", "0x"] {
+        let v = p
+            .call(
+                "/mainnet",
+                "eth_sendRawTransaction",
+                &format!(r#"["{raw}"]"#),
+            )
+            .await;
+        // No hash can be made of it, so "already known" proves nothing: a node's error.
+        assert!(v["error"]["code"].is_i64(), "{raw}: {v}");
+        assert!(v.get("result").is_none(), "{raw}: {v}");
+    }
+}
