@@ -822,20 +822,24 @@ fn record_health(
             if f.is_dns() && state.successes.load(std::sync::atomic::Ordering::Relaxed) == 0 {
                 state.set_unresolvable();
             }
-            tracing::warn!(chain = &*chain.name, upstream = &*up.name, reason = %f, cooldown = ?cd, "upstream ejected");
+            if let Some(cd) = cd {
+                tracing::warn!(chain = &*chain.name, upstream = &*up.name, reason = %f, cooldown = ?cd, "upstream ejected");
+            }
             Some(f.to_string())
         }
         Some(f @ Failure::Status(s, retry_after)) if *s == StatusCode::TOO_MANY_REQUESTS => {
-            let cd = state.eject(now, elapsed, *retry_after);
-            tracing::warn!(chain = &*chain.name, upstream = &*up.name, cooldown = ?cd, "upstream rate limited (HTTP 429)");
+            if let Some(cd) = state.eject(now, elapsed, *retry_after) {
+                tracing::warn!(chain = &*chain.name, upstream = &*up.name, cooldown = ?cd, "upstream rate limited (HTTP 429)");
+            }
             Some(f.to_string())
         }
         Some(f @ Failure::Status(s, _))
             if *s == StatusCode::UNAUTHORIZED || *s == StatusCode::FORBIDDEN =>
         {
-            let cd = state.eject(now, elapsed, None);
-            tracing::warn!(chain = &*chain.name, upstream = &*up.name, reason = %f, cooldown = ?cd,
-                "upstream rejected detour's credentials: check its API key");
+            if let Some(cd) = state.eject(now, elapsed, None) {
+                tracing::warn!(chain = &*chain.name, upstream = &*up.name, reason = %f, cooldown = ?cd,
+                    "upstream rejected detour's credentials: check its API key");
+            }
             Some(f.to_string())
         }
         Some(f) => {
@@ -847,8 +851,9 @@ fn record_health(
             Some(f.to_string())
         }
         None if rate_limited => {
-            let cd = state.eject(now, elapsed, None);
-            tracing::warn!(chain = &*chain.name, upstream = &*up.name, cooldown = ?cd, "upstream rate limited (JSON-RPC error)");
+            if let Some(cd) = state.eject(now, elapsed, None) {
+                tracing::warn!(chain = &*chain.name, upstream = &*up.name, cooldown = ?cd, "upstream rate limited (JSON-RPC error)");
+            }
             Some("rate limited (JSON-RPC error)".to_string())
         }
         None if answered == 0 && unhealthy > 0 => {

@@ -692,7 +692,7 @@ impl LiveState {
         self.count_outcome(true);
         if n >= unhealthy_after && self.cooldown_until(now).is_none() {
             self.probe_failures.store(0, Relaxed);
-            return Some(self.eject(now, elapsed, None));
+            return self.eject(now, elapsed, None);
         }
         None
     }
@@ -829,8 +829,19 @@ impl LiveState {
 
     /// A failure that proves the upstream unreachable (refused, DNS, TLS): eject at once.
     /// `at_least` extends the cool-down (e.g. `Retry-After`), capped at [`COOLDOWN_MAX`].
-    /// Returns the cool-down applied.
-    pub fn eject(&self, now: u64, elapsed: Duration, at_least: Option<Duration>) -> Duration {
+    ///
+    /// Cool-downs double per outage, not per failed request: only the transition into a
+    /// cool-down counts. Requests that were in flight when the upstream went down fail too, and
+    /// under load there are hundreds of them; each is a failure (latency penalty, error rate),
+    /// but they extend the cool-down only by a longer `Retry-After`. The half-open trial that
+    /// fails after the cool-down is a new transition, so a lasting outage still backs off.
+    /// Returns the cool-down when this call started one, `None` when one was running.
+    pub fn eject(
+        &self,
+        now: u64,
+        elapsed: Duration,
+        at_least: Option<Duration>,
+    ) -> Option<Duration> {
         self.observe(now, elapsed.max(FAILURE_PENALTY));
         self.provisional.store(true, Relaxed);
         self.count_outcome(true);
@@ -838,14 +849,31 @@ impl LiveState {
         self.last_failure_us.store(now, Relaxed);
         self.soft_failures.store(0, Relaxed);
         self.probe_successes.store(0, Relaxed);
-        let n = self.ejections.fetch_add(1, Relaxed).min(16);
+        let current = self.cooldown_until.load(Relaxed);
+        if current > now {
+            if let Some(d) = at_least {
+                let until = now + d.min(COOLDOWN_MAX).as_micros() as u64;
+                self.cooldown_until.fetch_max(until, Relaxed);
+            }
+            return None;
+        }
+        let n = self.ejections.load(Relaxed).min(16);
         let backoff = COOLDOWN_BASE.saturating_mul(1 << n).min(COOLDOWN_MAX);
         let cooldown = at_least
             .map_or(backoff, |d| d.max(backoff))
             .min(COOLDOWN_MAX);
-        self.cooldown_until
-            .store(now + cooldown.as_micros() as u64, Relaxed);
-        cooldown
+        let until = now + cooldown.as_micros() as u64;
+        // Of concurrent failures that all saw no cool-down, one starts it.
+        match self
+            .cooldown_until
+            .compare_exchange(current, until, Relaxed, Relaxed)
+        {
+            Ok(_) => {
+                self.ejections.fetch_add(1, Relaxed);
+                Some(cooldown)
+            }
+            Err(_) => None,
+        }
     }
 
     /// A failure that may be passing (timeout, 5xx, malformed answer): the latency estimate takes
@@ -853,7 +881,7 @@ impl LiveState {
     pub fn record_soft_failure(&self, now: u64, elapsed: Duration) -> Option<Duration> {
         let n = self.soft_failures.fetch_add(1, Relaxed) + 1;
         if n >= SOFT_FAILURES_TO_EJECT {
-            return Some(self.eject(now, elapsed, None));
+            return self.eject(now, elapsed, None);
         }
         self.observe(now, elapsed.max(FAILURE_PENALTY));
         self.count_outcome(true);
@@ -931,28 +959,85 @@ mod tests {
     }
 
     #[test]
-    fn cooldown_grows_and_resets() {
+    fn cooldown_grows_per_outage_and_resets() {
         let s = LiveState::default();
-        let t0 = 1_000_000;
-        assert_eq!(s.eject(t0, Duration::ZERO, None), Duration::from_secs(1));
-        assert_eq!(s.eject(t0, Duration::ZERO, None), Duration::from_secs(2));
-        assert_eq!(s.eject(t0, Duration::ZERO, None), Duration::from_secs(4));
-        for _ in 0..10 {
-            s.eject(t0, Duration::ZERO, None);
+        let sec = 1_000_000;
+        let mut t = sec;
+        // Each ejection comes as the previous cool-down ends (a failed half-open trial): it
+        // doubles.
+        for want in [1, 2, 4, 8, 16, 30, 30] {
+            assert_eq!(
+                s.eject(t, Duration::ZERO, None),
+                Some(Duration::from_secs(want))
+            );
+            t += want * sec;
         }
-        assert_eq!(s.eject(t0, Duration::ZERO, None), COOLDOWN_MAX);
-        assert!(s.cooldown_until(t0).is_some());
-        s.record_success(t0, Duration::from_millis(1));
-        assert!(s.cooldown_until(t0).is_none());
-        assert_eq!(s.eject(t0, Duration::ZERO, None), Duration::from_secs(1));
+        assert!(s.cooldown_until(t - 1).is_some());
+        s.record_success(t, Duration::from_millis(1));
+        assert!(s.cooldown_until(t).is_none());
         assert_eq!(
-            s.eject(t0, Duration::ZERO, Some(Duration::from_secs(7))),
-            Duration::from_secs(7)
+            s.eject(t, Duration::ZERO, None),
+            Some(Duration::from_secs(1))
         );
+        t += sec;
         assert_eq!(
-            s.eject(t0, Duration::ZERO, Some(Duration::from_secs(3600))),
-            COOLDOWN_MAX
+            s.eject(t, Duration::ZERO, Some(Duration::from_secs(7))),
+            Some(Duration::from_secs(7))
         );
+        t += 7 * sec;
+        assert_eq!(
+            s.eject(t, Duration::ZERO, Some(Duration::from_secs(3600))),
+            Some(COOLDOWN_MAX)
+        );
+    }
+
+    #[test]
+    fn failures_during_a_cooldown_do_not_escalate_it() {
+        let s = LiveState::default();
+        let sec = 1_000_000;
+        // An upstream under load goes down: 500 requests in flight fail within 10 ms.
+        assert_eq!(s.eject(sec, Duration::ZERO, None), Some(COOLDOWN_BASE));
+        for i in 0..500 {
+            assert_eq!(s.eject(sec + i * 20, Duration::ZERO, None), None);
+            assert_eq!(s.record_soft_failure(sec + i * 20, Duration::ZERO), None);
+        }
+        assert_eq!(
+            s.cooldown_until(sec),
+            Some(2 * sec),
+            "still the first, 1 s cool-down"
+        );
+        assert!(s.failures.load(Relaxed) > 1000, "each failure still counts");
+        // A longer Retry-After during the cool-down extends it, without escalating.
+        assert_eq!(
+            s.eject(sec + 1, Duration::ZERO, Some(Duration::from_secs(3))),
+            None
+        );
+        assert_eq!(s.cooldown_until(sec + 1), Some(4 * sec + 1));
+        // The trial after it fails: the second cool-down of this outage, 2 s.
+        assert_eq!(
+            s.eject(5 * sec, Duration::ZERO, None),
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn concurrent_failures_start_one_cooldown() {
+        let s = Arc::new(LiveState::default());
+        let started: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let s = &s;
+                    scope.spawn(move || {
+                        (0..1000)
+                            .filter(|_| s.eject(1_000_000, Duration::ZERO, None).is_some())
+                            .count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(started, 1);
+        assert_eq!(s.cooldown_until(1_000_000), Some(2_000_000));
     }
 
     #[test]
