@@ -362,6 +362,23 @@ impl Chain {
         if let Some(head) = head {
             self.state.set_head(head);
         }
+        // The served block number stays within `max_lag_blocks` of what verified upstreams
+        // reported lately (cooling down ones included, so a failover does not step answers
+        // back, and the allowance covers a node that steps back a block or two): a bogus
+        // answer, or one from an upstream a reload removed, decays instead of sticking.
+        let window = self.health.stale_after.as_micros() as u64;
+        let recent = self
+            .upstreams
+            .iter()
+            .filter(|u| u.state.chain_check() == CHAIN_OK && !u.quarantined())
+            .filter(|u| now.saturating_sub(u.state.head_seen()) <= window)
+            .filter_map(|u| u.state.head())
+            .max();
+        if let Some(recent) = recent {
+            if self.state.served_block() > recent.saturating_add(self.health.max_lag_blocks) {
+                self.state.served_block.fetch_min(recent, Relaxed);
+            }
+        }
         let chain_head = self.state.head();
         let differ = self.upstreams.iter().any(|u| {
             !u.quarantined() && u.state.head().zip(chain_head).is_some_and(|(h, c)| h < c)

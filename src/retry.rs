@@ -764,7 +764,13 @@ fn block_number(chain: &Chain, ui: usize, raw: Bytes, now: u64) -> Bytes {
         return raw;
     };
     chain.observe_head(ui, now, n);
-    let served = chain.state.monotonic_block(n);
+    // Only upstreams verified to be on this chain feed the number answers never go below;
+    // an unverified one's answer is lifted to it like any other.
+    let served = if chain.upstreams[ui].state.chain_check() == crate::upstream::CHAIN_OK {
+        chain.state.monotonic_block(n)
+    } else {
+        n.max(chain.state.served_block())
+    };
     if served > n {
         Bytes::from(format!("\"0x{served:x}\""))
     } else {
@@ -1008,6 +1014,58 @@ mod tests {
             headers: Default::default(),
             body: Bytes::copy_from_slice(body.as_bytes()),
         }
+    }
+
+    #[test]
+    fn the_served_block_number_cannot_be_poisoned() {
+        let toml = |extra: &str| {
+            format!(
+                "[chains.c]\nchain_id = 1\n[[chains.c.upstreams]]\nname = \"good\"\nurl = \"http://127.0.0.1:1\"\n{extra}"
+            )
+        };
+        let with_liar =
+            toml("[[chains.c.upstreams]]\nname = \"liar\"\nurl = \"http://127.0.0.1:2\"\n");
+        let pool =
+            crate::pool::Pool::new(crate::Config::from_toml(&with_liar).unwrap(), None).unwrap();
+        let c = &pool.chains[0];
+        let at = |ui: usize| {
+            c.upstreams
+                .iter()
+                .position(|u| *u.name == *["good", "liar"][ui])
+                .unwrap()
+        };
+        let (good, liar) = (at(0), at(1));
+        let answer = |ui: usize, n: &str, now: u64| {
+            String::from_utf8(block_number(c, ui, Bytes::from(format!("\"{n}\"")), now).to_vec())
+                .unwrap()
+        };
+        c.upstreams[good].state.record_chain_id(1, 1, 1);
+        assert_eq!(answer(good, "0x10", 1), "\"0x10\"");
+        // Not yet verified: a huge number is passed on as its own answer, but feeds nothing.
+        assert_eq!(answer(liar, "0xffffffffff", 2), "\"0xffffffffff\"");
+        assert_eq!(answer(good, "0x11", 3), "\"0x11\"");
+        // Its low answer is lifted to the chain's, like any other.
+        assert_eq!(answer(liar, "0x1", 4), "\"0x11\"");
+        // Verified, then wrong: a bogus jump sticks only until the health task sees that no
+        // verified upstream lately reported anything near it (here: the liar is removed by a
+        // reload, which keeps the chain's state).
+        c.upstreams[liar].state.record_chain_id(5, 1, 1);
+        assert_eq!(answer(liar, "0xffffffffff", 6), "\"0xffffffffff\"");
+        assert_eq!(answer(good, "0x12", 7), "\"0xffffffffff\"");
+        let reloaded =
+            crate::pool::Pool::new(crate::Config::from_toml(&toml("")).unwrap(), Some(&pool))
+                .unwrap();
+        let c2 = &reloaded.chains[0];
+        c2.recompute_head(8);
+        let good2 = Bytes::from_static(b"\"0x12\"");
+        assert_eq!(block_number(c2, 0, good2, 9), "\"0x12\"");
+        // A step back within max_lag_blocks is not a reason to decay: answers stay monotonic.
+        c2.upstreams[0].state.observe_head(10, 0x11);
+        c2.recompute_head(10);
+        assert_eq!(
+            block_number(c2, 0, Bytes::from_static(b"\"0x11\""), 11),
+            "\"0x12\""
+        );
     }
 
     #[test]
