@@ -49,7 +49,7 @@ pub fn states(chain: &Chain, i: usize, now: u64) -> Vec<&'static str> {
         out.push("half_open");
     }
     if let Some((head, chain_head)) = s.head().zip(chain.state.head()).filter(|(h, c)| h < c) {
-        if chain_head - head > chain.health.max_lag_blocks {
+        if chain_head - head > chain.max_lag() {
             out.push("lagging");
         } else if !chain.fresh(i, now) {
             out.push("stale");
@@ -113,7 +113,8 @@ pub fn status(pool: &Pool) -> Value {
                 "ready": c.ready(now),
                 "head": head,
                 "probe_interval_ms": crate::health::probe_interval(c, now).as_millis() as u64,
-                "max_lag_blocks": c.health.max_lag_blocks,
+                "max_lag_blocks": c.max_lag(),
+                "block_time_ms": c.state.block_time().map(|t| t.as_millis() as u64),
                 "regions": c.regions.iter().filter(|r| r.labelled).map(|r| json!({
                     "name": &*r.name,
                     "degraded": r.degraded(),

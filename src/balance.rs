@@ -11,7 +11,8 @@
 //!    - strict: not cooling down, fresh enough for the request (not lagging or stale when it
 //!      needs the latest state; head at or past the block it names), its region not degraded,
 //!      and in another region than the attempts that already failed or stalled;
-//!    - then any region, then degraded regions too, then lagging upstreams too;
+//!    - then any region, then degraded regions too; for a call that names a block no
+//!      upstream is known to have yet, the highest known head; then lagging upstreams too;
 //!    - last, when every untried upstream is cooling down, the one that recovers soonest:
 //!      failing without trying is never better.
 //!
@@ -61,6 +62,23 @@ pub fn select(chain: &Chain, now: u64, want: &Want<'_>) -> Option<usize> {
     }
     if let Some(i) = over_tiers(chain, &|i| base(i) && fresh(i)) {
         return Some(i);
+    }
+    if want.min_block > 0 {
+        // Nobody is known to have the block yet: the highest head is the best bet (lower tier,
+        // then lower cost, among equals).
+        let best = (0..chain.upstreams.len())
+            .filter(|&i| base(i))
+            .max_by(|&a, &b| {
+                let (ua, ub) = (&chain.upstreams[a], &chain.upstreams[b]);
+                ua.state
+                    .head()
+                    .cmp(&ub.state.head())
+                    .then(ub.tier.cmp(&ua.tier))
+                    .then(ub.cost().total_cmp(&ua.cost()))
+            });
+        if best.is_some() {
+            return best;
+        }
     }
     if let Some(i) = over_tiers(chain, &base) {
         return Some(i);
@@ -186,6 +204,30 @@ mod tests {
 
     fn name(c: &Chain, i: Option<usize>) -> &str {
         &c.upstreams[i.unwrap()].name
+    }
+
+    #[test]
+    fn a_block_nobody_is_known_to_have_goes_to_the_highest_head() {
+        let p = pool(&[("own", 0, 1), ("high", 1, 1), ("mid", 1, 1)]);
+        let c = &p.chains[0];
+        for (i, head) in [(0, 100), (1, 104), (2, 102)] {
+            c.upstreams[i].state.observe_head(1, head);
+        }
+        let want = |min_block, exclude: &'static [usize]| Want {
+            min_block,
+            exclude,
+            ..Want::default()
+        };
+        for _ in 0..20 {
+            // Some have it: the lowest tier that does, by cost as usual.
+            assert_ne!(name(c, select(c, 2, &want(101, &[]))), "own");
+            assert_eq!(name(c, select(c, 2, &want(103, &[]))), "high");
+            // Nobody has it yet: the highest head, whatever its tier.
+            assert_eq!(name(c, select(c, 2, &want(200, &[]))), "high");
+            assert_eq!(name(c, select(c, 2, &want(200, &[1]))), "mid");
+            // Tier 0 has it: tier 0.
+            assert_eq!(name(c, select(c, 2, &want(100, &[]))), "own");
+        }
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum Penalty {
     Unsupported,
     /// Behind, pruned, overloaded or misconfigured: counts as a (soft) failure.
     Unhealthy,
+    /// It does not have the block the call names yet (it is behind, or the block is new):
+    /// ask an upstream with a higher head; nothing wrong with its health.
+    NotYet,
 }
 
 /// How a rule recognises an error.
@@ -51,7 +54,7 @@ pub struct Rule {
 
 use Class::{Deterministic as D, Trouble as T};
 use Match::{Code, Message as Msg};
-use Penalty::{RateLimited, Unhealthy, Unsupported};
+use Penalty::{NotYet, RateLimited, Unhealthy, Unsupported};
 
 macro_rules! rule {
     ($m:expr, $c:expr, $seen:expr, $code:expr, $msg:expr) => {
@@ -80,6 +83,44 @@ pub static RULES: &[Rule] = &[
         "nethermind, besu",
         -32015,
         "VM execution error: Reverted 0x08c379a0"
+    ),
+    // --- Not there yet: the upstream does not have the block the call names, probably because
+    // it is behind; another upstream (a higher head first) may. Nothing against its health.
+    // Before the `-32602` rules: anvil reports a future block as invalid params. ---
+    rule!(
+        Msg("header not found"),
+        T(NotYet),
+        "geth, erigon (block not yet known)",
+        -32000,
+        "header not found"
+    ),
+    rule!(
+        Msg("unknown block"),
+        T(NotYet),
+        "geth, reth",
+        -32000,
+        "unknown block"
+    ),
+    rule!(
+        Msg("block not found"),
+        T(NotYet),
+        "nethermind, besu",
+        -32001,
+        "Block not found"
+    ),
+    rule!(
+        Msg("blockoutofrange"),
+        T(NotYet),
+        "anvil",
+        -32602,
+        "BlockOutOfRangeError: block height is 0 but requested was 256"
+    ),
+    rule!(
+        Msg("block number out of range"),
+        T(NotYet),
+        "hosted providers",
+        -32000,
+        "block number out of range"
     ),
     rule!(
         Msg("invalid opcode"),
@@ -371,13 +412,6 @@ pub static RULES: &[Rule] = &[
     ),
     // --- Provider trouble: the node is behind, pruned or unwell. ---
     rule!(
-        Msg("header not found"),
-        T(Unhealthy),
-        "geth, erigon (block not yet known)",
-        -32000,
-        "header not found"
-    ),
-    rule!(
         Msg("missing trie node"),
         T(Unhealthy),
         "geth (pruned state)",
@@ -404,20 +438,6 @@ pub static RULES: &[Rule] = &[
         "erigon, nethermind, reth",
         -32000,
         "state at block #123 is pruned"
-    ),
-    rule!(
-        Msg("unknown block"),
-        T(Unhealthy),
-        "geth, reth",
-        -32000,
-        "unknown block"
-    ),
-    rule!(
-        Msg("block not found"),
-        T(Unhealthy),
-        "nethermind, besu",
-        -32001,
-        "Block not found"
     ),
     rule!(
         Msg("unknown ancestor"),
@@ -615,7 +635,32 @@ mod tests {
     fn case_is_ignored() {
         assert_eq!(
             classify(-32000, "HEADER NOT FOUND"),
-            Class::Trouble(Penalty::Unhealthy)
+            Class::Trouble(Penalty::NotYet)
         );
+    }
+
+    #[test]
+    fn a_block_beyond_the_head_is_not_there_yet_in_every_wording() {
+        for (code, msg) in [
+            (-32000, "header not found"),
+            (
+                -32602,
+                "BlockOutOfRangeError: block height is 0 but requested was 256",
+            ),
+            (-32001, "Block not found"),
+            (-32000, "unknown block"),
+        ] {
+            assert_eq!(
+                classify(code, msg),
+                Class::Trouble(Penalty::NotYet),
+                "{msg}"
+            );
+        }
+        // Other invalid params stay the client's answer.
+        assert_eq!(
+            classify(-32602, "invalid argument 0: hex string without 0x prefix"),
+            Class::Deterministic
+        );
+        assert_eq!(classify(-32602, "Invalid params"), Class::Deterministic);
     }
 }

@@ -260,8 +260,10 @@ pub struct HealthConfig {
     #[serde(with = "duration")]
     pub chain_check_interval: Duration,
     /// An upstream more than this many blocks behind the chain head serves no request that
-    /// depends on the latest state until it catches up. Default 5.
-    pub max_lag_blocks: u64,
+    /// depends on the latest state until it catches up. Default: unset, the blocks the chain
+    /// makes in one `probe_interval`, at least 1 (see [`crate::pool::Chain::max_lag`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_lag_blocks: Option<u64>,
     /// An upstream whose head has not moved for this long while the chain head moved is stale
     /// and excluded like a lagging one. Default `60s`.
     #[serde(with = "duration")]
@@ -286,7 +288,7 @@ impl Default for HealthConfig {
             idle_probe_interval: Duration::from_secs(30),
             idle_after: Duration::from_secs(60),
             chain_check_interval: Duration::from_secs(300),
-            max_lag_blocks: 5,
+            max_lag_blocks: None,
             stale_after: Duration::from_secs(60),
             unhealthy_after: 3,
             healthy_after: 2,

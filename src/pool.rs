@@ -15,6 +15,9 @@ use bytes::Bytes;
 use crate::config::{Config, ConfigError, HealthConfig, HedgeConfig};
 use crate::upstream::{Upstream, CHAIN_OK};
 
+/// The lag allowance in blocks until a chain's block time is known.
+pub const DEFAULT_MAX_LAG: u64 = 5;
+
 /// A snapshot of the whole configuration, ready to route requests.
 #[derive(Debug)]
 pub struct Pool {
@@ -80,6 +83,11 @@ pub struct ChainState {
     /// Some upstream's known head is below the chain head: requests must look at which block
     /// they need (set at once when the chain head rises, cleared by the health task).
     heads_differ: AtomicBool,
+    /// When the chain head last rose (µs), for the block time.
+    head_rose_us: AtomicU64,
+    /// The chain's block time as observed from its head rising (µs, an average over about the
+    /// last 10 rises; 0: not known yet).
+    block_time_us: AtomicU64,
 }
 
 impl ChainState {
@@ -89,13 +97,38 @@ impl ChainState {
         self.head.load(Relaxed).checked_sub(1)
     }
 
-    /// Raises the chain head to `block` if higher.
-    pub fn raise_head(&self, block: u64) {
+    /// Raises the chain head to `block` if higher, at `now` (µs).
+    pub fn raise_head(&self, now: u64, block: u64) {
         let stored = block.saturating_add(1);
         let prev = self.head.fetch_max(stored, Relaxed);
-        if stored > prev && prev != 0 && !self.heads_differ.load(Relaxed) {
+        if stored <= prev || prev == 0 {
+            if prev == 0 && stored > 0 {
+                self.head_rose_us.store(now, Relaxed);
+            }
+            return;
+        }
+        if !self.heads_differ.load(Relaxed) {
             self.heads_differ.store(true, Relaxed);
         }
+        let rose = self.head_rose_us.swap(now, Relaxed);
+        let blocks = stored - prev;
+        // A jump of thousands of blocks is a sync or a new upstream, not the chain's pace.
+        if rose != 0 && now > rose && blocks <= 1_000 {
+            let sample = (now - rose) / blocks;
+            let prev_time = self.block_time_us.load(Relaxed);
+            let next = if prev_time == 0 {
+                sample
+            } else {
+                (prev_time * 9 + sample) / 10
+            };
+            self.block_time_us.store(next.max(1), Relaxed);
+        }
+    }
+
+    /// The chain's observed block time, once the head rose twice.
+    pub fn block_time(&self) -> Option<std::time::Duration> {
+        let us = self.block_time_us.load(Relaxed);
+        (us != 0).then(|| std::time::Duration::from_micros(us))
     }
 
     /// Whether some upstream may be behind the chain head (so lag checks matter now).
@@ -344,10 +377,39 @@ impl Chain {
     pub fn fresh(&self, i: usize, now: u64) -> bool {
         self.upstreams[i].fresh(
             self.state.head(),
-            self.health.max_lag_blocks,
+            self.max_lag(),
             self.health.stale_after.as_micros() as u64,
             now,
         )
+    }
+
+    /// How many blocks an upstream may be behind the chain head and still serve the latest
+    /// state: `health.max_lag_blocks` when configured; otherwise the blocks the chain makes in
+    /// one `health.probe_interval` (at least 1). Heads are learned at that pace, so an upstream
+    /// at the head may look that far behind until it is asked again; a smaller allowance would
+    /// turn every probe cycle into flapping. 1 block on mainnet (12 s) and on 2 s chains with
+    /// the default 2 s probes, 2 on a 1 s chain, 8 on Arbitrum (0.25 s). Until the block time
+    /// is known (the head has risen twice), [`DEFAULT_MAX_LAG`].
+    #[inline]
+    pub fn max_lag(&self) -> u64 {
+        if let Some(n) = self.health.max_lag_blocks {
+            return n;
+        }
+        let block_us = self.state.block_time_us.load(Relaxed);
+        if block_us == 0 {
+            return DEFAULT_MAX_LAG;
+        }
+        let window = self.health.probe_interval.as_micros() as u64;
+        window.div_ceil(block_us).clamp(1, 1_000)
+    }
+
+    /// Records that upstream `i` proved to have `block` (an answer that names it: a receipt, a
+    /// transaction, a block): its known head, and the chain's, rise to it if lower.
+    pub fn observe_has_block(&self, i: usize, now: u64, block: u64) {
+        let up = &self.upstreams[i];
+        if up.state.raise_head(now, block) && up.state.chain_check() == CHAIN_OK {
+            self.state.raise_head(now, block);
+        }
     }
 
     /// Recomputes the chain head from the chain-verified upstreams that are not cooling down
@@ -375,7 +437,7 @@ impl Chain {
             .filter_map(|u| u.state.head())
             .max();
         if let Some(recent) = recent {
-            if self.state.served_block() > recent.saturating_add(self.health.max_lag_blocks) {
+            if self.state.served_block() > recent.saturating_add(self.max_lag()) {
                 self.state.served_block.fetch_min(recent, Relaxed);
             }
         }
@@ -391,7 +453,7 @@ impl Chain {
         let up = &self.upstreams[i];
         up.state.observe_head(now, block);
         if up.state.chain_check() == CHAIN_OK {
-            self.state.raise_head(block);
+            self.state.raise_head(now, block);
         }
     }
 
@@ -477,6 +539,52 @@ mod tests {
         assert!(p.route("/2").is_none());
         assert_eq!(p.paths(), ["/mainnet", "/1", "/"]);
         assert_eq!(p.chains[0].chain_id_json, "\"0x1\"");
+    }
+
+    #[test]
+    fn the_lag_allowance_follows_the_block_time() {
+        let p = Pool::new(config(""), None).unwrap();
+        let c = &p.chains[0];
+        assert_eq!(c.max_lag(), DEFAULT_MAX_LAG, "block time unknown yet");
+        let sec = 1_000_000;
+        // A 1 s chain seen through 2 s probes: the head rises 2 blocks every 2 s.
+        for k in 0..10 {
+            c.state.raise_head(k * 2 * sec, 100 + 2 * k);
+        }
+        assert_eq!(
+            c.state.block_time(),
+            Some(std::time::Duration::from_secs(1))
+        );
+        assert_eq!(c.max_lag(), 2, "the blocks of one 2 s probe interval");
+        // A 12 s chain: one block.
+        let p = Pool::new(config(""), None).unwrap();
+        let c = &p.chains[0];
+        for k in 0..10 {
+            c.state.raise_head(k * 12 * sec, 100 + k);
+        }
+        assert_eq!(c.max_lag(), 1);
+        // A sync's jump of thousands of blocks does not count as the chain's pace.
+        c.state.raise_head(200 * sec, 1_000_000);
+        assert_eq!(
+            c.state.block_time(),
+            Some(std::time::Duration::from_secs(12))
+        );
+        // A configured allowance wins.
+        let p = Pool::new(config("").tap_lag(7), None).unwrap();
+        assert_eq!(p.chains[0].max_lag(), 7);
+    }
+
+    trait TapLag {
+        fn tap_lag(self, n: u64) -> Config;
+    }
+
+    impl TapLag for Config {
+        fn tap_lag(mut self, n: u64) -> Config {
+            for c in self.chains.values_mut() {
+                c.health.max_lag_blocks = Some(n);
+            }
+            self
+        }
     }
 
     #[test]

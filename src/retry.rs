@@ -148,7 +148,7 @@ pub(crate) async fn failover_from(
     }
     // Which block the calls need matters only while some upstream is behind the chain head;
     // otherwise every upstream is fresh and the params need not be looked into.
-    let need = if chain.state.heads_differ() {
+    let mut need = if chain.state.heads_differ() {
         calls
             .iter()
             .fold(Need::default(), |acc, c| acc.merge(route::need(c)))
@@ -220,6 +220,7 @@ pub(crate) async fn failover_from(
                     &mut fallback,
                     &mut report,
                     &mut avoid_regions,
+                    &mut need,
                     tried.len() > 1,
                 );
                 pending.retain(|i| answers[*i].is_none());
@@ -246,7 +247,7 @@ pub(crate) async fn failover_from(
             biased;
             Some(done) = inflight.next() => {
                 process(metrics, chain, calls, &writes, done, &mut answers, &mut fallback,
-                        &mut report, &mut avoid_regions, tried.len() > 1);
+                        &mut report, &mut avoid_regions, &mut need, tried.len() > 1);
                 pending.retain(|i| answers[*i].is_none());
                 if inflight.is_empty() {
                     newest = None;
@@ -596,6 +597,7 @@ fn process(
     fallback: &mut [Option<Answer>],
     report: &mut Report,
     avoid_regions: &mut Indices,
+    need: &mut Need,
     retried: bool,
 ) {
     let ui = done.upstream;
@@ -675,6 +677,9 @@ fn process(
                             let r = if method == "eth_blockNumber" {
                                 block_number(chain, ui, r, now)
                             } else {
+                                if let Some(block) = route::proven_block(method, &r) {
+                                    chain.observe_has_block(ui, now, block);
+                                }
                                 r
                             };
                             answers[i] = Some(Answer::Result(r));
@@ -693,6 +698,13 @@ fn process(
                         Got::Error(e, Class::Trouble(penalty)) => {
                             unhealthy += usize::from(penalty == Penalty::Unhealthy);
                             rate_limited |= penalty == Penalty::RateLimited;
+                            if penalty == Penalty::NotYet {
+                                // Whoever has no higher head than this one likely lacks the
+                                // block too: the next pick looks above it first.
+                                if let Some(head) = up.state.head() {
+                                    need.min_block = need.min_block.max(head + 1);
+                                }
+                            }
                             if rpc_trouble.is_none() {
                                 rpc_trouble = Some(describe_rpc_error(up, &e));
                             }

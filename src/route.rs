@@ -210,6 +210,30 @@ pub fn parse_quantity(s: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
+/// The block an answer proves its upstream has: the block of a receipt or a mined transaction,
+/// the number of a block. `None` for other methods, for `null`, for a pending transaction, and
+/// for a result whose key is not written compactly (nothing is learned then, nothing breaks).
+pub fn proven_block(method: &str, result: &[u8]) -> Option<u64> {
+    let key: &[u8] = match method {
+        "eth_getTransactionReceipt"
+        | "eth_getTransactionByHash"
+        | "eth_getBlockReceipts"
+        | "eth_getTransactionByBlockHashAndIndex"
+        | "eth_getTransactionByBlockNumberAndIndex" => b"\"blockNumber\":\"",
+        "eth_getBlockByNumber" | "eth_getBlockByHash" => b"\"number\":\"",
+        _ => return None,
+    };
+    if result.first() != Some(&b'{') && result.first() != Some(&b'[') {
+        return None;
+    }
+    // Clients write these keys near the start (geth sorts keys; a block's "number" comes
+    // before its transactions), so a block's bulk is searched only when the key is absent.
+    let at = memchr::memmem::find(result, key)? + key.len();
+    let rest = &result[at..];
+    let end = memchr::memchr(b'"', rest)?;
+    parse_quantity(std::str::from_utf8(&rest[..end]).ok()?)
+}
+
 /// Methods whose `null` result, from an upstream behind the chain head, may only mean that the
 /// upstream has not seen the block or transaction yet: retried on an up-to-date upstream.
 pub fn null_may_mean_behind(method: &str) -> bool {
@@ -301,6 +325,33 @@ mod tests {
         assert_eq!(parse_quantity("0x1b4"), Some(436));
         assert_eq!(parse_quantity("0x"), None);
         assert_eq!(parse_quantity("12"), None);
+    }
+
+    #[test]
+    fn answers_prove_blocks() {
+        let receipt =
+            br#"{"blockHash":"0xab","blockNumber":"0x1b4","logs":[{"blockNumber":"0x1b4"}]}"#;
+        assert_eq!(
+            proven_block("eth_getTransactionReceipt", receipt),
+            Some(0x1b4)
+        );
+        let block = br#"{"hash":"0xcd","miner":"0x00","number":"0x20","transactions":[]}"#;
+        assert_eq!(proven_block("eth_getBlockByNumber", block), Some(0x20));
+        assert_eq!(proven_block("eth_getBlockByHash", block), Some(0x20));
+        let pending = br#"{"blockHash":null,"blockNumber":null,"hash":"0x1"}"#;
+        assert_eq!(proven_block("eth_getTransactionByHash", pending), None);
+        assert_eq!(proven_block("eth_getTransactionReceipt", b"null"), None);
+        assert_eq!(proven_block("eth_call", receipt), None);
+        assert_eq!(
+            proven_block("eth_getBlockByNumber", br#"{"number":"0xzz"}"#),
+            None
+        );
+        assert_eq!(
+            proven_block("eth_getBlockByNumber", br#"{"number":"0x1"#),
+            None
+        );
+        let receipts = br#"[{"blockNumber":"0x7","status":"0x1"}]"#;
+        assert_eq!(proven_block("eth_getBlockReceipts", receipts), Some(7));
     }
 
     #[test]

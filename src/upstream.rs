@@ -632,6 +632,17 @@ impl LiveState {
         self.head_seen_us.store(now, Relaxed);
     }
 
+    /// Raises the known head to `block` when an answer proved the upstream has it (a
+    /// receipt or block at that height). Returns whether it rose.
+    pub fn raise_head(&self, now: u64, block: u64) -> bool {
+        let stored = block.saturating_add(1);
+        if self.head.fetch_max(stored, Relaxed) < stored {
+            self.head_changed_us.store(now, Relaxed);
+            return true;
+        }
+        false
+    }
+
     /// The chain check's verdict ([`CHAIN_UNKNOWN`], [`CHAIN_OK`] or [`CHAIN_WRONG`]).
     pub fn chain_check(&self) -> u8 {
         self.chain_check.load(Relaxed)

@@ -285,3 +285,99 @@ async fn a_raw_transaction_that_is_not_hex_gets_an_answer_with_broadcast_on() {
         assert!(v.get("result").is_none(), "{raw}: {v}");
     }
 }
+
+const SLOW_PROBES: &str =
+    "[chains.mainnet.health]\nprobe_interval = \"10s\"\nidle_probe_interval = \"10s\"\n";
+
+const OUT_OF_RANGE: &str = "BlockOutOfRangeError: block height is 100 but requested was 101";
+
+/// Tier 0 "lag" and tier 1 "tip", both probed at block 100 (and not again for 10 s).
+async fn lag_and_tip(lag_extra: &str) -> (Mock, Mock, Proxy) {
+    let lag = Mock::start("lag").await;
+    let tip = Mock::start("tip").await;
+    lag.set_head(100);
+    tip.set_head(100);
+    let p = Proxy::start(&chain_config(
+        SLOW_PROBES,
+        &[
+            ("lag", &lag.url(), &format!("tier = 0\n{lag_extra}")),
+            ("tip", &tip.url(), "tier = 1"),
+        ],
+    ))
+    .await;
+    eventually("heads known", || {
+        p.upstream_status("lag")["head"] == 100 && p.upstream_status("tip")["head"] == 100
+    })
+    .await;
+    (lag, tip, p)
+}
+
+#[tokio::test]
+async fn a_read_at_a_block_goes_to_the_upstream_a_receipt_proved_has_it() {
+    // A wallet gets a receipt at block 101 (from "tip"), then reads at that block: the
+    // preferred "lag" has not been seen past 100, so the read goes to "tip".
+    let (lag, tip, p) = lag_and_tip("unsupported_methods = [\"eth_getTransactionReceipt\"]").await;
+    tip.on(
+        "eth_getTransactionReceipt",
+        Reply::result(r#"{"blockHash":"0xb1","blockNumber":"0x65","status":"0x1"}"#),
+    );
+    lag.on("eth_call", Reply::error(-32602, OUT_OF_RANGE));
+    tip.on("eth_call", Reply::result("\"0x01\""));
+    let (v, by) = p
+        .call_via("/mainnet", "eth_getTransactionReceipt", r#"["0xabc"]"#)
+        .await;
+    assert_eq!(
+        (v["result"]["blockNumber"].as_str(), by.as_str()),
+        (Some("0x65"), "tip")
+    );
+    assert_eq!(
+        p.upstream_status("tip")["head"],
+        101,
+        "the receipt proved block 101"
+    );
+    let (v, by) = p
+        .call_via("/mainnet", "eth_call", r#"[{"to":"0x01"},"0x65"]"#)
+        .await;
+    assert_eq!(
+        (v["result"].as_str(), by.as_str()),
+        (Some("0x01"), "tip"),
+        "{v}"
+    );
+    assert!(lag.methods().is_empty(), "{:?}", lag.methods());
+    // A read of the latest state still prefers tier 0.
+    lag.on("eth_getBalance", Reply::result("\"0x0\""));
+    let (_, by) = p
+        .call_via("/mainnet", "eth_getBalance", r#"["0x01","0x64"]"#)
+        .await;
+    assert_eq!(by, "lag");
+}
+
+#[tokio::test]
+async fn a_block_an_upstream_does_not_have_yet_is_asked_of_another() {
+    let (lag, tip, p) = lag_and_tip("").await;
+    lag.on("eth_getBalance", Reply::error(-32602, OUT_OF_RANGE));
+    tip.on("eth_getBalance", Reply::result("\"0x2a\""));
+    let (v, by) = p
+        .call_via("/mainnet", "eth_getBalance", r#"["0x01","0x65"]"#)
+        .await;
+    assert_eq!(
+        (v["result"].as_str(), by.as_str()),
+        (Some("0x2a"), "tip"),
+        "{v}"
+    );
+    assert_eq!(lag.methods(), ["eth_getBalance"]);
+    // "Not there yet" says nothing against the upstream's health.
+    assert!(p.states("lag").is_empty(), "{:?}", p.states("lag"));
+    assert_eq!(p.upstream_status("lag")["failures"], 0);
+    // Nobody has it: the client gets a node's own answer, not "no upstream could answer".
+    lag.on("eth_getCode", Reply::error(-32602, OUT_OF_RANGE));
+    tip.on("eth_getCode", Reply::error(-32000, "header not found"));
+    let v = p
+        .call("/mainnet", "eth_getCode", r#"["0x01","0x66"]"#)
+        .await;
+    assert!(
+        v["error"]["message"] == "header not found" || v["error"]["message"] == OUT_OF_RANGE,
+        "{v}"
+    );
+    assert!(p.states("tip").is_empty(), "{:?}", p.states("tip"));
+}
