@@ -18,10 +18,19 @@ use crate::config::UpstreamConfig;
 /// Latency assumed for an upstream with no samples yet: low enough that a new upstream is tried.
 pub const DEFAULT_RTT: Duration = Duration::from_millis(10);
 /// How fast the latency estimate forgets (peak-EWMA decay constant): a slow answer's weight
-/// falls to a third every 3 s of samples (probes keep sampling an upstream that gets no
-/// traffic), so an upstream that was slow for a moment gets traffic back within seconds, while
-/// a worse latency still counts at once.
-pub const DECAY: Duration = Duration::from_secs(3);
+/// falls to a third every second of samples. An upstream that gets no traffic is sampled only
+/// by probes (every 2 s by default), so this is what brings a recovered one back: three probes
+/// take a 300 ms estimate to a few ms, where a 3 s constant needed eight (16 s with no traffic).
+/// A worse latency still counts at once, and under traffic [`MIN_SAMPLE_WEIGHT`] decides.
+pub const DECAY: Duration = Duration::from_secs(1);
+/// An answer slower than this is a stall, not a latency: it sets the estimate provisionally
+/// (the next answer replaces it outright), so a stall's weight is bounded to one sample. Equal
+/// to the default hedge `max_delay`: a read this slow would have been hedged.
+pub const STALL: Duration = Duration::from_secs(1);
+/// How fast the error rate forgets with time: a failure's weight falls to a third every
+/// second, so an upstream that failed for a while and recovered competes evenly again after a
+/// few seconds of successes (probes count), instead of after dozens of attempts.
+pub const ERROR_DECAY: Duration = Duration::from_secs(1);
 /// The least weight a new (faster) sample gets in the estimate.
 pub const MIN_SAMPLE_WEIGHT: f64 = 0.25;
 /// The latency a failed attempt is recorded as, at least, so that a fast-failing upstream does not
@@ -461,8 +470,11 @@ pub struct LiveState {
     /// The estimate is a stand-in (a stalled attempt's wait, an ejection's penalty), not a
     /// measurement: the next answer replaces it outright, so a recovered upstream is back at once.
     provisional: AtomicBool,
-    /// Share of recent attempts that failed (an average over about the last 10; f64 bits).
+    /// Share of recent attempts that failed (an average over about the last 10, fading with
+    /// [`ERROR_DECAY`]; f64 bits).
     error_rate: AtomicU64,
+    /// When the error rate was last updated (µs).
+    error_stamp_us: AtomicU64,
     /// When the estimate was last updated (µs since [`now_us`]'s origin).
     stamp_us: AtomicU64,
     /// Requests currently in flight to this upstream.
@@ -524,6 +536,7 @@ impl Default for LiveState {
             ewma_ns: AtomicU64::new((DEFAULT_RTT.as_nanos() as f64).to_bits()),
             provisional: AtomicBool::new(false),
             error_rate: AtomicU64::new(0f64.to_bits()),
+            error_stamp_us: AtomicU64::new(0),
             stamp_us: AtomicU64::new(now_us()),
             in_flight: AtomicU32::new(0),
             cooldown_until: AtomicU64::new(0),
@@ -684,7 +697,7 @@ impl LiveState {
             return false;
         }
         self.observe_answer(now, rtt);
-        self.count_outcome(false);
+        self.count_outcome(now, false);
         false
     }
 
@@ -700,7 +713,7 @@ impl LiveState {
         self.probe_successes.store(0, Relaxed);
         let n = self.probe_failures.fetch_add(1, Relaxed) + 1;
         self.note_error(now, why);
-        self.count_outcome(true);
+        self.count_outcome(now, true);
         if n >= unhealthy_after && self.cooldown_until(now).is_none() {
             self.probe_failures.store(0, Relaxed);
             return self.eject(now, elapsed, None);
@@ -773,19 +786,28 @@ impl LiveState {
         f64::from_bits(self.error_rate.load(Relaxed))
     }
 
-    fn count_outcome(&self, failed: bool) {
+    fn count_outcome(&self, now: u64, failed: bool) {
         let prev = f64::from_bits(self.error_rate.load(Relaxed));
-        let next = prev * (1.0 - ERROR_ALPHA) + if failed { ERROR_ALPHA } else { 0.0 };
-        // Skip the store once the rate has settled at zero.
-        if next != prev && !(next < 1e-6 && prev == 0.0) {
-            self.error_rate
-                .store(if next < 1e-6 { 0.0 } else { next }.to_bits(), Relaxed);
+        if prev == 0.0 && !failed {
+            // Settled at zero: no store (and no cache-line traffic) on the common path.
+            return;
         }
+        let since = now.saturating_sub(self.error_stamp_us.swap(now, Relaxed)) as f64;
+        let faded = prev * (-since / ERROR_DECAY.as_micros() as f64).exp();
+        let next = faded * (1.0 - ERROR_ALPHA) + if failed { ERROR_ALPHA } else { 0.0 };
+        self.error_rate
+            .store(if next < 1e-6 { 0.0 } else { next }.to_bits(), Relaxed);
     }
 
-    /// A measured answer time: replaces a provisional estimate, else feeds the peak-EWMA.
+    /// A measured answer time: replaces a provisional estimate, else feeds the peak-EWMA; a
+    /// [`STALL`] is itself provisional.
     fn observe_answer(&self, now: u64, rtt: Duration) {
-        if self.provisional.load(Relaxed) && self.provisional.swap(false, Relaxed) {
+        if rtt >= STALL {
+            self.ewma_ns
+                .store((rtt.as_nanos() as f64).to_bits(), Relaxed);
+            self.stamp_us.store(now, Relaxed);
+            self.provisional.store(true, Relaxed);
+        } else if self.provisional.load(Relaxed) && self.provisional.swap(false, Relaxed) {
             self.ewma_ns
                 .store((rtt.as_nanos() as f64).to_bits(), Relaxed);
             self.stamp_us.store(now, Relaxed);
@@ -810,7 +832,10 @@ impl LiveState {
             let w = (-elapsed / DECAY.as_micros() as f64)
                 .exp()
                 .min(1.0 - MIN_SAMPLE_WEIGHT);
-            prev * w + rtt * (1.0 - w)
+            // Down the way geometrically (a weighted mean of logarithms): a recovery from
+            // 300 ms to 1 ms is a factor to forget, not 299 ms, so it takes a few samples
+            // rather than the dozens a linear mean needs while the slow one dominates.
+            prev * ((1.0 - w) * (rtt.max(1.0) / prev).ln()).exp()
         };
         self.ewma_ns.store(next.to_bits(), Relaxed);
     }
@@ -818,7 +843,7 @@ impl LiveState {
     /// An attempt that got an answer: latency sample, failures forgiven, cool-down lifted.
     pub fn record_success(&self, now: u64, rtt: Duration) {
         self.observe_answer(now, rtt);
-        self.count_outcome(false);
+        self.count_outcome(now, false);
         self.successes.fetch_add(1, Relaxed);
         self.last_success_us.store(now, Relaxed);
         if self.unresolvable.load(Relaxed) {
@@ -855,7 +880,7 @@ impl LiveState {
     ) -> Option<Duration> {
         self.observe(now, elapsed.max(FAILURE_PENALTY));
         self.provisional.store(true, Relaxed);
-        self.count_outcome(true);
+        self.count_outcome(now, true);
         self.failures.fetch_add(1, Relaxed);
         self.last_failure_us.store(now, Relaxed);
         self.soft_failures.store(0, Relaxed);
@@ -895,7 +920,9 @@ impl LiveState {
             return self.eject(now, elapsed, None);
         }
         self.observe(now, elapsed.max(FAILURE_PENALTY));
-        self.count_outcome(true);
+        // A stand-in, not a measurement: the next answer replaces it.
+        self.provisional.store(true, Relaxed);
+        self.count_outcome(now, true);
         self.failures.fetch_add(1, Relaxed);
         self.last_failure_us.store(now, Relaxed);
         None
@@ -1180,7 +1207,7 @@ mod tests {
         // A measured slow answer is not provisional: it decays as usual.
         s.record_success(5_000, ms(500));
         s.record_success(6_000, ms(2));
-        assert!(s.latency() > ms(300), "{:?}", s.latency());
+        assert!(s.latency() > ms(100), "{:?}", s.latency());
     }
 
     #[test]
@@ -1190,15 +1217,63 @@ mod tests {
         up.state.record_success(0, Duration::from_millis(10));
         let clean = up.cost();
         up.state.record_soft_failure(1, Duration::from_millis(10));
-        up.state
-            .record_success(2_000_000_000, Duration::from_millis(10));
+        up.state.record_success(2, Duration::from_millis(10));
         assert!(up.state.error_rate() > 0.05);
         for i in 0..100 {
-            up.state
-                .record_success(2_000_000_000 + i, Duration::from_millis(10));
+            up.state.record_success(3 + i, Duration::from_millis(10));
         }
         assert!(up.state.error_rate() < 0.001);
         assert!((up.cost() - clean).abs() / clean < 0.01);
+    }
+
+    #[test]
+    fn error_rate_fades_with_time_too() {
+        let s = LiveState::default();
+        let sec = 1_000_000;
+        // A run of failures (not enough to eject), then quiet: the next successes are probes.
+        s.record_soft_failure(sec, Duration::from_millis(10));
+        s.record_soft_failure(sec + 1, Duration::from_millis(10));
+        let hot = s.error_rate();
+        assert!(hot > 0.15, "{hot}");
+        s.record_success(3 * sec, Duration::from_millis(10));
+        assert!(s.error_rate() < hot / 5.0, "{}", s.error_rate());
+        s.record_success(5 * sec, Duration::from_millis(10));
+        assert!(s.error_rate() < 0.01, "{}", s.error_rate());
+    }
+
+    #[test]
+    fn a_recovered_upstream_competes_again_within_a_few_probes() {
+        let sec = 1_000_000;
+        let ms = Duration::from_millis;
+        let peer = LiveState::default();
+        peer.record_success(0, ms(1));
+        // Frozen: attempts time out (soft failures, short of an ejection), a probe answers
+        // after 8 s when the process resumes.
+        let frozen = LiveState::default();
+        frozen.record_success(0, ms(1));
+        frozen.record_soft_failure(sec, Duration::from_secs(5));
+        frozen.record_soft_failure(2 * sec, Duration::from_secs(5));
+        assert!(!frozen.probe_ok(10 * sec, Duration::from_secs(8), 2));
+        assert!(
+            frozen.latency() >= Duration::from_secs(5),
+            "stalled: no traffic"
+        );
+        // The first fast probe after recovery: back to a fair estimate at once.
+        frozen.probe_ok(12 * sec, ms(1), 2);
+        assert_eq!(frozen.latency(), ms(1));
+        // Slow for 10 s (300 ms answers: real, below a stall), then fast probes every 2 s.
+        let slow = LiveState::default();
+        for t in 0..20 {
+            slow.record_success(t * sec / 2, ms(300));
+        }
+        let mut t = 10 * sec;
+        let mut probes = 0;
+        while slow.latency() > ms(3) {
+            t += 2 * sec;
+            slow.probe_ok(t, ms(1), 2);
+            probes += 1;
+        }
+        assert!(probes <= 2, "{probes} probes to get back");
     }
 
     #[test]

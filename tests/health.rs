@@ -379,3 +379,43 @@ async fn browsers_get_a_self_contained_status_page() {
     let (_, headers, _) = support::http_request("GET", &p.url("/status"), "").await;
     assert_eq!(headers["content-type"], "application/json");
 }
+
+#[tokio::test]
+async fn a_recovered_upstream_gets_its_share_back_within_seconds() {
+    let a = Mock::start("a").await;
+    let b = Mock::start("b").await;
+    a.always(Reply::delay(300, Reply::result("\"a\"")));
+    b.always(Reply::result("\"b\""));
+    let p = Proxy::start(&chain_config(
+        "[chains.mainnet.hedge]\nenabled = false\n[chains.mainnet.health]\nprobe_interval = \"1s\"\n",
+        &[("a", &a.url(), ""), ("b", &b.url(), "")],
+    ))
+    .await;
+    // "a" answers slowly for a while (b cordoned so that "a" gets the traffic), then recovers.
+    assert!(p.detour.cordon("mainnet", "b", true));
+    assert_eq!(answered_by(&p, "eth_getBalance", "[]", 3).await, ["a"; 3]);
+    assert!(p.detour.cordon("mainnet", "b", false));
+    assert!(p.upstream_status("a")["latency_ms"].as_f64().unwrap() >= 250.0);
+    a.always(Reply::result("\"a\""));
+    // Only probes (one a second) sample it now; they must bring it back to a fair share.
+    let start = std::time::Instant::now();
+    let mut last: std::collections::VecDeque<String> = Default::default();
+    loop {
+        let (v, by) = p.call_via("/mainnet", "eth_getBalance", "[]").await;
+        assert!(v.get("result").is_some(), "{v}");
+        last.push_back(by);
+        if last.len() > 20 {
+            last.pop_front();
+        }
+        if last.iter().filter(|b| *b == "a").count() >= 4 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "a recovered upstream got {:?} of the last 20 after 10 s (latency estimate {} ms)",
+            last.iter().filter(|b| *b == "a").count(),
+            p.upstream_status("a")["latency_ms"]
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
