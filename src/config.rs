@@ -308,6 +308,10 @@ pub struct MethodsConfig {
     /// Glob patterns of methods refused with `-32601` (never sent upstream). Default:
     /// [`crate::policy::DEFAULT_DENY`].
     pub deny: Vec<String>,
+    /// Glob patterns of methods detour does not know that are reads (safe to hedge and to
+    /// retry on another upstream). A method detour does not know is otherwise sent to one
+    /// upstream at a time, like a write. Default empty.
+    pub reads: Vec<String>,
 }
 
 impl Default for MethodsConfig {
@@ -318,6 +322,7 @@ impl Default for MethodsConfig {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            reads: Vec::new(),
         }
     }
 }
@@ -655,7 +660,8 @@ impl Config {
                 .allow
                 .iter()
                 .map(|p| ("methods.allow", p))
-                .chain(chain.methods.deny.iter().map(|p| ("methods.deny", p)));
+                .chain(chain.methods.deny.iter().map(|p| ("methods.deny", p)))
+                .chain(chain.methods.reads.iter().map(|p| ("methods.reads", p)));
             for (key, p) in patterns {
                 if let Err(why) = check_method_pattern(p) {
                     bad(format!("{at}.{key}"), why);

@@ -68,6 +68,8 @@ pub struct Chain {
     pub policy: crate::policy::MethodPolicy,
     /// Some upstream lists methods it does not serve.
     pub any_unsupported: bool,
+    /// Glob patterns of methods detour does not know that the configuration declares reads.
+    pub declared_reads: Vec<String>,
 }
 
 /// Chain-wide live state.
@@ -266,6 +268,7 @@ impl Pool {
                     .upstreams
                     .iter()
                     .any(|u| !u.unsupported_methods.is_empty()),
+                declared_reads: cc.methods.reads.clone(),
             });
         }
         let tls = match &config.server.tls {
@@ -366,6 +369,19 @@ fn tiers(upstreams: &[Arc<Upstream>]) -> Vec<Tier> {
 }
 
 impl Chain {
+    /// Whether a call of `method` may reach a second upstream after the first may have seen
+    /// it (hedges, retries after a timeout): known reads, and methods `methods.reads` declares.
+    #[inline]
+    pub fn may_repeat(&self, method: &str) -> bool {
+        match crate::route::method_kind(method) {
+            crate::route::MethodKind::Unknown => self
+                .declared_reads
+                .iter()
+                .any(|p| crate::policy::glob(p, method)),
+            kind => kind.may_repeat(),
+        }
+    }
+
     /// Whether at least one upstream is servable now (not cooling down, not on another chain,
     /// its hostname resolved).
     pub fn ready(&self, now: u64) -> bool {

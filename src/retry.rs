@@ -6,9 +6,11 @@
 //! - A read is retried after any provider trouble: connect failure, timeout, broken connection,
 //!   HTTP 429/5xx, a body that is not JSON-RPC, or a JSON-RPC error the taxonomy
 //!   ([`crate::classify`]) calls the provider's trouble.
-//! - A write ([`MethodKind::Write`]) is retried only when the failure proves the upstream never
-//!   acted on it (connect, DNS or TLS failure, HTTP 429). Any other failure is reported to the
-//!   client, never resent. Writes are never hedged.
+//! - A write ([`MethodKind::Write`](crate::route::MethodKind::Write)), or a method detour does not know
+//!   ([`MethodKind::Unknown`](crate::route::MethodKind::Unknown), unless `methods.reads` declares it a read), is retried only when
+//!   the failure proves the upstream never acted on it (connect, DNS or TLS failure, HTTP 429,
+//!   or a JSON-RPC error that declines it: method not served there, rate limited). Any other
+//!   failure is reported to the client, never resent. These are never hedged.
 //! - A deterministic JSON-RPC error (execution reverted, invalid params, …) is the answer; but
 //!   "already known" for a raw transaction after a retry means it is in a mempool: its hash is
 //!   the answer.
@@ -46,7 +48,7 @@ use crate::forward::{self, Failure, Forwarder, Reply};
 use crate::jsonrpc::{self, Call};
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::pool::Chain;
-use crate::route::{self, method_kind, MethodKind, Need};
+use crate::route::{self, Need};
 use crate::upstream::{now_us, us_at, Upstream};
 
 /// The answer to one call: raw JSON of a result or of an error object.
@@ -143,7 +145,8 @@ pub(crate) async fn failover_from(
     let mut writes: SmallVec<[bool; 8]> = SmallVec::new();
     let mut pending = Indices::new();
     for (i, c) in calls.iter().enumerate() {
-        writes.push(method_kind(&c.method) == MethodKind::Write);
+        // Writes and methods detour does not know: one upstream at a time.
+        writes.push(!chain.may_repeat(&c.method));
         pending.push(i);
     }
     // Which block the calls need matters only while some upstream is behind the chain head;
@@ -708,10 +711,17 @@ fn process(
                             if rpc_trouble.is_none() {
                                 rpc_trouble = Some(describe_rpc_error(up, &e));
                             }
-                            if writes[i] {
-                                // The upstream answered and declined; its answer stands.
+                            let declined = matches!(
+                                penalty,
+                                Penalty::Unsupported | Penalty::RateLimited | Penalty::NotYet
+                            );
+                            if writes[i] && !declined {
+                                // It may have acted on it (an internal error, say): its
+                                // answer stands.
                                 answers[i] = Some(Answer::Error(e));
                             } else {
+                                // A read, or a call declined without being acted on (method
+                                // not served here, rate limited): another upstream may serve it.
                                 fallback[i] = Some(Answer::Error(e));
                             }
                         }

@@ -1,6 +1,7 @@
-//! What a method is, for routing: answered by detour itself, a write (retried only when the
-//! first upstream provably never saw it), or an ordinary read; and which block a call needs
-//! (the latest state, or a named block number), so lagging upstreams are avoided.
+//! What a method is, for routing: answered by detour itself, a write or an unknown method
+//! (retried only when the first upstream provably never saw it), or a known read; and which
+//! block a call needs (the latest state, or a named block number), so lagging upstreams are
+//! avoided.
 
 use serde_json::value::RawValue;
 
@@ -18,8 +19,21 @@ pub enum MethodKind {
     NetVersion,
     /// Changes state or submits something: never sent twice to upstreams that may have seen it.
     Write,
-    /// Everything else: may be retried on another upstream.
+    /// A known read: may be hedged, and retried on another upstream.
     Read,
+    /// A method detour does not know (a chain's own, a new one): it may change state, so it is
+    /// sent to one upstream at a time and retried only when the upstream provably never saw it,
+    /// like a write, unless the chain's `methods.reads` declares it a read.
+    Unknown,
+}
+
+impl MethodKind {
+    /// Whether a call of this kind may be sent to a second upstream after the first may have
+    /// received it (a retry after a timeout, a hedge).
+    #[inline]
+    pub fn may_repeat(self) -> bool {
+        self == MethodKind::Read
+    }
 }
 
 /// Methods that submit transactions, bundles or work. Retrying one of these after an upstream
@@ -40,19 +54,69 @@ pub const WRITE_METHODS: &[&str] = &[
     "personal_sendTransaction",
 ];
 
+/// Reads named exactly (besides the [`READ_PREFIXES`] families).
+pub const READ_METHODS: &[&str] = &[
+    "eth_blockNumber",
+    "eth_call",
+    "eth_callBundle",
+    "eth_estimateGas",
+    "eth_gasPrice",
+    "eth_maxPriorityFeePerGas",
+    "eth_feeHistory",
+    "eth_blobBaseFee",
+    "eth_syncing",
+    "eth_protocolVersion",
+    "eth_createAccessList",
+    "eth_simulateV1",
+    "eth_accounts",
+    "eth_coinbase",
+    "eth_mining",
+    "eth_hashrate",
+    "eth_config",
+];
+
+/// Families of reads: state, blocks, logs and traces, node information.
+pub const READ_PREFIXES: &[&str] = &[
+    "eth_get",
+    "debug_trace",
+    "debug_get",
+    "trace_",
+    "arbtrace_",
+    "txpool_",
+    "ots_",
+    "net_",
+    "web3_",
+];
+
+/// Reads by name that are not safe to repeat: each call changes what the next one returns (a
+/// filter's changes are consumed), so they go to one upstream at a time.
+const STATEFUL_READS: &[&str] = &["eth_getFilterChanges"];
+
 /// Classifies a method name.
 #[inline]
 pub fn method_kind(method: &str) -> MethodKind {
     match method {
         "eth_chainId" => MethodKind::ChainId,
         "net_version" => MethodKind::NetVersion,
+        // The most common reads first, by name.
+        "eth_call"
+        | "eth_getBalance"
+        | "eth_blockNumber"
+        | "eth_getTransactionReceipt"
+        | "eth_getBlockByNumber"
+        | "eth_getLogs"
+        | "eth_estimateGas" => MethodKind::Read,
         m if m.starts_with("eth_send")
             || m.starts_with("eth_submit")
             || WRITE_METHODS.contains(&m) =>
         {
             MethodKind::Write
         }
-        _ => MethodKind::Read,
+        m if STATEFUL_READS.contains(&m) => MethodKind::Unknown,
+        m if READ_METHODS.contains(&m) || READ_PREFIXES.iter().any(|p| m.starts_with(p)) => {
+            MethodKind::Read
+        }
+        _ => MethodKind::Unknown,
     }
 }
 
@@ -361,7 +425,33 @@ mod tests {
         for m in WRITE_METHODS {
             assert_eq!(method_kind(m), MethodKind::Write, "{m}");
         }
-        assert_eq!(method_kind("eth_call"), MethodKind::Read);
-        assert_eq!(method_kind("eth_getBalance"), MethodKind::Read);
+        for m in READ_METHODS {
+            assert_eq!(method_kind(m), MethodKind::Read, "{m}");
+        }
+        for m in [
+            "eth_getBalance",
+            "eth_getProof",
+            "debug_traceTransaction",
+            "trace_block",
+            "txpool_status",
+            "net_peerCount",
+            "web3_clientVersion",
+        ] {
+            assert_eq!(method_kind(m), MethodKind::Read, "{m}");
+        }
+        for m in [
+            "eth_newFilter",
+            "eth_getFilterChanges",
+            "eth_subscribe",
+            "zks_someWrite",
+            "anvil_mine",
+            "hardhat_reset",
+            "evm_increaseTime",
+            "personal_unlockAccount",
+        ] {
+            assert_eq!(method_kind(m), MethodKind::Unknown, "{m}");
+            assert!(!method_kind(m).may_repeat());
+        }
+        assert!(!MethodKind::Write.may_repeat() && MethodKind::Read.may_repeat());
     }
 }

@@ -292,6 +292,22 @@ async fn writes_are_retried_when_the_first_upstream_never_saw_them() {
         .await;
     assert_eq!(v["result"], "good");
     assert_eq!(good.methods(), ["eth_sendRawTransaction"]);
+    // So do JSON-RPC errors that decline it: a rate limit, a method this provider does not serve.
+    for declined in [
+        Reply::error(-32005, "daily request count exceeded, request rate limited"),
+        Reply::error(
+            -32601,
+            "the method eth_sendRawTransaction does not exist/is not available",
+        ),
+    ] {
+        let (bad, good, p) = bad_then_good("").await;
+        bad.always(declined);
+        let v = p
+            .call("/mainnet", "eth_sendRawTransaction", r#"["0x02f8"]"#)
+            .await;
+        assert_eq!(v["result"], "good", "{v}");
+        assert_eq!(good.methods(), ["eth_sendRawTransaction"]);
+    }
 }
 
 #[tokio::test]
@@ -580,4 +596,28 @@ async fn an_answer_over_the_response_limit_fails_over() {
             && msg.contains("good: response larger than 2000 bytes"),
         "{msg}"
     );
+}
+
+#[tokio::test]
+async fn unknown_methods_are_retried_only_when_never_received() {
+    // A 503 may come after the upstream acted on it: not resent.
+    let (bad, good, p) = bad_then_good("").await;
+    bad.always(Reply::status(503));
+    let v = p.call("/mainnet", "zks_doSomething", "[]").await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not retried"),
+        "{v}"
+    );
+    assert_eq!(good.hits(), 0);
+    // A known read is.
+    let v = p.call("/mainnet", "eth_getProof", "[]").await;
+    assert_eq!(v["result"], "good", "{v}");
+    // Refused connections never reached anyone: retried.
+    let (good, p) = dead_then_good().await;
+    let v = p.call("/mainnet", "zks_doSomething", "[]").await;
+    assert_eq!(v["result"], "good", "{v}");
+    assert_eq!(good.methods(), ["zks_doSomething"]);
 }

@@ -189,3 +189,33 @@ async fn writes_are_never_hedged() {
     assert!(msg.contains("not retried"), "{msg}");
     assert_eq!(good.hits(), 0, "a write is sent once");
 }
+
+#[tokio::test]
+async fn unknown_methods_go_to_one_upstream_unless_declared_reads() {
+    for (declared, hedged) in [("", false), ("reads = [\"zks_*\"]", true)] {
+        let hung = Mock::start("hung").await;
+        let good = Mock::start("good").await;
+        hung.always(Reply::Hang);
+        let p = Proxy::start(&chain_config(
+            &format!(
+                "[chains.mainnet.hedge]\nmin_delay = \"10ms\"\nmax_delay = \"10ms\"\n\
+                 [chains.mainnet.methods]\n{declared}\n"
+            ),
+            &[
+                ("hung", &hung.url(), "tier = 0\ntimeout = \"300ms\""),
+                ("good", &good.url(), "tier = 1"),
+            ],
+        ))
+        .await;
+        let v = p.call("/mainnet", "zks_doSomething", "[]").await;
+        if hedged {
+            assert_eq!(v["result"], "good", "{v}");
+            assert_eq!(good.methods(), ["zks_doSomething"]);
+        } else {
+            // It might change state: sent once, and the timeout is the answer.
+            let msg = v["error"]["message"].as_str().unwrap_or_default();
+            assert!(msg.contains("not retried"), "{v}");
+            assert_eq!(good.hits(), 0, "an unknown method was sent twice");
+        }
+    }
+}
