@@ -716,6 +716,8 @@ impl Config {
                             format!("{at}.headers"),
                             format!("\"{k}\" is not a valid header name"),
                         );
+                    } else if let Some(why) = framing_header(k) {
+                        bad(format!("{at}.headers.{k}"), why.into());
                     } else if http::HeaderValue::from_str(v).is_err() {
                         bad(
                             format!("{at}.headers.{k}"),
@@ -783,6 +785,34 @@ fn env_typos() -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError { problems })
+    }
+}
+
+/// Why a configured upstream header cannot be sent as configured: detour writes the message
+/// framing and the connection's own headers itself, and a second or conflicting copy would
+/// let a request be read differently by the upstream (or a proxy before it) than detour meant.
+fn framing_header(name: &str) -> Option<&'static str> {
+    const HOP_BY_HOP: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+    ];
+    let lower = name.to_ascii_lowercase();
+    match lower.as_str() {
+        "content-length" | "transfer-encoding" => {
+            Some("detour frames each request itself; this header cannot be configured")
+        }
+        "host" => Some("detour sends the URL's host; put the host in the url instead"),
+        "expect" => Some("detour sends each body at once; Expect cannot be configured"),
+        h if HOP_BY_HOP.contains(&h) => {
+            Some("a hop-by-hop header belongs to one connection and cannot be configured")
+        }
+        _ => None,
     }
 }
 
@@ -1030,6 +1060,36 @@ mod tests {
         assert!(e.contains("chains.mainnet.upstreams.0.url"), "{e}");
         assert!(expand_env("${oops").is_err());
         assert_eq!(expand_env("plain $ text").unwrap(), "plain $ text");
+    }
+
+    #[test]
+    fn framing_and_hop_by_hop_headers_are_refused() {
+        for name in [
+            "Content-Length",
+            "transfer-encoding",
+            "Connection",
+            "Host",
+            "Keep-Alive",
+            "TE",
+            "Trailer",
+            "Upgrade",
+            "Proxy-Connection",
+            "Proxy-Authorization",
+            "Expect",
+        ] {
+            let toml = format!("{MINIMAL}headers = {{ \"{name}\" = \"x\" }}\n");
+            let e = Config::from_toml(&toml).unwrap_err();
+            assert!(
+                e.problems
+                    .iter()
+                    .any(|(at, _)| at.ends_with(&format!(".headers.{name}"))),
+                "{name}: {e}"
+            );
+        }
+        let ok = format!(
+            "{MINIMAL}headers = {{ \"x-api-key\" = \"k\", \"Authorization\" = \"Bearer k\" }}\n"
+        );
+        assert!(Config::from_toml(&ok).is_ok());
     }
 
     #[test]

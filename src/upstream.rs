@@ -304,7 +304,7 @@ impl Upstream {
         }
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         let plain = PlainHttp::of(&target.uri).map(|(mut plain, host)| {
-            // Sent on every request to a plain-HTTP upstream (unless configured otherwise);
+            // Sent on every request to a plain-HTTP upstream (configuration cannot set it);
             // built once here rather than added to each request.
             headers.entry(http::header::HOST).or_insert(host);
             let target = plain.origin.path_and_query().map_or("/", |p| p.as_str());
