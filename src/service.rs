@@ -943,11 +943,25 @@ fn access_log(
         failed = served.failed,
         upstreams = %upstreams,
         attempts = served.attempts,
-        ms = started.elapsed().as_secs_f64() * 1000.0,
-        peer = ?peer,
+        // Microsecond precision, written as a log reader expects (0.058, not
+        // 0.058412000000000006).
+        ms = started.elapsed().as_micros() as f64 / 1000.0,
+        peer = %OrDash(peer),
         client = served.client.as_deref().unwrap_or("-"),
         "request"
     );
+}
+
+/// An optional value as its `Display`, or `-` (as access logs write a missing field).
+struct OrDash<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 // === Responses ===

@@ -240,9 +240,23 @@ async fn serves_logs_and_exits_0(tag: &str, server_toml: &str) -> String {
             break line;
         }
     };
-    for want in ["mainnet", "eth_blockNumber", "local", "status=200", "peer="] {
+    for want in [
+        "mainnet",
+        "eth_blockNumber",
+        "local",
+        "status=200",
+        "peer=127.0.0.1:",
+    ] {
         assert!(access.contains(want), "{want} not in {access}");
     }
+    assert!(!access.contains("Some("), "{access}");
+    // The duration in milliseconds, to the microsecond: at most 3 decimals.
+    let ms = access
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("ms="))
+        .unwrap_or_else(|| panic!("no ms in {access}"));
+    let decimals = ms.split_once('.').map_or(0, |(_, d)| d.len());
+    assert!(ms.parse::<f64>().is_ok() && decimals <= 3, "{access}");
     assert!(!access.contains("KEYPATHSECRET"), "{access}");
     assert!(Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
