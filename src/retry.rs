@@ -621,6 +621,9 @@ fn process(
     let mut rpc_trouble: Option<String> = None;
     // Calls whose final answer came from this upstream.
     let mut settled = 0usize;
+    // The failure was the request's doing, not the upstream's: an answer over the size limit,
+    // or a heavy call (a trace, a wide log query) that ran out of time.
+    let mut excused = false;
     for (chunk, result) in done.results {
         match result {
             Err(failure) => {
@@ -628,6 +631,9 @@ fn process(
                     upstream: up.name.clone(),
                     reason: failure.to_string(),
                 };
+                excused |= matches!(failure, Failure::TooLarge(_))
+                    || (matches!(failure, Failure::Timeout)
+                        && chunk.iter().any(|&i| route::heavy(&calls[i].method)));
                 for &i in &chunk {
                     if answers[i].is_some() {
                         continue;
@@ -756,6 +762,7 @@ fn process(
         answered,
         unhealthy,
         rate_limited,
+        excused,
     );
     let seconds = (outcome == AttemptOutcome::Success).then_some(done.elapsed.as_secs_f64());
     up.metrics
@@ -830,6 +837,7 @@ fn record_health(
     answered: usize,
     unhealthy: usize,
     rate_limited: bool,
+    excused: bool,
 ) -> AttemptOutcome {
     let up = &chain.upstreams[ui];
     let state = &up.state;
@@ -845,6 +853,14 @@ fn record_health(
         None => AttemptOutcome::Success,
     };
     let failed = match worst {
+        Some(f @ (Failure::Timeout | Failure::TooLarge(_))) if excused => {
+            // Caused by the request: says nothing about the upstream's health (another
+            // upstream is still asked). Shown on the status page, not counted.
+            tracing::debug!(chain = &*chain.name, upstream = &*up.name, reason = %f,
+                "attempt failed because of what was asked; not held against the upstream");
+            state.note_excused(&f.to_string());
+            return outcome;
+        }
         Some(f @ Failure::Connect(_)) => {
             let cd = state.eject(now, elapsed, None);
             if f.is_dns() && state.successes.load(std::sync::atomic::Ordering::Relaxed) == 0 {

@@ -120,6 +120,18 @@ pub fn method_kind(method: &str) -> MethodKind {
     }
 }
 
+/// Calls that may legitimately take long or answer big (traces, log queries over ranges, whole
+/// blocks of receipts): when one times out, the request asked much, and the upstream is not
+/// held responsible for it.
+pub fn heavy(method: &str) -> bool {
+    method == "eth_getLogs"
+        || method == "eth_getBlockReceipts"
+        || method.starts_with("debug_")
+        || method.starts_with("trace_")
+        || method.starts_with("arbtrace_")
+        || method.starts_with("ots_")
+}
+
 /// What a call needs of an upstream's chain view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Need {

@@ -751,6 +751,14 @@ impl LiveState {
         }
     }
 
+    /// Remembers, for the status page, a failure the request caused (an answer over the size
+    /// limit, a heavy call's timeout): shown as the last error, counted nowhere.
+    pub fn note_excused(&self, why: &str) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(why.to_owned());
+        }
+    }
+
     /// The last failure's description, if any.
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|l| l.clone())

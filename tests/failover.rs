@@ -599,6 +599,46 @@ async fn an_answer_over_the_response_limit_fails_over() {
 }
 
 #[tokio::test]
+async fn failures_the_request_caused_are_not_held_against_the_upstream() {
+    let bad = Mock::start("bad").await;
+    let good = Mock::start("good").await;
+    // Answers over the size limit, and heavy calls that time out: failed over, not counted.
+    let big = format!("\"0x{}\"", "00".repeat(4096));
+    bad.on("eth_getLogs", Reply::Result(big));
+    bad.on("trace_transaction", Reply::Hang);
+    let toml = chain_config(
+        "[chains.mainnet.hedge]\nenabled = false\n",
+        &[
+            ("bad", &bad.url(), "tier = 0\ntimeout = \"200ms\""),
+            ("good", &good.url(), "tier = 1"),
+        ],
+    )
+    .replacen("[client]\n", "[client]\nmax_response_bytes = 2000\n", 1);
+    let p = Proxy::start(&toml).await;
+    for _ in 0..4 {
+        let v = p.call("/mainnet", "eth_getLogs", "[{}]").await;
+        assert_eq!(v["result"], "good", "{v}");
+        let v = p.call("/mainnet", "trace_transaction", r#"["0x01"]"#).await;
+        assert_eq!(v["result"], "good", "{v}");
+    }
+    assert!(p.states("bad").is_empty(), "{:?}", p.states("bad"));
+    let status = p.upstream_status("bad");
+    assert_eq!(status["failures"], 0, "{status}");
+    assert!(status["last_error"].as_str().is_some(), "{status}");
+    // The same timeouts on an ordinary read are the upstream's: three in a row eject it.
+    bad.on("eth_getBalance", Reply::Hang);
+    for _ in 0..3 {
+        let v = p.call("/mainnet", "eth_getBalance", "[]").await;
+        assert_eq!(v["result"], "good", "{v}");
+    }
+    assert!(
+        p.states("bad").contains(&"cooling_down".to_string()),
+        "{:?}",
+        p.states("bad")
+    );
+}
+
+#[tokio::test]
 async fn unknown_methods_are_retried_only_when_never_received() {
     // A 503 may come after the upstream acted on it: not resent.
     let (bad, good, p) = bad_then_good("").await;
