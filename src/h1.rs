@@ -266,10 +266,14 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads more into the buffer; `Ok(0)` at the end of the stream.
+    /// Reads more into the buffer; `Ok(0)` at the end of the stream. `want` is how much more
+    /// is expected; the buffer grows with what has arrived (at most doubling), never by what
+    /// the peer merely declared: a `Content-Length` of 100 MiB followed by silence costs a
+    /// read chunk, not 100 MiB.
     async fn fill(&mut self, want: usize) -> std::io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < want.min(READ_CHUNK) {
-            self.buf.reserve(want.max(READ_CHUNK));
+            self.buf
+                .reserve(want.min(self.buf.len().max(READ_CHUNK)).max(READ_CHUNK));
         }
         self.io.read_buf(&mut self.buf).await
     }
@@ -374,16 +378,23 @@ impl Conn {
             };
             if size == 0 {
                 self.buf.advance(size_len);
-                // Trailer fields, then an empty line.
+                // Trailer fields, then an empty line: at most MAX_HEAD bytes of them in all.
+                let mut trailers = 0usize;
                 loop {
                     match self.buf.windows(2).position(|w| w == b"\r\n") {
                         Some(0) => {
                             self.buf.advance(2);
                             return Ok(out.freeze());
                         }
-                        Some(line) => self.buf.advance(line + 2),
+                        Some(line) => {
+                            trailers += line + 2;
+                            if trailers > MAX_HEAD {
+                                return Err(Error::Malformed("trailers too large".into()));
+                            }
+                            self.buf.advance(line + 2);
+                        }
                         None => {
-                            if self.buf.len() > MAX_HEAD {
+                            if trailers + self.buf.len() > MAX_HEAD {
                                 return Err(Error::Malformed("trailers too large".into()));
                             }
                             if self.fill(READ_CHUNK).await? == 0 {
@@ -431,6 +442,10 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Error> {
     let parsed = httparse::ParserConfig::default()
         .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
     let head_len = match parsed {
+        // The cap holds however the head arrived: in pieces or in one read.
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+            return Err(Error::Malformed("response head too large".into()))
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(Error::Malformed(e.to_string())),
@@ -446,9 +461,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Error> {
     for h in resp.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
+            let n = content_length(h.value)
                 .ok_or_else(|| Error::Malformed("invalid content-length".into()))?;
             if length.is_some_and(|l| l != n) {
                 return Err(Error::Malformed("conflicting content-length".into()));
@@ -501,6 +514,16 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Error> {
         Framing::UntilClose
     };
     Ok(Some((head_len, status, framing, reusable, headers)))
+}
+
+/// A `Content-Length` value: decimal digits only (RFC 9110 §8.6), around optional whitespace;
+/// no sign, no list, nothing `str::parse` would also take.
+fn content_length(value: &[u8]) -> Option<usize> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// A number's decimal digits.
@@ -892,6 +915,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_declared_length_is_not_allocated_before_it_arrives() {
+        // 100 MiB declared, 10 bytes sent, then the upstream stalls.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            read_request(&mut s).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 104857600\r\n\r\n0123456789")
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        });
+        let mut c = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let head = b"POST / HTTP/1.1\r\nhost: x\r\n";
+        let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(200);
+        let r = c.exchange(head, None, b"{}", 200 << 20, soon).await;
+        assert!(r.is_err());
+        assert!(
+            c.buffer_capacity() < 1 << 20,
+            "{} bytes reserved for 10 that arrived",
+            c.buffer_capacity()
+        );
+        // Bodies that do arrive grow the buffer as they come, and are read whole.
+        let mut c = serve(vec![answer_of(300_000)]).await;
+        let a = c.exchange(head, None, b"{}", 1 << 20, far()).await.unwrap();
+        assert_eq!(a.body.len(), 300_000);
+    }
+
+    fn answer_of(len: usize) -> &'static [u8] {
+        let mut v = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").into_bytes();
+        v.resize(v.len() + len, b'7');
+        Box::leak(v.into_boxed_slice())
+    }
+
+    #[tokio::test]
     async fn limits_and_broken_answers_are_errors() {
         let head = b"POST / HTTP/1.1\r\nhost: x\r\n";
         let mut c = serve(vec![
@@ -924,6 +982,47 @@ mod tests {
         assert!(matches!(
             c.exchange(head, None, b"{}", 100, far()).await,
             Err(Error::Closed { partial: false }) | Err(Error::Io(_))
+        ));
+        // Content-Length is digits only.
+        for bad in [
+            "+5",
+            "-5",
+            "5, 5",
+            "0x5",
+            "5 5",
+            "",
+            "99999999999999999999999",
+        ] {
+            let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {bad}\r\n\r\n12345");
+            let mut c = serve(vec![Box::leak(answer.into_bytes().into_boxed_slice())]).await;
+            assert!(
+                matches!(
+                    c.exchange(head, None, b"{}", 100, far()).await,
+                    Err(Error::Malformed(_))
+                ),
+                "content-length {bad:?}"
+            );
+        }
+        assert_eq!(content_length(b" 12 "), Some(12));
+        // A head over the cap is refused however it arrives (here in one piece).
+        let long = format!(
+            "HTTP/1.1 200 OK\r\nx-pad: {}\r\ncontent-length: 2\r\n\r\n{{}}",
+            "a".repeat(MAX_HEAD)
+        );
+        assert!(matches!(
+            parse_head(long.as_bytes()),
+            Err(Error::Malformed(m)) if m.contains("too large")
+        ));
+        // Trailers are capped in total, not per buffer.
+        let mut endless =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n".to_vec();
+        for _ in 0..(2 * MAX_HEAD / 16) {
+            endless.extend_from_slice(b"x-t: 0123456789\r\n");
+        }
+        let mut c = serve(vec![Box::leak(endless.into_boxed_slice())]).await;
+        assert!(matches!(
+            c.exchange(head, None, b"{}", 1 << 20, far()).await,
+            Err(Error::Malformed(m)) if m.contains("trailers")
         ));
         // A body delimited by the close.
         let mut c = serve(vec![b"HTTP/1.1 200 OK\r\n\r\n{\"until\":\"close\"}"]).await;
