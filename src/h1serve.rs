@@ -461,6 +461,13 @@ pub(crate) struct Rewind<IO> {
     io: IO,
 }
 
+impl<IO> Rewind<IO> {
+    /// `io`, whose reads first return `prefix` (bytes already read from it).
+    pub(crate) fn new(prefix: Bytes, io: IO) -> Rewind<IO> {
+        Rewind { prefix, io }
+    }
+}
+
 impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,

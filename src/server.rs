@@ -11,11 +11,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -73,14 +75,23 @@ pub async fn serve(
                 // Every open connection keeps this task, so the common case (plain HTTP/1) is
                 // kept small: the HTTP/2 connection is boxed.
                 tokio::spawn(async move {
-                    let h2c = tokio::time::timeout(first_bytes_timeout, sniff_h2c(&stream)).await;
+                    let mut stream = stream;
+                    let h2c =
+                        tokio::time::timeout(first_bytes_timeout, sniff_h2c(&mut stream)).await;
                     let result = match h2c {
-                        Ok(Ok(false)) => {
+                        Ok(Ok((false, read))) if read.is_empty() => {
                             serve_http1(stream, peer, detour, stop, &http1, svc, watcher).await
                         }
-                        Ok(Ok(true)) => {
+                        Ok(Ok((false, read))) => {
+                            // Rare (a first segment that began like the preface): boxed.
+                            let io = h1serve::Rewind::new(read, stream);
+                            Box::pin(serve_http1(io, peer, detour, stop, &http1, svc, watcher))
+                                .await
+                        }
+                        Ok(Ok((true, read))) => {
                             drop(stop);
-                            let conn = http2.serve_connection(TokioIo::new(stream), svc);
+                            let io = TokioIo::new(h1serve::Rewind::new(read, stream));
+                            let conn = http2.serve_connection(io, svc);
                             Box::pin(watcher.watch(conn)).await.map_err(Into::into)
                         }
                         Ok(Err(e)) => {
@@ -227,27 +238,37 @@ fn log_end<E: std::fmt::Display>(result: Result<(), E>) {
 /// The first bytes an HTTP/2 client with prior knowledge (h2c) sends.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Whether a plaintext client speaks HTTP/2 with prior knowledge: looks at (peeks, without
-/// consuming) its first bytes. Anything but the HTTP/2 preface is HTTP/1, whose server reads
-/// the same bytes afterwards; a client that closes before sending anything is HTTP/1 too (its
-/// server sees the end at once).
+/// Whether a plaintext client speaks HTTP/2 with prior knowledge, and the bytes read to tell
+/// (to be read again by whichever server takes the connection). Anything but the HTTP/2
+/// preface is HTTP/1; a client that closes before sending anything is HTTP/1 too (its server
+/// sees the end at once).
 ///
-/// hyper-util's auto builder does this job by reading the first bytes and handing them back
-/// through a wrapper, which made hyper's read buffer grow from 8 KiB to 16 KiB on every
-/// connection (the 24-byte first read left less than 8 KiB free). Peeking keeps the buffer at
-/// 8 KiB: 8 MiB less with 1 000 open connections.
-async fn sniff_h2c(stream: &TcpStream) -> std::io::Result<bool> {
+/// The first look is a peek, which consumes nothing: nearly every client's first segment
+/// settles it, and the connection then goes on as it is. hyper-util's auto builder reads and
+/// hands the bytes back through a wrapper instead, which made hyper's read buffer grow from
+/// 8 KiB to 16 KiB on every connection (8 MiB more with 1 000 open). Only when the first
+/// segment is a strict prefix of the preface (`P`, `PRI * HT`) are bytes read, as they come,
+/// until they match or differ: a second peek would return at once and spin.
+async fn sniff_h2c(stream: &mut TcpStream) -> std::io::Result<(bool, Bytes)> {
     let mut first = [0u8; 24];
+    let n = stream.peek(&mut first).await?;
+    if n == 0 || first[..n] != H2_PREFACE[..n] {
+        return Ok((false, Bytes::new()));
+    }
+    if n == H2_PREFACE.len() {
+        return Ok((true, Bytes::new()));
+    }
+    let mut read = BytesMut::with_capacity(H2_PREFACE.len());
     loop {
-        let n = stream.peek(&mut first).await?;
-        if n == 0 || first[..n] != H2_PREFACE[..n] {
-            return Ok(false);
+        if stream.read_buf(&mut read).await? == 0 {
+            return Ok((false, read.freeze()));
+        }
+        let n = read.len().min(H2_PREFACE.len());
+        if read[..n] != H2_PREFACE[..n] {
+            return Ok((false, read.freeze()));
         }
         if n == H2_PREFACE.len() {
-            return Ok(true);
+            return Ok((true, read.freeze()));
         }
-        // Only part of the preface so far (a short first segment): peeking again returns at
-        // once, so wait a little for the rest. The caller bounds the whole wait.
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
