@@ -8,8 +8,9 @@
 //! callgrind put hyper's server connection at about a quarter of the instructions of a proxied
 //! request; see README, Performance.
 //!
-//! Anything else — another method, HTTP/1.0, `transfer-encoding`, `expect`, `upgrade`, a body
-//! that has not fully arrived with its head, a head that does not parse — is handed over, with
+//! Anything else — another method, HTTP/1.0, `transfer-encoding`, `expect`, `upgrade`, not
+//! exactly one `host`, a body that has not fully arrived with its head, a head that does not
+//! parse — is handed over, with
 //! every byte read so far, to hyper's HTTP/1 server for the rest of the connection
 //! ([`End::Handover`]). So the fast path never has to answer an odd request itself, and an odd
 //! request gets exactly hyper's answer.
@@ -96,7 +97,14 @@ where
                 Taken::Partial => {}
             }
             if conn.buf.len() >= MAX_HEAD {
-                return End::Handover(conn.into_rewind());
+                // Answered here, as hyper answers a head over its limit: handed over, the head
+                // would get a second header_read_timeout (and hyper's larger limit).
+                tracing::debug!(%peer, "request head over 64 KiB; answered 431");
+                let resp = Response::builder()
+                    .status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+                    .body(Body::default())
+                    .unwrap_or_default();
+                return End::Closed(conn.respond(resp, true).await.map(|_| ()));
             }
             let idle = conn.buf.is_empty();
             if idle && *stop.borrow() {
@@ -379,9 +387,12 @@ fn take_request(buf: &mut BytesMut) -> Taken {
     let mut body_len: Option<usize> = None;
     let mut close = false;
     let mut spans: Spans = SmallVec::new();
+    let mut hosts = 0u32;
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             match (body_len, parse_length(h.value)) {
                 (None, Some(n)) => body_len = Some(n),
                 // Repeated or not a number: hyper decides.
@@ -403,6 +414,10 @@ fn take_request(buf: &mut BytesMut) -> Taken {
             let (v, vl) = at(h.value);
             spans.push((n, nl, v, vl));
         }
+    }
+    if hosts != 1 {
+        // Not exactly one Host: hyper's side answers 400, as for any HTTP/1.1 request.
+        return Taken::Other;
     }
     let body_len = body_len.unwrap_or(0);
     let Some(total) = head_len.checked_add(body_len) else {

@@ -62,6 +62,12 @@ pub async fn serve(
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let detour = svc_detour.clone();
             Box::pin(async move {
+                if req.version() == http::Version::HTTP_11
+                    && req.headers().get_all(http::header::HOST).iter().count() != 1
+                {
+                    // RFC 9112 §3.2 (as nginx does); the fast path hands such requests here.
+                    return Ok(crate::service::bad_host());
+                }
                 Ok::<_, std::convert::Infallible>(detour.serve_http(req, Some(peer)).await)
             })
         });

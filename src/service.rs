@@ -1212,6 +1212,21 @@ fn unauthorized() -> Response<Body> {
     resp
 }
 
+/// The answer to an HTTP/1.1 request without exactly one `Host` header (RFC 9112 §3.2: 400).
+pub(crate) fn bad_host() -> Response<Body> {
+    let mut resp = json(
+        StatusCode::BAD_REQUEST,
+        error_bytes(
+            INVALID_REQUEST,
+            "Invalid Request",
+            Some("\"an HTTP/1.1 request needs exactly one Host header\""),
+        ),
+    );
+    resp.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 fn too_large(limit: usize) -> Response<Body> {
     let why = format!("request body exceeds {limit} bytes (server.max_body_bytes)");
     json(

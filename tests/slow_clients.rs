@@ -173,3 +173,51 @@ async fn a_request_whose_first_byte_arrives_alone_is_served() {
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn a_head_over_64_kib_is_answered_431_at_once_not_after_a_second_timeout() {
+    let up = Mock::start("up").await;
+    let p = Proxy::start(&chain_config(
+        "[server]\nheader_read_timeout = \"30s\"\n",
+        &[("up", &up.url(), "")],
+    ))
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let mut head = b"POST /mainnet HTTP/1.1\r\nhost: x\r\n".to_vec();
+    while head.len() < 70 * 1024 {
+        head.extend_from_slice(b"x-pad: 0123456789012345678901234567890123456789\r\n");
+    }
+    // The head is never finished: the answer must not wait for a timeout.
+    s.write_all(&head).await.unwrap();
+    let answer = read_all(&mut s, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn http11_requests_need_exactly_one_host() {
+    let up = Mock::start("up").await;
+    let p = Proxy::start(&chain_config("", &[("up", &up.url(), "")])).await;
+    let body = CALL;
+    for hosts in ["", "host: a\r\nhost: b\r\n"] {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        let req = format!(
+            "POST /mainnet HTTP/1.1\r\n{hosts}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let answer = read_all(&mut s, Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{hosts:?}: {answer}");
+        assert!(answer.contains("exactly one Host"), "{answer}");
+    }
+    // HTTP/1.0 needs none.
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let req = format!(
+        "POST /mainnet HTTP/1.0\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let answer = read_all(&mut s, Duration::from_secs(10)).await;
+    assert!(answer.contains(r#""result":"up""#), "{answer}");
+    assert_eq!(up.hits(), 1, "refused requests never reach an upstream");
+}

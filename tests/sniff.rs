@@ -34,6 +34,9 @@ async fn clients_that_sent_part_of_the_http2_preface_cost_no_cpu_while_they_wait
     tokio::time::sleep(Duration::from_secs(1)).await;
     let used = cpu_ticks() - before;
     // Polling each every millisecond cost about 15 ticks a second here; waiting costs none.
-    assert!(used <= 5, "{used} ticks of CPU in 1 s with 50 waiting clients");
+    assert!(
+        used <= 5,
+        "{used} ticks of CPU in 1 s with 50 waiting clients"
+    );
     drop(clients);
 }

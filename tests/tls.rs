@@ -171,12 +171,19 @@ async fn no_alpn_call(port: u16, trusted: &Certs, h2: bool) -> (http::Version, S
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), None);
     let io = hyper_util::rt::TokioIo::new(tls);
-    let req = http::Request::post(format!("https://localhost:{port}/mainnet"))
+    let mut req = http::Request::post(format!("https://localhost:{port}/mainnet"))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(
             br#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#,
         )))
         .unwrap();
+    if !h2 {
+        // hyper's connection-level client sends headers as given: HTTP/1.1 needs a Host.
+        req.headers_mut().insert(
+            "host",
+            http::HeaderValue::from_str(&format!("localhost:{port}")).unwrap(),
+        );
+    }
     let resp = if h2 {
         let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
