@@ -70,6 +70,17 @@ impl Conns {
         None
     }
 
+    /// The most recently returned connection if it was idle for less than `within` and is
+    /// still open; older ones are left for [`Conns::checkout`].
+    pub(crate) fn checkout_recent(&self, now: Instant, within: Duration) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let top = idle.conns.last()?;
+        if now.saturating_duration_since(top.since) < within && top.conn.idle_usable() {
+            return idle.conns.pop().map(|c| c.conn);
+        }
+        None
+    }
+
     /// Returns a connection that is ready for another request (its answer was read to the
     /// end), idle from `now` on. Kept when fewer than `max_idle` are idle; else dropped, which
     /// closes it.

@@ -54,6 +54,11 @@ pub enum Failure {
     Malformed(&'static str),
 }
 
+/// A body that must not be sent twice reuses only a pooled connection used this recently:
+/// far below any keep-alive timeout an upstream server uses (5 s and more), so the upstream
+/// does not close it under the request.
+pub const WRITE_REUSE: Duration = Duration::from_secs(1);
+
 /// The request header that marks a health probe.
 pub const PROBE_HEADER: &str = "x-detour-probe";
 
@@ -140,27 +145,36 @@ impl Forwarder {
         }
     }
 
-    /// POSTs `body` to the upstream and reads the whole answer, within `timeout`.
+    /// POSTs `body` to the upstream and reads the whole answer, within `timeout`. The body
+    /// is treated as one that must not be sent twice (see [`Forwarder::send_from`]).
     pub async fn send(
         &self,
         up: &Upstream,
         body: Bytes,
         timeout: Duration,
     ) -> Result<Reply, Failure> {
-        self.send_from(up, body, tokio::time::Instant::now(), timeout)
+        self.send_from(up, body, tokio::time::Instant::now(), timeout, false)
             .await
     }
 
     /// [`Forwarder::send`] for an attempt that started at `started` (read once by the
     /// caller, which times the attempt too): the answer must come within `timeout` of it.
+    ///
+    /// An upstream may close a pooled connection just as it is reused (its keep-alive
+    /// timeout), which is nobody's failure. A `repeatable` body (reads) that meets a reused
+    /// connection closing before any answer byte is sent once more on a new connection. One
+    /// that is not (writes) is retried only when it was not fully written, since a request
+    /// cut short cannot have been processed; and to keep it out of that race, it reuses only
+    /// a connection used within the last [`WRITE_REUSE`].
     pub(crate) async fn send_from(
         &self,
         up: &Upstream,
         body: Bytes,
         started: tokio::time::Instant,
         timeout: Duration,
+        repeatable: bool,
     ) -> Result<Reply, Failure> {
-        self.exchange(up, body, None, started, started + timeout)
+        self.exchange(up, body, None, started, started + timeout, repeatable)
             .await
     }
 
@@ -174,7 +188,7 @@ impl Forwarder {
         what: &'static str,
     ) -> Result<Reply, Failure> {
         let now = tokio::time::Instant::now();
-        self.exchange(up, body, Some(what), now, now + timeout)
+        self.exchange(up, body, Some(what), now, now + timeout, true)
             .await
     }
 
@@ -187,12 +201,15 @@ impl Forwarder {
         probe: Option<&'static str>,
         started: tokio::time::Instant,
         deadline: tokio::time::Instant,
+        repeatable: bool,
     ) -> Result<Reply, Failure> {
         match &up.plain {
             // Timed by the connection's own lazy timer (see `h1::Conn::exchange`).
             Some(plain) => {
-                self.exchange_plain(up, plain, &body, probe, started.into_std(), deadline)
-                    .await
+                let started = started.into_std();
+                let exchange =
+                    self.exchange_plain(up, plain, &body, probe, started, deadline, repeatable);
+                exchange.await
             }
             // Boxed: its state would make every request's future (which is moved a few times
             // on its way) 400 bytes larger, and a TLS exchange costs far more than a box.
@@ -260,8 +277,9 @@ impl Forwarder {
 
     /// Sends `body` to a plain-HTTP upstream on one of its pooled connections (or a new one)
     /// and reads the answer; the connection goes back to the pool when it can carry another
-    /// request. `started` (when the attempt began) stands for "now" in the pool's idle
+    /// request. `repeatable`: see [`Forwarder::send_from`]. `started` (when the attempt began) stands for "now" in the pool's idle
     /// bookkeeping, which needs no finer clock than that.
+    #[allow(clippy::too_many_arguments)]
     async fn exchange_plain(
         &self,
         up: &Upstream,
@@ -270,18 +288,45 @@ impl Forwarder {
         probe: Option<&'static str>,
         started: std::time::Instant,
         deadline: tokio::time::Instant,
+        repeatable: bool,
     ) -> Result<Reply, Failure> {
-        let mut conn = match up.state.conns.checkout(started, self.pool_idle_timeout) {
+        let reused = if repeatable {
+            up.state.conns.checkout(started, self.pool_idle_timeout)
+        } else {
+            up.state.conns.checkout_recent(started, WRITE_REUSE)
+        };
+        let fresh = reused.is_none();
+        let mut conn = match reused {
             Some(conn) => conn,
             None => tokio::time::timeout_at(deadline, self.connect_plain(up, plain))
                 .await
                 .map_err(|_| Failure::Timeout)??,
         };
         let extra = probe.map(|what| (PROBE_HEADER, what));
-        match conn
+        let mut result = conn
             .exchange(&plain.head, extra, body, self.max_response_bytes, deadline)
-            .await
-        {
+            .await;
+        let stale = match &result {
+            Err(h1::Error::NotSent(_)) => true,
+            Err(h1::Error::Closed { partial: false }) => repeatable,
+            Err(h1::Error::Io(e)) => repeatable && e.kind() == std::io::ErrorKind::ConnectionReset,
+            _ => false,
+        };
+        if stale && !fresh {
+            // The upstream closed the reused connection as it was reused: once more, on a
+            // new one (nothing of the request was processed on the old one).
+            tracing::debug!(
+                upstream = &*up.name,
+                "reused connection closed under the request; sending on a new one"
+            );
+            conn = tokio::time::timeout_at(deadline, self.connect_plain(up, plain))
+                .await
+                .map_err(|_| Failure::Timeout)??;
+            result = conn
+                .exchange(&plain.head, extra, body, self.max_response_bytes, deadline)
+                .await;
+        }
+        match result {
             Ok(answer) => {
                 if answer.reusable {
                     let (max_idle, idle_timeout) = (self.pool_max_idle, self.pool_idle_timeout);
@@ -295,6 +340,9 @@ impl Forwarder {
             }
             Err(h1::Error::TooLarge) => Err(Failure::TooLarge(self.max_response_bytes)),
             Err(h1::Error::TimedOut) => Err(Failure::Timeout),
+            Err(h1::Error::NotSent(e)) => Err(Failure::Transport(
+                up.redact(&format!("sending the request failed: {e}")),
+            )),
             Err(h1::Error::Closed { partial: true }) => Err(Failure::Transport(up.redact(
                 "reading the response failed: connection closed before the message completed",
             ))),

@@ -64,7 +64,7 @@ pub(crate) struct Answer {
 /// Why an exchange failed.
 #[derive(Debug)]
 pub(crate) enum Error {
-    /// Writing the request, or reading the answer, failed.
+    /// Reading the answer failed.
     Io(std::io::Error),
     /// The connection closed before the answer was complete (`false`: not a byte of it came).
     Closed { partial: bool },
@@ -72,6 +72,9 @@ pub(crate) enum Error {
     Malformed(String),
     /// The body is larger than the limit.
     TooLarge,
+    /// Writing the request failed before all of it was written: it cannot have been
+    /// processed.
+    NotSent(std::io::Error),
     /// The exchange did not end by its deadline.
     TimedOut,
 }
@@ -84,6 +87,7 @@ impl std::fmt::Display for Error {
             Error::Closed { partial: true } => f.write_str("connection closed mid-answer"),
             Error::Malformed(why) => write!(f, "invalid HTTP answer: {why}"),
             Error::TooLarge => f.write_str("response too large"),
+            Error::NotSent(e) => write!(f, "sending the request failed: {e}"),
             Error::TimedOut => f.write_str("timed out"),
         }
     }
@@ -242,7 +246,7 @@ impl Conn {
             out.extend_from_slice(body);
             let written = self.io.write_all(&out).await;
             self.out = out;
-            written?;
+            written.map_err(Error::NotSent)?;
         } else {
             self.write_all(&mut [
                 IoSlice::new(head),
@@ -257,9 +261,9 @@ impl Conn {
     async fn write_all(&mut self, mut bufs: &mut [IoSlice<'_>]) -> Result<(), Error> {
         IoSlice::advance_slices(&mut bufs, 0);
         while !bufs.is_empty() {
-            let n = self.io.write_vectored(bufs).await?;
+            let n = self.io.write_vectored(bufs).await.map_err(Error::NotSent)?;
             if n == 0 {
-                return Err(Error::Io(std::io::ErrorKind::WriteZero.into()));
+                return Err(Error::NotSent(std::io::ErrorKind::WriteZero.into()));
             }
             IoSlice::advance_slices(&mut bufs, n);
         }

@@ -536,16 +536,16 @@ async fn run_attempt<'a>(
         };
         let results = if sent.len() <= size {
             // One chunk (the common case): no chunk lists to build.
-            let r = attempt(fwd, up, calls, &sent, started, timeout).await;
+            let repeatable = sent.iter().all(|&i| chain.may_repeat(&calls[i].method));
+            let r = attempt(fwd, up, calls, &sent, started, timeout, repeatable).await;
             smallvec::smallvec![(sent, r)]
         } else {
             let chunks: Vec<Indices> = sent.chunks(size).map(Indices::from_slice).collect();
             // Boxed: rare, and it would make the common one-chunk future larger.
-            let outcomes = Box::pin(join_all(
-                chunks
-                    .iter()
-                    .map(|chunk| attempt(fwd, up, calls, chunk, started, timeout)),
-            ))
+            let outcomes = Box::pin(join_all(chunks.iter().map(|chunk| {
+                let repeatable = chunk.iter().all(|&i| chain.may_repeat(&calls[i].method));
+                attempt(fwd, up, calls, chunk, started, timeout, repeatable)
+            })))
             .await;
             chunks.into_iter().zip(outcomes).collect()
         };
@@ -937,10 +937,13 @@ async fn attempt(
     chunk: &[usize],
     started: Instant,
     timeout: Duration,
+    repeatable: bool,
 ) -> Result<PerCall<Got>, Failure> {
     let body = upstream_body(calls, chunk);
     let _in_flight = up.state.start();
-    let reply = fwd.send_from(up, body, started, timeout).await?;
+    let reply = fwd
+        .send_from(up, body, started, timeout, repeatable)
+        .await?;
     read_reply(&reply, chunk)
 }
 

@@ -344,3 +344,83 @@ async fn chunked_and_close_delimited_answers_pass_through_whole() {
         assert_eq!(p.upstream_status("raw")["failures"], 0, "{style}");
     }
 }
+
+/// An upstream that answers the first request on each connection and closes the connection
+/// when a second one arrives on it, unanswered: the worst case of an upstream whose keep-alive
+/// timeout closes a connection just as detour reuses it. Returns its URL and the methods it
+/// received.
+async fn closing_on_reuse() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let Some(body) = read_request(&mut s, &mut buf).await else {
+                    return;
+                };
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                log.lock()
+                    .unwrap()
+                    .push(v["method"].as_str().unwrap_or("").to_owned());
+                let result = if v["method"] == "eth_chainId" {
+                    "\"0x1\""
+                } else {
+                    "\"0x64\""
+                };
+                let out = format!(r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#, v["id"]);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    out.len()
+                );
+                if s.write_all(format!("{head}{out}").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                // The next request on this connection is read, never answered: closed.
+                if let Some(body) = read_request(&mut s, &mut buf).await {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    log.lock()
+                        .unwrap()
+                        .push(format!("unanswered {}", v["method"].as_str().unwrap_or("")));
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test]
+async fn a_connection_closed_as_it_is_reused_is_nobodys_failure() {
+    let (url, seen) = closing_on_reuse().await;
+    let proxy = Proxy::start(&config(&url, "")).await;
+    // One upstream, one attempt: nothing can hide a failure behind failover.
+    for i in 0..4 {
+        let v = proxy.call("/mainnet", "eth_getBalance", "[]").await;
+        assert_eq!(v["result"], "0x64", "read {i}: {v}");
+    }
+    let status = proxy.upstream_status("raw");
+    assert_eq!(status["failures"], 0, "{status}");
+    assert!(proxy.states("raw").is_empty(), "{:?}", proxy.states("raw"));
+    // A write reuses only a connection used within the last second: after a pause it goes on
+    // a new connection, and the upstream receives it once.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let v = proxy
+        .call("/mainnet", "eth_sendRawTransaction", r#"["0x02f8"]"#)
+        .await;
+    assert_eq!(v["result"], "0x64", "{v}");
+    let writes: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m.contains("eth_sendRawTransaction"))
+        .cloned()
+        .collect();
+    assert_eq!(writes, ["eth_sendRawTransaction"]);
+    proxy.stop().await;
+}
