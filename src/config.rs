@@ -74,6 +74,21 @@ pub struct ServerConfig {
     /// Most client connections open at once; further clients wait to be accepted until one
     /// closes. Raise the open-files limit to match. Default 10000.
     pub max_connections: usize,
+    /// Most JSON-RPC requests being read or answered at once, over all connections (HTTP/2
+    /// multiplexes many on one). Beyond it a request gets 503 with `Retry-After: 1` at once,
+    /// instead of queueing behind stalled upstreams until memory runs out. Default 10000.
+    pub max_requests_in_flight: usize,
+    /// Most concurrent requests (streams) on one HTTP/2 client connection. Default 256.
+    pub http2_max_streams: u32,
+    /// An HTTP/2 client connection with no request for this long is closed (GOAWAY), as an
+    /// HTTP/1 one is after `header_read_timeout` without a request. Default `60s`.
+    #[serde(with = "duration")]
+    pub http2_idle_timeout: Duration,
+    /// HTTP/2 keep-alive: a client connection that sends nothing for this long gets a ping,
+    /// and is closed when the ping is not answered within as long again: a vanished client
+    /// does not hold its connection forever. Default `20s`.
+    #[serde(with = "duration")]
+    pub http2_keep_alive: Duration,
     /// Per-client rate limit (clients are API keys, else IP addresses). Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
@@ -105,6 +120,10 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            max_requests_in_flight: 10_000,
+            http2_max_streams: 256,
+            http2_idle_timeout: Duration::from_secs(60),
+            http2_keep_alive: Duration::from_secs(20),
             access_log: true,
             cors_origins: None,
             tls: None,
@@ -519,6 +538,8 @@ impl Config {
             ("server.request_timeout", s.request_timeout),
             ("server.header_read_timeout", s.header_read_timeout),
             ("server.body_read_timeout", s.body_read_timeout),
+            ("server.http2_idle_timeout", s.http2_idle_timeout),
+            ("server.http2_keep_alive", s.http2_keep_alive),
             ("client.connect_timeout", self.client.connect_timeout),
             ("client.attempt_timeout", self.client.attempt_timeout),
         ] {
@@ -530,6 +551,8 @@ impl Config {
             ("server.max_body_bytes", s.max_body_bytes),
             ("server.max_batch_len", s.max_batch_len),
             ("server.max_connections", s.max_connections),
+            ("server.max_requests_in_flight", s.max_requests_in_flight),
+            ("server.http2_max_streams", s.http2_max_streams as usize),
             ("client.max_response_bytes", self.client.max_response_bytes),
         ] {
             if n == 0 {

@@ -60,6 +60,18 @@ struct Inner {
     draining: AtomicBool,
     /// The last reload's outcome, for `/status`.
     last_reload: std::sync::Mutex<Option<serde_json::Value>>,
+    /// JSON-RPC requests being read or answered now (bounded by
+    /// `server.max_requests_in_flight`).
+    requests_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a JSON-RPC request in flight until dropped.
+struct RequestSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for RequestSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Detour {
@@ -82,6 +94,7 @@ impl Detour {
                 health_started: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
                 last_reload: std::sync::Mutex::new(None),
+                requests_in_flight: Default::default(),
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -699,6 +712,17 @@ impl Detour {
                 return rate_limited(wait).into();
             }
         }
+        let in_flight = &self.inner.requests_in_flight;
+        let max = pool.config.server.max_requests_in_flight;
+        if in_flight.fetch_add(1, Relaxed) >= max {
+            in_flight.fetch_sub(1, Relaxed);
+            tracing::debug!(
+                max,
+                "request refused: server.max_requests_in_flight reached"
+            );
+            return overloaded(max).into();
+        }
+        let _slot = RequestSlot(in_flight);
         if method != Method::POST {
             let mut resp = json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -1193,6 +1217,22 @@ fn rate_limited(wait: std::time::Duration) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
         resp.headers_mut().insert(http::header::RETRY_AFTER, v);
     }
+    resp
+}
+
+/// 503 for a request over `server.max_requests_in_flight`: come back in a second.
+fn overloaded(max: usize) -> Response<Body> {
+    let why = format!("{max} requests are in flight (server.max_requests_in_flight)");
+    let mut resp = json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        error_bytes(
+            -32005,
+            "detour is at its limit of requests in flight; retry shortly",
+            Some(&jsonrpc::json_string(&why)),
+        ),
+    );
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     resp
 }
 

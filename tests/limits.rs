@@ -139,3 +139,49 @@ async fn upstream_max_batch_len_splits_and_reassembles_in_order() {
     sizes.sort();
     assert_eq!(sizes, [1, 3, 3]);
 }
+
+#[tokio::test]
+async fn requests_over_the_in_flight_bound_get_a_fast_503_with_retry_after() {
+    let m = Mock::start("a").await;
+    m.always(Reply::delay(800, Reply::result("\"slow\"")));
+    let p = Proxy::start(&format!(
+        "[server]\nmax_requests_in_flight = 2\n{}",
+        chain_config(
+            "[chains.mainnet.hedge]\nenabled = false\n",
+            &[("a", &m.url(), "")]
+        )
+    ))
+    .await;
+    let url = p.url("/mainnet");
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":[]}"#;
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { support::http_request("POST", &url, call).await })
+        })
+        .collect();
+    support::eventually("both slow requests reached the upstream", || m.hits() == 2).await;
+    let (status, headers, body) = support::http_request("POST", &url, call).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["retry-after"], "1");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32005, "{v}");
+    assert!(
+        v["error"]["data"]
+            .as_str()
+            .unwrap()
+            .contains("max_requests_in_flight"),
+        "{v}"
+    );
+    // Health endpoints are not JSON-RPC requests: still answered.
+    let (status, _, _) = support::http_request("GET", &p.url("/healthz"), "").await;
+    assert_eq!(status, 200);
+    for r in slow {
+        let (status, _, body) = r.await.unwrap();
+        assert_eq!((status, body.contains("\"slow\"")), (200, true), "{body}");
+    }
+    // The slots are free again.
+    let (status, _, _) = support::http_request("POST", &url, call).await;
+    assert_eq!(status, 200);
+    assert_eq!(m.hits(), 3);
+}
