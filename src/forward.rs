@@ -54,6 +54,11 @@ pub enum Failure {
     Malformed(&'static str),
 }
 
+/// How often an HTTP/2 upstream connection is pinged.
+pub const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection is closed.
+pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A body that must not be sent twice reuses only a pooled connection used this recently:
 /// far below any keep-alive timeout an upstream server uses (5 s and more), so the upstream
 /// does not close it under the request.
@@ -134,6 +139,12 @@ impl Forwarder {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            // An HTTP/2 connection carries every request to its upstream: one that silently
+            // stops answering (a blackholed path) is found by an unanswered ping and replaced,
+            // instead of timing out each request for minutes until TCP gives up.
+            .http2_keep_alive_interval(H2_PING_INTERVAL)
+            .http2_keep_alive_timeout(H2_PING_TIMEOUT)
+            .http2_keep_alive_while_idle(true)
             .build(https);
         Forwarder {
             client,

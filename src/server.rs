@@ -42,13 +42,21 @@ pub async fn serve(
         .header_read_timeout(server.header_read_timeout)
         .keep_alive(true);
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2.timer(TokioTimer::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(server.http2_max_streams)
+        .keep_alive_interval(server.http2_keep_alive)
+        .keep_alive_timeout(server.http2_keep_alive);
     let mut auto = auto::Builder::new(TokioExecutor::new());
     auto.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
         .keep_alive(true);
-    auto.http2().timer(TokioTimer::new());
+    auto.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(server.http2_max_streams)
+        .keep_alive_interval(server.http2_keep_alive)
+        .keep_alive_timeout(server.http2_keep_alive);
     let graceful = GracefulShutdown::new();
     // Shutdown for the HTTP/1 fast path (hyper's connections have `graceful`).
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -74,6 +82,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let stop = stop_rx.clone();
         let first_bytes_timeout = server.header_read_timeout;
+        let http2_idle = server.http2_idle_timeout;
         // TLS as configured now: a reload with a renewed certificate applies to new connections.
         match service.pool().tls.clone() {
             None => {
@@ -95,10 +104,9 @@ pub async fn serve(
                                 .await
                         }
                         Ok(Ok((true, read))) => {
-                            drop(stop);
-                            let io = TokioIo::new(h1serve::Rewind::new(read, stream));
-                            let conn = http2.serve_connection(io, svc);
-                            Box::pin(watcher.watch(conn)).await.map_err(Into::into)
+                            drop(watcher);
+                            let io = h1serve::Rewind::new(read, stream);
+                            Box::pin(serve_h2(io, svc, &http2, stop, http2_idle)).await
                         }
                         Ok(Err(e)) => {
                             tracing::trace!(%peer, error = %e, "client connection failed before its first request");
@@ -121,10 +129,7 @@ pub async fn serve(
                         // The protocol agreed by ALPN; a client that named none gets the
                         // auto builder, which tells them apart by the first bytes.
                         Ok(Ok(tls)) => match tls.get_ref().1.alpn_protocol() {
-                            Some(b"h2") => {
-                                let conn = http2.serve_connection(TokioIo::new(tls), svc);
-                                watcher.watch(conn).await.map_err(Into::into)
-                            }
+                            Some(b"h2") => serve_h2(tls, svc, &http2, stop, http2_idle).await,
                             Some(b"http/1.1") => {
                                 serve_http1(tls, peer, detour, stop, &http1, svc, watcher).await
                             }
@@ -229,6 +234,103 @@ where
             let conn = http1.serve_connection(TokioIo::new(rewind), svc);
             Box::pin(watcher.watch(conn)).await.map_err(Into::into)
         }
+    }
+}
+
+/// HTTP/2 on `io`, until the client closes it, the server shuts down (`stop`), or no request
+/// was open for `idle` (an HTTP/1 connection closes after `header_read_timeout` without a
+/// request; an HTTP/2 one would otherwise stay forever). Both close it gracefully (GOAWAY):
+/// requests in flight finish, and the client knows not to send more on it.
+async fn serve_h2<IO, S>(
+    io: IO,
+    svc: S,
+    http2: &hyper::server::conn::http2::Builder<TokioExecutor>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    idle: Duration,
+) -> Result<(), BoxError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = http::Response<crate::service::Body>>
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + Sync + std::error::Error + 'static,
+{
+    let activity = Arc::new(Activity::default());
+    let tracked = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let open = activity.begin();
+            let answer = svc.call(req);
+            async move {
+                let answer = answer.await;
+                drop(open);
+                answer
+            }
+        })
+    };
+    let conn = http2.serve_connection(TokioIo::new(io), tracked);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        let check = tokio::time::sleep_until(activity.idle_deadline(idle));
+        tokio::select! {
+            done = conn.as_mut() => return done.map_err(Into::into),
+            _ = stop.changed(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = check, if !closing => {
+                if activity.idle_for(idle) {
+                    tracing::debug!("HTTP/2 connection idle for server.http2_idle_timeout; closing");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Requests open on one HTTP/2 connection, and when the last one ended.
+#[derive(Default)]
+struct Activity {
+    open: std::sync::atomic::AtomicUsize,
+    /// When a request last ended (or the connection began): Tokio's clock.
+    since: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// Marks a request open on its connection until dropped.
+struct Open(Arc<Activity>);
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Open {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Open(self.clone())
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        *since.get_or_insert_with(tokio::time::Instant::now)
+    }
+
+    /// When the connection will have been idle for `idle`, if nothing opens before.
+    fn idle_deadline(&self, idle: Duration) -> tokio::time::Instant {
+        self.last() + idle
+    }
+
+    /// No request open, and none ended within `idle`.
+    fn idle_for(&self, idle: Duration) -> bool {
+        self.open.load(std::sync::atomic::Ordering::Relaxed) == 0 && self.last().elapsed() >= idle
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        *self.0.since.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
