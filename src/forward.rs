@@ -119,7 +119,9 @@ impl Forwarder {
     /// Builds the shared client, resolving hostnames through `resolver` (cached, see
     /// [`crate::dns`]).
     pub fn new(config: &ClientConfig, resolver: Resolver) -> Forwarder {
-        let resolver = resolver.with_settings(config.dns_refresh, config.dns_max_stale);
+        let resolver = resolver
+            .with_settings(config.dns_refresh, config.dns_max_stale)
+            .with_lookup_timeout(config.connect_timeout);
         let mut http = HttpConnector::new_with_resolver(resolver.clone());
         http.enforce_http(false);
         http.set_nodelay(true);
