@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """End-to-end health scenarios: real anvil nodes behind detour, a steady stream of reads, and
 three faults in turn. Every read must succeed, eth_blockNumber must never go backwards, and
-traffic must return to each node after it recovers.
+traffic must return to each node after it recovers (a fair share within 5 s after a kill or
+a freeze).
 
   1. killed:  anvil-a is SIGKILLed, later restarted on the same port;
-  2. frozen:  anvil-b is SIGSTOPped for 4 s (TCP accepted, no answer), then SIGCONTed;
+  2. frozen:  anvil-b is SIGSTOPped for 10 s (TCP accepted, no answer), then SIGCONTed;
   3. lagging: anvil-c stops mining while the others mine, then catches up.
 
 The three nodes are independent dev chains mining a block a second; a real node catches up by
@@ -179,6 +180,20 @@ def served_by(name, since):
     return any(t >= since and by == f"anvil-{name}" and ok for t, by, ok, _ in reads)
 
 
+def share(name, since, until):
+    window = [by for t, by, ok, _ in reads if since <= t < until and ok]
+    return sum(by == f"anvil-{name}" for by in window) / max(1, len(window))
+
+
+def fair_share_within_5s(name, back):
+    """A recovered node must serve a fair share again: measured over the 5 s that start 5 s
+    after it came back (a third would be even; at least a tenth is required)."""
+    time.sleep(max(0.0, back + 10 - time.time()))
+    got = share(name, back + 5, back + 10)
+    log(f"   anvil-{name} served {got:.0%} of the reads 5-10 s after it came back")
+    assert got >= 0.10, f"anvil-{name} got {got:.0%} of the traffic 5-10 s after recovering"
+
+
 def failures():
     return [r for r in reads if not r[2]]
 
@@ -199,16 +214,18 @@ catch_up("a")
 t1 = time.time()
 wait_until("traffic returns to anvil-a", lambda: served_by("a", t1), 30)
 log(f"   traffic back on anvil-a {time.time() - t1:.1f}s after it came back")
+fair_share_within_5s("a", t1)
 
 # --- 2. frozen -------------------------------------------------------------------------------
-log("2. SIGSTOP anvil-b for 4 s during the reads")
+log("2. SIGSTOP anvil-b for 10 s during the reads")
 procs["b"].send_signal(signal.SIGSTOP)
-time.sleep(4)
+time.sleep(10)
 procs["b"].send_signal(signal.SIGCONT)
 catch_up("b")
 t2 = time.time()
 wait_until("traffic returns to anvil-b", lambda: served_by("b", t2), 30)
 log(f"   traffic back on anvil-b {time.time() - t2:.1f}s after SIGCONT")
+fair_share_within_5s("b", t2)
 
 # --- 3. lagging ------------------------------------------------------------------------------
 log("3. anvil-c stops mining while the others mine")
