@@ -840,10 +840,16 @@ impl LiveState {
             let w = (-elapsed / DECAY.as_micros() as f64)
                 .exp()
                 .min(1.0 - MIN_SAMPLE_WEIGHT);
-            // Down the way geometrically (a weighted mean of logarithms): a recovery from
-            // 300 ms to 1 ms is a factor to forget, not 299 ms, so it takes a few samples
-            // rather than the dozens a linear mean needs while the slow one dominates.
-            prev * ((1.0 - w) * (rtt.max(1.0) / prev).ln()).exp()
+            if rtt * 2.0 >= prev {
+                // Near the estimate (the steady state): a linear mean, no logarithms.
+                prev * w + rtt * (1.0 - w)
+            } else {
+                // Far below it: down the way geometrically (a weighted mean of logarithms).
+                // A recovery from 300 ms to 1 ms is a factor to forget, not 299 ms, so it
+                // takes a few samples rather than the dozens a linear mean needs while the
+                // slow one dominates.
+                prev * ((1.0 - w) * (rtt.max(1.0) / prev).ln()).exp()
+            }
         };
         self.ewma_ns.store(next.to_bits(), Relaxed);
     }
