@@ -212,7 +212,8 @@ pub(crate) async fn failover_from(
             if !may_hedge(&tried, &exclude, &pending) {
                 // This attempt alone decides: await it right here.
                 let sent = pending.clone();
-                let done = run_attempt(fwd, metrics, chain, ui, calls, sent, now, deadline).await;
+                let done =
+                    run_attempt(fwd, metrics, chain, ui, calls, &writes, sent, now, deadline).await;
                 process(
                     metrics,
                     chain,
@@ -232,7 +233,7 @@ pub(crate) async fn failover_from(
             inflight
                 .get_or_insert_with(FuturesUnordered::new)
                 .push(launch(
-                    fwd, metrics, chain, ui, calls, &pending, now, deadline,
+                    fwd, metrics, chain, ui, calls, &writes, &pending, now, deadline,
                 ));
             newest = Some((now, ui));
         }
@@ -260,7 +261,7 @@ pub(crate) async fn failover_from(
                     let now = Instant::now();
                     if let Some(ui) = pick(chain, need, &mut exclude, &avoid_regions, us_at(now)) {
                         tried.push(ui);
-                        inflight.push(launch(fwd, metrics, chain, ui, calls, &pending, now, deadline));
+                        inflight.push(launch(fwd, metrics, chain, ui, calls, &writes, &pending, now, deadline));
                         newest = Some((now, ui));
                     }
                 }
@@ -278,7 +279,7 @@ pub(crate) async fn failover_from(
                         report.hedges += 1;
                         tracing::debug!(chain = &*chain.name, stalled = &*chain.upstreams[stalled].name,
                             hedge = &*chain.upstreams[ui].name, "hedging a slow read");
-                        inflight.push(launch(fwd, metrics, chain, ui, calls, &pending, now, deadline));
+                        inflight.push(launch(fwd, metrics, chain, ui, calls, &writes, &pending, now, deadline));
                         newest = Some((now, ui));
                     }
                     // Nobody to hedge to: wait for the attempt in flight.
@@ -493,6 +494,7 @@ fn launch<'a>(
     chain: &'a Chain,
     ui: usize,
     calls: &'a [&'a Call<'a>],
+    once: &'a [bool],
     pending: &[usize],
     started: Instant,
     deadline: Instant,
@@ -503,6 +505,7 @@ fn launch<'a>(
         chain,
         ui,
         calls,
+        once,
         Indices::from_slice(pending),
         started,
         deadline,
@@ -510,7 +513,8 @@ fn launch<'a>(
 }
 
 /// One attempt, begun at `started` (the caller's clock read, taken just before): the pending
-/// calls (`sent`) to upstream `ui`, in chunks of its batch limit.
+/// calls (`sent`) to upstream `ui`, in chunks of its batch limit. `once[i]`: call `i` must not
+/// reach an upstream twice (a write, or a method detour does not know).
 #[allow(clippy::too_many_arguments)]
 async fn run_attempt<'a>(
     fwd: &'a Forwarder,
@@ -518,6 +522,7 @@ async fn run_attempt<'a>(
     chain: &'a Chain,
     ui: usize,
     calls: &'a [&'a Call<'a>],
+    once: &'a [bool],
     sent: Indices,
     started: Instant,
     deadline: Instant,
@@ -536,7 +541,7 @@ async fn run_attempt<'a>(
         };
         let results = if sent.len() <= size {
             // One chunk (the common case): no chunk lists to build.
-            let repeatable = sent.iter().all(|&i| chain.may_repeat(&calls[i].method));
+            let repeatable = sent.iter().all(|&i| !once[i]);
             let r = attempt(fwd, up, calls, &sent, started, timeout, repeatable).await;
             smallvec::smallvec![(sent, r)]
         } else {
