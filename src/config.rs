@@ -106,6 +106,10 @@ pub struct ServerConfig {
     /// Tokio's single-threaded scheduler, with the lowest latency and CPU per request; more
     /// serve more concurrent load. Needs a restart to change. Default 0.
     pub worker_threads: usize,
+    /// Serve plain HTTP/1.1 JSON-RPC `POST`s on detour's own fast path (hyper's server takes
+    /// every other request). Off, hyper's server takes every HTTP/1 connection: the same
+    /// answers at a higher cost per request, a switch for diagnosis. Default true.
+    pub http1_fast_path: bool,
 }
 
 impl Default for ServerConfig {
@@ -129,6 +133,7 @@ impl Default for ServerConfig {
             tls: None,
             rate_limit: None,
             worker_threads: 0,
+            http1_fast_path: true,
         }
     }
 }

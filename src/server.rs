@@ -227,6 +227,10 @@ where
     S: hyper::service::HttpService<Incoming, ResBody = crate::service::Body>,
     S::Error: Into<BoxError>,
 {
+    if !detour.pool().config.server.http1_fast_path {
+        let conn = http1.serve_connection(TokioIo::new(io), svc);
+        return Box::pin(watcher.watch(conn)).await.map_err(Into::into);
+    }
     match h1serve::serve(io, peer, detour, stop).await {
         h1serve::End::Closed(result) => result.map_err(Into::into),
         h1serve::End::Handover(rewind) => {
