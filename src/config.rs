@@ -220,6 +220,18 @@ pub struct ClientConfig {
     /// this long after they were last resolved. Default `1h`.
     #[serde(with = "duration")]
     pub dns_max_stale: Duration,
+    /// A PEM file of root certificates that HTTPS upstreams may also chain to (a private CA of
+    /// self-hosted nodes), besides the public (webpki) roots. Read at start. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// HTTP/2 upstream connections (HTTPS upstreams that agree on h2) are pinged after this
+    /// long without a frame, busy or idle. Default `10s`.
+    #[serde(with = "duration")]
+    pub http2_keep_alive_interval: Duration,
+    /// An unanswered ping closes the HTTP/2 connection after this, so requests move to a new
+    /// one instead of stalling on a blackholed path until TCP gives up. Default `5s`.
+    #[serde(with = "duration")]
+    pub http2_keep_alive_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -232,6 +244,9 @@ impl Default for ClientConfig {
             pool_max_idle_per_host: 1024,
             dns_refresh: Duration::from_secs(30),
             dns_max_stale: Duration::from_secs(3600),
+            ca_file: None,
+            http2_keep_alive_interval: Duration::from_secs(10),
+            http2_keep_alive_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -470,7 +485,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn one(at: impl Into<String>, why: impl Into<String>) -> Self {
+    pub(crate) fn one(at: impl Into<String>, why: impl Into<String>) -> Self {
         Self {
             problems: vec![(at.into(), why.into())],
         }
@@ -547,6 +562,14 @@ impl Config {
             ("server.http2_keep_alive", s.http2_keep_alive),
             ("client.connect_timeout", self.client.connect_timeout),
             ("client.attempt_timeout", self.client.attempt_timeout),
+            (
+                "client.http2_keep_alive_interval",
+                self.client.http2_keep_alive_interval,
+            ),
+            (
+                "client.http2_keep_alive_timeout",
+                self.client.http2_keep_alive_timeout,
+            ),
         ] {
             if d.is_zero() {
                 bad(key.into(), "must be greater than zero".into());
@@ -602,6 +625,11 @@ impl Config {
         if let Some(tls) = &s.tls {
             if let Err((at, why)) = crate::tls::load(tls) {
                 bad(at.into(), why);
+            }
+        }
+        if let Some(file) = &self.client.ca_file {
+            if let Err(why) = crate::tls::extra_roots(file) {
+                bad("client.ca_file".into(), why);
             }
         }
         if let Some(origins) = &s.cors_origins {

@@ -7,7 +7,6 @@
 
 use std::error::Error as StdError;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,11 +52,6 @@ pub enum Failure {
     /// The body is not a JSON-RPC answer to what was sent.
     Malformed(&'static str),
 }
-
-/// How often an HTTP/2 upstream connection is pinged.
-pub const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
-/// How long a ping may go unanswered before the connection is closed.
-pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A body that must not be sent twice reuses only a pooled connection used this recently:
 /// far below any keep-alive timeout an upstream server uses (5 s and more), so the upstream
@@ -118,7 +112,7 @@ pub struct Reply {
 impl Forwarder {
     /// Builds the shared client, resolving hostnames through `resolver` (cached, see
     /// [`crate::dns`]).
-    pub fn new(config: &ClientConfig, resolver: Resolver) -> Forwarder {
+    pub fn new(config: &ClientConfig, resolver: Resolver, tls: rustls::ClientConfig) -> Forwarder {
         let resolver = resolver
             .with_settings(config.dns_refresh, config.dns_max_stale)
             .with_lookup_timeout(config.connect_timeout);
@@ -127,11 +121,8 @@ impl Forwarder {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)
-            // The ring provider supports the safe default protocol versions.
-            .unwrap_or_else(|_| hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots())
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -144,8 +135,8 @@ impl Forwarder {
             // An HTTP/2 connection carries every request to its upstream: one that silently
             // stops answering (a blackholed path) is found by an unanswered ping and replaced,
             // instead of timing out each request for minutes until TCP gives up.
-            .http2_keep_alive_interval(H2_PING_INTERVAL)
-            .http2_keep_alive_timeout(H2_PING_TIMEOUT)
+            .http2_keep_alive_interval(config.http2_keep_alive_interval)
+            .http2_keep_alive_timeout(config.http2_keep_alive_timeout)
             .http2_keep_alive_while_idle(true)
             .build(https);
         Forwarder {

@@ -83,7 +83,9 @@ impl Detour {
 
     /// Like [`Detour::new`], resolving upstream hostnames with `resolver` (tests use a stub).
     pub fn with_resolver(config: Config, resolver: Resolver) -> Result<Detour, ConfigError> {
-        let forwarder = Forwarder::new(&config.client, resolver);
+        let tls = crate::tls::upstream_config(config.client.ca_file.as_deref())
+            .map_err(|(at, why)| ConfigError::one(at, why))?;
+        let forwarder = Forwarder::new(&config.client, resolver, tls);
         let pool = Arc::new(ArcSwap::from_pointee(Pool::new(config, None)?));
         let metrics = Metrics::new(Arc::downgrade(&pool));
         let detour = Detour {

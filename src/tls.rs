@@ -1,4 +1,5 @@
-//! The optional TLS listener: `[server.tls] cert = "...", key = "..."` (PEM files), served with
+//! TLS: the roots HTTPS upstreams are checked against ([`upstream_config`]), and the optional
+//! TLS listener: `[server.tls] cert = "...", key = "..."` (PEM files), served with
 //! rustls (TLS 1.2 and 1.3, HTTP/2 or HTTP/1.1 by ALPN). The files are read when the
 //! configuration is loaded, so a reload picks up renewed certificates, and a broken pair is a
 //! configuration error that changes nothing.
@@ -43,4 +44,38 @@ pub fn load(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (&'static str, String)
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The root certificates in a PEM file (`client.ca_file`): at least one, or why not.
+pub fn extra_roots(file: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read {file:?}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{file:?} holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+/// The rustls client configuration for HTTPS upstreams: the public (webpki) roots, and those
+/// of `ca_file` when set. ALPN is left to the connector (h2, then http/1.1).
+pub fn upstream_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, (&'static str, String)> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(file) = ca_file {
+        for cert in extra_roots(file).map_err(|why| ("client.ca_file", why))? {
+            roots
+                .add(cert)
+                .map_err(|e| ("client.ca_file", format!("{file:?}: {e}")))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("client", e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use support::{chain_config, Mock, Proxy};
+use support::{chain_config, eventually, Mock, Proxy, Reply};
 
 struct Certs {
     dir: std::path::PathBuf,
@@ -258,4 +258,168 @@ async fn http1_over_tls_serves_pipelined_posts_and_hands_other_requests_to_hyper
     assert!(answers[1].ends_with(r#""id":2,"result":"up"}"#), "{text}");
     assert!(answers[2].ends_with("ok\n"), "{text}");
     assert!(answers[3].ends_with(r#""id":3,"result":"up"}"#), "{text}");
+}
+
+/// A TCP relay to `target` that can blackhole the connections open so far: they stay open
+/// but nothing more crosses them, as on a path that silently drops packets. Connections
+/// accepted later pass.
+struct Relay {
+    port: u16,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    epoch: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let epoch = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (count, now) = (accepted.clone(), epoch.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                count.fetch_add(1, SeqCst);
+                let born = now.load(SeqCst);
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(Self::pump(cr, sw, now.clone(), born));
+                tokio::spawn(Self::pump(sr, cw, now.clone(), born));
+            }
+        });
+        Relay {
+            port,
+            accepted,
+            epoch,
+        }
+    }
+
+    /// Copies `from` to `to` until either closes, or, once the relay blackholed this
+    /// connection, holds both open and passes nothing.
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        epoch: Arc<std::sync::atomic::AtomicUsize>,
+        born: usize,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if epoch.load(std::sync::atomic::Ordering::SeqCst) != born {
+                // Both halves stay open (held by this task) and nothing passes.
+                std::future::pending::<()>().await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn blackhole_open_connections(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// An HTTPS upstream that speaks HTTP/2 (detour's own TLS listener, trusted through
+/// `client.ca_file`) carries every request on one connection. When that connection is
+/// blackholed, the unanswered ping closes it and requests go on over a new one; without
+/// pings, every request would wait on the dead connection until TCP gave up.
+#[tokio::test]
+async fn a_blackholed_http2_upstream_connection_is_found_by_ping_and_replaced() {
+    let up = Mock::start("up").await;
+    up.on("eth_blockNumber", Reply::result("\"0x64\""));
+    up.on(
+        "eth_getBalance",
+        Reply::delay(300, Reply::result("\"0x1\"")),
+    );
+    let c = certs("h2ping");
+    let upstream = Proxy::start(&chain_config(&tls_table(&c), &[("up", &up.url(), "")])).await;
+    let relay = Relay::start(upstream.addr).await;
+    let toml = format!(
+        "[client]\nattempt_timeout = \"1s\"\nconnect_timeout = \"1s\"\nca_file = \"{}\"\n\
+         http2_keep_alive_interval = \"1s\"\nhttp2_keep_alive_timeout = \"1s\"\n\
+         [chains.mainnet]\nchain_id = 1\n[[chains.mainnet.upstreams]]\nname = \"tls\"\n\
+         url = \"https://localhost:{}\"\n",
+        c.dir.join("cert.pem").display(),
+        relay.port
+    );
+    let front = Proxy::start(&toml).await;
+    // Once a connection is up, five slow calls at once share it: HTTP/2 (HTTP/1.1 would open
+    // four more).
+    let v = front
+        .call("/mainnet", "eth_getBalance", r#"["0x0","latest"]"#)
+        .await;
+    assert_eq!(v["result"], "0x1", "{v}");
+    let before = relay.accepted();
+    let calls = (0..5).map(|_| front.call("/mainnet", "eth_getBalance", r#"["0x0","latest"]"#));
+    for v in futures_util::future::join_all(calls).await {
+        assert_eq!(v["result"], "0x1", "{v}");
+    }
+    assert_eq!(
+        relay.accepted(),
+        before,
+        "the upstream connection is HTTP/2"
+    );
+
+    relay.blackhole_open_connections();
+    let start = std::time::Instant::now();
+    loop {
+        let v = front
+            .call("/mainnet", "eth_getBalance", r#"["0x0","latest"]"#)
+            .await;
+        if v["result"] == "0x1" {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "requests never left the blackholed connection: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(relay.accepted() >= 2, "served over a new connection");
+    // And the new connection is healthy: the upstream serves on.
+    eventually("the upstream is healthy again", || {
+        front.states("tls").is_empty()
+    })
+    .await;
+}
+
+#[test]
+fn a_missing_or_empty_upstream_ca_file_is_a_config_error() {
+    let config = |file: &str| {
+        format!(
+            "[client]\nca_file = \"{file}\"\n[chains.mainnet]\nchain_id = 1\n\
+             [[chains.mainnet.upstreams]]\nname = \"a\"\nurl = \"https://localhost:1\"\n"
+        )
+    };
+    let e = detour::Config::from_toml(&config("/nonexistent/ca.pem"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("client.ca_file") && e.contains("/nonexistent/ca.pem"),
+        "{e}"
+    );
+    let dir = std::env::temp_dir().join(format!("detour-ca-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let e = detour::Config::from_toml(&config(&empty.display().to_string()))
+        .unwrap_err()
+        .to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        e.contains("client.ca_file") && e.contains("no PEM certificate"),
+        "{e}"
+    );
 }
