@@ -3,7 +3,7 @@
 //! also pays.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use detour::jsonrpc::{self, Entry, Parsed};
+use detour::rpc::jsonrpc::{self, Entry, Parsed};
 
 const CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"eth_call","params":[{"from":"0x0000000000000000000000000000000000000000","to":"0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48","data":"0x70a08231000000000000000000000000f39fd6e51aad88f6f4ce6ab8827279cfffb92266"},"latest"]}"#;
 

@@ -2,9 +2,9 @@
 //! (power of two choices samples two candidates; it never scans the tier when most are usable).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use detour::balance::{select, Want};
-use detour::pool::Pool;
-use detour::upstream::now_us;
+use detour::select::balance::{select, Want};
+use detour::state::pool::Pool;
+use detour::state::upstream::now_us;
 use detour::Config;
 
 fn pool(n: usize, weighted: bool) -> Pool {

@@ -60,32 +60,18 @@
 
 #![warn(missing_docs)]
 
-pub mod access;
-pub mod admin;
-pub mod balance;
-pub mod classify;
+pub mod client;
 pub mod config;
-mod conns;
-pub mod dns;
-pub mod error;
-pub mod forward;
-mod h1;
-mod h1serve;
-pub mod health;
-pub mod jsonrpc;
-mod jsonscan;
-pub mod metrics;
-pub mod policy;
-pub mod pool;
-pub mod rawtx;
-pub mod retry;
-pub mod route;
+pub mod failover;
+pub mod method;
+pub mod ops;
+pub mod proxy;
+pub mod rpc;
+pub mod select;
 pub mod server;
-pub mod service;
-pub mod tls;
-pub mod upstream;
+pub mod state;
 
 pub use config::{Config, ConfigError, Source};
-pub use error::RpcError;
+pub use proxy::service::{Body, Detour, Reloaded};
+pub use rpc::error::RpcError;
 pub use server::serve;
-pub use service::{Body, Detour, Reloaded};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use detour::admin::{self, Admin, Loader};
+use detour::proxy::admin::{self, Admin, Loader};
 use detour::{Config, Detour, Source};
 
 /// A JSON-RPC failover proxy for Ethereum-style nodes.

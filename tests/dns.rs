@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use detour::dns::Resolver;
+use detour::client::dns::Resolver;
 use support::{eventually, Mock, Proxy};
 
 /// Resolves `good.test` to loopback while `up` is true; nothing else ever resolves.

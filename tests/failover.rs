@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use detour::upstream::now_us;
+use detour::state::upstream::now_us;
 use support::{chain_config, refused_url, Mock, Proxy, Reply};
 
 /// Tier 0 "bad" (with `bad_extra` TOML) scripted by the test, tier 1 "good": every request goes

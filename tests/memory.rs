@@ -7,7 +7,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 
-use detour::jsonrpc::{parse, Parsed};
+use detour::rpc::jsonrpc::{parse, Parsed};
 use support::{chain_config, Mock, Proxy};
 
 struct Counting;

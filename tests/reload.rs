@@ -112,7 +112,7 @@ async fn start_mocks<const N: usize>(names: [&str; N]) -> Vec<Mock> {
 struct AdminSetup {
     _dir: tempdir::Dir,
     file: std::path::PathBuf,
-    admin: detour::admin::Admin,
+    admin: detour::proxy::admin::Admin,
     proxy: Proxy,
 }
 
@@ -137,8 +137,9 @@ async fn admin_setup(toml: &str, token: Option<&str>) -> AdminSetup {
     std::fs::write(&file, toml).unwrap();
     let proxy = Proxy::start(toml).await;
     let source = detour::Source::File(file.clone());
-    let loader: detour::admin::Loader = Arc::new(move || detour::Config::load(&source));
-    let admin = detour::admin::Admin::new(proxy.detour.clone(), loader, token.map(String::from));
+    let loader: detour::proxy::admin::Loader = Arc::new(move || detour::Config::load(&source));
+    let admin =
+        detour::proxy::admin::Admin::new(proxy.detour.clone(), loader, token.map(String::from));
     AdminSetup {
         _dir: tempdir::Dir(dir),
         file,
@@ -148,7 +149,7 @@ async fn admin_setup(toml: &str, token: Option<&str>) -> AdminSetup {
 }
 
 async fn call(
-    admin: &detour::admin::Admin,
+    admin: &detour::proxy::admin::Admin,
     method: &str,
     path: &str,
     token: Option<&str>,

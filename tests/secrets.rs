@@ -70,7 +70,7 @@ async fn keys_never_leak_through_failures() {
         .collect();
     let toml = chain_config("max_attempts = 5", &refs);
     // Hermetic DNS: a stub that knows no name (every other upstream is an IP literal).
-    let resolver = detour::dns::Resolver::from_fn(|host| {
+    let resolver = detour::client::dns::Resolver::from_fn(|host| {
         Err(std::io::Error::other(format!("no such host: {host}")))
     });
     let config = detour::Config::from_toml(&toml).unwrap();

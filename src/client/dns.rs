@@ -7,7 +7,7 @@
 //! used, with a warning, until they are `client.dns_max_stale` old: a resolver outage, even
 //! one that never answers, does not become an upstream outage nor a delay. A name
 //! that never resolved fails to connect, which marks its upstream unresolvable (see
-//! [`crate::upstream::LiveState::unresolvable`]); detour still starts and serves the others.
+//! [`crate::state::upstream::LiveState::unresolvable`]); detour still starts and serves the others.
 //!
 //! The lookup itself is pluggable ([`Resolver::from_fn`]) so tests can stub DNS without
 //! leaving loopback.

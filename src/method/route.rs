@@ -5,10 +5,10 @@
 
 use serde_json::value::RawValue;
 
-use crate::jsonrpc::Raw;
-use crate::jsonscan;
+use crate::rpc::jsonrpc::Raw;
+use crate::rpc::jsonscan;
 
-use crate::jsonrpc::Call;
+use crate::rpc::jsonrpc::Call;
 
 /// How detour treats a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,7 +330,7 @@ pub fn null_may_mean_behind(method: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jsonrpc::{parse, Entry, Parsed};
+    use crate::rpc::jsonrpc::{parse, Entry, Parsed};
 
     fn need_of(body: &str) -> Need {
         match parse(body.as_bytes(), 10) {

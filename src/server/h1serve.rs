@@ -36,7 +36,7 @@ use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
-use crate::service::{AnsweredBy, Body, Detour, Reply, RpcBody, UPSTREAM_HEADER};
+use crate::proxy::service::{AnsweredBy, Body, Detour, Reply, RpcBody, UPSTREAM_HEADER};
 
 /// Headers beyond this many: handed over (hyper answers 431).
 const MAX_HEADERS: usize = 100;
@@ -285,7 +285,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         let len = if bodyless { 0 } else { body.len() };
         if !bodyless {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(&crate::h1::itoa_buf(len));
+            out.extend_from_slice(&crate::client::h1::itoa_buf(len));
             out.extend_from_slice(b"\r\n");
         }
         if close {

@@ -6,6 +6,8 @@
 //! [`serve`] takes the listener and a shutdown future from the caller, so tests and embedders
 //! bind port 0 and stop the server when they like.
 
+pub(crate) mod h1serve;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,8 +23,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::h1serve;
-use crate::service::Detour;
+use crate::proxy::service::Detour;
 
 /// Serves `service` on `listener` until `shutdown` completes; then `/readyz` turns 503, new
 /// connections are still accepted for `server.shutdown_delay` (default 0) so load balancers
@@ -74,7 +75,7 @@ pub async fn serve(
                     && req.headers().get_all(http::header::HOST).iter().count() != 1
                 {
                     // RFC 9112 §3.2 (as nginx does); the fast path hands such requests here.
-                    return Ok(crate::service::bad_host());
+                    return Ok(crate::proxy::service::bad_host());
                 }
                 Ok::<_, std::convert::Infallible>(detour.serve_http(req, Some(peer)).await)
             })
@@ -224,7 +225,7 @@ async fn serve_http1<IO, S>(
 ) -> Result<(), BoxError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = crate::service::Body>,
+    S: hyper::service::HttpService<Incoming, ResBody = crate::proxy::service::Body>,
     S::Error: Into<BoxError>,
 {
     if !detour.pool().config.server.http1_fast_path {
@@ -254,8 +255,10 @@ async fn serve_h2<IO, S>(
 ) -> Result<(), BoxError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = http::Response<crate::service::Body>>
-        + Send
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = http::Response<crate::proxy::service::Body>,
+        > + Send
         + Sync
         + 'static,
     S::Future: Send + 'static,

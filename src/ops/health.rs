@@ -11,7 +11,7 @@
 //! - **Hysteresis**: `health.unhealthy_after` failed probes in a row eject an upstream (a
 //!   cool-down, as a live failure would); `health.healthy_after` good probes in a row bring an
 //!   ejected upstream back before its cool-down ends. Live traffic still ejects at once on a
-//!   connect failure (see [`crate::retry`]).
+//!   connect failure (see [`crate::failover::retry`]).
 //! - **Chain head and regions**: recomputed each tick from the upstreams' state, so a head that
 //!   only an ejected upstream reported, or a region failure that is over, does not linger.
 //!
@@ -25,11 +25,11 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::forward::{Failure, Forwarder};
-use crate::jsonrpc;
-use crate::pool::{Chain, Pool};
-use crate::route::parse_quantity;
-use crate::upstream::{now_us, CHAIN_OK, CHAIN_UNKNOWN, CHAIN_WRONG};
+use crate::client::forward::{Failure, Forwarder};
+use crate::method::route::parse_quantity;
+use crate::rpc::jsonrpc;
+use crate::state::pool::{Chain, Pool};
+use crate::state::upstream::{now_us, CHAIN_OK, CHAIN_UNKNOWN, CHAIN_WRONG};
 
 const BLOCK_NUMBER: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}"#;
 const CHAIN_ID: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}"#;
@@ -229,7 +229,7 @@ impl std::fmt::Display for ProbeError {
 /// Sends a one-call request and reads a quantity result.
 async fn ask(
     fwd: &Forwarder,
-    up: &crate::upstream::Upstream,
+    up: &crate::state::upstream::Upstream,
     body: &'static [u8],
     timeout: Duration,
 ) -> Result<u64, ProbeError> {
@@ -241,7 +241,7 @@ async fn ask(
     if !reply.status.is_success() {
         return Err(ProbeError::Failure(Failure::Status(
             reply.status,
-            crate::forward::retry_after(&reply.headers),
+            crate::client::forward::retry_after(&reply.headers),
         )));
     }
     let list = jsonrpc::parse_upstream(&reply.body)

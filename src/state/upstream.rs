@@ -192,7 +192,7 @@ pub struct Upstream {
     pub weight: u32,
     /// Failure-domain label.
     pub region: Option<Arc<str>>,
-    /// Index of its failure domain in [`Chain::regions`](crate::pool::Chain::regions); an
+    /// Index of its failure domain in [`Chain::regions`](crate::state::pool::Chain::regions); an
     /// upstream without a `region` label is a domain of its own.
     pub region_id: usize,
     /// Where requests go.
@@ -214,12 +214,12 @@ pub struct Upstream {
     /// Live state, shared across reloads while the upstream is unchanged.
     pub state: Arc<LiveState>,
     /// Cached metric handles.
-    pub metrics: crate::metrics::UpstreamMetrics,
+    pub metrics: crate::state::metrics::UpstreamMetrics,
     /// For a plain-`http://` URL: where detour's own connection pool connects and what it sends.
     pub(crate) plain: Option<PlainHttp>,
 }
 
-/// How requests to a plain-HTTP upstream are addressed (see [`crate::conns`]).
+/// How requests to a plain-HTTP upstream are addressed (see [`crate::client::conns`]).
 #[derive(Clone)]
 pub(crate) struct PlainHttp {
     /// The host to resolve (or an IP literal, without brackets).
@@ -228,7 +228,7 @@ pub(crate) struct PlainHttp {
     pub port: u16,
     /// The request target in origin form: path and query.
     pub origin: Uri,
-    /// The request line and the upstream's headers, as sent (see [`crate::h1`]). It may hold
+    /// The request line and the upstream's headers, as sent (see [`crate::client::h1`]). It may hold
     /// credentials: never printed.
     pub head: Bytes,
 }
@@ -308,7 +308,7 @@ impl Upstream {
             // built once here rather than added to each request.
             headers.entry(http::header::HOST).or_insert(host);
             let target = plain.origin.path_and_query().map_or("/", |p| p.as_str());
-            plain.head = crate::h1::request_head(target, &headers);
+            plain.head = crate::client::h1::request_head(target, &headers);
             plain
         });
         Ok(Upstream {
@@ -354,7 +354,7 @@ impl Upstream {
         !self
             .unsupported_methods
             .iter()
-            .any(|p| crate::policy::glob(p, method))
+            .any(|p| crate::method::policy::glob(p, method))
     }
 
     /// Whether regular traffic may go here now: not cooling down, not on the wrong chain, not
@@ -526,8 +526,8 @@ pub struct LiveState {
     recent_failures: Window,
     /// The last failure, redacted, for the status page (taken only when something fails).
     last_error: Mutex<Option<String>>,
-    /// Idle keep-alive connections (plain-HTTP upstreams; see [`crate::conns`]).
-    pub(crate) conns: crate::conns::Conns,
+    /// Idle keep-alive connections (plain-HTTP upstreams; see [`crate::client::conns`]).
+    pub(crate) conns: crate::client::conns::Conns,
 }
 
 impl Default for LiveState {

@@ -5,6 +5,8 @@
 //! configuration (it is compiled into the binary). `${VAR}` inside any string value is replaced by
 //! that environment variable while the file is read, so an error still names the file and the key.
 
+pub mod tls;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -16,7 +18,7 @@ use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The built-in default configuration: public endpoints for five chains.
-pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config.example.toml");
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config.example.toml");
 
 /// Top-level sections that `DETOUR_<SECTION>__<KEY>` environment variables may set. Other
 /// `DETOUR_*` variables (`DETOUR_CONFIG`, or a secret like `DETOUR_INFURA_KEY` referenced as
@@ -300,7 +302,7 @@ pub struct HealthConfig {
     pub chain_check_interval: Duration,
     /// An upstream more than this many blocks behind the chain head serves no request that
     /// depends on the latest state until it catches up. Default: unset, the blocks the chain
-    /// makes in one `probe_interval`, at least 1 (see [`crate::pool::Chain::max_lag`]).
+    /// makes in one `probe_interval`, at least 1 (see [`crate::state::pool::Chain::max_lag`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_lag_blocks: Option<u64>,
     /// An upstream whose head has not moved for this long while the chain head moved is stale
@@ -337,7 +339,7 @@ impl Default for HealthConfig {
     }
 }
 
-/// `[chains.<name>.methods]`: the method policy (see [`crate::policy`]).
+/// `[chains.<name>.methods]`: the method policy (see [`crate::method::policy`]).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MethodsConfig {
@@ -345,7 +347,7 @@ pub struct MethodsConfig {
     /// it. Default `["*"]`.
     pub allow: Vec<String>,
     /// Glob patterns of methods refused with `-32601` (never sent upstream). Default:
-    /// [`crate::policy::DEFAULT_DENY`].
+    /// [`crate::method::policy::DEFAULT_DENY`].
     pub deny: Vec<String>,
     /// Glob patterns of methods detour does not know that are reads (safe to hedge and to
     /// retry on another upstream). A method detour does not know is otherwise sent to one
@@ -357,7 +359,7 @@ impl Default for MethodsConfig {
     fn default() -> Self {
         Self {
             allow: vec!["*".into()],
-            deny: crate::policy::DEFAULT_DENY
+            deny: crate::method::policy::DEFAULT_DENY
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
@@ -623,12 +625,12 @@ impl Config {
             }
         }
         if let Some(tls) = &s.tls {
-            if let Err((at, why)) = crate::tls::load(tls) {
+            if let Err((at, why)) = crate::config::tls::load(tls) {
                 bad(at.into(), why);
             }
         }
         if let Some(file) = &self.client.ca_file {
-            if let Err(why) = crate::tls::extra_roots(file) {
+            if let Err(why) = crate::config::tls::extra_roots(file) {
                 bad("client.ca_file".into(), why);
             }
         }
@@ -749,7 +751,7 @@ impl Config {
                         format!("\"{}\" is used twice in chains.{name}", up.name),
                     );
                 }
-                if let Err(why) = crate::upstream::Target::parse(&up.url) {
+                if let Err(why) = crate::state::upstream::Target::parse(&up.url) {
                     bad(format!("{at}.url"), why);
                 }
                 if up.weight == 0 {
@@ -802,7 +804,7 @@ impl Config {
         }
         for chain in c.chains.values_mut() {
             for up in &mut chain.upstreams {
-                up.url = crate::upstream::redact_url(&up.url);
+                up.url = crate::state::upstream::redact_url(&up.url);
                 for v in up.headers.values_mut() {
                     *v = "***".into();
                 }

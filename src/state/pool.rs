@@ -3,7 +3,7 @@
 //! The service holds the current [`Pool`] behind an `ArcSwap`: a request loads it once and keeps
 //! that snapshot to the end, so a reload never changes the ground under a request in flight.
 //! [`Pool::new`] with a previous pool hands every upstream with the same chain, name and URL its
-//! old [`LiveState`](crate::upstream::LiveState), so latency history, heads and cool-downs
+//! old [`LiveState`](crate::state::upstream::LiveState), so latency history, heads and cool-downs
 //! survive a reload (also one that only re-weights or re-tiers it).
 
 use std::collections::HashMap;
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::config::{Config, ConfigError, HealthConfig, HedgeConfig};
-use crate::upstream::{Upstream, CHAIN_OK};
+use crate::state::upstream::{Upstream, CHAIN_OK};
 
 /// The lag allowance in blocks until a chain's block time is known.
 pub const DEFAULT_MAX_LAG: u64 = 5;
@@ -24,7 +24,7 @@ pub struct Pool {
     /// The TLS server configuration when `[server.tls]` is set (files read at load).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Per-client rate limits, when configured (kept across reloads while unchanged).
-    pub rate_limits: Option<Arc<crate::access::RateLimits>>,
+    pub rate_limits: Option<Arc<crate::proxy::access::RateLimits>>,
     /// The validated configuration this snapshot was built from.
     pub config: Arc<Config>,
     /// The chains, in configuration order (sorted by name).
@@ -63,9 +63,9 @@ pub struct Chain {
     /// Chain-wide live state, shared across reloads while the chain id is unchanged.
     pub state: Arc<ChainState>,
     /// Cached metric handles.
-    pub metrics: crate::metrics::ChainMetrics,
+    pub metrics: crate::state::metrics::ChainMetrics,
     /// Which methods the chain serves.
-    pub policy: crate::policy::MethodPolicy,
+    pub policy: crate::method::policy::MethodPolicy,
     /// Some upstream lists methods it does not serve.
     pub any_unsupported: bool,
     /// Glob patterns of methods detour does not know that the configuration declares reads.
@@ -263,7 +263,10 @@ impl Pool {
                 broadcast_raw_transactions: cc.broadcast_raw_transactions,
                 state: prev_chain.map(|c| c.state.clone()).unwrap_or_default(),
                 metrics: Default::default(),
-                policy: crate::policy::MethodPolicy::new(&cc.methods.allow, &cc.methods.deny),
+                policy: crate::method::policy::MethodPolicy::new(
+                    &cc.methods.allow,
+                    &cc.methods.deny,
+                ),
                 any_unsupported: cc
                     .upstreams
                     .iter()
@@ -272,16 +275,18 @@ impl Pool {
             });
         }
         let tls = match &config.server.tls {
-            Some(t) => Some(crate::tls::load(t).map_err(|(at, why)| ConfigError {
-                problems: vec![(at.to_string(), why)],
-            })?),
+            Some(t) => Some(
+                crate::config::tls::load(t).map_err(|(at, why)| ConfigError {
+                    problems: vec![(at.to_string(), why)],
+                })?,
+            ),
             None => None,
         };
         let rate_limits = config.server.rate_limit.map(|quota| {
             previous
                 .and_then(|p| p.rate_limits.clone())
                 .filter(|r| r.quota() == quota)
-                .unwrap_or_else(|| Arc::new(crate::access::RateLimits::new(quota)))
+                .unwrap_or_else(|| Arc::new(crate::proxy::access::RateLimits::new(quota)))
         });
         Ok(Pool {
             tls,
@@ -373,11 +378,11 @@ impl Chain {
     /// it (hedges, retries after a timeout): known reads, and methods `methods.reads` declares.
     #[inline]
     pub fn may_repeat(&self, method: &str) -> bool {
-        match crate::route::method_kind(method) {
-            crate::route::MethodKind::Unknown => self
+        match crate::method::route::method_kind(method) {
+            crate::method::route::MethodKind::Unknown => self
                 .declared_reads
                 .iter()
-                .any(|p| crate::policy::glob(p, method)),
+                .any(|p| crate::method::policy::glob(p, method)),
             kind => kind.may_repeat(),
         }
     }

@@ -5,9 +5,9 @@
 //! Safety, per call:
 //! - A read is retried after any provider trouble: connect failure, timeout, broken connection,
 //!   HTTP 429/5xx, a body that is not JSON-RPC, or a JSON-RPC error the taxonomy
-//!   ([`crate::classify`]) calls the provider's trouble.
-//! - A write ([`MethodKind::Write`](crate::route::MethodKind::Write)), or a method detour does not know
-//!   ([`MethodKind::Unknown`](crate::route::MethodKind::Unknown), unless `methods.reads` declares it a read), is retried only when
+//!   ([`crate::rpc::classify`]) calls the provider's trouble.
+//! - A write ([`MethodKind::Write`](crate::method::route::MethodKind::Write)), or a method detour does not know
+//!   ([`MethodKind::Unknown`](crate::method::route::MethodKind::Unknown), unless `methods.reads` declares it a read), is retried only when
 //!   the failure proves the upstream never acted on it (connect, DNS or TLS failure, HTTP 429,
 //!   or a JSON-RPC error that declines it: method not served there, rate limited). Any other
 //!   failure is reported to the client, never resent. These are never hedged.
@@ -41,15 +41,15 @@ use http::StatusCode;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
-use crate::balance::{self, Want};
-use crate::classify::{self, Class, Penalty};
-use crate::error::{self, AttemptNote};
-use crate::forward::{self, Failure, Forwarder, Reply};
-use crate::jsonrpc::{self, Call};
-use crate::metrics::{AttemptOutcome, Metrics};
-use crate::pool::Chain;
-use crate::route::{self, Need};
-use crate::upstream::{now_us, us_at, Upstream};
+use crate::client::forward::{self, Failure, Forwarder, Reply};
+use crate::method::route::{self, Need};
+use crate::rpc::classify::{self, Class, Penalty};
+use crate::rpc::error::{self, AttemptNote};
+use crate::rpc::jsonrpc::{self, Call};
+use crate::select::balance::{self, Want};
+use crate::state::metrics::{AttemptOutcome, Metrics};
+use crate::state::pool::Chain;
+use crate::state::upstream::{now_us, us_at, Upstream};
 
 /// The answer to one call: raw JSON of a result or of an error object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -800,7 +800,7 @@ fn block_number(chain: &Chain, ui: usize, raw: Bytes, now: u64) -> Bytes {
     chain.observe_head(ui, now, n);
     // Only upstreams verified to be on this chain feed the number answers never go below;
     // an unverified one's answer is lifted to it like any other.
-    let served = if chain.upstreams[ui].state.chain_check() == crate::upstream::CHAIN_OK {
+    let served = if chain.upstreams[ui].state.chain_check() == crate::state::upstream::CHAIN_OK {
         chain.state.monotonic_block(n)
     } else {
         n.max(chain.state.served_block())
@@ -813,14 +813,14 @@ fn block_number(chain: &Chain, ui: usize, raw: Bytes, now: u64) -> Bytes {
 }
 
 fn is_already_known(error: &[u8]) -> bool {
-    crate::rawtx::already_known(&crate::error::RpcError::from_object(error).message)
+    crate::failover::rawtx::already_known(&crate::rpc::error::RpcError::from_object(error).message)
 }
 
 /// The hash of the raw transaction in an `eth_sendRawTransaction` call, as a JSON string.
 fn tx_hash(call: &Call<'_>) -> Option<Bytes> {
     let params: Vec<&str> = serde_json::from_str(call.params?.get()).ok()?;
-    let hash = crate::rawtx::hash(params.first()?)?;
-    Some(Bytes::from(crate::rawtx::hash_json(&hash)))
+    let hash = crate::failover::rawtx::hash(params.first()?)?;
+    Some(Bytes::from(crate::failover::rawtx::hash_json(&hash)))
 }
 
 /// Which failure of a multi-chunk attempt decides the upstream's health.
@@ -929,7 +929,7 @@ fn record_health(
 }
 
 fn describe_rpc_error(up: &Upstream, error: &[u8]) -> String {
-    let e = crate::error::RpcError::from_object(error);
+    let e = crate::rpc::error::RpcError::from_object(error);
     up.redact(&format!("JSON-RPC error {}: {}", e.code, e.message))
 }
 
@@ -1072,7 +1072,8 @@ mod tests {
         let with_liar =
             toml("[[chains.c.upstreams]]\nname = \"liar\"\nurl = \"http://127.0.0.1:2\"\n");
         let pool =
-            crate::pool::Pool::new(crate::Config::from_toml(&with_liar).unwrap(), None).unwrap();
+            crate::state::pool::Pool::new(crate::Config::from_toml(&with_liar).unwrap(), None)
+                .unwrap();
         let c = &pool.chains[0];
         let at = |ui: usize| {
             c.upstreams
@@ -1098,9 +1099,11 @@ mod tests {
         c.upstreams[liar].state.record_chain_id(5, 1, 1);
         assert_eq!(answer(liar, "0xffffffffff", 6), "\"0xffffffffff\"");
         assert_eq!(answer(good, "0x12", 7), "\"0xffffffffff\"");
-        let reloaded =
-            crate::pool::Pool::new(crate::Config::from_toml(&toml("")).unwrap(), Some(&pool))
-                .unwrap();
+        let reloaded = crate::state::pool::Pool::new(
+            crate::Config::from_toml(&toml("")).unwrap(),
+            Some(&pool),
+        )
+        .unwrap();
         let c2 = &reloaded.chains[0];
         c2.recompute_head(8);
         let good2 = Bytes::from_static(b"\"0x12\"");

@@ -21,8 +21,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::TypedMetric;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::pool::Pool;
-use crate::upstream::now_us;
+use crate::state::pool::Pool;
+use crate::state::upstream::now_us;
 
 /// Methods that get their own `method` label value, sorted (binary search); others are `other`.
 pub const KNOWN_METHODS: &[&str] = &[
@@ -471,7 +471,7 @@ impl Collector for LiveState {
                     ("chain", chain.name.to_string()),
                     ("upstream", up.name.to_string()),
                 ];
-                let active = crate::admin::states(chain, i, now);
+                let active = crate::proxy::admin::states(chain, i, now);
                 for s in STATES {
                     let on = if *s == "healthy" {
                         active.is_empty()

@@ -2,9 +2,9 @@
 //!
 //! HTTPS upstreams go through hyper-util's pooled client (TLS, ALPN, HTTP/2). Plain-HTTP
 //! upstreams — self-hosted nodes, sidecars, the other side of a private network — use this
-//! smaller pool of [`crate::h1`] connections, which does the same job with less work per
+//! smaller pool of [`crate::client::h1`] connections, which does the same job with less work per
 //! request: it belongs to the upstream (no host key to hash, no shared map to lock), a checkout
-//! is a pop from a stack, and the connection goes back when [`crate::forward`] has read the
+//! is a pop from a stack, and the connection goes back when [`crate::client::forward`] has read the
 //! answer to its end, so no task has to be spawned to return it later. Profiling showed
 //! hyper-util's checkout, return and per-request return task at about 8% of the instructions of
 //! a proxied request.
@@ -22,7 +22,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::h1::Conn;
+use crate::client::h1::Conn;
 
 /// Idle connections at the top of the stack that keep their read buffers.
 const WARM: usize = 16;

@@ -1,7 +1,7 @@
 //! Errors, and the one place where a failure becomes a JSON-RPC error object for a client.
 //!
 //! Every message built here names upstreams by their configured name only; the reasons come
-//! from [`crate::forward::Failure`] texts, which were already passed through the upstream's
+//! from [`crate::client::forward::Failure`] texts, which were already passed through the upstream's
 //! redaction, so no URL, key or header value can reach a client.
 
 use std::fmt;
@@ -9,7 +9,7 @@ use std::fmt;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::jsonrpc::{self, INTERNAL_ERROR};
+use crate::rpc::jsonrpc::{self, INTERNAL_ERROR};
 
 /// One failed attempt, for the client's error and the logs.
 #[derive(Debug, Clone)]
@@ -64,8 +64,12 @@ pub fn write_not_retried(method: &str, note: &AttemptNote) -> Bytes {
 
 /// The error object for a method the chain's policy refuses: `-32601`, naming the method, the
 /// rule and how to open it up.
-pub fn method_refused(chain: &str, method: &str, refusal: &crate::policy::Refusal) -> Bytes {
-    use crate::policy::Refusal;
+pub fn method_refused(
+    chain: &str,
+    method: &str,
+    refusal: &crate::method::policy::Refusal,
+) -> Bytes {
+    use crate::method::policy::Refusal;
     let (why, rule) = match refusal {
         Refusal::Denied(rule) => (
             format!("denied by chains.{chain}.methods.deny pattern {rule:?}"),

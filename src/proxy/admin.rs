@@ -17,12 +17,12 @@ use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::access::constant_time_eq;
 use crate::config::{Config, ConfigError};
-use crate::service::{wants_html, Detour, Reloaded};
+use crate::proxy::access::constant_time_eq;
+use crate::proxy::service::{wants_html, Detour, Reloaded};
 
-use crate::pool::{Chain, Pool};
-use crate::upstream::{now_us, Upstream, CHAIN_OK, CHAIN_UNKNOWN, CHAIN_WRONG};
+use crate::state::pool::{Chain, Pool};
+use crate::state::upstream::{now_us, Upstream, CHAIN_OK, CHAIN_UNKNOWN, CHAIN_WRONG};
 
 /// Every state an upstream is in now, most important first; empty means healthy.
 ///
@@ -112,7 +112,7 @@ pub fn status(pool: &Pool) -> Value {
                 "paths": c.paths,
                 "ready": c.ready(now),
                 "head": head,
-                "probe_interval_ms": crate::health::probe_interval(c, now).as_millis() as u64,
+                "probe_interval_ms": crate::ops::health::probe_interval(c, now).as_millis() as u64,
                 "max_lag_blocks": c.max_lag(),
                 "block_time_ms": c.state.block_time().map(|t| t.as_millis() as u64),
                 "regions": c.regions.iter().filter(|r| r.labelled).map(|r| json!({

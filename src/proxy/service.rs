@@ -21,17 +21,19 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use crate::access;
+use crate::client::dns::Resolver;
+use crate::client::forward::Forwarder;
 use crate::config::{Config, ConfigError};
-use crate::dns::Resolver;
-use crate::error::RpcError;
-use crate::forward::Forwarder;
-use crate::jsonrpc::{self, Call, Entry, Parsed, INVALID_REQUEST, PARSE_ERROR, RESOURCE_NOT_FOUND};
-use crate::metrics::{Metrics, Outcome};
-use crate::pool::{Chain, Pool};
-use crate::retry::{failover_from, Answer, Indices, PerCall};
-use crate::route::{method_kind, MethodKind};
-use crate::upstream::{now_us, us_at};
+use crate::failover::retry::{failover_from, Answer, Indices, PerCall};
+use crate::method::route::{method_kind, MethodKind};
+use crate::proxy::access;
+use crate::rpc::error::RpcError;
+use crate::rpc::jsonrpc::{
+    self, Call, Entry, Parsed, INVALID_REQUEST, PARSE_ERROR, RESOURCE_NOT_FOUND,
+};
+use crate::state::metrics::{Metrics, Outcome};
+use crate::state::pool::{Chain, Pool};
+use crate::state::upstream::{now_us, us_at};
 use smallvec::SmallVec;
 
 /// The response body type of [`Detour`]'s service.
@@ -83,7 +85,7 @@ impl Detour {
 
     /// Like [`Detour::new`], resolving upstream hostnames with `resolver` (tests use a stub).
     pub fn with_resolver(config: Config, resolver: Resolver) -> Result<Detour, ConfigError> {
-        let tls = crate::tls::upstream_config(config.client.ca_file.as_deref())
+        let tls = crate::config::tls::upstream_config(config.client.ca_file.as_deref())
             .map_err(|(at, why)| ConfigError::one(at, why))?;
         let forwarder = Forwarder::new(&config.client, resolver, tls);
         let pool = Arc::new(ArcSwap::from_pointee(Pool::new(config, None)?));
@@ -113,7 +115,7 @@ impl Detour {
             return;
         }
         let weak = Arc::downgrade(&self.inner.pool);
-        tokio::spawn(crate::health::run(weak, self.inner.forwarder.clone()));
+        tokio::spawn(crate::ops::health::run(weak, self.inner.forwarder.clone()));
     }
 
     /// Marks the proxy as shutting down: `/readyz` answers 503 from now on (requests are
@@ -124,7 +126,7 @@ impl Detour {
 
     /// The `/status` document (per chain and upstream: state, head, lag, latency, errors).
     pub fn status(&self) -> serde_json::Value {
-        let mut status = crate::admin::status(&self.pool());
+        let mut status = crate::proxy::admin::status(&self.pool());
         if let Some(last) = self.inner.last_reload.lock().ok().and_then(|l| l.clone()) {
             status["last_reload"] = last;
         }
@@ -312,7 +314,10 @@ impl Detour {
                 })
             }
             Some(Answer::Error(e)) => Err(RpcError::from_object(&e)),
-            None => Err(RpcError::from_object(&crate::error::all_failed(&[], false))),
+            None => Err(RpcError::from_object(&crate::rpc::error::all_failed(
+                &[],
+                false,
+            ))),
         }
     }
 
@@ -339,7 +344,7 @@ impl Detour {
                     .metrics
                     .call(m, &chain.name, &c.method, Outcome::Denied);
                 served.errors += 1;
-                Some(Answer::Error(crate::error::method_refused(
+                Some(Answer::Error(crate::rpc::error::method_refused(
                     &chain.name,
                     &c.method,
                     &refusal,
@@ -350,7 +355,7 @@ impl Detour {
                     MethodKind::NetVersion => Some(chain.net_version_json.clone()),
                     _ => None,
                 };
-                match local.map(|answer| (answer, crate::error::no_params(c.params))) {
+                match local.map(|answer| (answer, crate::rpc::error::no_params(c.params))) {
                     Some((answer, Ok(()))) => {
                         chain.metrics.call(m, &chain.name, &c.method, Outcome::Ok);
                         Some(Answer::Result(answer))
@@ -421,7 +426,7 @@ impl Detour {
         }
         let mut out = PerCall::with_capacity(answers.len());
         for a in answers {
-            out.push(a.unwrap_or_else(|| Answer::Error(crate::error::all_failed(&[], false))));
+            out.push(a.unwrap_or_else(|| Answer::Error(crate::rpc::error::all_failed(&[], false))));
         }
         out
     }

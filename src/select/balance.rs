@@ -22,7 +22,7 @@
 //! We do not reuse tower's balancer: it needs `&mut self` over a discovered set, while here many
 //! requests select concurrently from one shared, immutable snapshot whose state is atomics.
 
-use crate::pool::{Chain, Tier};
+use crate::state::pool::{Chain, Tier};
 
 /// Random probes within a tier (at most twice its size) before falling back to a scan.
 const PROBES: usize = 8;
@@ -181,7 +181,7 @@ fn sample(tier: &Tier) -> usize {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::pool::Pool;
+    use crate::state::pool::Pool;
     use std::time::Duration;
 
     fn pool(upstreams: &[(&str, u32, u32)]) -> Pool {

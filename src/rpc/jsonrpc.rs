@@ -17,7 +17,7 @@ use std::io::Write as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use crate::jsonscan::Scanner;
+use crate::rpc::jsonscan::Scanner;
 
 /// Invalid JSON was received.
 pub const PARSE_ERROR: i64 = -32700;
@@ -448,7 +448,7 @@ fn json_string_len(s: &str) -> usize {
 /// The length of what [`write_upstream_call`] writes, so the buffer can be sized exactly.
 pub fn upstream_call_len(id: usize, call: &Call<'_>) -> usize {
     br#"{"jsonrpc":"2.0","id":,"method":}"#.len()
-        + crate::h1::itoa_buf(id).len()
+        + crate::client::h1::itoa_buf(id).len()
         + json_string_len(&call.method)
         + call
             .params
@@ -463,7 +463,7 @@ pub fn upstream_call_len(id: usize, call: &Call<'_>) -> usize {
 /// be matched even when an upstream reorders a batch.
 pub fn write_upstream_call(out: &mut Vec<u8>, id: usize, call: &Call<'_>) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    out.extend_from_slice(&crate::h1::itoa_buf(id));
+    out.extend_from_slice(&crate::client::h1::itoa_buf(id));
     out.extend_from_slice(b",\"method\":");
     write_json_string(out, &call.method);
     if let Some(params) = call.params {

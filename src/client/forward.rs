@@ -2,7 +2,7 @@
 //!
 //! HTTPS upstreams share one pooled hyper-util client (HTTP/1.1 and HTTP/2 via ALPN, rustls
 //! with the webpki roots). Plain-HTTP upstreams use detour's own HTTP/1.1 connections
-//! ([`crate::h1`]), from a small pool each upstream owns ([`crate::conns`]), which costs less
+//! ([`crate::client::h1`]), from a small pool each upstream owns ([`crate::client::conns`]), which costs less
 //! per request.
 
 use std::error::Error as StdError;
@@ -18,10 +18,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpStream;
 
+use crate::client::dns::Resolver;
+use crate::client::h1;
 use crate::config::ClientConfig;
-use crate::dns::Resolver;
-use crate::h1;
-use crate::upstream::{PlainHttp, Upstream};
+use crate::state::upstream::{PlainHttp, Upstream};
 
 type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
 
@@ -111,7 +111,7 @@ pub struct Reply {
 
 impl Forwarder {
     /// Builds the shared client, resolving hostnames through `resolver` (cached, see
-    /// [`crate::dns`]).
+    /// [`crate::client::dns`]).
     pub fn new(config: &ClientConfig, resolver: Resolver, tls: rustls::ClientConfig) -> Forwarder {
         let resolver = resolver
             .with_settings(config.dns_refresh, config.dns_max_stale)

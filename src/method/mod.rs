@@ -1,0 +1,5 @@
+//! What a method is: its kind (answered locally, a write, a read), the block a call needs, and
+//! the policy that says which methods a chain serves.
+
+pub mod policy;
+pub mod route;

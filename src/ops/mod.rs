@@ -1,0 +1,3 @@
+//! Operating the proxy: background health probes.
+
+pub mod health;

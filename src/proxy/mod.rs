@@ -1,0 +1,6 @@
+//! The proxy as a service: the `tower::Service` (endpoints, responses, the access log), client
+//! access control, and the admin API.
+
+pub mod access;
+pub mod admin;
+pub mod service;

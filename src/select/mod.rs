@@ -1,0 +1,3 @@
+//! Choosing an upstream: tiers, fitness (lag, regions, quarantine), power of two choices.
+
+pub mod balance;
