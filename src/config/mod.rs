@@ -5,6 +5,7 @@
 //! configuration (it is compiled into the binary). `${VAR}` inside any string value is replaced by
 //! that environment variable while the file is read, so an error still names the file and the key.
 
+pub mod target;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -347,7 +348,7 @@ pub struct MethodsConfig {
     /// it. Default `["*"]`.
     pub allow: Vec<String>,
     /// Glob patterns of methods refused with `-32601` (never sent upstream). Default:
-    /// [`crate::method::policy::DEFAULT_DENY`].
+    /// [`DEFAULT_DENY`].
     pub deny: Vec<String>,
     /// Glob patterns of methods detour does not know that are reads (safe to hedge and to
     /// retry on another upstream). A method detour does not know is otherwise sent to one
@@ -355,14 +356,37 @@ pub struct MethodsConfig {
     pub reads: Vec<String>,
 }
 
+/// Methods denied unless the configuration says otherwise: node administration, the node's own
+/// keys and accounts, mining and consensus-engine control, mempool dumps, and dev-chain state
+/// manipulation.
+pub const DEFAULT_DENY: &[&str] = &[
+    "admin_*",
+    "personal_*",
+    "debug_*",
+    "miner_*",
+    "engine_*",
+    "txpool_*",
+    "clique_*",
+    "les_*",
+    "signer_*",
+    "parity_*",
+    "eth_sign",
+    "eth_signTransaction",
+    "eth_sendTransaction",
+    "eth_signTypedData",
+    "eth_signTypedData_v1",
+    "eth_signTypedData_v3",
+    "eth_signTypedData_v4",
+    "anvil_*",
+    "hardhat_*",
+    "evm_*",
+];
+
 impl Default for MethodsConfig {
     fn default() -> Self {
         Self {
             allow: vec!["*".into()],
-            deny: crate::method::policy::DEFAULT_DENY
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            deny: DEFAULT_DENY.iter().map(|s| s.to_string()).collect(),
             reads: Vec::new(),
         }
     }
@@ -751,7 +775,7 @@ impl Config {
                         format!("\"{}\" is used twice in chains.{name}", up.name),
                     );
                 }
-                if let Err(why) = crate::state::upstream::Target::parse(&up.url) {
+                if let Err(why) = target::Target::parse(&up.url) {
                     bad(format!("{at}.url"), why);
                 }
                 if up.weight == 0 {
@@ -804,7 +828,7 @@ impl Config {
         }
         for chain in c.chains.values_mut() {
             for up in &mut chain.upstreams {
-                up.url = crate::state::upstream::redact_url(&up.url);
+                up.url = target::redact_url(&up.url);
                 for v in up.headers.values_mut() {
                     *v = "***".into();
                 }

@@ -7,31 +7,11 @@
 //! answered by detour with `-32601` naming the method and the rule; it never reaches an
 //! upstream. Patterns are globs where `*` matches any run of characters.
 
-/// Methods denied unless the configuration says otherwise: node administration, the node's own
-/// keys and accounts, mining and consensus-engine control, mempool dumps, and dev-chain state
-/// manipulation.
-pub const DEFAULT_DENY: &[&str] = &[
-    "admin_*",
-    "personal_*",
-    "debug_*",
-    "miner_*",
-    "engine_*",
-    "txpool_*",
-    "clique_*",
-    "les_*",
-    "signer_*",
-    "parity_*",
-    "eth_sign",
-    "eth_signTransaction",
-    "eth_sendTransaction",
-    "eth_signTypedData",
-    "eth_signTypedData_v1",
-    "eth_signTypedData_v3",
-    "eth_signTypedData_v4",
-    "anvil_*",
-    "hardhat_*",
-    "evm_*",
-];
+pub use crate::config::DEFAULT_DENY;
+
+use bytes::Bytes;
+
+use crate::rpc::jsonrpc;
 
 /// Whether `name` matches `pattern` (`*` matches any run of characters, including none).
 pub fn glob(pattern: &str, name: &str) -> bool {
@@ -187,6 +167,37 @@ impl MethodPolicy {
             Err(Refusal::NotAllowed)
         }
     }
+}
+
+/// The error object for a method the chain's policy refuses: `-32601`, naming the method, the
+/// rule and how to open it up.
+pub fn method_refused(chain: &str, method: &str, refusal: &Refusal) -> Bytes {
+    let (why, rule) = match refusal {
+        Refusal::Denied(rule) => (
+            format!("denied by chains.{chain}.methods.deny pattern {rule:?}"),
+            rule.as_str(),
+        ),
+        Refusal::NotAllowed => (format!("not in chains.{chain}.methods.allow"), ""),
+    };
+    // The method name comes from the client: shown escaped and cut short.
+    let shown: String = method.chars().take(100).collect();
+    let message = format!(
+        "method {shown:?} is not available here: {why} (to open it up, list it by name in chains.{chain}.methods.allow)"
+    );
+    let data = format!(
+        "{{\"method\":{},\"policy\":{},\"rule\":{}}}",
+        jsonrpc::json_string(&shown),
+        jsonrpc::json_string(match refusal {
+            Refusal::Denied(_) => "deny",
+            Refusal::NotAllowed => "allow",
+        }),
+        jsonrpc::json_string(rule)
+    );
+    Bytes::from(jsonrpc::error_object(
+        jsonrpc::METHOD_NOT_FOUND,
+        &message,
+        Some(&data),
+    ))
 }
 
 #[cfg(test)]

@@ -1,3 +1,4 @@
-//! Operating the proxy: background health probes.
+//! Operating the proxy: background health probes and the `/status` document.
 
 pub mod health;
+pub mod status;

@@ -126,7 +126,7 @@ impl Detour {
 
     /// The `/status` document (per chain and upstream: state, head, lag, latency, errors).
     pub fn status(&self) -> serde_json::Value {
-        let mut status = crate::proxy::admin::status(&self.pool());
+        let mut status = crate::ops::status::status(&self.pool());
         if let Some(last) = self.inner.last_reload.lock().ok().and_then(|l| l.clone()) {
             status["last_reload"] = last;
         }
@@ -344,7 +344,7 @@ impl Detour {
                     .metrics
                     .call(m, &chain.name, &c.method, Outcome::Denied);
                 served.errors += 1;
-                Some(Answer::Error(crate::rpc::error::method_refused(
+                Some(Answer::Error(crate::method::policy::method_refused(
                     &chain.name,
                     &c.method,
                     &refusal,

@@ -62,42 +62,6 @@ pub fn write_not_retried(method: &str, note: &AttemptNote) -> Bytes {
     ))
 }
 
-/// The error object for a method the chain's policy refuses: `-32601`, naming the method, the
-/// rule and how to open it up.
-pub fn method_refused(
-    chain: &str,
-    method: &str,
-    refusal: &crate::method::policy::Refusal,
-) -> Bytes {
-    use crate::method::policy::Refusal;
-    let (why, rule) = match refusal {
-        Refusal::Denied(rule) => (
-            format!("denied by chains.{chain}.methods.deny pattern {rule:?}"),
-            rule.as_str(),
-        ),
-        Refusal::NotAllowed => (format!("not in chains.{chain}.methods.allow"), ""),
-    };
-    // The method name comes from the client: shown escaped and cut short.
-    let shown: String = method.chars().take(100).collect();
-    let message = format!(
-        "method {shown:?} is not available here: {why} (to open it up, list it by name in chains.{chain}.methods.allow)"
-    );
-    let data = format!(
-        "{{\"method\":{},\"policy\":{},\"rule\":{}}}",
-        jsonrpc::json_string(&shown),
-        jsonrpc::json_string(match refusal {
-            Refusal::Denied(_) => "deny",
-            Refusal::NotAllowed => "allow",
-        }),
-        jsonrpc::json_string(rule)
-    );
-    Bytes::from(jsonrpc::error_object(
-        jsonrpc::METHOD_NOT_FOUND,
-        &message,
-        Some(&data),
-    ))
-}
-
 fn attempts_data(notes: &[AttemptNote]) -> String {
     let mut data = String::from("{\"attempts\":[");
     for (i, n) in notes.iter().enumerate() {

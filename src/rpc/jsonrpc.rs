@@ -448,7 +448,7 @@ fn json_string_len(s: &str) -> usize {
 /// The length of what [`write_upstream_call`] writes, so the buffer can be sized exactly.
 pub fn upstream_call_len(id: usize, call: &Call<'_>) -> usize {
     br#"{"jsonrpc":"2.0","id":,"method":}"#.len()
-        + crate::client::h1::itoa_buf(id).len()
+        + itoa::Buffer::new().format(id).len()
         + json_string_len(&call.method)
         + call
             .params
@@ -463,7 +463,7 @@ pub fn upstream_call_len(id: usize, call: &Call<'_>) -> usize {
 /// be matched even when an upstream reorders a batch.
 pub fn write_upstream_call(out: &mut Vec<u8>, id: usize, call: &Call<'_>) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    out.extend_from_slice(&crate::client::h1::itoa_buf(id));
+    out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
     out.extend_from_slice(b",\"method\":");
     write_json_string(out, &call.method);
     if let Some(params) = call.params {

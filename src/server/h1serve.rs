@@ -285,7 +285,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         let len = if bodyless { 0 } else { body.len() };
         if !bodyless {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(&crate::client::h1::itoa_buf(len));
+            out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         if close {

@@ -471,7 +471,7 @@ impl Collector for LiveState {
                     ("chain", chain.name.to_string()),
                     ("upstream", up.name.to_string()),
                 ];
-                let active = crate::proxy::admin::states(chain, i, now);
+                let active = crate::state::status::states(chain, i, now);
                 for s in STATES {
                     let on = if *s == "healthy" {
                         active.is_empty()

@@ -4,4 +4,6 @@
 
 pub mod metrics;
 pub mod pool;
+pub mod ratelimit;
+pub mod status;
 pub mod upstream;

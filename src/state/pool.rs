@@ -24,7 +24,7 @@ pub struct Pool {
     /// The TLS server configuration when `[server.tls]` is set (files read at load).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Per-client rate limits, when configured (kept across reloads while unchanged).
-    pub rate_limits: Option<Arc<crate::proxy::access::RateLimits>>,
+    pub rate_limits: Option<Arc<crate::state::ratelimit::RateLimits>>,
     /// The validated configuration this snapshot was built from.
     pub config: Arc<Config>,
     /// The chains, in configuration order (sorted by name).
@@ -286,7 +286,7 @@ impl Pool {
             previous
                 .and_then(|p| p.rate_limits.clone())
                 .filter(|r| r.quota() == quota)
-                .unwrap_or_else(|| Arc::new(crate::proxy::access::RateLimits::new(quota)))
+                .unwrap_or_else(|| Arc::new(crate::state::ratelimit::RateLimits::new(quota)))
         });
         Ok(Pool {
             tls,
