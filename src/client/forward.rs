@@ -19,9 +19,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::client::dns::Resolver;
+use crate::client::endpoint::{Endpoint, PlainHttp};
 use crate::client::h1;
 use crate::config::ClientConfig;
-use crate::state::upstream::{PlainHttp, Upstream};
 
 type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
 
@@ -153,7 +153,7 @@ impl Forwarder {
     /// is treated as one that must not be sent twice (see [`Forwarder::send_from`]).
     pub async fn send(
         &self,
-        up: &Upstream,
+        up: &Endpoint,
         body: Bytes,
         timeout: Duration,
     ) -> Result<Reply, Failure> {
@@ -172,7 +172,7 @@ impl Forwarder {
     /// a connection used within the last [`WRITE_REUSE`].
     pub(crate) async fn send_from(
         &self,
-        up: &Upstream,
+        up: &Endpoint,
         body: Bytes,
         started: tokio::time::Instant,
         timeout: Duration,
@@ -186,7 +186,7 @@ impl Forwarder {
     /// (its value says what is probed) so upstream operators can tell probes from traffic.
     pub async fn send_probe(
         &self,
-        up: &Upstream,
+        up: &Endpoint,
         body: Bytes,
         timeout: Duration,
         what: &'static str,
@@ -200,7 +200,7 @@ impl Forwarder {
     /// [`Failure::Timeout`]).
     async fn exchange(
         &self,
-        up: &Upstream,
+        up: &Endpoint,
         body: Bytes,
         probe: Option<&'static str>,
         started: tokio::time::Instant,
@@ -230,7 +230,7 @@ impl Forwarder {
     /// An exchange through the shared hyper client (HTTPS, HTTP/2).
     async fn exchange_hyper(
         &self,
-        up: &Upstream,
+        up: &Endpoint,
         body: Bytes,
         probe: Option<&'static str>,
     ) -> Result<Reply, Failure> {
@@ -286,7 +286,7 @@ impl Forwarder {
     #[allow(clippy::too_many_arguments)]
     async fn exchange_plain(
         &self,
-        up: &Upstream,
+        up: &Endpoint,
         plain: &PlainHttp,
         body: &[u8],
         probe: Option<&'static str>,
@@ -295,9 +295,9 @@ impl Forwarder {
         repeatable: bool,
     ) -> Result<Reply, Failure> {
         let reused = if repeatable {
-            up.state.conns.checkout(started, self.pool_idle_timeout)
+            up.conns.checkout(started, self.pool_idle_timeout)
         } else {
-            up.state.conns.checkout_recent(started, WRITE_REUSE)
+            up.conns.checkout_recent(started, WRITE_REUSE)
         };
         let fresh = reused.is_none();
         let mut conn = match reused {
@@ -334,7 +334,7 @@ impl Forwarder {
             Ok(answer) => {
                 if answer.reusable {
                     let (max_idle, idle_timeout) = (self.pool_max_idle, self.pool_idle_timeout);
-                    up.state.conns.put(conn, started, max_idle, idle_timeout);
+                    up.conns.put(conn, started, max_idle, idle_timeout);
                 }
                 Ok(Reply {
                     status: answer.status,
@@ -358,7 +358,7 @@ impl Forwarder {
 
     /// A new HTTP/1.1 connection to a plain-HTTP upstream: resolve (through the caching
     /// resolver) and connect within `client.connect_timeout`.
-    async fn connect_plain(&self, up: &Upstream, plain: &PlainHttp) -> Result<h1::Conn, Failure> {
+    async fn connect_plain(&self, up: &Endpoint, plain: &PlainHttp) -> Result<h1::Conn, Failure> {
         let connect = async {
             let ips = match plain.host.parse::<IpAddr>() {
                 Ok(ip) => vec![ip],
@@ -398,7 +398,7 @@ fn root_cause(e: &(dyn StdError + 'static)) -> String {
     cur.to_string()
 }
 
-fn describe_client_error(up: &Upstream, e: &hyper_util::client::legacy::Error) -> Failure {
+fn describe_client_error(up: &Endpoint, e: &hyper_util::client::legacy::Error) -> Failure {
     let (mut io_kind, mut tls) = (None, false);
     let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = cur {

@@ -3,5 +3,6 @@
 
 pub(crate) mod conns;
 pub mod dns;
+pub mod endpoint;
 pub mod forward;
 pub(crate) mod h1;

@@ -947,7 +947,7 @@ async fn attempt(
     let body = upstream_body(calls, chunk);
     let _in_flight = up.state.start();
     let reply = fwd
-        .send_from(up, body, started, timeout, repeatable)
+        .send_from(&up.endpoint, body, started, timeout, repeatable)
         .await?;
     read_reply(&reply, chunk)
 }
@@ -961,7 +961,7 @@ async fn send(
 ) -> (Duration, Result<Reply, Failure>) {
     let _in_flight = up.state.start();
     let started = Instant::now();
-    let result = fwd.send(up, body, timeout).await;
+    let result = fwd.send(&up.endpoint, body, timeout).await;
     (started.elapsed(), result)
 }
 

@@ -235,7 +235,7 @@ async fn ask(
 ) -> Result<u64, ProbeError> {
     let what = if body == CHAIN_ID { "chain-id" } else { "head" };
     let reply = fwd
-        .send_probe(up, Bytes::from_static(body), timeout, what)
+        .send_probe(&up.endpoint, Bytes::from_static(body), timeout, what)
         .await
         .map_err(ProbeError::Failure)?;
     if !reply.status.is_success() {

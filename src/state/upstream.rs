@@ -8,10 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Re
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
-use http::Uri;
-
+use crate::client::endpoint::Endpoint;
 use crate::config::target::Target;
 use crate::config::UpstreamConfig;
 
@@ -75,10 +72,6 @@ pub struct Upstream {
     /// Index of its failure domain in [`Chain::regions`](crate::state::pool::Chain::regions); an
     /// upstream without a `region` label is a domain of its own.
     pub region_id: usize,
-    /// Where requests go.
-    pub uri: Uri,
-    /// Headers sent with every request: content type, user agent, credentials, configured ones.
-    pub headers: HeaderMap,
     /// The URL with secrets masked, for display.
     pub display_url: String,
     /// Splits larger batches into chunks of at most this many calls.
@@ -87,66 +80,14 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Glob patterns of methods it does not serve.
     pub unsupported_methods: Vec<String>,
-    /// Everything that must be masked in messages about this upstream.
-    secrets: Vec<String>,
     /// The configuration this was built from, to recognise it across reloads.
     pub config: UpstreamConfig,
     /// Live state, shared across reloads while the upstream is unchanged.
     pub state: Arc<LiveState>,
     /// Cached metric handles.
     pub metrics: crate::state::metrics::UpstreamMetrics,
-    /// For a plain-`http://` URL: where detour's own connection pool connects and what it sends.
-    pub(crate) plain: Option<PlainHttp>,
-}
-
-/// How requests to a plain-HTTP upstream are addressed (see [`crate::client::conns`]).
-#[derive(Clone)]
-pub(crate) struct PlainHttp {
-    /// The host to resolve (or an IP literal, without brackets).
-    pub host: Box<str>,
-    /// The TCP port (80 when the URL names none).
-    pub port: u16,
-    /// The request target in origin form: path and query.
-    pub origin: Uri,
-    /// The request line and the upstream's headers, as sent (see [`crate::client::h1`]). It may hold
-    /// credentials: never printed.
-    pub head: Bytes,
-}
-
-impl std::fmt::Debug for PlainHttp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PlainHttp")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("head_bytes", &self.head.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl PlainHttp {
-    /// Where a plain-HTTP URL's requests go, and the `Host` header they carry (the host, and
-    /// the port when not 80); `None` for HTTPS.
-    fn of(uri: &Uri) -> Option<(PlainHttp, HeaderValue)> {
-        if uri.scheme_str() != Some("http") {
-            return None;
-        }
-        let authority = uri.authority()?;
-        let host = authority.host();
-        let origin = Uri::from(uri.path_and_query()?.clone());
-        // The authority has no userinfo here (Target::parse strips it).
-        let host_header = HeaderValue::from_str(match authority.port_u16() {
-            Some(80) => host,
-            _ => authority.as_str(),
-        })
-        .ok()?;
-        let plain = PlainHttp {
-            host: host.trim_start_matches('[').trim_end_matches(']').into(),
-            port: authority.port_u16().unwrap_or(80),
-            origin,
-            head: Bytes::new(),
-        };
-        Some((plain, host_header))
-    }
+    /// Where requests go and what they carry, as the client sees it.
+    pub endpoint: Endpoint,
 }
 
 impl Upstream {
@@ -157,69 +98,35 @@ impl Upstream {
         state: Option<Arc<LiveState>>,
     ) -> Result<Upstream, String> {
         let target = Target::parse(&config.url).map_err(|why| format!("url {why}"))?;
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(
-            http::header::ACCEPT,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(
-            USER_AGENT,
-            HeaderValue::from_static(concat!("detour/", env!("CARGO_PKG_VERSION"))),
-        );
-        if let Some(auth) = target.authorization {
-            headers.insert(AUTHORIZATION, auth);
-        }
-        let mut secrets = target.secrets;
-        for (k, v) in &config.headers {
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| format!("header name {k:?} is invalid"))?;
-            let mut value =
-                HeaderValue::from_str(v).map_err(|_| format!("header {k} has an invalid value"))?;
-            value.set_sensitive(true);
-            headers.insert(name, value);
-            if v.len() >= 4 {
-                secrets.push(v.clone());
-            }
-        }
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        let plain = PlainHttp::of(&target.uri).map(|(mut plain, host)| {
-            // Sent on every request to a plain-HTTP upstream (configuration cannot set it);
-            // built once here rather than added to each request.
-            headers.entry(http::header::HOST).or_insert(host);
-            let target = plain.origin.path_and_query().map_or("/", |p| p.as_str());
-            plain.head = crate::client::h1::request_head(target, &headers);
-            plain
-        });
+        let state = state.unwrap_or_default();
+        let endpoint = Endpoint::new(
+            config.name.as_str().into(),
+            target.uri,
+            target.authorization,
+            target.secrets,
+            &config.headers,
+            state.conns.clone(),
+        )?;
         Ok(Upstream {
             name: config.name.as_str().into(),
             tier: config.tier,
             weight: config.weight.max(1),
             region: config.region.as_deref().map(Into::into),
             region_id: 0,
-            headers,
             display_url: target.display,
             max_batch_len: config.max_batch_len,
             timeout: config.timeout.unwrap_or(default_timeout),
             unsupported_methods: config.unsupported_methods.clone(),
-            secrets,
             config: config.clone(),
-            state: state.unwrap_or_default(),
+            state,
             metrics: Default::default(),
-            plain,
-            uri: target.uri,
+            endpoint,
         })
     }
 
     /// `text` with every secret of this upstream replaced by `***`.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for s in &self.secrets {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), "***");
-            }
-        }
-        out
+        self.endpoint.redact(text)
     }
 
     /// Whether new requests may be sent here now (not cooling down).
@@ -407,7 +314,7 @@ pub struct LiveState {
     /// The last failure, redacted, for the status page (taken only when something fails).
     last_error: Mutex<Option<String>>,
     /// Idle keep-alive connections (plain-HTTP upstreams; see [`crate::client::conns`]).
-    pub(crate) conns: crate::client::conns::Conns,
+    pub(crate) conns: Arc<crate::client::conns::Conns>,
 }
 
 impl Default for LiveState {
@@ -851,7 +758,7 @@ mod tests {
             !msg.contains("0123456789abcdef") && !msg.contains("HEADERKEY"),
             "{msg}"
         );
-        assert!(up.headers["x-api-key"].is_sensitive());
+        assert!(up.endpoint.headers["x-api-key"].is_sensitive());
     }
 
     #[test]
