@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use http::Uri;
 
-use crate::client::conns::Conns;
 use crate::client::h1;
+use crate::client::idle::IdleConns;
 
 /// One upstream as the client sees it.
 #[derive(Debug)]
@@ -27,7 +27,7 @@ pub struct Endpoint {
     secrets: Vec<String>,
     /// Idle keep-alive connections (plain-HTTP upstreams), shared across reloads with the
     /// upstream's live state.
-    pub(crate) conns: Arc<Conns>,
+    pub(crate) idle: Arc<IdleConns>,
 }
 
 impl Endpoint {
@@ -39,7 +39,7 @@ impl Endpoint {
         authorization: Option<HeaderValue>,
         secrets: Vec<String>,
         config_headers: &BTreeMap<String, String>,
-        conns: Arc<Conns>,
+        idle: Arc<IdleConns>,
     ) -> Result<Endpoint, String> {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -81,7 +81,7 @@ impl Endpoint {
             headers,
             plain,
             secrets,
-            conns,
+            idle,
         })
     }
 
@@ -97,7 +97,7 @@ impl Endpoint {
     }
 }
 
-/// How requests to a plain-HTTP upstream are addressed (see [`crate::client::conns`]).
+/// How requests to a plain-HTTP upstream are addressed (see [`crate::client::idle`]).
 #[derive(Clone)]
 pub(crate) struct PlainHttp {
     /// The host to resolve (or an IP literal, without brackets).

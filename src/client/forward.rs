@@ -2,7 +2,7 @@
 //!
 //! HTTPS upstreams share one pooled hyper-util client (HTTP/1.1 and HTTP/2 via ALPN, rustls
 //! with the webpki roots). Plain-HTTP upstreams use detour's own HTTP/1.1 connections
-//! ([`crate::client::h1`]), from a small pool each upstream owns ([`crate::client::conns`]), which costs less
+//! ([`crate::client::h1`]), from a small pool each upstream owns ([`crate::client::idle`]), which costs less
 //! per request.
 
 use std::error::Error as StdError;
@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use crate::client::dns::Resolver;
 use crate::client::endpoint::{Endpoint, PlainHttp};
 use crate::client::h1;
+use crate::client::UpstreamReply;
 use crate::config::ClientConfig;
 
 type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
@@ -98,17 +99,6 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// An HTTP answer from an upstream.
-#[derive(Debug)]
-pub struct Reply {
-    /// The status code.
-    pub status: StatusCode,
-    /// The response headers.
-    pub headers: HeaderMap,
-    /// The whole body.
-    pub body: Bytes,
-}
-
 impl Forwarder {
     /// Builds the shared client, resolving hostnames through `resolver` (cached, see
     /// [`crate::client::dns`]).
@@ -156,7 +146,7 @@ impl Forwarder {
         up: &Endpoint,
         body: Bytes,
         timeout: Duration,
-    ) -> Result<Reply, Failure> {
+    ) -> Result<UpstreamReply, Failure> {
         self.send_from(up, body, tokio::time::Instant::now(), timeout, false)
             .await
     }
@@ -177,7 +167,7 @@ impl Forwarder {
         started: tokio::time::Instant,
         timeout: Duration,
         repeatable: bool,
-    ) -> Result<Reply, Failure> {
+    ) -> Result<UpstreamReply, Failure> {
         self.exchange(up, body, None, started, started + timeout, repeatable)
             .await
     }
@@ -190,7 +180,7 @@ impl Forwarder {
         body: Bytes,
         timeout: Duration,
         what: &'static str,
-    ) -> Result<Reply, Failure> {
+    ) -> Result<UpstreamReply, Failure> {
         let now = tokio::time::Instant::now();
         self.exchange(up, body, Some(what), now, now + timeout, true)
             .await
@@ -206,7 +196,7 @@ impl Forwarder {
         started: tokio::time::Instant,
         deadline: tokio::time::Instant,
         repeatable: bool,
-    ) -> Result<Reply, Failure> {
+    ) -> Result<UpstreamReply, Failure> {
         match &up.plain {
             // Timed by the connection's own lazy timer (see `h1::Conn::exchange`).
             Some(plain) => {
@@ -233,7 +223,7 @@ impl Forwarder {
         up: &Endpoint,
         body: Bytes,
         probe: Option<&'static str>,
-    ) -> Result<Reply, Failure> {
+    ) -> Result<UpstreamReply, Failure> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
         *req.headers_mut() = up.headers.clone();
@@ -272,7 +262,7 @@ impl Forwarder {
                 }
             })?
             .to_bytes();
-        Ok(Reply {
+        Ok(UpstreamReply {
             status: parts.status,
             headers: parts.headers,
             body,
@@ -293,11 +283,11 @@ impl Forwarder {
         started: std::time::Instant,
         deadline: tokio::time::Instant,
         repeatable: bool,
-    ) -> Result<Reply, Failure> {
+    ) -> Result<UpstreamReply, Failure> {
         let reused = if repeatable {
-            up.conns.checkout(started, self.pool_idle_timeout)
+            up.idle.checkout(started, self.pool_idle_timeout)
         } else {
-            up.conns.checkout_recent(started, WRITE_REUSE)
+            up.idle.checkout_recent(started, WRITE_REUSE)
         };
         let fresh = reused.is_none();
         let mut conn = match reused {
@@ -331,16 +321,12 @@ impl Forwarder {
                 .await;
         }
         match result {
-            Ok(answer) => {
-                if answer.reusable {
+            Ok(h1::Exchanged { reply, reusable }) => {
+                if reusable {
                     let (max_idle, idle_timeout) = (self.pool_max_idle, self.pool_idle_timeout);
-                    up.conns.put(conn, started, max_idle, idle_timeout);
+                    up.idle.put(conn, started, max_idle, idle_timeout);
                 }
-                Ok(Reply {
-                    status: answer.status,
-                    headers: answer.headers,
-                    body: answer.body,
-                })
+                Ok(reply)
             }
             Err(h1::Error::TooLarge) => Err(Failure::TooLarge(self.max_response_bytes)),
             Err(h1::Error::TimedOut) => Err(Failure::Timeout),

@@ -19,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::client::UpstreamReply;
+
 /// Response heads larger than this are refused.
 const MAX_HEAD: usize = 64 * 1024;
 /// Headers beyond this many make the response malformed.
@@ -50,14 +52,11 @@ pub(crate) struct Conn {
     timer: Option<Pin<Box<Sleep>>>,
 }
 
-/// A complete answer.
+/// A complete exchange: the upstream's reply, and whether the connection may carry another
+/// request.
 #[derive(Debug)]
-pub(crate) struct Answer {
-    pub status: StatusCode,
-    /// The headers, for non-2xx answers only (`Retry-After`); empty otherwise.
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    /// Whether the connection may carry another request.
+pub(crate) struct Exchanged {
+    pub reply: UpstreamReply,
     pub reusable: bool,
 }
 
@@ -179,7 +178,7 @@ impl Conn {
         body: &[u8],
         limit: usize,
         deadline: Instant,
-    ) -> Result<Answer, Error> {
+    ) -> Result<Exchanged, Error> {
         let mut timer = match self.timer.take() {
             Some(mut timer) => {
                 if timer.deadline() > deadline {
@@ -216,7 +215,7 @@ impl Conn {
         extra_header: Option<(&str, &str)>,
         body: &[u8],
         limit: usize,
-    ) -> Result<Answer, Error> {
+    ) -> Result<Exchanged, Error> {
         // The variable part of the head, on the stack (probe names and values are short
         // constants).
         let mut tail = [0u8; 256];
@@ -289,7 +288,7 @@ impl Conn {
         }
     }
 
-    async fn read_answer(&mut self, limit: usize) -> Result<Answer, Error> {
+    async fn read_answer(&mut self, limit: usize) -> Result<Exchanged, Error> {
         self.make_room();
         let mut got_any = false;
         loop {
@@ -354,10 +353,12 @@ impl Conn {
             if body.len() > KEEP_BUF || self.buf.capacity() > KEEP_BUF {
                 self.buf = BytesMut::new();
             }
-            return Ok(Answer {
-                status,
-                headers,
-                body,
+            return Ok(Exchanged {
+                reply: UpstreamReply {
+                    status,
+                    headers,
+                    body,
+                },
                 reusable,
             });
         }
@@ -688,13 +689,13 @@ mod tests {
         let a = c
             .exchange(head, None, b"{}", 100, Instant::now() + ms(300))
             .await;
-        assert_eq!(a.unwrap().body.as_ref(), b"{}");
+        assert_eq!(a.unwrap().reply.body.as_ref(), b"{}");
         // Answered after 600 ms: the timer fires at 300 ms for the first exchange's deadline
         // and must be armed again for this one's.
         let a = c
             .exchange(head, None, b"{}", 100, Instant::now() + ms(3000))
             .await;
-        assert_eq!(a.unwrap().body.as_ref(), b"{}");
+        assert_eq!(a.unwrap().reply.body.as_ref(), b"{}");
         // An earlier deadline than the timer's (3 s): it must end at its own, 200 ms.
         let started = Instant::now();
         let a = c.exchange(head, None, b"{}", 100, started + ms(200)).await;
@@ -751,7 +752,7 @@ mod tests {
     }
 
     /// A small request whose answer may be up to 1 MiB.
-    async fn post_up_to_1mib(c: &mut Conn) -> Answer {
+    async fn post_up_to_1mib(c: &mut Conn) -> Exchanged {
         let head = b"POST / HTTP/1.1\r\nhost: x\r\n";
         c.exchange(head, None, b"{}", 1 << 20, far()).await.unwrap()
     }
@@ -783,7 +784,7 @@ mod tests {
         ] {
             let body: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
             let a = c.exchange(head, probe, &body, 100, far()).await.unwrap();
-            assert_eq!(&a.body[..], b"{}");
+            assert_eq!(&a.reply.body[..], b"{}");
             let mut want = head.to_vec();
             if let Some((k, v)) = probe {
                 want.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
@@ -814,7 +815,7 @@ mod tests {
         let head = b"POST / HTTP/1.1\r\nhost: x\r\n";
         let a = c.exchange(head, None, b"{}", 1000, far()).await.unwrap();
         assert_eq!(
-            (a.status, &a.body[..], a.reusable),
+            (a.reply.status, &a.reply.body[..], a.reusable),
             (StatusCode::OK, &b"{\"a\":\"b c\"}"[..], true)
         );
         assert!(c.idle_usable());
@@ -823,11 +824,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            (a.status, &a.body[..], a.reusable),
+            (a.reply.status, &a.reply.body[..], a.reusable),
             (StatusCode::OK, &b"{\"a\":\"b c\"}"[..], true)
         );
         let a = c.exchange(head, None, b"{}", 1000, far()).await.unwrap();
-        assert_eq!((&a.body[..], a.reusable), (&b"[]"[..], false));
+        assert_eq!((&a.reply.body[..], a.reusable), (&b"[]"[..], false));
     }
 
     #[tokio::test]
@@ -842,9 +843,9 @@ mod tests {
         );
         let mut c = serve(vec![big]).await;
         let a = post_up_to_1mib(&mut c).await;
-        assert_eq!((a.body.len(), a.reusable), (200_002, true));
+        assert_eq!((a.reply.body.len(), a.reusable), (200_002, true));
         assert!(
-            a.body.is_unique(),
+            a.reply.body.is_unique(),
             "the connection still holds the body's buffer"
         );
     }
@@ -870,7 +871,7 @@ mod tests {
                 .zip([head_len + 14_001, READ_CHUNK, head_len + 14_001, KEEP_BUF])
         {
             let a = post_up_to_1mib(&mut c).await;
-            assert_eq!(a.body.len(), n);
+            assert_eq!(a.reply.body.len(), n);
             assert_eq!(c.expect, expect, "after {n} bytes");
             drop(a);
             // Even after the pool let its buffer go.
@@ -911,7 +912,7 @@ mod tests {
         // Bodies that do arrive grow the buffer as they come, and are read whole.
         let mut c = serve(vec![answer_of(300_000)]).await;
         let a = c.exchange(head, None, b"{}", 1 << 20, far()).await.unwrap();
-        assert_eq!(a.body.len(), 300_000);
+        assert_eq!(a.reply.body.len(), 300_000);
     }
 
     fn answer_of(len: usize) -> &'static [u8] {
@@ -999,7 +1000,7 @@ mod tests {
         let mut c = serve(vec![b"HTTP/1.1 200 OK\r\n\r\n{\"until\":\"close\"}"]).await;
         let a = c.exchange(head, None, b"{}", 100, far()).await.unwrap();
         assert_eq!(
-            (&a.body[..], a.reusable),
+            (&a.reply.body[..], a.reusable),
             (&b"{\"until\":\"close\"}"[..], false)
         );
     }

@@ -41,7 +41,8 @@ use http::StatusCode;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
-use crate::client::forward::{self, Failure, Forwarder, Reply};
+use crate::client::forward::{self, Failure, Forwarder};
+use crate::client::UpstreamReply;
 use crate::method::route::{self, Need};
 use crate::rpc::classify::{self, Class, Penalty};
 use crate::rpc::error::{self, AttemptNote};
@@ -53,7 +54,7 @@ use crate::state::upstream::{now_us, us_at, Upstream};
 
 /// The answer to one call: raw JSON of a result or of an error object.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
+pub enum CallResult {
     /// A `result` value, verbatim.
     Result(Bytes),
     /// An `error` object, verbatim.
@@ -114,7 +115,7 @@ pub async fn failover(
     chain: &Chain,
     calls: &[&Call<'_>],
     deadline: Instant,
-) -> (PerCall<Answer>, Report) {
+) -> (PerCall<CallResult>, Report) {
     failover_from(fwd, metrics, chain, calls, Instant::now(), deadline).await
 }
 
@@ -127,7 +128,7 @@ pub(crate) async fn failover_from(
     calls: &[&Call<'_>],
     now: Instant,
     deadline: Instant,
-) -> (PerCall<Answer>, Report) {
+) -> (PerCall<CallResult>, Report) {
     // The first pass takes the calls' arrival as "now"; later ones read the clock.
     let mut arrived = Some(now);
     if let [call] = calls {
@@ -136,10 +137,10 @@ pub(crate) async fn failover_from(
         }
     }
     let n = calls.len();
-    let mut answers: PerCall<Option<Answer>> = SmallVec::from_elem(None, n);
+    let mut answers: PerCall<Option<CallResult>> = SmallVec::from_elem(None, n);
     // What each pending call got on its latest attempt that is worth returning if nothing
     // better comes: a provider-trouble error, or a `null` from an upstream that was behind.
-    let mut fallback: PerCall<Option<Answer>> = SmallVec::from_elem(None, n);
+    let mut fallback: PerCall<Option<CallResult>> = SmallVec::from_elem(None, n);
     // Plain loops rather than collects: one call nearly always, and SmallVec's collect costs
     // more than the work.
     let mut writes: SmallVec<[bool; 8]> = SmallVec::new();
@@ -320,14 +321,14 @@ pub(crate) async fn failover_from(
                 Some(a) => a,
                 None => {
                     report.failed_calls.push(i);
-                    Answer::Error(failed.clone())
+                    CallResult::Error(failed.clone())
                 }
             });
         }
     }
     let mut out = PerCall::with_capacity(n);
     for a in answers {
-        out.push(a.unwrap_or_else(|| Answer::Error(error::all_failed(&[], false))));
+        out.push(a.unwrap_or_else(|| CallResult::Error(error::all_failed(&[], false))));
     }
     (out, report)
 }
@@ -342,12 +343,12 @@ async fn broadcast(
     chain: &Chain,
     call: &Call<'_>,
     deadline: Instant,
-) -> (PerCall<Answer>, Report) {
+) -> (PerCall<CallResult>, Report) {
     let mut report = Report::default();
     let mut exclude = Indices::new();
     let Some(primary) = pick(chain, route::need(call), &mut exclude, &[], now_us()) else {
         let failed = error::all_failed(&[], false);
-        return (smallvec::smallvec![Answer::Error(failed)], report);
+        return (smallvec::smallvec![CallResult::Error(failed)], report);
     };
     let mut targets = vec![primary];
     let now = now_us();
@@ -389,7 +390,7 @@ async fn broadcast(
     }
     drop(tx);
     report.attempts = targets.len();
-    let mut primary_answer: Option<Answer> = None;
+    let mut primary_answer: Option<CallResult> = None;
     while let Some((ui, took, result)) = rx.recv().await {
         let up = &chain.upstreams[ui];
         let got = result.and_then(|reply| read_reply(&reply, &[0]));
@@ -397,21 +398,21 @@ async fn broadcast(
             Ok(mut g) => match g.pop() {
                 Some(Got::Result(r)) => {
                     up.state.record_success(now_us(), took);
-                    Some(Answer::Result(r))
+                    Some(CallResult::Result(r))
                 }
                 Some(Got::Error(e, class)) => {
                     if class == Class::Deterministic {
                         up.state.record_success(now_us(), took);
                     }
                     match hash.clone().filter(|_| is_already_known(&e)) {
-                        Some(h) => Some(Answer::Result(h)),
+                        Some(h) => Some(CallResult::Result(h)),
                         None => {
                             report.failures.push(AttemptNote {
                                 upstream: up.name.clone(),
                                 reason: describe_rpc_error(up, &e),
                             });
                             if ui == primary {
-                                primary_answer = Some(Answer::Error(e));
+                                primary_answer = Some(CallResult::Error(e));
                             }
                             None
                         }
@@ -433,8 +434,10 @@ async fn broadcast(
                 // A send that never reached the upstream is no answer: the final error then
                 // lists every attempt.
                 if ui == primary && !f.never_processed() {
-                    primary_answer =
-                        Some(Answer::Error(error::write_not_retried(&call.method, &note)));
+                    primary_answer = Some(CallResult::Error(error::write_not_retried(
+                        &call.method,
+                        &note,
+                    )));
                 }
                 report.failures.push(note);
                 None
@@ -445,7 +448,7 @@ async fn broadcast(
             return (smallvec::smallvec![a], report);
         }
     }
-    let failed = || Answer::Error(error::all_failed(&report.failures, false));
+    let failed = || CallResult::Error(error::all_failed(&report.failures, false));
     (
         smallvec::smallvec![primary_answer.unwrap_or_else(failed)],
         report,
@@ -601,8 +604,8 @@ fn process(
     calls: &[&Call<'_>],
     writes: &[bool],
     done: Done,
-    answers: &mut [Option<Answer>],
-    fallback: &mut [Option<Answer>],
+    answers: &mut [Option<CallResult>],
+    fallback: &mut [Option<CallResult>],
     report: &mut Report,
     avoid_regions: &mut Indices,
     need: &mut Need,
@@ -644,12 +647,12 @@ fn process(
                         continue;
                     }
                     if writes[i] && !failure.never_processed() {
-                        answers[i] = Some(Answer::Error(error::write_not_retried(
+                        answers[i] = Some(CallResult::Error(error::write_not_retried(
                             &calls[i].method,
                             &note,
                         )));
                         report.failed_calls.push(i);
-                    } else if matches!(fallback[i], Some(Answer::Error(_))) {
+                    } else if matches!(fallback[i], Some(CallResult::Error(_))) {
                         // The final error will list every attempt, this one included; a `null`
                         // from an upstream that was behind is kept: it is still an answer.
                         fallback[i] = None;
@@ -676,7 +679,7 @@ fn process(
                                 && route::null_may_mean_behind(method)
                             {
                                 // This upstream may just not have it yet: ask one that is up to date.
-                                fallback[i] = Some(Answer::Result(r));
+                                fallback[i] = Some(CallResult::Result(r));
                                 rpc_trouble.get_or_insert_with(|| {
                                     format!(
                                         "null from an upstream {} blocks behind",
@@ -696,7 +699,7 @@ fn process(
                                 }
                                 r
                             };
-                            answers[i] = Some(Answer::Result(r));
+                            answers[i] = Some(CallResult::Result(r));
                         }
                         Got::Error(e, Class::Deterministic) => {
                             answered += 1;
@@ -705,8 +708,8 @@ fn process(
                                 && method == "eth_sendRawTransaction"
                                 && is_already_known(&e);
                             answers[i] = Some(match known.then(|| tx_hash(calls[i])).flatten() {
-                                Some(hash) => Answer::Result(hash),
-                                None => Answer::Error(e),
+                                Some(hash) => CallResult::Result(hash),
+                                None => CallResult::Error(e),
                             });
                         }
                         Got::Error(e, Class::Trouble(penalty)) => {
@@ -729,11 +732,11 @@ fn process(
                             if writes[i] && !declined {
                                 // It may have acted on it (an internal error, say): its
                                 // answer stands.
-                                answers[i] = Some(Answer::Error(e));
+                                answers[i] = Some(CallResult::Error(e));
                             } else {
                                 // A read, or a call declined without being acted on (method
                                 // not served here, rate limited): another upstream may serve it.
-                                fallback[i] = Some(Answer::Error(e));
+                                fallback[i] = Some(CallResult::Error(e));
                             }
                         }
                         Got::Missing => {
@@ -746,7 +749,7 @@ fn process(
                                     upstream: up.name.clone(),
                                     reason: failure.to_string(),
                                 };
-                                answers[i] = Some(Answer::Error(error::write_not_retried(
+                                answers[i] = Some(CallResult::Error(error::write_not_retried(
                                     &calls[i].method,
                                     &note,
                                 )));
@@ -958,7 +961,7 @@ async fn send(
     up: &Upstream,
     body: Bytes,
     timeout: Duration,
-) -> (Duration, Result<Reply, Failure>) {
+) -> (Duration, Result<UpstreamReply, Failure>) {
     let _in_flight = up.state.start();
     let started = Instant::now();
     let result = fwd.send(&up.endpoint, body, timeout).await;
@@ -1000,7 +1003,7 @@ fn sub(body: &Bytes, part: &str) -> Bytes {
     }
 }
 
-fn read_reply(reply: &Reply, chunk: &[usize]) -> Result<PerCall<Got>, Failure> {
+fn read_reply(reply: &UpstreamReply, chunk: &[usize]) -> Result<PerCall<Got>, Failure> {
     let status_failure = || Failure::Status(reply.status, forward::retry_after(&reply.headers));
     if reply.status == StatusCode::TOO_MANY_REQUESTS {
         return Err(status_failure());
@@ -1054,8 +1057,8 @@ fn read_reply(reply: &Reply, chunk: &[usize]) -> Result<PerCall<Got>, Failure> {
 mod tests {
     use super::*;
 
-    fn reply(status: u16, body: &str) -> Reply {
-        Reply {
+    fn reply(status: u16, body: &str) -> UpstreamReply {
+        UpstreamReply {
             status: StatusCode::from_u16(status).unwrap(),
             headers: Default::default(),
             body: Bytes::copy_from_slice(body.as_bytes()),

@@ -214,14 +214,14 @@ fn failed(chain: &Chain, i: usize, why: &ProbeError, elapsed: Duration) {
 #[derive(Debug)]
 enum ProbeError {
     Failure(Failure),
-    Answer(String),
+    BadAnswer(String),
 }
 
 impl std::fmt::Display for ProbeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ProbeError::Failure(x) => write!(f, "probe: {x}"),
-            ProbeError::Answer(x) => write!(f, "probe: {x}"),
+            ProbeError::BadAnswer(x) => write!(f, "probe: {x}"),
         }
     }
 }
@@ -245,24 +245,24 @@ async fn ask(
         )));
     }
     let list = jsonrpc::parse_upstream(&reply.body)
-        .ok_or_else(|| ProbeError::Answer("answer is not JSON-RPC".into()))?;
+        .ok_or_else(|| ProbeError::BadAnswer("answer is not JSON-RPC".into()))?;
     let first = list
         .first()
-        .ok_or_else(|| ProbeError::Answer("empty answer".into()))?;
+        .ok_or_else(|| ProbeError::BadAnswer("empty answer".into()))?;
     if let Some(e) = first.error {
         let fields = jsonrpc::error_fields(e).unwrap_or_default();
-        return Err(ProbeError::Answer(up.redact(&format!(
+        return Err(ProbeError::BadAnswer(up.redact(&format!(
             "JSON-RPC error {}: {}",
             fields.code, fields.message
         ))));
     }
     let result = first
         .result
-        .ok_or_else(|| ProbeError::Answer("answer has no result".into()))?;
+        .ok_or_else(|| ProbeError::BadAnswer("answer has no result".into()))?;
     result
         .get()
         .strip_prefix('"')
         .and_then(|s| s.strip_suffix('"'))
         .and_then(parse_quantity)
-        .ok_or_else(|| ProbeError::Answer("result is not a hex quantity".into()))
+        .ok_or_else(|| ProbeError::BadAnswer("result is not a hex quantity".into()))
 }

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::client::dns::Resolver;
 use crate::client::forward::Forwarder;
 use crate::config::{Config, ConfigError};
-use crate::failover::retry::{failover_from, Answer, Indices, PerCall};
+use crate::failover::retry::{failover_from, CallResult, Indices, PerCall};
 use crate::method::route::{method_kind, MethodKind};
 use crate::proxy::access;
 use crate::rpc::error::RpcError;
@@ -301,7 +301,7 @@ impl Detour {
             .answer_calls(c, &[&call], now, deadline, &mut Served::default())
             .await;
         match answers.pop() {
-            Some(Answer::Result(r)) => {
+            Some(CallResult::Result(r)) => {
                 let text = String::from_utf8(r.to_vec()).map_err(|_| RpcError {
                     code: jsonrpc::INTERNAL_ERROR,
                     message: "upstream result is not UTF-8".into(),
@@ -313,7 +313,7 @@ impl Detour {
                     data: None,
                 })
             }
-            Some(Answer::Error(e)) => Err(RpcError::from_object(&e)),
+            Some(CallResult::Error(e)) => Err(RpcError::from_object(&e)),
             None => Err(RpcError::from_object(&crate::rpc::error::all_failed(
                 &[],
                 false,
@@ -330,13 +330,13 @@ impl Detour {
         now: Instant,
         deadline: Instant,
         served: &mut Served,
-    ) -> PerCall<Answer> {
+    ) -> PerCall<CallResult> {
         chain.state.touch(us_at(now));
         let m = &self.inner.metrics;
         // Calls answered here (refused, or the chain's id) get their answer now; the rest are
         // forwarded. Plain loops: these lists hold one call nearly always, and SmallVec's
         // collect cost more than the work.
-        let mut answers: PerCall<Option<Answer>> = PerCall::new();
+        let mut answers: PerCall<Option<CallResult>> = PerCall::new();
         let mut remote = Indices::new();
         for (i, c) in calls.iter().enumerate() {
             let local = if let Err(refusal) = chain.policy.check(&c.method) {
@@ -344,7 +344,7 @@ impl Detour {
                     .metrics
                     .call(m, &chain.name, &c.method, Outcome::Denied);
                 served.errors += 1;
-                Some(Answer::Error(crate::method::policy::method_refused(
+                Some(CallResult::Error(crate::method::policy::method_refused(
                     &chain.name,
                     &c.method,
                     &refusal,
@@ -358,7 +358,7 @@ impl Detour {
                 match local.map(|answer| (answer, crate::rpc::error::no_params(c.params))) {
                     Some((answer, Ok(()))) => {
                         chain.metrics.call(m, &chain.name, &c.method, Outcome::Ok);
-                        Some(Answer::Result(answer))
+                        Some(CallResult::Result(answer))
                     }
                     Some((_, Err(invalid))) => {
                         // As a node answers: these methods take no params.
@@ -366,7 +366,7 @@ impl Detour {
                             .metrics
                             .call(m, &chain.name, &c.method, Outcome::RpcError);
                         served.errors += 1;
-                        Some(Answer::Error(invalid))
+                        Some(CallResult::Error(invalid))
                     }
                     None => None,
                 }
@@ -397,9 +397,9 @@ impl Detour {
         );
         for (k, a) in got.iter().enumerate() {
             let outcome = match a {
-                Answer::Result(_) => Outcome::Ok,
-                Answer::Error(_) if report.failed_calls.contains(&k) => Outcome::Failed,
-                Answer::Error(_) => Outcome::RpcError,
+                CallResult::Result(_) => Outcome::Ok,
+                CallResult::Error(_) if report.failed_calls.contains(&k) => Outcome::Failed,
+                CallResult::Error(_) => Outcome::RpcError,
             };
             served.errors += usize::from(outcome == Outcome::RpcError);
             served.failed += usize::from(outcome == Outcome::Failed);
@@ -426,7 +426,9 @@ impl Detour {
         }
         let mut out = PerCall::with_capacity(answers.len());
         for a in answers {
-            out.push(a.unwrap_or_else(|| Answer::Error(crate::rpc::error::all_failed(&[], false))));
+            out.push(
+                a.unwrap_or_else(|| CallResult::Error(crate::rpc::error::all_failed(&[], false))),
+            );
         }
         out
     }
@@ -490,11 +492,11 @@ impl Detour {
         .into_iter();
         // A single result goes back as the envelope's start and the upstream's bytes, which
         // the fast path writes without copying them into a new buffer first.
-        if let ([Entry::Call(Call { id: Some(id), .. })], [Answer::Result(_)]) =
+        if let ([Entry::Call(Call { id: Some(id), .. })], [CallResult::Result(_)]) =
             (&entries[..], answers.as_slice())
         {
             if !batch {
-                let Some(Answer::Result(result)) = answers.next() else {
+                let Some(CallResult::Result(result)) = answers.next() else {
                     unreachable!("matched above")
                 };
                 return Some(RpcBody::Result {
@@ -507,14 +509,15 @@ impl Detour {
             .as_slice()
             .iter()
             .map(|a| match a {
-                Answer::Result(b) | Answer::Error(b) => b.len(),
+                CallResult::Result(b) | CallResult::Error(b) => b.len(),
             })
             .sum();
         // A single answer is sized exactly: a buffer with room to spare would cost `Bytes` a
         // second allocation.
         let capacity = match (&entries[..], answers.as_slice()) {
             ([Entry::Call(c)], [a]) if !batch && c.id.is_some() => {
-                jsonrpc::result_len(c.id, answer_bytes) - usize::from(matches!(a, Answer::Error(_)))
+                jsonrpc::result_len(c.id, answer_bytes)
+                    - usize::from(matches!(a, CallResult::Error(_)))
             }
             _ => answer_bytes + 64 * entries.len() + 2,
         };
@@ -541,7 +544,7 @@ impl Detour {
                         "Invalid Request",
                         Some(&jsonrpc::json_string(reason)),
                     );
-                    (*id, Answer::Error(err.into()))
+                    (*id, CallResult::Error(err.into()))
                 }
             };
             if written > 0 {
@@ -549,8 +552,8 @@ impl Detour {
             }
             written += 1;
             match &answer {
-                Answer::Result(r) => jsonrpc::write_result(&mut out, id, r),
-                Answer::Error(err) => jsonrpc::write_error(&mut out, id, err),
+                CallResult::Result(r) => jsonrpc::write_result(&mut out, id, r),
+                CallResult::Error(err) => jsonrpc::write_error(&mut out, id, err),
             }
         }
         if written == 0 {
@@ -576,13 +579,13 @@ impl Detour {
         self.answer(req, peer).await.into_response()
     }
 
-    /// [`Detour::serve_http`]'s answer, with a JSON-RPC answer kept as a [`Reply::Rpc`] (which
+    /// [`Detour::serve_http`]'s answer, with a JSON-RPC answer kept as a [`ClientReply::Rpc`] (which
     /// the HTTP/1.1 fast path writes without building a header map).
     pub(crate) async fn answer<B>(
         &self,
         req: Request<B>,
         peer: Option<std::net::SocketAddr>,
-    ) -> Reply
+    ) -> ClientReply
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -601,14 +604,14 @@ impl Detour {
                 access::add_cors(resp.headers_mut(), origin);
                 access::add_preflight(resp.headers_mut());
             }
-            return Reply::Http(resp);
+            return ClientReply::Http(resp);
         }
         let reply = self.route_http(req, pool, peer).await;
         match cors {
             Some(origin) => {
                 let mut resp = reply.into_response();
                 access::add_cors(resp.headers_mut(), origin);
-                Reply::Http(resp)
+                ClientReply::Http(resp)
             }
             None => reply,
         }
@@ -619,7 +622,7 @@ impl Detour {
         req: Request<B>,
         pool: Arc<Pool>,
         peer: Option<std::net::SocketAddr>,
-    ) -> Reply
+    ) -> ClientReply
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -816,7 +819,7 @@ impl Detour {
         } else {
             std::mem::take(&mut served.answered_by)
         };
-        let reply = Reply::Rpc {
+        let reply = ClientReply::Rpc {
             body: out,
             upstream: AnsweredBy(answered_by),
             ready,
@@ -1093,7 +1096,7 @@ where
 }
 
 /// An answer, as [`Detour::answer`] gives it.
-pub(crate) enum Reply {
+pub(crate) enum ClientReply {
     /// The answer to JSON-RPC calls: `200` with the JSON body, or `204` when there were only
     /// notifications; `upstream` is the `x-detour-upstream` header's value.
     Rpc {
@@ -1106,25 +1109,25 @@ pub(crate) enum Reply {
     Http(Response<Body>),
 }
 
-impl From<Response<Body>> for Reply {
-    fn from(resp: Response<Body>) -> Reply {
-        Reply::Http(resp)
+impl From<Response<Body>> for ClientReply {
+    fn from(resp: Response<Body>) -> ClientReply {
+        ClientReply::Http(resp)
     }
 }
 
-impl Reply {
+impl ClientReply {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            Reply::Rpc { body: Some(_), .. } => StatusCode::OK,
-            Reply::Rpc { body: None, .. } => StatusCode::NO_CONTENT,
-            Reply::Http(resp) => resp.status(),
+            ClientReply::Rpc { body: Some(_), .. } => StatusCode::OK,
+            ClientReply::Rpc { body: None, .. } => StatusCode::NO_CONTENT,
+            ClientReply::Http(resp) => resp.status(),
         }
     }
 
     pub(crate) fn into_response(self) -> Response<Body> {
         let (body, upstream) = match self {
-            Reply::Http(resp) => return resp,
-            Reply::Rpc { body, upstream, .. } => (body, upstream),
+            ClientReply::Http(resp) => return resp,
+            ClientReply::Rpc { body, upstream, .. } => (body, upstream),
         };
         let mut resp = match body {
             Some(body) => json(StatusCode::OK, body.into_bytes()),

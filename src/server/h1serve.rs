@@ -36,7 +36,7 @@ use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
-use crate::proxy::service::{AnsweredBy, Body, Detour, Reply, RpcBody, UPSTREAM_HEADER};
+use crate::proxy::service::{AnsweredBy, Body, ClientReply, Detour, RpcBody, UPSTREAM_HEADER};
 
 /// Headers beyond this many: handed over (hyper answers 431).
 const MAX_HEADERS: usize = 100;
@@ -168,7 +168,7 @@ where
         };
         let close = client_close || *stop.borrow();
         let written = match reply {
-            Reply::Rpc {
+            ClientReply::Rpc {
                 body,
                 upstream,
                 ready,
@@ -176,7 +176,7 @@ where
                 waiting_since = ready;
                 conn.respond_rpc(body, upstream, close).await
             }
-            Reply::Http(resp) => {
+            ClientReply::Http(resp) => {
                 let written = conn.respond(resp, close).await;
                 waiting_since = tokio::time::Instant::now();
                 written
@@ -206,7 +206,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         }
     }
 
-    /// Writes the answer to JSON-RPC calls, as [`Reply::into_response`] would have it; `Ok(false)`
+    /// Writes the answer to JSON-RPC calls, as [`ClientReply::into_response`] would have it; `Ok(false)`
     /// when the connection is to close after it.
     async fn respond_rpc(
         &mut self,

@@ -105,7 +105,7 @@ impl Upstream {
             target.authorization,
             target.secrets,
             &config.headers,
-            state.conns.clone(),
+            state.idle.clone(),
         )?;
         Ok(Upstream {
             name: config.name.as_str().into(),
@@ -313,8 +313,8 @@ pub struct LiveState {
     recent_failures: Window,
     /// The last failure, redacted, for the status page (taken only when something fails).
     last_error: Mutex<Option<String>>,
-    /// Idle keep-alive connections (plain-HTTP upstreams; see [`crate::client::conns`]).
-    pub(crate) conns: Arc<crate::client::conns::Conns>,
+    /// Idle keep-alive connections (plain-HTTP upstreams; see [`crate::client::idle`]).
+    pub(crate) idle: Arc<crate::client::idle::IdleConns>,
 }
 
 impl Default for LiveState {
@@ -349,7 +349,7 @@ impl Default for LiveState {
             cordoned: AtomicBool::new(false),
             recent_failures: Window::default(),
             last_error: Mutex::new(None),
-            conns: Default::default(),
+            idle: Default::default(),
         }
     }
 }

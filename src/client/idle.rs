@@ -31,7 +31,7 @@ const COOL: Duration = Duration::from_secs(1);
 
 /// Idle connections of one upstream.
 #[derive(Default)]
-pub(crate) struct Conns {
+pub(crate) struct IdleConns {
     idle: Mutex<Stack>,
 }
 
@@ -48,15 +48,15 @@ struct Idle {
     since: Instant,
 }
 
-impl std::fmt::Debug for Conns {
+impl std::fmt::Debug for IdleConns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conns")
+        f.debug_struct("IdleConns")
             .field("idle", &self.idle_count())
             .finish()
     }
 }
 
-impl Conns {
+impl IdleConns {
     /// The most recently returned connection that is still open and idle for less than
     /// `idle_timeout` at `now`, if any; expired and closed ones met on the way are dropped
     /// (closed).
@@ -71,7 +71,7 @@ impl Conns {
     }
 
     /// The most recently returned connection if it was idle for less than `within` and is
-    /// still open; older ones are left for [`Conns::checkout`].
+    /// still open; older ones are left for [`IdleConns::checkout`].
     pub(crate) fn checkout_recent(&self, now: Instant, within: Duration) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let top = idle.conns.last()?;
@@ -128,10 +128,10 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut accepted = Vec::new();
-        let pool = Conns::default();
+        let pool = IdleConns::default();
         let timeout = Duration::from_secs(60);
         let t0 = Instant::now();
-        let capacities = |pool: &Conns, at: Instant| {
+        let capacities = |pool: &IdleConns, at: Instant| {
             let mut all = Vec::new();
             while let Some(c) = pool.checkout(at, timeout) {
                 all.push(c);
@@ -168,7 +168,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut accepted = Vec::new();
-        let pool = Conns::default();
+        let pool = IdleConns::default();
         for _ in 0..5 {
             let io = tokio::net::TcpStream::connect(addr).await.unwrap();
             accepted.push(listener.accept().await.unwrap());
