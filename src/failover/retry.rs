@@ -6,8 +6,8 @@
 //! - A read is retried after any provider trouble: connect failure, timeout, broken connection,
 //!   HTTP 429/5xx, a body that is not JSON-RPC, or a JSON-RPC error the taxonomy
 //!   ([`crate::rpc::classify`]) calls the provider's trouble.
-//! - A write ([`MethodKind::Write`](crate::method::route::MethodKind::Write)), or a method detour does not know
-//!   ([`MethodKind::Unknown`](crate::method::route::MethodKind::Unknown), unless `methods.reads` declares it a read), is retried only when
+//! - A write ([`MethodKind::Write`](crate::method::kind::MethodKind::Write)), or a method detour does not know
+//!   ([`MethodKind::Unknown`](crate::method::kind::MethodKind::Unknown), unless `methods.reads` declares it a read), is retried only when
 //!   the failure proves the upstream never acted on it (connect, DNS or TLS failure, HTTP 429,
 //!   or a JSON-RPC error that declines it: method not served there, rate limited). Any other
 //!   failure is reported to the client, never resent. These are never hedged.
@@ -43,7 +43,8 @@ use tokio::time::Instant;
 
 use crate::client::forward::{self, Failure, Forwarder};
 use crate::client::UpstreamReply;
-use crate::method::route::{self, Need};
+use crate::method::block::{self, Need};
+use crate::method::kind;
 use crate::rpc::classify::{self, Class, Penalty};
 use crate::rpc::error::{self, AttemptNote};
 use crate::rpc::jsonrpc::{self, Call};
@@ -155,7 +156,7 @@ pub(crate) async fn failover_from(
     let mut need = if chain.state.heads_differ() {
         calls
             .iter()
-            .fold(Need::default(), |acc, c| acc.merge(route::need(c)))
+            .fold(Need::default(), |acc, c| acc.merge(block::need(c)))
     } else {
         Need {
             latest: true,
@@ -346,7 +347,7 @@ async fn broadcast(
 ) -> (PerCall<CallResult>, Report) {
     let mut report = Report::default();
     let mut exclude = Indices::new();
-    let Some(primary) = pick(chain, route::need(call), &mut exclude, &[], now_us()) else {
+    let Some(primary) = pick(chain, block::need(call), &mut exclude, &[], now_us()) else {
         let failed = error::all_failed(&[], false);
         return (smallvec::smallvec![CallResult::Error(failed)], report);
     };
@@ -641,7 +642,7 @@ fn process(
                 };
                 excused |= matches!(failure, Failure::TooLarge(_))
                     || (matches!(failure, Failure::Timeout)
-                        && chunk.iter().any(|&i| route::heavy(&calls[i].method)));
+                        && chunk.iter().any(|&i| kind::heavy(&calls[i].method)));
                 for &i in &chunk {
                     if answers[i].is_some() {
                         continue;
@@ -676,7 +677,7 @@ fn process(
                         Got::Result(r) => {
                             if behind
                                 && r.as_ref() == b"null"
-                                && route::null_may_mean_behind(method)
+                                && block::null_may_mean_behind(method)
                             {
                                 // This upstream may just not have it yet: ask one that is up to date.
                                 fallback[i] = Some(CallResult::Result(r));
@@ -694,7 +695,7 @@ fn process(
                             let r = if method == "eth_blockNumber" {
                                 block_number(chain, ui, r, now)
                             } else {
-                                if let Some(block) = route::proven_block(method, &r) {
+                                if let Some(block) = block::proven_block(method, &r) {
                                     chain.observe_has_block(ui, now, block);
                                 }
                                 r
@@ -796,7 +797,7 @@ fn block_number(chain: &Chain, ui: usize, raw: Bytes, now: u64) -> Bytes {
     let Some(n) = text
         .strip_prefix('"')
         .and_then(|t| t.strip_suffix('"'))
-        .and_then(route::parse_quantity)
+        .and_then(block::parse_quantity)
     else {
         return raw;
     };

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::client::forward::{Failure, Forwarder};
-use crate::method::route::parse_quantity;
+use crate::method::block::parse_quantity;
 use crate::rpc::jsonrpc;
 use crate::state::pool::{Chain, Pool};
 use crate::state::upstream::{now_us, CHAIN_OK, CHAIN_UNKNOWN, CHAIN_WRONG};

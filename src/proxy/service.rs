@@ -25,7 +25,7 @@ use crate::client::dns::Resolver;
 use crate::client::forward::Forwarder;
 use crate::config::{Config, ConfigError};
 use crate::failover::retry::{failover_from, CallResult, Indices, PerCall};
-use crate::method::route::{method_kind, MethodKind};
+use crate::method::kind::{method_kind, MethodKind};
 use crate::proxy::access;
 use crate::rpc::error::RpcError;
 use crate::rpc::jsonrpc::{

@@ -378,8 +378,8 @@ impl Chain {
     /// it (hedges, retries after a timeout): known reads, and methods `methods.reads` declares.
     #[inline]
     pub fn may_repeat(&self, method: &str) -> bool {
-        match crate::method::route::method_kind(method) {
-            crate::method::route::MethodKind::Unknown => self
+        match crate::method::kind::method_kind(method) {
+            crate::method::kind::MethodKind::Unknown => self
                 .declared_reads
                 .iter()
                 .any(|p| crate::method::policy::glob(p, method)),
