@@ -1,0 +1,552 @@
+//! The configuration's types and their defaults, as TOML and the environment spell them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The built-in default configuration: public endpoints for five chains.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config.example.toml");
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The client-facing HTTP listener and request limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The shared HTTP client that talks to upstreams.
+    #[serde(default)]
+    pub client: ClientConfig,
+    /// The optional admin listener (reload, cordon, config, status, metrics).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Client API keys (`[[api_keys]]`); when any is configured, every RPC request (and
+    /// `/status`, `/metrics`) needs one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<ApiKey>,
+    /// The chains served, by name; each is served at `/<name>` and `/<chain_id>`.
+    #[serde(default)]
+    pub chains: BTreeMap<String, ChainConfig>,
+}
+
+/// `[server]`: the listener clients connect to.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:8545`.
+    pub listen: SocketAddr,
+    /// Deadline for a whole client request, failover included. Default `10s`.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Largest request body accepted; larger ones get 413 without being read. Default 10 MiB.
+    pub max_body_bytes: usize,
+    /// Most members in one batch. Default 1000.
+    pub max_batch_len: usize,
+    /// How long in-flight requests may take to finish after a shutdown signal. Default `10s`.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// After a shutdown signal, keep accepting for this long while `/readyz` answers 503, so
+    /// load balancers stop sending before the listener closes. Default `0s`.
+    #[serde(with = "duration")]
+    pub shutdown_delay: Duration,
+    /// Time a client has to send its request headers. Default `10s`.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send its whole request body. Default `10s`.
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Most client connections open at once; further clients wait to be accepted until one
+    /// closes. Raise the open-files limit to match. Default 10000.
+    pub max_connections: usize,
+    /// Most JSON-RPC requests being read or answered at once, over all connections (HTTP/2
+    /// multiplexes many on one). Beyond it a request gets 503 with `Retry-After: 1` at once,
+    /// instead of queueing behind stalled upstreams until memory runs out. Default 10000.
+    pub max_requests_in_flight: usize,
+    /// Most concurrent requests (streams) on one HTTP/2 client connection. Default 256.
+    pub http2_max_streams: u32,
+    /// An HTTP/2 client connection with no request for this long is closed (GOAWAY), as an
+    /// HTTP/1 one is after `header_read_timeout` without a request. Default `60s`.
+    #[serde(with = "duration")]
+    pub http2_idle_timeout: Duration,
+    /// HTTP/2 keep-alive: a client connection that sends nothing for this long gets a ping,
+    /// and is closed when the ping is not answered within as long again: a vanished client
+    /// does not hold its connection forever. Default `20s`.
+    #[serde(with = "duration")]
+    pub http2_keep_alive: Duration,
+    /// Per-client rate limit (clients are API keys, else IP addresses). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Serve HTTPS instead of plain HTTP. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Origins browsers may call from (CORS), e.g. `["https://app.example"]`, or `["*"]`.
+    /// Default: any origin on a loopback listener, none otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors_origins: Option<Vec<String>>,
+    /// One info-level log line per client JSON-RPC request (target `detour::access`): chain,
+    /// methods, upstreams, status, errors, attempts, duration, client address. Default true.
+    pub access_log: bool,
+    /// Runtime worker threads; 0 means one per CPU core. One worker (also 0 on one core) runs
+    /// Tokio's single-threaded scheduler, with the lowest latency and CPU per request; more
+    /// serve more concurrent load. Needs a restart to change. Default 0.
+    pub worker_threads: usize,
+    /// Serve plain HTTP/1.1 JSON-RPC `POST`s on detour's own fast path (hyper's server takes
+    /// every other request). Off, hyper's server takes every HTTP/1 connection: the same
+    /// answers at a higher cost per request, a switch for diagnosis. Default true.
+    pub http1_fast_path: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8545)),
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 10 * 1024 * 1024,
+            max_batch_len: 1000,
+            shutdown_grace: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_requests_in_flight: 10_000,
+            http2_max_streams: 256,
+            http2_idle_timeout: Duration::from_secs(60),
+            http2_keep_alive: Duration::from_secs(20),
+            access_log: true,
+            cors_origins: None,
+            tls: None,
+            rate_limit: None,
+            worker_threads: 0,
+            http1_fast_path: true,
+        }
+    }
+}
+
+/// `[[api_keys]]`: one client allowed to use the proxy.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Shown in the access log (the key never is).
+    #[serde(deserialize_with = "super::load::expand")]
+    pub name: String,
+    /// The key: sent as `Authorization: Bearer <key>`, or as a path segment
+    /// (`/mainnet/<key>`) by wallets that can only set a URL. At least 16 characters.
+    #[serde(deserialize_with = "super::load::expand")]
+    pub key: String,
+}
+
+/// `[server.rate_limit]`: HTTP requests per client (a batch is one request).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second.
+    pub per_second: u32,
+    /// Requests allowed at once above the sustained rate. Default: `per_second`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// `[server.tls]`: certificate and key, PEM files (re-read on every reload).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    #[serde(deserialize_with = "super::load::expand")]
+    pub cert: String,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(deserialize_with = "super::load::expand")]
+    pub key: String,
+}
+
+/// `[admin]`: a separate listener for operators. Off unless `listen` is set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener, e.g. `127.0.0.1:9545`. Default: none (off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Bearer token the admin endpoints require (`Authorization: Bearer <token>`); usually
+    /// `"${DETOUR_ADMIN_TOKEN}"` or set with `DETOUR_ADMIN__TOKEN`. Default: none (no auth;
+    /// keep the listener on loopback then).
+    #[serde(
+        deserialize_with = "super::load::expand_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub token: Option<String>,
+}
+
+/// `[client]`: how detour talks to upstreams.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// TCP + TLS connect timeout. Default `3s`.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Default per-attempt timeout (request sent to body read). Default `5s`.
+    #[serde(with = "duration")]
+    pub attempt_timeout: Duration,
+    /// Largest upstream response body accepted; larger ones fail over. Default 128 MiB.
+    pub max_response_bytes: usize,
+    /// Idle keep-alive connections are closed after this. Default `90s`.
+    #[serde(with = "duration")]
+    pub pool_idle_timeout: Duration,
+    /// Idle keep-alive connections kept per upstream (for HTTPS upstreams: per host). 0 closes
+    /// every connection after its answer. Default 1024: a burst of concurrent requests leaves
+    /// its connections for the next one instead of closing them (each close leaves a socket in
+    /// TIME_WAIT, and a pool too small for the load closes and reopens one per request). Idle
+    /// ones close after `pool_idle_timeout`; plain-HTTP ones below the 16 most recently used
+    /// let their read buffers go after a second idle.
+    pub pool_max_idle_per_host: usize,
+    /// How long a resolved upstream hostname is reused before it is resolved again. Default `30s`.
+    #[serde(with = "duration")]
+    pub dns_refresh: Duration,
+    /// When resolving fails, the last good addresses keep being used (with a warning) for at most
+    /// this long after they were last resolved. Default `1h`.
+    #[serde(with = "duration")]
+    pub dns_max_stale: Duration,
+    /// A PEM file of root certificates that HTTPS upstreams may also chain to (a private CA of
+    /// self-hosted nodes), besides the public (webpki) roots. Read at start. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// HTTP/2 upstream connections (HTTPS upstreams that agree on h2) are pinged after this
+    /// long without a frame, busy or idle. Default `10s`.
+    #[serde(with = "duration")]
+    pub http2_keep_alive_interval: Duration,
+    /// An unanswered ping closes the HTTP/2 connection after this, so requests move to a new
+    /// one instead of stalling on a blackholed path until TCP gives up. Default `5s`.
+    #[serde(with = "duration")]
+    pub http2_keep_alive_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            attempt_timeout: Duration::from_secs(5),
+            max_response_bytes: 128 * 1024 * 1024,
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 1024,
+            dns_refresh: Duration::from_secs(30),
+            dns_max_stale: Duration::from_secs(3600),
+            ca_file: None,
+            http2_keep_alive_interval: Duration::from_secs(10),
+            http2_keep_alive_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[chains.<name>]`: one chain and its upstreams.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// The EIP-155 chain id; `eth_chainId` and `net_version` are answered from it.
+    pub chain_id: u64,
+    /// Most upstreams tried for one request. Default 3.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: usize,
+    /// Also send each `eth_sendRawTransaction` to one healthy upstream of every other region,
+    /// answering with the first success. Default false.
+    #[serde(default)]
+    pub broadcast_raw_transactions: bool,
+    /// Health checks: probes, head tracking, lag, hysteresis, failure domains.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Hedged reads.
+    #[serde(default)]
+    pub hedge: HedgeConfig,
+    /// Which methods this chain serves.
+    #[serde(default)]
+    pub methods: MethodsConfig,
+    /// The upstreams serving this chain.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+fn default_max_attempts() -> usize {
+    3
+}
+
+/// `[chains.<name>.health]`: how upstream health is checked and judged.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Head probe (`eth_blockNumber`) interval while the chain has client traffic. Default `2s`.
+    #[serde(with = "duration")]
+    pub probe_interval: Duration,
+    /// Probe interval once the chain has had no client traffic for `idle_after`. Default `30s`.
+    #[serde(with = "duration")]
+    pub idle_probe_interval: Duration,
+    /// Time without client traffic after which the chain counts as idle. Default `60s`.
+    #[serde(with = "duration")]
+    pub idle_after: Duration,
+    /// How often each upstream's `eth_chainId` is checked again once verified. Default `5m`.
+    #[serde(with = "duration")]
+    pub chain_check_interval: Duration,
+    /// An upstream more than this many blocks behind the chain head serves no request that
+    /// depends on the latest state until it catches up. Default: unset, the blocks the chain
+    /// makes in one `probe_interval`, at least 1 (see [`crate::state::pool::Chain::max_lag`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_lag_blocks: Option<u64>,
+    /// An upstream whose head has not moved for this long while the chain head moved is stale
+    /// and excluded like a lagging one. Default `60s`.
+    #[serde(with = "duration")]
+    pub stale_after: Duration,
+    /// Consecutive failed probes that take an upstream out of rotation. Default 3.
+    pub unhealthy_after: u32,
+    /// Consecutive good probes that bring an ejected upstream back before its cool-down ends.
+    /// Default 2.
+    pub healthy_after: u32,
+    /// Share of a region's upstreams (0 to 1) that must fail within `region_window` for the
+    /// region to be degraded (its members then serve only after other regions). Default 0.5.
+    pub region_failure_share: f64,
+    /// Window in which failures count towards a region's degradation. Default `10s`.
+    #[serde(with = "duration")]
+    pub region_window: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            probe_interval: Duration::from_secs(2),
+            idle_probe_interval: Duration::from_secs(30),
+            idle_after: Duration::from_secs(60),
+            chain_check_interval: Duration::from_secs(300),
+            max_lag_blocks: None,
+            stale_after: Duration::from_secs(60),
+            unhealthy_after: 3,
+            healthy_after: 2,
+            region_failure_share: 0.5,
+            region_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[chains.<name>.methods]`: the method policy (see [`crate::method::policy`]).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MethodsConfig {
+    /// Glob patterns of methods served; an exact name here is served even if `deny` matches
+    /// it. Default `["*"]`.
+    pub allow: Vec<String>,
+    /// Glob patterns of methods refused with `-32601` (never sent upstream). Default:
+    /// [`DEFAULT_DENY`].
+    pub deny: Vec<String>,
+    /// Glob patterns of methods detour does not know that are reads (safe to hedge and to
+    /// retry on another upstream). A method detour does not know is otherwise sent to one
+    /// upstream at a time, like a write. Default empty.
+    pub reads: Vec<String>,
+}
+
+/// Methods denied unless the configuration says otherwise: node administration, the node's own
+/// keys and accounts, mining and consensus-engine control, mempool dumps, and dev-chain state
+/// manipulation.
+pub const DEFAULT_DENY: &[&str] = &[
+    "admin_*",
+    "personal_*",
+    "debug_*",
+    "miner_*",
+    "engine_*",
+    "txpool_*",
+    "clique_*",
+    "les_*",
+    "signer_*",
+    "parity_*",
+    "eth_sign",
+    "eth_signTransaction",
+    "eth_sendTransaction",
+    "eth_signTypedData",
+    "eth_signTypedData_v1",
+    "eth_signTypedData_v3",
+    "eth_signTypedData_v4",
+    "anvil_*",
+    "hardhat_*",
+    "evm_*",
+];
+
+impl Default for MethodsConfig {
+    fn default() -> Self {
+        Self {
+            allow: vec!["*".into()],
+            deny: DEFAULT_DENY.iter().map(|s| s.to_string()).collect(),
+            reads: Vec::new(),
+        }
+    }
+}
+
+/// `[chains.<name>.hedge]`: a second attempt for a read whose first attempt is slow.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HedgeConfig {
+    /// Hedge reads (never writes). Default true.
+    pub enabled: bool,
+    /// The hedge delay is twice the first upstream's latency estimate, but at least this.
+    /// Default `50ms`.
+    #[serde(with = "duration")]
+    pub min_delay: Duration,
+    /// …and at most this. Default `1s`.
+    #[serde(with = "duration")]
+    pub max_delay: Duration,
+}
+
+impl Default for HedgeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `[[chains.<name>.upstreams]]`: one upstream node or provider.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Unique within the chain; used in logs, status and errors (the URL never is).
+    #[serde(deserialize_with = "super::load::expand")]
+    pub name: String,
+    /// `http://` or `https://` URL, which may carry an API key (it is treated as a secret).
+    #[serde(deserialize_with = "super::load::expand")]
+    pub url: String,
+    /// Priority: lower is preferred; a higher tier serves only when no lower tier can. Default 0.
+    #[serde(default)]
+    pub tier: u32,
+    /// Relative preference within a tier (divides the upstream's cost). Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Failure-domain label, free text (e.g. `aws:us-east-1`). Optional.
+    #[serde(
+        default,
+        deserialize_with = "super::load::expand_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub region: Option<String>,
+    /// Extra request headers (e.g. an API key header); values are secrets.
+    #[serde(
+        default,
+        deserialize_with = "super::load::expand_map",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub headers: BTreeMap<String, String>,
+    /// Largest batch this upstream accepts; larger batches are split and reassembled in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_len: Option<usize>,
+    /// Per-attempt timeout for this upstream. Default: `client.attempt_timeout`.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Glob patterns of methods this upstream does not serve: calls of them go to other
+    /// upstreams. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsupported_methods: Vec<String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Where the configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A TOML file.
+    File(PathBuf),
+    /// The built-in default (the content of `config.example.toml`).
+    BuiltIn,
+}
+
+impl Source {
+    /// Picks the source the way the CLI does: an explicit path, else `DETOUR_CONFIG`, else
+    /// `./detour.toml` if it exists, else the built-in default.
+    pub fn discover(explicit: Option<&Path>) -> Source {
+        if let Some(path) = explicit {
+            return Source::File(path.to_owned());
+        }
+        if let Some(path) = std::env::var_os("DETOUR_CONFIG").filter(|p| !p.is_empty()) {
+            return Source::File(PathBuf::from(path));
+        }
+        let local = Path::new("detour.toml");
+        if local.is_file() {
+            return Source::File(local.to_owned());
+        }
+        Source::BuiltIn
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::BuiltIn => f.write_str("built-in default config"),
+        }
+    }
+}
+
+/// Why a configuration could not be loaded: one line per problem, each naming where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `(where, why)` pairs: where is "file: key" when known.
+    pub problems: Vec<(String, String)>,
+}
+
+impl ConfigError {
+    pub(crate) fn one(at: impl Into<String>, why: impl Into<String>) -> Self {
+        Self {
+            problems: vec![(at.into(), why.into())],
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (at, why)) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{at}: {why}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// === Durations as "500ms", "10s" ===
+
+mod duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "\"{s}\" is not a duration ({e}); write e.g. \"500ms\", \"10s\" or \"2m\""
+            ))
+        })
+    }
+}
+
+mod opt_duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        duration::deserialize(d).map(Some)
+    }
+}
