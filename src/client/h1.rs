@@ -1,7 +1,7 @@
 //! A small HTTP/1.1 client connection for plain-`http://` upstreams.
 //!
 //! hyper's client connection runs its I/O on a task of its own and hands each request and
-//! response across channels; profiling put that at a quarter of the instructions of a proxied
+//! response across channels, which costs about a quarter of the instructions of a proxied
 //! request. Here the request task does the exchange itself: one vectored write (the upstream's
 //! request head, prebuilt once, then `content-length` and the body) and reads into the
 //! connection's buffer until the answer is complete. Heads are parsed by `httparse` (the parser

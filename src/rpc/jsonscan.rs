@@ -1,8 +1,9 @@
 //! A fast scanner for the plain JSON that JSON-RPC envelopes nearly always are.
 //!
 //! It walks a body once, validating as it goes, and returns where the values it was asked for
-//! are, as slices of the body: no visitor, no allocation. callgrind put serde_json, through its
-//! derive and `RawValue` machinery, at about 5 000 of a proxied call's 33 000 instructions.
+//! are, as slices of the body: no visitor, no allocation. serde_json, through its derive and
+//! `RawValue` machinery, costs several times as much on these bodies, a large share of a
+//! proxied call (see docs/performance-history.md).
 //!
 //! It accepts a subset of JSON and never decides that a body is invalid: on anything it does
 //! not accept, it gives up (`None`) and the caller parses the body with serde_json, which gives

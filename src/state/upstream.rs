@@ -49,8 +49,8 @@ pub fn now_us() -> u64 {
     us_at(tokio::time::Instant::now())
 }
 
-/// `at` in the microseconds of [`now_us`], for callers that read the clock already (a clock
-/// read costs about 20 ns on these machines, and a request used to make 25).
+/// `at` in the microseconds of [`now_us`], for callers that read the clock already: a clock
+/// read costs about 20 ns, so a request reads it as few times as it can.
 pub fn us_at(at: tokio::time::Instant) -> u64 {
     static ORIGIN: OnceLock<tokio::time::Instant> = OnceLock::new();
     let origin = *ORIGIN.get_or_init(tokio::time::Instant::now);
