@@ -25,38 +25,52 @@
 //! ```
 //!
 //! # Layout
-//! - [`config`]: typed configuration (defaults ← TOML ← `DETOUR_*` env), validation.
-//! - [`access`]: client API keys and CORS.
-//! - [`server`]: accept loop, HTTP/1.1 (a fast path for plain POSTs, hyper for the rest) +
-//!   HTTP/2, graceful shutdown.
-//! - [`tls`]: the optional TLS listener (rustls), certificates re-read on reload.
-//! - [`service`]: the embeddable service: route → parse → answer locally or fail over → respond.
-//! - [`jsonrpc`]: envelopes kept as raw JSON (read in one pass by a scanner, serde_json for
-//!   anything unusual); the standard error objects.
-//! - [`route`]: method kinds (local, write, read); which block a call needs.
-//! - [`policy`]: which methods a chain serves (allow/deny globs), and per-upstream exceptions.
-//! - [`balance`]: pure selection: tiers, fitness (lag, regions, quarantine), power of two choices.
-//! - [`retry`]: the failover loop: hedging, what may be retried, health updates.
-//! - [`forward`]: the upstream HTTP client (hyper + rustls), failure classification.
-//! - [`dns`]: the caching resolver that outlives resolver outages.
-//! - [`classify`]: the error taxonomy (deterministic vs provider trouble).
-//! - [`rawtx`]: raw transactions' hashes (blob transactions too) and "already known".
-//! - [`pool`]: the immutable snapshot behind `ArcSwap`: chains, chain head, regions.
-//! - [`upstream`]: one upstream: target, secrets redaction, live state (EWMA, head, cool-down).
-//! - [`health`]: the background task: chain-id checks, head probes, hysteresis, regions.
-//! - [`admin`]: `/status` and the states it reports.
-//! - [`metrics`]: Prometheus metrics; request-path handles cached, live state read at scrape.
-//! - [`error`]: the one place failures become JSON-RPC error objects.
+//! `src/` is in folders by stage, from the bottom up; each uses only the folders above it in
+//! this list (`tests/layout.rs` fails on a path that points the other way).
+//!
+//! - [`config`]: the configuration's types and defaults ([`config::model`]), loading (defaults ←
+//!   TOML ← `DETOUR_*` env, `${VAR}`: [`config::load`]), [`config::validate`], upstream URLs
+//!   ([`config::target`]: parsed, credentials to a header, secrets masked) and certificate files
+//!   ([`config::tls`]).
+//! - [`rpc`]: JSON-RPC envelopes kept as raw JSON ([`rpc::jsonrpc`], read in one pass by a
+//!   scanner, serde_json for anything unusual), the error objects detour writes
+//!   ([`rpc::error`]) and the taxonomy of the errors upstreams answer ([`rpc::classify`]).
+//! - [`method`]: what a method is ([`method::kind`]: local, write, read), which block a call
+//!   needs and which answers prove one ([`method::block`]), which methods a chain serves
+//!   ([`method::policy`]).
+//! - [`client`]: talking to upstreams: [`client::forward`] (the `Forwarder`, failure
+//!   classification), detour's own HTTP/1.1 connections and their idle pool for plain-HTTP
+//!   upstreams, hyper + rustls for HTTPS and HTTP/2, the caching resolver ([`client::dns`]),
+//!   and what an upstream is to the client ([`client::endpoint`]).
+//! - [`state`]: what lives between requests: each upstream's lock-free live state
+//!   ([`state::upstream`]), the pool snapshot behind `ArcSwap` with the chain's head and regions
+//!   ([`state::pool`]), the states `/status` reports ([`state::status`]), client rate limiters
+//!   ([`state::ratelimit`]) and the metrics' counters ([`state::metrics`]).
+//! - [`select`]: choosing an upstream: tiers, fitness (lag, regions, quarantine), power of two
+//!   choices ([`select::balance`]).
+//! - [`failover`]: the failover loop ([`failover::retry`]): attempts, hedges, reading what
+//!   upstreams answered, what may be retried, health updates, broadcast; raw transactions'
+//!   hashes ([`failover::rawtx`]).
+//! - [`ops`]: the background health probes ([`ops::health`]) and the `/status` document
+//!   ([`ops::status`]).
+//! - [`proxy`]: the embeddable `tower::Service` ([`proxy::service`]: endpoints, responses, the
+//!   access log), client API keys and CORS ([`proxy::access`]), reloads and the admin API
+//!   ([`proxy::admin`]).
+//! - [`server`]: the accept loop, HTTP/1.1 (a fast path for plain POSTs, hyper for the rest)
+//!   and HTTP/2, TLS, timeouts, draining and graceful shutdown.
 //!
 //! # Request path
-//! `POST /<chain>` → [`pool::Pool::route`] → body read within `server.max_body_bytes` →
-//! [`jsonrpc::parse`] → `eth_chainId`/`net_version` answered locally → [`retry::failover`]:
-//! [`balance::select`] a fit upstream (fresh enough for the block the calls need, healthy
-//! region), send the calls (ids rewritten to detour's own), hedge a slow read to another region,
-//! classify the answer, retry what failed on a different upstream → response written in request
-//! order with the client's ids and the upstream's `result` bytes unchanged, and an
-//! `x-detour-upstream` header naming who answered. Meanwhile [`health::run`] probes every
-//! upstream in the background.
+//! A request is read in [`server`] (the HTTP/1.1 fast path, or hyper), served by
+//! [`proxy::service`]: `POST /<chain>` → [`state::pool::Pool::route`] → body read within
+//! `server.max_body_bytes` → parsed by [`rpc::jsonrpc::parse`] → `eth_chainId`/`net_version`
+//! answered locally, methods checked against [`method::policy`] → [`failover::retry::failover`]:
+//! [`select::balance::select`] picks a fit upstream (fresh enough for the block
+//! [`method::block::need`] says the calls need, healthy region), [`client::forward`] sends
+//! the calls (ids rewritten to detour's own), a slow read is hedged to another region, the
+//! answer is classified ([`rpc::classify`]), what failed is retried on a different upstream →
+//! the response is written in request order with the client's ids and the upstream's `result`
+//! bytes unchanged, and an `x-detour-upstream` header naming who answered. Meanwhile
+//! [`ops::health::run`] probes every upstream in the background.
 
 #![warn(missing_docs)]
 

@@ -1,7 +1,7 @@
 //! Keep-alive connections to plain-HTTP upstreams (detour's own per-upstream pool): reused,
 //! replaced without an error when the upstream closed them while idle, never reused after
 //! `Connection: close`, and not kept at all with `pool_max_idle_per_host = 0`; chunked and
-//! close-delimited answers (detour's own HTTP/1.1 client, `src/h1.rs`) are read whole.
+//! close-delimited answers (detour's own HTTP/1.1 client, `src/client/h1.rs`) are read whole.
 
 mod support;
 

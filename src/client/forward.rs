@@ -1,9 +1,9 @@
 //! The upstream HTTP client, and the classification of what went wrong.
 //!
 //! HTTPS upstreams share one pooled hyper-util client (HTTP/1.1 and HTTP/2 via ALPN, rustls
-//! with the webpki roots). Plain-HTTP upstreams use detour's own HTTP/1.1 connections
-//! ([`crate::client::h1`]), from a small pool each upstream owns ([`crate::client::idle`]), which costs less
-//! per request.
+//! with the webpki roots and those of `client.ca_file`). Plain-HTTP upstreams use detour's own
+//! HTTP/1.1 connections (`client/h1.rs`), from a small pool of idle ones each upstream owns
+//! (`client/idle.rs`), which costs less per request.
 
 use std::error::Error as StdError;
 use std::net::{IpAddr, SocketAddr};
@@ -140,7 +140,7 @@ impl Forwarder {
     }
 
     /// POSTs `body` to the upstream and reads the whole answer, within `timeout`. The body
-    /// is treated as one that must not be sent twice (see [`Forwarder::send_from`]).
+    /// is treated as one that must not be sent twice (see `Forwarder::send_from`).
     pub async fn send(
         &self,
         up: &Endpoint,

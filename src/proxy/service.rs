@@ -2,7 +2,7 @@
 //! and a JSON-RPC-level API for in-process callers.
 //!
 //! Request path: route by URL path → read the body (bounded) → parse the envelope →
-//! answer `eth_chainId`/`net_version` and invalid entries locally → [`failover`] the rest →
+//! answer `eth_chainId`/`net_version` and invalid entries locally → [`crate::failover`] the rest →
 //! write the response in request order with the client's ids.
 
 use std::convert::Infallible;
