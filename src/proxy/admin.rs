@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, ConfigError};
 use crate::proxy::access::constant_time_eq;
-use crate::proxy::service::{wants_html, Detour, Reloaded};
+use crate::proxy::response::wants_html;
+use crate::proxy::service::{Detour, Reloaded};
 
 // === Reloads ===
 

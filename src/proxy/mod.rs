@@ -2,5 +2,7 @@
 //! access control, and the admin API.
 
 pub mod access;
+pub(crate) mod accesslog;
 pub mod admin;
+pub(crate) mod response;
 pub mod service;

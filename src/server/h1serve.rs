@@ -36,7 +36,8 @@ use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
-use crate::proxy::service::{AnsweredBy, Body, ClientReply, Detour, RpcBody, UPSTREAM_HEADER};
+use crate::proxy::response::{AnsweredBy, ClientReply, RpcBody, UPSTREAM_HEADER};
+use crate::proxy::service::{Body, Detour};
 
 /// Headers beyond this many: handed over (hyper answers 431).
 const MAX_HEADERS: usize = 100;

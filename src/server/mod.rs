@@ -75,7 +75,7 @@ pub async fn serve(
                     && req.headers().get_all(http::header::HOST).iter().count() != 1
                 {
                     // RFC 9112 §3.2 (as nginx does); the fast path hands such requests here.
-                    return Ok(crate::proxy::service::bad_host());
+                    return Ok(crate::proxy::response::bad_host());
                 }
                 Ok::<_, std::convert::Infallible>(detour.serve_http(req, Some(peer)).await)
             })
