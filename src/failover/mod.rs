@@ -1,5 +1,10 @@
-//! The failover loop: attempts, hedges, reading what upstreams answered, health updates,
-//! broadcast of raw transactions and their hashes.
+//! The failover loop ([`retry`]): the calls of a request go to one upstream, and whatever it
+//! could not answer to the next; one [`attempt`] sends a chunk and reads the reply; [`health`]
+//! turns each outcome into the upstream's live state; [`broadcast`] and [`rawtx`] handle raw
+//! transactions (their hashes, "already known").
 
+pub(crate) mod attempt;
+pub(crate) mod broadcast;
+pub(crate) mod health;
 pub mod rawtx;
 pub mod retry;

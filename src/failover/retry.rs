@@ -37,21 +37,23 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use http::StatusCode;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
-use crate::client::forward::{self, Failure, Forwarder};
-use crate::client::UpstreamReply;
+use crate::client::forward::{Failure, Forwarder};
 use crate::method::block::{self, Need};
 use crate::method::kind;
-use crate::rpc::classify::{self, Class, Penalty};
+use crate::rpc::classify::{Class, Penalty};
 use crate::rpc::error::{self, AttemptNote};
-use crate::rpc::jsonrpc::{self, Call};
+use crate::rpc::jsonrpc::Call;
 use crate::select::balance::{self, Want};
 use crate::state::metrics::{AttemptOutcome, Metrics};
 use crate::state::pool::Chain;
 use crate::state::upstream::{now_us, us_at, Upstream};
+
+use super::attempt::{attempt, Got};
+use super::broadcast::{broadcast, is_already_known, tx_hash};
+use super::health::{describe_rpc_error, record_health, severity};
 
 /// The answer to one call: raw JSON of a result or of an error object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,14 +87,6 @@ pub struct Report {
     pub failed_calls: Vec<usize>,
     /// When the last attempt to finish ended (none when nothing was tried).
     pub finished: Option<Instant>,
-}
-
-/// What one upstream said about one call.
-#[derive(Debug, Clone)]
-enum Got {
-    Result(Bytes),
-    Error(Bytes, Class),
-    Missing,
 }
 
 /// What came back for one chunk of calls (indices into the request's calls).
@@ -334,131 +328,9 @@ pub(crate) async fn failover_from(
     (out, report)
 }
 
-/// `broadcast_raw_transactions`: one raw transaction goes to the selected upstream and, at the
-/// same time, to the best usable upstream of every other region. The first success (a result,
-/// or "already known": the transaction hash) is the answer; the other sends still complete in
-/// the background so every mempool gets it. When none succeeds, the selected upstream's answer
-/// is returned. Batches take the ordinary path.
-async fn broadcast(
-    fwd: &Forwarder,
-    chain: &Chain,
-    call: &Call<'_>,
-    deadline: Instant,
-) -> (PerCall<CallResult>, Report) {
-    let mut report = Report::default();
-    let mut exclude = Indices::new();
-    let Some(primary) = pick(chain, block::need(call), &mut exclude, &[], now_us()) else {
-        let failed = error::all_failed(&[], false);
-        return (smallvec::smallvec![CallResult::Error(failed)], report);
-    };
-    let mut targets = vec![primary];
-    let now = now_us();
-    for (r, region) in chain.regions.iter().enumerate() {
-        if r == chain.upstreams[primary].region_id {
-            continue;
-        }
-        let best = region
-            .members
-            .iter()
-            .copied()
-            .filter(|&i| chain.upstreams[i].servable(now) && chain.fresh(i, now))
-            .min_by(|&a, &b| {
-                let (ua, ub) = (&chain.upstreams[a], &chain.upstreams[b]);
-                (ua.tier, ua.cost())
-                    .partial_cmp(&(ub.tier, ub.cost()))
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            });
-        targets.extend(best);
-    }
-    let body = upstream_body(&[call], &[0]);
-    let hash = tx_hash(call);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(targets.len());
-    for &ui in &targets {
-        let (fwd, up, body, tx) = (
-            fwd.clone(),
-            chain.upstreams[ui].clone(),
-            body.clone(),
-            tx.clone(),
-        );
-        let timeout = up
-            .timeout
-            .min(deadline.saturating_duration_since(Instant::now()));
-        // Detached: a send that loses the race still completes.
-        tokio::spawn(async move {
-            let (took, result) = send(&fwd, &up, body, timeout).await;
-            let _ = tx.send((ui, took, result)).await;
-        });
-    }
-    drop(tx);
-    report.attempts = targets.len();
-    let mut primary_answer: Option<CallResult> = None;
-    while let Some((ui, took, result)) = rx.recv().await {
-        let up = &chain.upstreams[ui];
-        let got = result.and_then(|reply| read_reply(&reply, &[0]));
-        let answer = match got {
-            Ok(mut g) => match g.pop() {
-                Some(Got::Result(r)) => {
-                    up.state.record_success(now_us(), took);
-                    Some(CallResult::Result(r))
-                }
-                Some(Got::Error(e, class)) => {
-                    if class == Class::Deterministic {
-                        up.state.record_success(now_us(), took);
-                    }
-                    match hash.clone().filter(|_| is_already_known(&e)) {
-                        Some(h) => Some(CallResult::Result(h)),
-                        None => {
-                            report.failures.push(AttemptNote {
-                                upstream: up.name.clone(),
-                                reason: describe_rpc_error(up, &e),
-                            });
-                            if ui == primary {
-                                primary_answer = Some(CallResult::Error(e));
-                            }
-                            None
-                        }
-                    }
-                }
-                _ => None,
-            },
-            Err(f) => {
-                if matches!(f, Failure::Connect(_)) {
-                    up.state.eject(now_us(), took, None);
-                } else {
-                    up.state.record_soft_failure(now_us(), took);
-                }
-                up.state.note_error(now_us(), &f.to_string());
-                let note = AttemptNote {
-                    upstream: up.name.clone(),
-                    reason: f.to_string(),
-                };
-                // A send that never reached the upstream is no answer: the final error then
-                // lists every attempt.
-                if ui == primary && !f.never_processed() {
-                    primary_answer = Some(CallResult::Error(error::write_not_retried(
-                        &call.method,
-                        &note,
-                    )));
-                }
-                report.failures.push(note);
-                None
-            }
-        };
-        if let Some(a) = answer {
-            report.answered_by.push(up.name.clone());
-            return (smallvec::smallvec![a], report);
-        }
-    }
-    let failed = || CallResult::Error(error::all_failed(&report.failures, false));
-    (
-        smallvec::smallvec![primary_answer.unwrap_or_else(failed)],
-        report,
-    )
-}
-
 /// Selects the next upstream and takes its admission (one trial at a time while half-open);
 /// `now` in [`now_us`] microseconds.
-fn pick(
+pub(super) fn pick(
     chain: &Chain,
     need: Need,
     exclude: &mut Indices,
@@ -816,255 +688,9 @@ fn block_number(chain: &Chain, ui: usize, raw: Bytes, now: u64) -> Bytes {
     }
 }
 
-fn is_already_known(error: &[u8]) -> bool {
-    crate::failover::rawtx::already_known(&crate::rpc::error::RpcError::from_object(error).message)
-}
-
-/// The hash of the raw transaction in an `eth_sendRawTransaction` call, as a JSON string.
-fn tx_hash(call: &Call<'_>) -> Option<Bytes> {
-    let params: Vec<&str> = serde_json::from_str(call.params?.get()).ok()?;
-    let hash = crate::failover::rawtx::hash(params.first()?)?;
-    Some(Bytes::from(crate::failover::rawtx::hash_json(&hash)))
-}
-
-/// Which failure of a multi-chunk attempt decides the upstream's health.
-fn severity(f: &Failure) -> u8 {
-    match f {
-        Failure::Connect(_) => 3,
-        Failure::Status(s, _) if *s == StatusCode::TOO_MANY_REQUESTS => 2,
-        _ => 1,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn record_health(
-    chain: &Chain,
-    ui: usize,
-    now: u64,
-    worst: Option<&Failure>,
-    elapsed: Duration,
-    answered: usize,
-    unhealthy: usize,
-    rate_limited: bool,
-    excused: bool,
-) -> AttemptOutcome {
-    let up = &chain.upstreams[ui];
-    let state = &up.state;
-    let outcome = match worst {
-        Some(Failure::Connect(_)) => AttemptOutcome::ConnectError,
-        Some(Failure::Timeout) => AttemptOutcome::Timeout,
-        Some(Failure::Status(s, _)) if *s == StatusCode::TOO_MANY_REQUESTS => {
-            AttemptOutcome::RateLimited
-        }
-        Some(_) => AttemptOutcome::Error,
-        None if rate_limited => AttemptOutcome::RateLimited,
-        None if answered == 0 => AttemptOutcome::ProviderError,
-        None => AttemptOutcome::Success,
-    };
-    let failed = match worst {
-        Some(f @ (Failure::Timeout | Failure::TooLarge(_))) if excused => {
-            // Caused by the request: says nothing about the upstream's health (another
-            // upstream is still asked). Shown on the status page, not counted.
-            tracing::debug!(chain = &*chain.name, upstream = &*up.name, reason = %f,
-                "attempt failed because of what was asked; not held against the upstream");
-            state.note_excused(&f.to_string());
-            return outcome;
-        }
-        Some(f @ Failure::Connect(_)) => {
-            let cd = state.eject(now, elapsed, None);
-            if f.is_dns() && state.successes.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                state.set_unresolvable();
-            }
-            if let Some(cd) = cd {
-                tracing::warn!(chain = &*chain.name, upstream = &*up.name, reason = %f, cooldown = ?cd, "upstream ejected");
-            }
-            Some(f.to_string())
-        }
-        Some(f @ Failure::Status(s, retry_after)) if *s == StatusCode::TOO_MANY_REQUESTS => {
-            if let Some(cd) = state.eject(now, elapsed, *retry_after) {
-                tracing::warn!(chain = &*chain.name, upstream = &*up.name, cooldown = ?cd, "upstream rate limited (HTTP 429)");
-            }
-            Some(f.to_string())
-        }
-        Some(f @ Failure::Status(s, _))
-            if *s == StatusCode::UNAUTHORIZED || *s == StatusCode::FORBIDDEN =>
-        {
-            if let Some(cd) = state.eject(now, elapsed, None) {
-                tracing::warn!(chain = &*chain.name, upstream = &*up.name, reason = %f, cooldown = ?cd,
-                    "upstream rejected detour's credentials: check its API key");
-            }
-            Some(f.to_string())
-        }
-        Some(f) => {
-            if let Some(cd) = state.record_soft_failure(now, elapsed) {
-                tracing::warn!(chain = &*chain.name, upstream = &*up.name, reason = %f, cooldown = ?cd, "upstream ejected after repeated failures");
-            } else {
-                tracing::debug!(chain = &*chain.name, upstream = &*up.name, reason = %f, "upstream attempt failed");
-            }
-            Some(f.to_string())
-        }
-        None if rate_limited => {
-            if let Some(cd) = state.eject(now, elapsed, None) {
-                tracing::warn!(chain = &*chain.name, upstream = &*up.name, cooldown = ?cd, "upstream rate limited (JSON-RPC error)");
-            }
-            Some("rate limited (JSON-RPC error)".to_string())
-        }
-        None if answered == 0 && unhealthy > 0 => {
-            if let Some(cd) = state.record_soft_failure(now, elapsed) {
-                tracing::warn!(chain = &*chain.name, upstream = &*up.name, cooldown = ?cd, "upstream ejected after repeated provider errors");
-            }
-            Some("provider error".to_string())
-        }
-        // Only "not supported here" answers: nothing learned about the upstream's health.
-        None if answered == 0 => None,
-        None => {
-            state.record_success(now, elapsed);
-            if chain.regions[up.region_id].degraded() {
-                chain.update_region(ui, now);
-            }
-            None
-        }
-    };
-    if let Some(why) = failed {
-        state.note_error(now, &why);
-        chain.update_region(ui, now);
-    }
-    outcome
-}
-
-fn describe_rpc_error(up: &Upstream, error: &[u8]) -> String {
-    let e = crate::rpc::error::RpcError::from_object(error);
-    up.redact(&format!("JSON-RPC error {}: {}", e.code, e.message))
-}
-
-/// Sends one chunk of calls to one upstream, counted in flight, and reads what it said about
-/// each; the answer is due within `timeout` of `started`.
-async fn attempt(
-    fwd: &Forwarder,
-    up: &Upstream,
-    calls: &[&Call<'_>],
-    chunk: &[usize],
-    started: Instant,
-    timeout: Duration,
-    repeatable: bool,
-) -> Result<PerCall<Got>, Failure> {
-    let body = upstream_body(calls, chunk);
-    let _in_flight = up.state.start();
-    let reply = fwd
-        .send_from(&up.endpoint, body, started, timeout, repeatable)
-        .await?;
-    read_reply(&reply, chunk)
-}
-
-/// Sends a prepared body, counting it in flight.
-async fn send(
-    fwd: &Forwarder,
-    up: &Upstream,
-    body: Bytes,
-    timeout: Duration,
-) -> (Duration, Result<UpstreamReply, Failure>) {
-    let _in_flight = up.state.start();
-    let started = Instant::now();
-    let result = fwd.send(&up.endpoint, body, timeout).await;
-    (started.elapsed(), result)
-}
-
-/// The body sent upstream: a single request for one call, else a batch. Ids are the calls'
-/// indices, so answers can be matched whatever order they come in.
-fn upstream_body(calls: &[&Call<'_>], chunk: &[usize]) -> Bytes {
-    // Sized exactly: a buffer with room to spare would cost `Bytes` a second allocation.
-    let size: usize = chunk
-        .iter()
-        .map(|&i| jsonrpc::upstream_call_len(i, calls[i]) + 1)
-        .sum();
-    let mut out = Vec::with_capacity(if chunk.len() == 1 { size - 1 } else { size + 1 });
-    if let [i] = chunk {
-        jsonrpc::write_upstream_call(&mut out, *i, calls[*i]);
-    } else {
-        out.push(b'[');
-        for (k, &i) in chunk.iter().enumerate() {
-            if k > 0 {
-                out.push(b',');
-            }
-            jsonrpc::write_upstream_call(&mut out, i, calls[i]);
-        }
-        out.push(b']');
-    }
-    Bytes::from(out)
-}
-
-/// A zero-copy slice of `body` for a part of it (a copy if, against expectation, it is not).
-fn sub(body: &Bytes, part: &str) -> Bytes {
-    let (start, end) = (body.as_ptr() as usize, body.as_ptr() as usize + body.len());
-    let p = part.as_ptr() as usize;
-    if p >= start && p + part.len() <= end {
-        body.slice_ref(part.as_bytes())
-    } else {
-        Bytes::copy_from_slice(part.as_bytes())
-    }
-}
-
-fn read_reply(reply: &UpstreamReply, chunk: &[usize]) -> Result<PerCall<Got>, Failure> {
-    let status_failure = || Failure::Status(reply.status, forward::retry_after(&reply.headers));
-    if reply.status == StatusCode::TOO_MANY_REQUESTS {
-        return Err(status_failure());
-    }
-    let Some(list) = jsonrpc::parse_upstream(&reply.body) else {
-        return Err(if reply.status.is_success() {
-            Failure::Malformed("response is not JSON-RPC")
-        } else {
-            status_failure()
-        });
-    };
-    let got_of = |r: &jsonrpc::RawResponse<'_>| match (r.error, r.result) {
-        (Some(e), _) => {
-            let class = jsonrpc::error_fields(e).map_or(Class::Trouble(Penalty::Unhealthy), |f| {
-                classify::classify(f.code, &f.message)
-            });
-            Got::Error(sub(&reply.body, e.get()), class)
-        }
-        (None, Some(r)) => Got::Result(sub(&reply.body, r.get())),
-        (None, None) => Got::Missing,
-    };
-    let mut got: PerCall<Got> = SmallVec::from_elem(Got::Missing, chunk.len());
-    let mut matched = 0;
-    for r in &list {
-        let k =
-            r.id.and_then(|id| id.get().parse::<usize>().ok())
-                .and_then(|id| chunk.binary_search(&id).ok());
-        if let Some(k) = k {
-            got[k] = got_of(r);
-            matched += 1;
-        }
-    }
-    if matched == 0 {
-        // An error not tied to any id (e.g. `"id": null` for a rejected batch) applies to all.
-        if let [r] = list.as_slice() {
-            if r.error.is_some() {
-                let g = got_of(r);
-                return Ok(SmallVec::from_elem(g, chunk.len()));
-            }
-        }
-        return Err(if reply.status.is_success() {
-            Failure::Malformed("response answers none of the calls sent")
-        } else {
-            status_failure()
-        });
-    }
-    Ok(got)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn reply(status: u16, body: &str) -> UpstreamReply {
-        UpstreamReply {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers: Default::default(),
-            body: Bytes::copy_from_slice(body.as_bytes()),
-        }
-    }
 
     #[test]
     fn the_served_block_number_cannot_be_poisoned() {
@@ -1119,78 +745,5 @@ mod tests {
             block_number(c2, 0, Bytes::from_static(b"\"0x11\""), 11),
             "\"0x12\""
         );
-    }
-
-    #[test]
-    fn matches_answers_by_id_in_any_order() {
-        let r = reply(
-            200,
-            r#"[{"jsonrpc":"2.0","id":5,"result":"b"},{"jsonrpc":"2.0","id":2,"result":"a"}]"#,
-        );
-        let got = read_reply(&r, &[2, 5]).unwrap();
-        assert!(matches!(&got[0], Got::Result(b) if b == "\"a\""));
-        assert!(matches!(&got[1], Got::Result(b) if b == "\"b\""));
-    }
-
-    #[test]
-    fn missing_entries_and_foreign_ids() {
-        let r = reply(
-            200,
-            r#"[{"jsonrpc":"2.0","id":2,"result":1},{"jsonrpc":"2.0","id":99,"result":2}]"#,
-        );
-        let got = read_reply(&r, &[2, 3]).unwrap();
-        assert!(matches!(got[1], Got::Missing));
-        let r = reply(200, r#"{"jsonrpc":"2.0","id":7,"result":1}"#);
-        assert_eq!(
-            read_reply(&r, &[0]).unwrap_err(),
-            Failure::Malformed("response answers none of the calls sent")
-        );
-    }
-
-    #[test]
-    fn unkeyed_error_applies_to_the_whole_chunk() {
-        let r = reply(
-            200,
-            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"batch too large"}}"#,
-        );
-        let got = read_reply(&r, &[0, 1, 2]).unwrap();
-        assert_eq!(got.len(), 3);
-        assert!(got
-            .iter()
-            .all(|g| matches!(g, Got::Error(_, Class::Trouble(Penalty::Unsupported)))));
-    }
-
-    #[test]
-    fn statuses() {
-        assert!(
-            matches!(read_reply(&reply(503, "oops"), &[0]), Err(Failure::Status(s, _)) if s == 503)
-        );
-        assert!(
-            matches!(read_reply(&reply(429, r#"{"id":0,"result":1}"#), &[0]), Err(Failure::Status(s, _)) if s == 429)
-        );
-        assert_eq!(
-            read_reply(&reply(200, "<html>"), &[0]).unwrap_err(),
-            Failure::Malformed("response is not JSON-RPC")
-        );
-        // A JSON-RPC answer inside a 500 is still the answer.
-        let got = read_reply(
-            &reply(
-                500,
-                r#"{"jsonrpc":"2.0","id":0,"error":{"code":3,"message":"execution reverted"}}"#,
-            ),
-            &[0],
-        )
-        .unwrap();
-        assert!(matches!(got[0], Got::Error(_, Class::Deterministic)));
-    }
-
-    #[test]
-    fn results_are_zero_copy_slices() {
-        let r = reply(200, r#"{"jsonrpc":"2.0","id":0,"result":{"big":"0x00"}}"#);
-        let Got::Result(b) = &read_reply(&r, &[0]).unwrap()[0] else {
-            panic!()
-        };
-        let start = r.body.as_ptr() as usize;
-        assert!((start..start + r.body.len()).contains(&(b.as_ptr() as usize)));
     }
 }
