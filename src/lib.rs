@@ -49,13 +49,13 @@
 //! - [`select`]: choosing an upstream: tiers, fitness (lag, regions, quarantine), power of two
 //!   choices ([`select::balance`]).
 //! - [`failover`]: the failover loop ([`failover::retry`]): attempts, hedges, reading what
-//!   upstreams answered, what may be retried, health updates, broadcast; raw transactions'
-//!   hashes ([`failover::rawtx`]).
+//!   upstreams answered, what may be retried, health updates, broadcast of raw transactions
+//!   and their hashes ([`failover::rawtx`]).
 //! - [`ops`]: the background health probes ([`ops::health`]) and the `/status` document
 //!   ([`ops::status`]).
-//! - [`proxy`]: the embeddable `tower::Service` ([`proxy::service`]: endpoints, responses, the
-//!   access log), client API keys and CORS ([`proxy::access`]), reloads and the admin API
-//!   ([`proxy::admin`]).
+//! - [`proxy`]: the embeddable `tower::Service` ([`proxy::service`]: endpoints, the request
+//!   path, responses and the access log beside it), client API keys and CORS
+//!   ([`proxy::access`]), reloads and the admin API ([`proxy::admin`]).
 //! - [`server`]: the accept loop, HTTP/1.1 (a fast path for plain POSTs, hyper for the rest)
 //!   and HTTP/2, TLS, timeouts, draining and graceful shutdown.
 //!
