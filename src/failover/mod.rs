@@ -3,8 +3,8 @@
 //! turns each outcome into the upstream's live state; [`broadcast`] and [`rawtx`] handle raw
 //! transactions (their hashes, "already known").
 
-pub(crate) mod attempt;
-pub(crate) mod broadcast;
-pub(crate) mod health;
+pub mod attempt;
+pub mod broadcast;
+pub mod health;
 pub mod rawtx;
 pub mod retry;
