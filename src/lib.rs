@@ -35,7 +35,7 @@
 //! - [`rpc`]: JSON-RPC envelopes kept as raw JSON ([`rpc::jsonrpc`], read in one pass by a
 //!   scanner, serde_json for anything unusual), the error objects detour writes
 //!   ([`rpc::error`]) and the taxonomy of the errors upstreams answer ([`rpc::classify`]).
-//! - [`method`]: what a method is ([`method::kind`]: local, write, read), which block a call
+//! - [`method`]: what a method is ([`method::kind`]: local, filter, write, read), which block a call
 //!   needs and which answers prove one ([`method::block`]), which methods a chain serves
 //!   ([`method::policy`]).
 //! - [`client`]: talking to upstreams: [`client::forward`] (the `Forwarder`, failure
@@ -51,6 +51,9 @@
 //! - [`failover`]: the failover loop ([`failover::retry`]): attempts, hedges, reading what
 //!   upstreams answered, what may be retried, health updates, broadcast of raw transactions
 //!   and their hashes ([`failover::rawtx`]).
+//! - [`follow`]: following the chain: a tracker per chain ([`follow::tracker`]: the canonical
+//!   chain by parent hash, every height once, reorgs from the fork point) and the filters
+//!   detour keeps on it ([`follow::filters`]).
 //! - [`ops`]: the background health probes ([`ops::health`]) and the `/status` document
 //!   ([`ops::status`]).
 //! - [`proxy`]: the embeddable `tower::Service` ([`proxy::service`]: endpoints, the request
@@ -77,6 +80,7 @@
 pub mod client;
 pub mod config;
 pub mod failover;
+pub mod follow;
 pub mod method;
 pub mod ops;
 pub mod proxy;

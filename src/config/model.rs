@@ -24,6 +24,12 @@ pub struct Config {
     /// The optional admin listener (reload, cordon, config, status, metrics).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Following each chain's canonical chain (for filters).
+    #[serde(default)]
+    pub tracker: TrackerConfig,
+    /// Filters detour keeps for clients (`eth_newFilter`, `eth_newBlockFilter`).
+    #[serde(default)]
+    pub filters: FiltersConfig,
     /// Client API keys (`[[api_keys]]`); when any is configured, every RPC request (and
     /// `/status`, `/metrics`) needs one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -31,6 +37,57 @@ pub struct Config {
     /// The chains served, by name; each is served at `/<name>` and `/<chain_id>`.
     #[serde(default)]
     pub chains: BTreeMap<String, ChainConfig>,
+}
+
+/// `[tracker]`: how detour follows a chain while filters need it.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackerConfig {
+    /// How often the latest block is read. Default `1s`.
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
+    /// The deepest reorg undone (blocks kept to compare against). Default 64.
+    pub reorg_depth: usize,
+    /// Most chain events (blocks added or removed) kept for filters that have not read them.
+    /// Default 10000.
+    pub max_events: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(1),
+            reorg_depth: 64,
+            max_events: 10_000,
+        }
+    }
+}
+
+/// `[filters]`: filters detour keeps for clients.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FiltersConfig {
+    /// Whether detour keeps filters itself (default `true`). `false`: filter calls go to an
+    /// upstream as they are, and a poll answered by another upstream finds no filter.
+    pub emulate: bool,
+    /// A filter not polled for this long is removed (geth's default). Default `5m`.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Most filters one client (API key, else IP address) may hold. Default 100.
+    pub max_per_client: usize,
+    /// Most filters in all. Default 10000.
+    pub max_total: usize,
+}
+
+impl Default for FiltersConfig {
+    fn default() -> Self {
+        Self {
+            emulate: true,
+            timeout: Duration::from_secs(300),
+            max_per_client: 100,
+            max_total: 10_000,
+        }
+    }
 }
 
 /// `[server]`: the listener clients connect to.

@@ -20,6 +20,8 @@ impl Config {
             ("server.http2_keep_alive", s.http2_keep_alive),
             ("client.connect_timeout", self.client.connect_timeout),
             ("client.attempt_timeout", self.client.attempt_timeout),
+            ("tracker.poll_interval", self.tracker.poll_interval),
+            ("filters.timeout", self.filters.timeout),
             (
                 "client.http2_keep_alive_interval",
                 self.client.http2_keep_alive_interval,
@@ -40,6 +42,10 @@ impl Config {
             ("server.max_requests_in_flight", s.max_requests_in_flight),
             ("server.http2_max_streams", s.http2_max_streams as usize),
             ("client.max_response_bytes", self.client.max_response_bytes),
+            ("tracker.reorg_depth", self.tracker.reorg_depth),
+            ("tracker.max_events", self.tracker.max_events),
+            ("filters.max_per_client", self.filters.max_per_client),
+            ("filters.max_total", self.filters.max_total),
         ] {
             if n == 0 {
                 bad(key.into(), "must be greater than zero".into());

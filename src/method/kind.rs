@@ -12,6 +12,11 @@ pub enum MethodKind {
     Write,
     /// A known read: may be hedged, and retried on another upstream.
     Read,
+    /// A filter method detour answers from its own filters (`eth_newFilter`,
+    /// `eth_newBlockFilter`, `eth_getFilterChanges`, `eth_getFilterLogs`,
+    /// `eth_uninstallFilter`); a filter id detour does not hold goes upstream as
+    /// [`MethodKind::Unknown`] would.
+    Filter,
     /// A method detour does not know (a chain's own, a new one): it may change state, so it is
     /// sent to one upstream at a time and retried only when the upstream provably never saw it,
     /// like a write, unless the chain's `methods.reads` declares it a read.
@@ -79,10 +84,6 @@ pub const READ_PREFIXES: &[&str] = &[
     "web3_",
 ];
 
-/// Reads by name that are not safe to repeat: each call changes what the next one returns (a
-/// filter's changes are consumed), so they go to one upstream at a time.
-const STATEFUL_READS: &[&str] = &["eth_getFilterChanges"];
-
 /// Classifies a method name.
 #[inline]
 pub fn method_kind(method: &str) -> MethodKind {
@@ -103,7 +104,11 @@ pub fn method_kind(method: &str) -> MethodKind {
         {
             MethodKind::Write
         }
-        m if STATEFUL_READS.contains(&m) => MethodKind::Unknown,
+        "eth_newFilter"
+        | "eth_newBlockFilter"
+        | "eth_getFilterChanges"
+        | "eth_getFilterLogs"
+        | "eth_uninstallFilter" => MethodKind::Filter,
         m if READ_METHODS.contains(&m) || READ_PREFIXES.iter().any(|p| m.starts_with(p)) => {
             MethodKind::Read
         }
@@ -150,7 +155,16 @@ mod tests {
         }
         for m in [
             "eth_newFilter",
+            "eth_newBlockFilter",
             "eth_getFilterChanges",
+            "eth_getFilterLogs",
+            "eth_uninstallFilter",
+        ] {
+            assert_eq!(method_kind(m), MethodKind::Filter, "{m}");
+            assert!(!method_kind(m).may_repeat());
+        }
+        for m in [
+            "eth_newPendingTransactionFilter",
             "eth_subscribe",
             "zks_someWrite",
             "anvil_mine",

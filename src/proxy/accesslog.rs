@@ -31,6 +31,8 @@ pub(crate) struct Served {
     pub(crate) failed: usize,
     /// The API key's name, when keys are configured.
     pub(crate) client: Option<String>,
+    /// The client's address, when it came over the network.
+    pub(crate) peer: Option<std::net::IpAddr>,
     /// When the last upstream attempt ended (none when no upstream was asked).
     pub(crate) finished: Option<Instant>,
 }

@@ -32,8 +32,10 @@ use super::response::{
 use super::response::{wants_html, AnsweredBy, ClientReply, RpcBody};
 use crate::client::dns::Resolver;
 use crate::client::forward::Forwarder;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, FiltersConfig, TrackerConfig};
 use crate::failover::retry::{failover_from, CallResult, Indices, PerCall};
+use crate::follow::filters::Registry;
+use crate::follow::{CallFuture, Source};
 use crate::method::kind::{method_kind, MethodKind};
 use crate::proxy::access;
 use crate::rpc::error::RpcError;
@@ -73,6 +75,37 @@ struct Inner {
     /// JSON-RPC requests being read or answered now (bounded by
     /// `server.max_requests_in_flight`).
     requests_in_flight: std::sync::atomic::AtomicUsize,
+    /// The filters detour keeps, and the chain trackers under them.
+    filters: Arc<Registry>,
+}
+
+/// The tracker's way to the upstreams: [`Detour::request`], through the failover loop.
+struct Upstreams(std::sync::Weak<Inner>);
+
+impl Source for Upstreams {
+    fn call<'a>(&'a self, chain: &'a str, method: &'static str, params: String) -> CallFuture<'a> {
+        Box::pin(async move {
+            let Some(inner) = self.0.upgrade() else {
+                return Err(RpcError {
+                    code: jsonrpc::INTERNAL_ERROR,
+                    message: "detour is shutting down".into(),
+                    data: None,
+                });
+            };
+            let params = RawValue::from_string(params).map_err(|e| RpcError {
+                code: jsonrpc::INTERNAL_ERROR,
+                message: format!("params are not JSON: {e}"),
+                data: None,
+            })?;
+            Detour { inner }.request(chain, method, Some(&params)).await
+        })
+    }
+
+    fn settings(&self) -> Option<(TrackerConfig, FiltersConfig)> {
+        let inner = self.0.upgrade()?;
+        let pool = inner.pool.load();
+        Some((pool.config.tracker, pool.config.filters))
+    }
 }
 
 /// Counts a JSON-RPC request in flight until dropped.
@@ -99,7 +132,7 @@ impl Detour {
         let pool = Arc::new(ArcSwap::from_pointee(Pool::new(config, None)?));
         let metrics = Metrics::new(Arc::downgrade(&pool));
         let detour = Detour {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|weak| Inner {
                 pool,
                 forwarder,
                 metrics,
@@ -107,6 +140,7 @@ impl Detour {
                 draining: AtomicBool::new(false),
                 last_reload: std::sync::Mutex::new(None),
                 requests_in_flight: Default::default(),
+                filters: Registry::new(Arc::new(Upstreams(weak.clone()))),
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -135,6 +169,12 @@ impl Detour {
     /// The `/status` document (per chain and upstream: state, head, lag, latency, errors).
     pub fn status(&self) -> serde_json::Value {
         let mut status = crate::ops::status::status(&self.pool());
+        if let Some(chains) = status["chains"].as_array_mut() {
+            for c in chains {
+                let name = c["name"].as_str().unwrap_or_default().to_owned();
+                c["filters"] = self.inner.filters.describe(&name);
+            }
+        }
         if let Some(last) = self.inner.last_reload.lock().ok().and_then(|l| l.clone()) {
             status["last_reload"] = last;
         }
@@ -346,6 +386,7 @@ impl Detour {
         // collect cost more than the work.
         let mut answers: PerCall<Option<CallResult>> = PerCall::new();
         let mut remote = Indices::new();
+        let mut filter_calls = Indices::new();
         for (i, c) in calls.iter().enumerate() {
             let local = if let Err(refusal) = chain.policy.check(&c.method) {
                 chain
@@ -361,6 +402,11 @@ impl Detour {
                 let local = match method_kind(&c.method) {
                     MethodKind::ChainId => Some(chain.chain_id_json.clone()),
                     MethodKind::NetVersion => Some(chain.net_version_json.clone()),
+                    MethodKind::Filter if chain.filters_emulated => {
+                        filter_calls.push(i);
+                        answers.push(None);
+                        continue;
+                    }
                     _ => None,
                 };
                 match local.map(|answer| (answer, crate::rpc::error::no_params(c.params))) {
@@ -383,6 +429,17 @@ impl Detour {
                 remote.push(i);
             }
             answers.push(local);
+        }
+        if !filter_calls.is_empty() {
+            self.answer_filters(
+                chain,
+                calls,
+                &filter_calls,
+                &mut answers,
+                &mut remote,
+                served,
+            )
+            .await;
         }
         if remote.is_empty() {
             return answers.into_iter().flatten().collect();
@@ -439,6 +496,48 @@ impl Detour {
             );
         }
         out
+    }
+
+    /// Answers the filter calls at `which` from detour's filters; a call naming a filter id
+    /// detour does not hold joins `remote`, to go upstream as it is.
+    #[inline(never)]
+    async fn answer_filters(
+        &self,
+        chain: &Chain,
+        calls: &[&Call<'_>],
+        which: &Indices,
+        answers: &mut PerCall<Option<CallResult>>,
+        remote: &mut Indices,
+        served: &mut Served,
+    ) {
+        let m = &self.inner.metrics;
+        let client = match (&served.client, served.peer) {
+            (Some(key), _) => format!("key:{key}"),
+            (None, Some(ip)) => format!("ip:{ip}"),
+            (None, None) => "in-process".to_owned(),
+        };
+        for &i in which {
+            let c = calls[i];
+            let answer = self
+                .inner
+                .filters
+                .answer(&chain.name, &client, &c.method, c.params)
+                .await;
+            match answer {
+                Some(a) => {
+                    let outcome = match a {
+                        CallResult::Result(_) => Outcome::Ok,
+                        CallResult::Error(_) => Outcome::RpcError,
+                    };
+                    served.errors += usize::from(outcome == Outcome::RpcError);
+                    chain.metrics.call(m, &chain.name, &c.method, outcome);
+                    answers[i] = Some(a);
+                }
+                None => remote.push(i),
+            }
+        }
+        // Forwarded calls go in request order.
+        remote.sort_unstable();
     }
 
     /// Parses a body that arrived at `now`, answers it, and writes the response (`None`:
@@ -809,6 +908,7 @@ impl Detour {
         };
         let mut served = Served {
             client,
+            peer: peer.map(|p| p.ip()),
             ..Served::default()
         };
         let out = self.rpc(&pool, chain, &body, started, &mut served).await;

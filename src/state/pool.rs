@@ -70,6 +70,8 @@ pub struct Chain {
     pub any_unsupported: bool,
     /// Glob patterns of methods detour does not know that the configuration declares reads.
     pub declared_reads: Vec<String>,
+    /// detour keeps filters itself (`filters.emulate`).
+    pub filters_emulated: bool,
 }
 
 /// Chain-wide live state.
@@ -272,6 +274,7 @@ impl Pool {
                     .iter()
                     .any(|u| !u.unsupported_methods.is_empty()),
                 declared_reads: cc.methods.reads.clone(),
+                filters_emulated: config.filters.emulate,
             });
         }
         let tls = match &config.server.tls {

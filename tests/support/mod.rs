@@ -2,6 +2,8 @@
 //! 0, and a small HTTP client. Nothing here reaches beyond loopback.
 #![allow(dead_code)]
 
+pub mod chain;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

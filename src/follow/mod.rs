@@ -1,0 +1,32 @@
+//! Following the chain: a tracker per chain ([`tracker`]) that follows the canonical chain
+//! through detour's own failover (gap-free: every height once, in order; reorgs undone from the
+//! fork point), and the filters detour keeps on it ([`filters`]: `eth_newFilter`,
+//! `eth_newBlockFilter`, `eth_getFilterChanges`, `eth_getFilterLogs`, `eth_uninstallFilter`),
+//! so no upstream failure loses a filter.
+//!
+//! The tracker asks upstreams through a [`Source`], which the proxy implements with its
+//! failover loop: the tracker's calls are routed, retried, metered and logged like clients'.
+
+pub mod filters;
+pub mod tracker;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde_json::value::RawValue;
+
+use crate::config::{FiltersConfig, TrackerConfig};
+use crate::rpc::error::RpcError;
+
+/// A call's future, as a [`Source`] returns it.
+pub type CallFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Box<RawValue>, RpcError>> + Send + 'a>>;
+
+/// How the tracker reads the chain: one JSON-RPC call to a chain's upstreams, with failover.
+pub trait Source: Send + Sync + 'static {
+    /// Calls `method` with `params` (a JSON array) on `chain`; the `result` or the error.
+    fn call<'a>(&'a self, chain: &'a str, method: &'static str, params: String) -> CallFuture<'a>;
+
+    /// The settings in force now; `None` once the proxy is gone (the tracker's task ends).
+    fn settings(&self) -> Option<(TrackerConfig, FiltersConfig)>;
+}

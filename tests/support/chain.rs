@@ -1,0 +1,322 @@
+//! A simulated chain served by in-process mock upstreams: blocks by number and by hash, logs
+//! by block hash or range, health probes, and the faults a follower must survive (an upstream
+//! down, one lagging behind, a reorg). Several upstreams share one chain, each seeing it up to
+//! its own lag.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The contract most logs come from.
+pub const ADDRESS_A: &str = "0x00000000000000000000000000000000000000aa";
+/// The contract of every other log.
+pub const ADDRESS_B: &str = "0x00000000000000000000000000000000000000bb";
+/// Every log's first topic.
+pub const TOPIC: &str = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef";
+
+#[derive(Clone, Debug)]
+struct SimBlock {
+    hash: String,
+    parent: String,
+    logs: usize,
+}
+
+#[derive(Debug)]
+struct ChainState {
+    blocks: Vec<SimBlock>,
+    /// Bumped by each reorg, so a new branch's hashes differ from the old one's.
+    branch: u64,
+    logs_per_block: usize,
+}
+
+/// One chain, shared by the upstreams that serve it.
+#[derive(Clone, Debug)]
+pub struct SimChain(Arc<Mutex<ChainState>>);
+
+fn hash(branch: u64, number: u64) -> String {
+    format!(
+        "0x{:016x}{:048x}",
+        branch + 1,
+        number.wrapping_mul(0x9e37_79b9) ^ 0x5eed
+    )
+}
+
+impl SimChain {
+    /// A chain at height `height`, `logs_per_block` logs in each block from 1 on.
+    pub fn new(height: u64, logs_per_block: usize) -> SimChain {
+        let chain = SimChain(Arc::new(Mutex::new(ChainState {
+            blocks: vec![SimBlock {
+                hash: hash(0, 0),
+                parent: format!("0x{:064x}", 0),
+                logs: 0,
+            }],
+            branch: 0,
+            logs_per_block,
+        })));
+        chain.mine(height as usize);
+        chain
+    }
+
+    /// Adds `n` blocks.
+    pub fn mine(&self, n: usize) {
+        let mut s = self.0.lock().unwrap();
+        for _ in 0..n {
+            let number = s.blocks.len() as u64;
+            let parent = s.blocks.last().unwrap().hash.clone();
+            let block = SimBlock {
+                hash: hash(s.branch, number),
+                parent,
+                logs: s.logs_per_block,
+            };
+            s.blocks.push(block);
+        }
+    }
+
+    /// Replaces the last `depth` blocks with a new branch of `len` blocks.
+    pub fn reorg(&self, depth: usize, len: usize) {
+        {
+            let mut s = self.0.lock().unwrap();
+            let keep = s.blocks.len() - depth;
+            s.blocks.truncate(keep);
+            s.branch += 1;
+        }
+        self.mine(len);
+    }
+
+    /// The height of the head.
+    pub fn height(&self) -> u64 {
+        self.0.lock().unwrap().blocks.len() as u64 - 1
+    }
+
+    /// The hash of the canonical block at `number`.
+    pub fn hash_at(&self, number: u64) -> String {
+        self.0.lock().unwrap().blocks[number as usize].hash.clone()
+    }
+
+    /// The logs of the canonical block at `number`, as upstreams return them.
+    pub fn logs_at(&self, number: u64) -> Vec<Value> {
+        let s = self.0.lock().unwrap();
+        logs_of(&s.blocks[number as usize], number)
+    }
+
+    fn block_json(b: &SimBlock, number: u64) -> Value {
+        json!({
+            "number": format!("0x{number:x}"),
+            "hash": b.hash,
+            "parentHash": b.parent,
+            "timestamp": format!("0x{:x}", 1_700_000_000 + number * 12),
+            "logsBloom": format!("0x{}", "0".repeat(512)),
+            "gasUsed": "0x0",
+            "transactions": [],
+        })
+    }
+}
+
+fn logs_of(b: &SimBlock, number: u64) -> Vec<Value> {
+    (0..b.logs)
+        .map(|i| {
+            json!({
+                "address": if i % 2 == 0 { ADDRESS_A } else { ADDRESS_B },
+                "topics": [TOPIC, format!("0x{number:064x}")],
+                "data": format!("0x{i:064x}"),
+                "blockNumber": format!("0x{number:x}"),
+                "blockHash": b.hash,
+                "transactionHash": format!("0x{:062x}{i:02x}", number),
+                "transactionIndex": format!("0x{i:x}"),
+                "logIndex": format!("0x{i:x}"),
+                "removed": false,
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, Default)]
+struct View {
+    /// Blocks behind the chain's head this upstream is.
+    lag: u64,
+    /// Answers everything with HTTP 503.
+    down: bool,
+    /// Methods called (probes excluded).
+    methods: Vec<String>,
+}
+
+/// One upstream serving a [`SimChain`].
+pub struct SimUpstream {
+    pub addr: SocketAddr,
+    view: Arc<Mutex<View>>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl SimUpstream {
+    /// Serves `chain` (chain id 1) on 127.0.0.1:0.
+    pub async fn start(chain: &SimChain) -> SimUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let view = Arc::new(Mutex::new(View::default()));
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let (chain, v) = (chain.clone(), view.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                    _ = &mut stopped => return,
+                };
+                let (chain, v) = (chain.clone(), v.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        handle(chain.clone(), v.clone(), req)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        SimUpstream {
+            addr,
+            view,
+            _stop: stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sees the chain `lag` blocks behind its head.
+    pub fn set_lag(&self, lag: u64) {
+        self.view.lock().unwrap().lag = lag;
+    }
+
+    /// Answers everything with 503 (`true`) or serves again.
+    pub fn set_down(&self, down: bool) {
+        self.view.lock().unwrap().down = down;
+    }
+
+    /// Methods called so far (health probes excluded).
+    pub fn methods(&self) -> Vec<String> {
+        self.view.lock().unwrap().methods.clone()
+    }
+}
+
+async fn handle(
+    chain: SimChain,
+    view: Arc<Mutex<View>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let probe = req.headers().contains_key("x-detour-probe");
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (down, lag) = {
+        let mut v = view.lock().unwrap();
+        if !probe {
+            let calls = match &parsed {
+                Value::Array(list) => list.clone(),
+                one => vec![one.clone()],
+            };
+            for c in calls {
+                v.methods
+                    .push(c["method"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        (v.down, v.lag)
+    };
+    if down {
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"down")));
+        *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        return Ok(resp);
+    }
+    let answer = |call: &Value| -> Value {
+        let s = chain.0.lock().unwrap();
+        let visible = (s.blocks.len() as u64 - 1).saturating_sub(lag);
+        let params = &call["params"];
+        let at = |n: u64| -> Value {
+            if n > visible {
+                return Value::Null;
+            }
+            SimChain::block_json(&s.blocks[n as usize], n)
+        };
+        let by_tag = |p: &Value| -> Option<u64> {
+            match p.as_str()? {
+                "latest" | "safe" | "finalized" | "pending" => Some(visible),
+                "earliest" => Some(0),
+                q => u64::from_str_radix(q.trim_start_matches("0x"), 16).ok(),
+            }
+        };
+        let result = match call["method"].as_str().unwrap_or_default() {
+            "eth_chainId" => json!("0x1"),
+            "eth_blockNumber" => json!(format!("0x{visible:x}")),
+            "eth_getBlockByNumber" => by_tag(&params[0]).map_or(Value::Null, at),
+            "eth_getBlockByHash" => {
+                let want = params[0].as_str().unwrap_or_default().to_ascii_lowercase();
+                s.blocks
+                    .iter()
+                    .enumerate()
+                    .take(visible as usize + 1)
+                    .find(|(_, b)| b.hash == want)
+                    .map_or(Value::Null, |(n, b)| SimChain::block_json(b, n as u64))
+            }
+            "eth_getLogs" => {
+                let q = &params[0];
+                let mut out = Vec::new();
+                if let Some(h) = q["blockHash"].as_str() {
+                    let h = h.to_ascii_lowercase();
+                    match s.blocks.iter().enumerate().find(|(_, b)| b.hash == h) {
+                        Some((n, b)) => out = logs_of(b, n as u64),
+                        None => {
+                            return json!({"jsonrpc":"2.0","id":call["id"],
+                                "error":{"code":-32000,"message":"unknown block"}})
+                        }
+                    }
+                } else {
+                    let from = by_tag(&q["fromBlock"]).unwrap_or(visible);
+                    let to = by_tag(&q["toBlock"]).unwrap_or(visible).min(visible);
+                    for n in from..=to {
+                        out.extend(logs_of(&s.blocks[n as usize], n));
+                    }
+                }
+                let address = q["address"].as_str().map(str::to_ascii_lowercase);
+                Value::Array(
+                    out.into_iter()
+                        .filter(|l| address.as_deref().is_none_or(|a| l["address"] == a))
+                        .collect(),
+                )
+            }
+            // A node that holds no filter: as geth answers.
+            "eth_getFilterChanges" | "eth_getFilterLogs" => {
+                return json!({"jsonrpc":"2.0","id":call["id"],
+                    "error":{"code":-32000,"message":"filter not found"}})
+            }
+            "eth_uninstallFilter" => json!(false),
+            "eth_newFilter" | "eth_newBlockFilter" | "eth_newPendingTransactionFilter" => {
+                json!("0x00000000000000000000000000000abc")
+            }
+            m => {
+                return json!({"jsonrpc":"2.0","id":call["id"],
+                    "error":{"code":-32601,"message":format!("the method {m} does not exist")}})
+            }
+        };
+        json!({"jsonrpc":"2.0","id":call["id"],"result":result})
+    };
+    let out = match &parsed {
+        Value::Array(list) => Value::Array(list.iter().map(answer).collect()),
+        one => answer(one),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(out.to_string())));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    Ok(resp)
+}
