@@ -8,6 +8,8 @@
 # Three anvil nodes start from the same genesis: A in tier 0, B and C in tier 1. Transactions go
 # to A (the preferred tier) and their receipts are polled there. Then a steady stream of reads
 # runs while A is killed: every read must succeed (failover to B/C, no client-visible error).
+# Then the health scenarios (e2e_health.py), filters watched by ethers and viem through node
+# failures and a reorg (e2e_filters.cjs), and the status page (e2e_status_page.py).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -29,11 +31,16 @@ cleanup() {
 trap cleanup EXIT
 
 # --- tools -------------------------------------------------------------------------------
-if [ ! -x "$ANVIL" ] || [ ! -x "$CAST" ] || ! "$ANVIL" --version | grep -q "$FOUNDRY_VERSION"; then
-  log "installing anvil and cast $FOUNDRY_VERSION from npm into scripts/.tools"
+ETHERS_VERSION=6.17.0
+VIEM_VERSION=2.57.20
+installed() { grep -q "\"version\": \"$2\"" "$TOOLS/node_modules/$1/package.json" 2>/dev/null; }
+if [ ! -x "$ANVIL" ] || [ ! -x "$CAST" ] || ! "$ANVIL" --version | grep -q "$FOUNDRY_VERSION" \
+  || ! installed ethers "$ETHERS_VERSION" || ! installed viem "$VIEM_VERSION"; then
+  log "installing anvil and cast $FOUNDRY_VERSION, ethers $ETHERS_VERSION and viem $VIEM_VERSION from npm into scripts/.tools"
   mkdir -p "$TOOLS"
   npm install --prefix "$TOOLS" --no-save --no-audit --no-fund --loglevel=error \
-    "@foundry-rs/anvil-linux-amd64@$FOUNDRY_VERSION" "@foundry-rs/cast-linux-amd64@$FOUNDRY_VERSION" >/dev/null
+    "@foundry-rs/anvil-linux-amd64@$FOUNDRY_VERSION" "@foundry-rs/cast-linux-amd64@$FOUNDRY_VERSION" \
+    "ethers@$ETHERS_VERSION" "viem@$VIEM_VERSION" >/dev/null
 fi
 "$ANVIL" --version | head -1
 DETOUR=${DETOUR_BIN:-$ROOT/target/debug/detour}
@@ -205,7 +212,11 @@ log "ok: detour exited 0 on SIGTERM"
 python3 scripts/e2e_health.py "$ANVIL" "$DETOUR" "$WORK" || fail "health scenarios"
 log "ok: health scenarios"
 
+# --- filters through failover and a reorg, watched by ethers and viem -----------------------
+NODE_PATH=$TOOLS/node_modules node scripts/e2e_filters.cjs "$ANVIL" "$DETOUR" "$WORK" || fail "filters"
+log "ok: filters"
+
 # --- the status page in headless Chromium --------------------------------------------------
 python3 scripts/e2e_status_page.py "$ANVIL" "$DETOUR" "$WORK" || fail "status page"
 log "ok: status page"
-echo "e2e: 15 passed, 0 failed"
+echo "e2e: 16 passed, 0 failed"

@@ -16,7 +16,9 @@
 //! new branch's blocks). Readers keep a sequence number and read what came after it, so every
 //! height reaches each reader once, in order, with no gaps. While log filters exist, each added
 //! block's logs are fetched with it (`eth_getLogs` by block hash: one call per block, however
-//! many filters), so a reorg can report the dropped blocks' logs as removed.
+//! many filters; none for a block whose `logsBloom` is empty), so a reorg can report the
+//! dropped blocks' logs as removed. An empty answer for a block whose bloom is not empty is
+//! taken for an upstream that does not have the block yet, and the round is tried again.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -37,6 +39,8 @@ pub struct Block {
     pub parent: Box<str>,
     /// Its logs, when log filters existed as it was added.
     pub logs: Option<Vec<Log>>,
+    /// Its `logsBloom` is all zeros (or absent): it has no logs.
+    pub no_logs: bool,
 }
 
 /// One log of a block, as the upstream returned it, with what filters match on.
@@ -112,6 +116,8 @@ struct Header<'a> {
     hash: &'a str,
     #[serde(borrow, rename = "parentHash")]
     parent: &'a str,
+    #[serde(borrow, rename = "logsBloom", default)]
+    bloom: Option<&'a str>,
 }
 
 /// The fields of a log the filters match on.
@@ -276,7 +282,19 @@ impl Tracker {
         let with_logs = self.lock().log_readers > 0;
         if with_logs {
             for block in &mut branch {
-                block.logs = Some(fetch_logs(source, &self.chain, &block.hash).await?);
+                let logs = if block.no_logs {
+                    Vec::new()
+                } else {
+                    fetch_logs(source, &self.chain, &block.hash).await?
+                };
+                if logs.is_empty() && !block.no_logs {
+                    // Some nodes answer an unknown block hash with no logs rather than an error.
+                    return Err(format!(
+                        "no logs for block {} ({}), whose logsBloom says it has some",
+                        block.number, block.hash
+                    ));
+                }
+                block.logs = Some(logs);
             }
         }
         let mut round = Round::default();
@@ -357,6 +375,9 @@ async fn fetch_block(
         hash: header.hash.to_ascii_lowercase().into(),
         parent: header.parent.to_ascii_lowercase().into(),
         logs: None,
+        no_logs: header
+            .bloom
+            .is_none_or(|b| b.trim_start_matches("0x").bytes().all(|c| c == b'0')),
     }))
 }
 

@@ -113,7 +113,8 @@ impl SimChain {
             "hash": b.hash,
             "parentHash": b.parent,
             "timestamp": format!("0x{:x}", 1_700_000_000 + number * 12),
-            "logsBloom": format!("0x{}", "0".repeat(512)),
+            // Not a real bloom: non-zero exactly when the block has logs.
+            "logsBloom": format!("0x{}{}", "0".repeat(511), u8::from(b.logs > 0)),
             "gasUsed": "0x0",
             "transactions": [],
         })
