@@ -13,7 +13,15 @@ use super::*;
 /// Top-level sections that `DETOUR_<SECTION>__<KEY>` environment variables may set. Other
 /// `DETOUR_*` variables (`DETOUR_CONFIG`, or a secret like `DETOUR_INFURA_KEY` referenced as
 /// `${DETOUR_INFURA_KEY}`) are not configuration keys.
-const ENV_SECTIONS: &[&str] = &["server", "client", "admin", "tracker", "filters", "chains"];
+const ENV_SECTIONS: &[&str] = &[
+    "server",
+    "client",
+    "admin",
+    "tracker",
+    "filters",
+    "websocket",
+    "chains",
+];
 
 impl Config {
     /// Loads from `source`, applies `DETOUR_*` environment overrides, and validates.

@@ -30,6 +30,9 @@ pub struct Config {
     /// Filters detour keeps for clients (`eth_newFilter`, `eth_newBlockFilter`).
     #[serde(default)]
     pub filters: FiltersConfig,
+    /// WebSocket clients (`ws://` on the same listener and paths).
+    #[serde(default)]
+    pub websocket: WebSocketConfig,
     /// Client API keys (`[[api_keys]]`); when any is configured, every RPC request (and
     /// `/status`, `/metrics`) needs one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -86,6 +89,40 @@ impl Default for FiltersConfig {
             timeout: Duration::from_secs(300),
             max_per_client: 100,
             max_total: 10_000,
+        }
+    }
+}
+
+/// `[websocket]`: JSON-RPC and subscriptions over WebSocket, on the listener's chain paths.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Whether WebSocket upgrades are accepted (default `true`).
+    pub enabled: bool,
+    /// Most WebSocket connections open at once; beyond, an upgrade gets 503. Default 10000.
+    pub max_connections: usize,
+    /// Most subscriptions one connection may hold. Default 100.
+    pub max_subscriptions: usize,
+    /// Largest message a client may send (bytes). Default 10 MiB.
+    pub max_message_bytes: usize,
+    /// Most bytes queued for one client: a client that reads slower than its messages arrive
+    /// is disconnected (close code 1008) when this is reached. Default 16 MiB.
+    pub max_queued_bytes: usize,
+    /// A ping goes to the client after this long without a message from it; no answer within
+    /// another interval closes the connection. Default `30s`.
+    #[serde(with = "duration")]
+    pub ping_interval: Duration,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_connections: 10_000,
+            max_subscriptions: 100,
+            max_message_bytes: 10 * 1024 * 1024,
+            max_queued_bytes: 16 * 1024 * 1024,
+            ping_interval: Duration::from_secs(30),
         }
     }
 }

@@ -22,6 +22,7 @@ impl Config {
             ("client.attempt_timeout", self.client.attempt_timeout),
             ("tracker.poll_interval", self.tracker.poll_interval),
             ("filters.timeout", self.filters.timeout),
+            ("websocket.ping_interval", self.websocket.ping_interval),
             (
                 "client.http2_keep_alive_interval",
                 self.client.http2_keep_alive_interval,
@@ -46,6 +47,19 @@ impl Config {
             ("tracker.max_events", self.tracker.max_events),
             ("filters.max_per_client", self.filters.max_per_client),
             ("filters.max_total", self.filters.max_total),
+            ("websocket.max_connections", self.websocket.max_connections),
+            (
+                "websocket.max_subscriptions",
+                self.websocket.max_subscriptions,
+            ),
+            (
+                "websocket.max_message_bytes",
+                self.websocket.max_message_bytes,
+            ),
+            (
+                "websocket.max_queued_bytes",
+                self.websocket.max_queued_bytes,
+            ),
         ] {
             if n == 0 {
                 bad(key.into(), "must be greater than zero".into());

@@ -11,7 +11,7 @@
 //! and all clients `filters.max_total`, and a filter beyond either is refused with a clear error.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
@@ -40,13 +40,22 @@ pub const METHODS: &[&str] = &[
 pub struct Registry {
     source: Arc<dyn Source>,
     chains: Mutex<HashMap<Arc<str>, Arc<Followed>>>,
-    filters: Mutex<HashMap<Box<str>, Filter>>,
+    book: Mutex<Book>,
+}
+
+/// Who reads the trackers: filters and subscriptions, under one lock, so that a chain's task
+/// stops only when it has neither, and nothing joins a task that is stopping.
+#[derive(Debug, Default)]
+pub(super) struct Book {
+    filters: HashMap<Box<str>, Filter>,
+    /// Subscriptions, by a number of their own: their chain and the event each reads next.
+    pub(super) subs: HashMap<u64, (Arc<str>, Arc<AtomicU64>)>,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
-            .field("filters", &self.lock_filters().len())
+            .field("filters", &self.lock_book().filters.len())
             .finish_non_exhaustive()
     }
 }
@@ -187,7 +196,7 @@ impl Criteria {
     }
 
     /// Whether a log of block `number` matches.
-    fn matches(&self, number: u64, log: &Log) -> bool {
+    pub(super) fn matches(&self, number: u64, log: &Log) -> bool {
         if self.from.is_some_and(|f| number < f) || self.to.is_some_and(|t| number > t) {
             return false;
         }
@@ -202,7 +211,7 @@ impl Criteria {
 }
 
 /// A log object with `"removed": true` (the upstream's bytes otherwise).
-fn removed(raw: &str) -> String {
+pub(super) fn removed(raw: &str) -> String {
     if let Some(at) = raw.find("\"removed\":false") {
         let mut out = String::with_capacity(raw.len());
         out.push_str(&raw[..at]);
@@ -255,12 +264,12 @@ impl Registry {
         Arc::new(Registry {
             source,
             chains: Mutex::default(),
-            filters: Mutex::default(),
+            book: Mutex::default(),
         })
     }
 
-    fn lock_filters(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Filter>> {
-        self.filters.lock().unwrap_or_else(|p| p.into_inner())
+    pub(super) fn lock_book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn followed(&self, chain: &str, settings: &TrackerConfig) -> Arc<Followed> {
@@ -291,7 +300,8 @@ impl Registry {
     /// followed, and the head it followed to.
     pub fn describe(&self, chain: &str) -> Value {
         let (blocks, logs) = self
-            .lock_filters()
+            .lock_book()
+            .filters
             .values()
             .filter(|f| &*f.chain == chain)
             .fold((0, 0), |(b, l), f| match f.kind {
@@ -317,7 +327,7 @@ impl Registry {
 
     /// Filters open now.
     pub fn len(&self) -> usize {
-        self.lock_filters().len()
+        self.lock_book().filters.len()
     }
 
     /// Whether no filter is open.
@@ -399,8 +409,8 @@ impl Registry {
         limits: &FiltersConfig,
     ) -> CallResult {
         {
-            let filters = self.lock_filters();
-            if filters.len() >= limits.max_total {
+            let book = self.lock_book();
+            if book.filters.len() >= limits.max_total {
                 return error(
                     -32000,
                     &format!(
@@ -409,7 +419,11 @@ impl Registry {
                     ),
                 );
             }
-            let mine = filters.values().filter(|f| &*f.client == client).count();
+            let mine = book
+                .filters
+                .values()
+                .filter(|f| &*f.client == client)
+                .count();
             if mine >= limits.max_per_client {
                 return error(
                     -32000,
@@ -419,41 +433,57 @@ impl Registry {
                 );
             }
         }
+        let id = new_id();
+        let added = self
+            .join(chain, tracker_config, |book, tracker| {
+                let next = match kind {
+                    Kind::Logs(_) => tracker.join_logs(),
+                    Kind::Blocks => tracker.next_seq(),
+                };
+                book.filters.insert(
+                    id.clone(),
+                    Filter {
+                        chain: tracker.chain.clone(),
+                        client: client.into(),
+                        kind,
+                        next,
+                        last_poll: Instant::now(),
+                    },
+                );
+            })
+            .await;
+        match added {
+            Ok(()) => result(format!("\"{id}\"")),
+            Err(why) => error(
+                -32000,
+                &format!("could not read the chain head to start the filter: {why}"),
+            ),
+        }
+    }
+
+    /// Adds a reader of `chain`'s tracker with `add` (under the book's lock), starting the
+    /// chain's task first when it is not running: a first round then sets where readers start.
+    pub(super) async fn join<T>(
+        self: &Arc<Self>,
+        chain: &str,
+        tracker_config: &TrackerConfig,
+        add: impl FnOnce(&mut Book, &Arc<Tracker>) -> T,
+    ) -> Result<T, String> {
         let followed = self.followed(chain, tracker_config);
-        // Starts are one at a time per chain; the task stops, and filters join a running one,
-        // under the filters' lock, so a filter never joins a task that is stopping.
+        // Starts are one at a time per chain; the task stops, and readers join a running one,
+        // under the book's lock, so a reader never joins a task that is stopping.
         let _start = followed.starting.lock().await;
         if !followed.running.load(Relaxed) {
-            // The chain's first filter: a first round sets where changes start from.
             followed.tracker.reset();
-            if let Err(why) = followed.tracker.round(&*self.source).await {
-                return error(
-                    -32000,
-                    &format!("could not read the chain head to start the filter: {why}"),
-                );
-            }
+            followed.tracker.round(&*self.source).await?;
         }
-        let id = new_id();
-        let mut filters = self.lock_filters();
-        let next = match kind {
-            Kind::Logs(_) => followed.tracker.join_logs(),
-            Kind::Blocks => followed.tracker.next_seq(),
-        };
-        filters.insert(
-            id.clone(),
-            Filter {
-                chain: followed.tracker.chain.clone(),
-                client: client.into(),
-                kind,
-                next,
-                last_poll: Instant::now(),
-            },
-        );
+        let mut book = self.lock_book();
+        let added = add(&mut book, &followed.tracker);
         if !followed.running.swap(true, Relaxed) {
             tokio::spawn(follow(Arc::downgrade(self), followed.clone()));
         }
-        drop(filters);
-        result(format!("\"{id}\""))
+        drop(book);
+        Ok(added)
     }
 
     fn changes(&self, chain: &str, id: &str) -> Option<CallResult> {
@@ -461,8 +491,8 @@ impl Registry {
             let chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
             chains.get(chain).map(|f| f.tracker.clone())
         };
-        let mut filters = self.lock_filters();
-        let (Some(tracker), Some(filter)) = (tracker, filters.get_mut(id)) else {
+        let mut book = self.lock_book();
+        let (Some(tracker), Some(filter)) = (tracker, book.filters.get_mut(id)) else {
             return None;
         };
         if &*filter.chain != chain {
@@ -507,8 +537,8 @@ impl Registry {
 
     async fn logs(&self, chain: &str, id: &str) -> Option<CallResult> {
         let criteria = {
-            let mut filters = self.lock_filters();
-            match filters.get_mut(id) {
+            let mut book = self.lock_book();
+            match book.filters.get_mut(id) {
                 Some(f) if &*f.chain == chain => {
                     f.last_poll = Instant::now();
                     match &f.kind {
@@ -537,13 +567,13 @@ impl Registry {
     }
 
     fn uninstall(&self, chain: &str, id: &str) -> Option<CallResult> {
-        let mut filters = self.lock_filters();
-        match filters.get(id) {
+        let mut book = self.lock_book();
+        match book.filters.get(id) {
             Some(f) if &*f.chain == chain => {}
             _ => return None,
         }
-        let f = filters.remove(id)?;
-        drop(filters);
+        let f = book.filters.remove(id)?;
+        drop(book);
         if matches!(f.kind, Kind::Logs(_)) {
             let chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(followed) = chains.get(chain) {
@@ -560,8 +590,8 @@ impl Registry {
         let now = Instant::now();
         let chain = &followed.tracker.chain;
         let mut oldest = None;
-        let mut filters = self.lock_filters();
-        filters.retain(|_, f| {
+        let mut book = self.lock_book();
+        book.filters.retain(|_, f| {
             if f.chain != *chain {
                 return true;
             }
@@ -578,6 +608,12 @@ impl Registry {
             oldest = Some(oldest.map_or(f.next, |o: u64| o.min(f.next)));
             true
         });
+        for (sub_chain, next) in book.subs.values() {
+            if sub_chain == chain {
+                let next = next.load(Relaxed);
+                oldest = Some(oldest.map_or(next, |o: u64| o.min(next)));
+            }
+        }
         if oldest.is_none() {
             followed.running.store(false, Relaxed);
         }

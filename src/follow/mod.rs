@@ -8,6 +8,7 @@
 //! failover loop: the tracker's calls are routed, retried, metered and logged like clients'.
 
 pub mod filters;
+pub mod subscribe;
 pub mod tracker;
 
 use std::future::Future;

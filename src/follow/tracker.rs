@@ -41,6 +41,9 @@ pub struct Block {
     pub logs: Option<Vec<Log>>,
     /// Its `logsBloom` is all zeros (or absent): it has no logs.
     pub no_logs: bool,
+    /// The header as `newHeads` notifications carry it: the block without its transactions,
+    /// uncles, withdrawals, size and total difficulty, as geth sends it.
+    pub header: Box<RawValue>,
 }
 
 /// One log of a block, as the upstream returned it, with what filters match on.
@@ -82,6 +85,9 @@ pub struct Tracker {
     state: Mutex<State>,
     /// One round at a time.
     rounds: tokio::sync::Mutex<()>,
+    /// The sequence number after the last event, sent when a round adds events: subscribers
+    /// wait on it.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -150,7 +156,13 @@ impl Tracker {
             },
             state: Mutex::default(),
             rounds: tokio::sync::Mutex::new(()),
+            changed: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A receiver that sees a change whenever a round adds events.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -344,6 +356,9 @@ impl Tracker {
             state.events.pop_front();
             state.first_seq += 1;
         }
+        if round.added + round.removed > 0 {
+            self.changed.send_replace(state.next_seq());
+        }
         Ok(round)
     }
 }
@@ -370,15 +385,52 @@ async fn fetch_block(
             header.number
         )
     })?;
+    let no_logs = header
+        .bloom
+        .is_none_or(|b| b.trim_start_matches("0x").bytes().all(|c| c == b'0'));
+    let (hash, parent) = (
+        header.hash.to_ascii_lowercase().into(),
+        header.parent.to_ascii_lowercase().into(),
+    );
     Ok(Some(Block {
         number,
-        hash: header.hash.to_ascii_lowercase().into(),
-        parent: header.parent.to_ascii_lowercase().into(),
+        hash,
+        parent,
         logs: None,
-        no_logs: header
-            .bloom
-            .is_none_or(|b| b.trim_start_matches("0x").bytes().all(|c| c == b'0')),
+        no_logs,
+        header: head_of(&result).map_err(|e| format!("{method}: not a block: {e}"))?,
     }))
+}
+
+/// The block's fields that are not its header's, as geth's `newHeads` leaves them out.
+const NOT_HEADER: &[&str] = &[
+    "transactions",
+    "uncles",
+    "withdrawals",
+    "size",
+    "totalDifficulty",
+];
+
+/// A block object without [`NOT_HEADER`]'s fields; the others as they were.
+fn head_of(block: &RawValue) -> Result<Box<RawValue>, serde_json::Error> {
+    let fields: Vec<(&str, &RawValue)> =
+        serde_json::from_str::<std::collections::BTreeMap<&str, &RawValue>>(block.get())?
+            .into_iter()
+            .filter(|(k, _)| !NOT_HEADER.contains(k))
+            .collect();
+    let mut out = String::with_capacity(block.get().len().min(4096));
+    out.push('{');
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(k);
+        out.push_str("\":");
+        out.push_str(v.get());
+    }
+    out.push('}');
+    RawValue::from_string(out)
 }
 
 /// The logs of the block with this hash.

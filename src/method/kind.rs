@@ -17,6 +17,9 @@ pub enum MethodKind {
     /// `eth_uninstallFilter`); a filter id detour does not hold goes upstream as
     /// [`MethodKind::Unknown`] would.
     Filter,
+    /// `eth_subscribe` / `eth_unsubscribe`: answered by detour on a WebSocket connection, and
+    /// with geth's "notifications not supported" over HTTP.
+    Subscription,
     /// A method detour does not know (a chain's own, a new one): it may change state, so it is
     /// sent to one upstream at a time and retried only when the upstream provably never saw it,
     /// like a write, unless the chain's `methods.reads` declares it a read.
@@ -109,6 +112,7 @@ pub fn method_kind(method: &str) -> MethodKind {
         | "eth_getFilterChanges"
         | "eth_getFilterLogs"
         | "eth_uninstallFilter" => MethodKind::Filter,
+        "eth_subscribe" | "eth_unsubscribe" => MethodKind::Subscription,
         m if READ_METHODS.contains(&m) || READ_PREFIXES.iter().any(|p| m.starts_with(p)) => {
             MethodKind::Read
         }
@@ -165,7 +169,6 @@ mod tests {
         }
         for m in [
             "eth_newPendingTransactionFilter",
-            "eth_subscribe",
             "zks_someWrite",
             "anvil_mine",
             "hardhat_reset",
@@ -175,6 +178,8 @@ mod tests {
             assert_eq!(method_kind(m), MethodKind::Unknown, "{m}");
             assert!(!method_kind(m).may_repeat());
         }
+        assert_eq!(method_kind("eth_subscribe"), MethodKind::Subscription);
+        assert_eq!(method_kind("eth_unsubscribe"), MethodKind::Subscription);
         assert!(!MethodKind::Write.may_repeat() && MethodKind::Read.may_repeat());
     }
 }

@@ -33,6 +33,9 @@ pub(crate) struct Served {
     pub(crate) client: Option<String>,
     /// The client's address, when it came over the network.
     pub(crate) peer: Option<std::net::IpAddr>,
+    /// The WebSocket connection the request came on, which answers `eth_subscribe` and
+    /// `eth_unsubscribe` (lent for the request and given back).
+    pub(crate) session: Option<Box<super::ws::Subscriptions>>,
     /// When the last upstream attempt ended (none when no upstream was asked).
     pub(crate) finished: Option<Instant>,
 }

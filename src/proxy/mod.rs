@@ -6,3 +6,4 @@ pub(crate) mod accesslog;
 pub mod admin;
 pub(crate) mod response;
 pub mod service;
+pub(crate) mod ws;

@@ -77,6 +77,10 @@ struct Inner {
     requests_in_flight: std::sync::atomic::AtomicUsize,
     /// The filters detour keeps, and the chain trackers under them.
     filters: Arc<Registry>,
+    /// WebSocket connections open now.
+    websockets: Arc<std::sync::atomic::AtomicUsize>,
+    /// Turns `true` at shutdown: WebSocket connections close (1001).
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// The tracker's way to the upstreams: [`Detour::request`], through the failover loop.
@@ -141,6 +145,8 @@ impl Detour {
                 last_reload: std::sync::Mutex::new(None),
                 requests_in_flight: Default::default(),
                 filters: Registry::new(Arc::new(Upstreams(weak.clone()))),
+                websockets: Default::default(),
+                closing: tokio::sync::watch::Sender::new(false),
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -158,6 +164,93 @@ impl Detour {
         }
         let weak = Arc::downgrade(&self.inner.pool);
         tokio::spawn(crate::ops::health::run(weak, self.inner.forwarder.clone()));
+    }
+
+    /// The filters and subscriptions' registry.
+    pub(crate) fn filters(&self) -> &Arc<Registry> {
+        &self.inner.filters
+    }
+
+    /// The count of open WebSocket connections.
+    pub(crate) fn websockets(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.inner.websockets.clone()
+    }
+
+    /// A receiver that turns `true` when WebSocket connections are to close.
+    pub(crate) fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.closing.subscribe()
+    }
+
+    /// Closes every WebSocket connection (close code 1001) and waits until they are closed,
+    /// for at most `grace`.
+    pub(crate) async fn close_websockets(&self, grace: std::time::Duration) {
+        self.inner.closing.send_replace(true);
+        let until = Instant::now() + grace;
+        while self.inner.websockets.load(Relaxed) > 0 && Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Answers one WebSocket message for `chain`, as an HTTP request is answered (rate limits,
+    /// requests in flight, metrics, access log). `subs` answers subscription calls; `None`
+    /// when the message has none. The answer's text, or `None` for notifications only.
+    pub(crate) async fn ws_message(
+        &self,
+        chain: &str,
+        client: &super::ws::Client,
+        body: &[u8],
+        subs: &mut Option<Box<super::ws::Subscriptions>>,
+    ) -> Option<String> {
+        let started = Instant::now();
+        let pool = self.pool();
+        let chain = pool.route(chain)?;
+        let refuse = |code: i64, message: &str, data: Option<&str>| {
+            // Every call of the message gets the refusal, with its id.
+            let answers = refusals(body, code, message, data);
+            (!answers.is_empty()).then_some(answers)
+        };
+        if let Some(limits) = &pool.rate_limits {
+            let who = match (&client.key, client.peer) {
+                (Some(name), _) => format!("key:{name}"),
+                (None, Some(addr)) => format!("ip:{}", addr.ip()),
+                (None, None) => "in-process".to_string(),
+            };
+            if let Err(wait) = limits.check(&who) {
+                let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+                let data = format!("{{\"retry_after_seconds\":{secs}}}");
+                return refuse(-32005, "rate limit exceeded", Some(&data));
+            }
+        }
+        let in_flight = &self.inner.requests_in_flight;
+        let max = pool.config.server.max_requests_in_flight;
+        if in_flight.fetch_add(1, Relaxed) >= max {
+            in_flight.fetch_sub(1, Relaxed);
+            let why = format!("{max} requests are in flight (server.max_requests_in_flight)");
+            return refuse(-32005, "server busy", Some(&jsonrpc::json_string(&why)));
+        }
+        let _slot = RequestSlot(in_flight);
+        let mut served = Served {
+            client: client.key.clone(),
+            peer: client.peer.map(|p| p.ip()),
+            session: subs.take(),
+            ..Served::default()
+        };
+        let out = self.rpc(&pool, chain, body, started, &mut served).await;
+        *subs = served.session.take();
+        let ready = served.finished.unwrap_or_else(Instant::now);
+        chain.metrics.duration(
+            &self.inner.metrics,
+            &chain.name,
+            ready.saturating_duration_since(started).as_secs_f64(),
+        );
+        if access_log_on(&pool) {
+            access_log(&chain.name, &served, StatusCode::OK, started, client.peer);
+        }
+        let bytes = out?.into_bytes();
+        Some(
+            String::from_utf8(bytes.to_vec())
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        )
     }
 
     /// Marks the proxy as shutting down: `/readyz` answers 503 from now on (requests are
@@ -386,7 +479,7 @@ impl Detour {
         // collect cost more than the work.
         let mut answers: PerCall<Option<CallResult>> = PerCall::new();
         let mut remote = Indices::new();
-        let mut filter_calls = Indices::new();
+        let mut own_calls = Indices::new();
         for (i, c) in calls.iter().enumerate() {
             let local = if let Err(refusal) = chain.policy.check(&c.method) {
                 chain
@@ -403,7 +496,12 @@ impl Detour {
                     MethodKind::ChainId => Some(chain.chain_id_json.clone()),
                     MethodKind::NetVersion => Some(chain.net_version_json.clone()),
                     MethodKind::Filter if chain.filters_emulated => {
-                        filter_calls.push(i);
+                        own_calls.push(i);
+                        answers.push(None);
+                        continue;
+                    }
+                    MethodKind::Subscription => {
+                        own_calls.push(i);
                         answers.push(None);
                         continue;
                     }
@@ -430,16 +528,9 @@ impl Detour {
             }
             answers.push(local);
         }
-        if !filter_calls.is_empty() {
-            self.answer_filters(
-                chain,
-                calls,
-                &filter_calls,
-                &mut answers,
-                &mut remote,
-                served,
-            )
-            .await;
+        if !own_calls.is_empty() {
+            self.answer_own(chain, calls, &own_calls, &mut answers, &mut remote, served)
+                .await;
         }
         if remote.is_empty() {
             return answers.into_iter().flatten().collect();
@@ -498,10 +589,11 @@ impl Detour {
         out
     }
 
-    /// Answers the filter calls at `which` from detour's filters; a call naming a filter id
-    /// detour does not hold joins `remote`, to go upstream as it is.
+    /// Answers the calls at `which` that detour answers itself: filter calls from detour's
+    /// filters (a call naming a filter id detour does not hold joins `remote`, to go upstream
+    /// as it is), and subscription calls from the WebSocket connection's session.
     #[inline(never)]
-    async fn answer_filters(
+    async fn answer_own(
         &self,
         chain: &Chain,
         calls: &[&Call<'_>],
@@ -518,11 +610,22 @@ impl Detour {
         };
         for &i in which {
             let c = calls[i];
-            let answer = self
-                .inner
-                .filters
-                .answer(&chain.name, &client, &c.method, c.params)
-                .await;
+            let answer = if method_kind(&c.method) == MethodKind::Subscription {
+                Some(match served.session.as_mut() {
+                    Some(subs) => subs.answer(self, chain, &c.method, c.params).await,
+                    // As geth answers over HTTP.
+                    None => CallResult::Error(Bytes::from(jsonrpc::error_object(
+                        jsonrpc::METHOD_NOT_FOUND,
+                        "notifications not supported",
+                        None,
+                    ))),
+                })
+            } else {
+                self.inner
+                    .filters
+                    .answer(&chain.name, &client, &c.method, c.params)
+                    .await
+            };
             match answer {
                 Some(a) => {
                     let outcome = match a {
@@ -787,7 +890,9 @@ impl Detour {
                 );
                 return resp.into();
             }
-            (&Method::GET | &Method::HEAD, "/") => return index(&pool).into(),
+            (&Method::GET | &Method::HEAD, "/") if !super::ws::is_upgrade(&req) => {
+                return index(&pool).into()
+            }
             _ => {}
         }
         let (chain_path, path_key) = access::split_path(path);
@@ -828,6 +933,10 @@ impl Detour {
             if let Err(wait) = limits.check(&who) {
                 return rate_limited(wait).into();
             }
+        }
+        if super::ws::is_upgrade(&req) {
+            let client = super::ws::Client { key: client, peer };
+            return super::ws::upgrade(self, req, chain, client).into();
         }
         let in_flight = &self.inner.requests_in_flight;
         let max = pool.config.server.max_requests_in_flight;
@@ -937,6 +1046,36 @@ impl Detour {
         }
         reply
     }
+}
+
+/// The answer to each call of `body` (a call or a batch) with this error, as the body would
+/// be answered; empty when it holds no call with an id.
+fn refusals(body: &[u8], code: i64, message: &str, data: Option<&str>) -> String {
+    let entries = match jsonrpc::parse(body, usize::MAX) {
+        Parsed::Single(e) => vec![e],
+        Parsed::Batch(v) => v,
+        _ => return error_bytes_string(code, message, data),
+    };
+    let answers: Vec<String> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Call(Call { id: Some(id), .. }) => Some(*id),
+            _ => None,
+        })
+        .map(|id| {
+            String::from_utf8_lossy(&jsonrpc::error_response(Some(id), code, message, data))
+                .into_owned()
+        })
+        .collect();
+    match (entries.len(), answers.len()) {
+        (_, 0) => String::new(),
+        (1, 1) if !body.trim_ascii_start().starts_with(b"[") => answers.join(""),
+        _ => format!("[{}]", answers.join(",")),
+    }
+}
+
+fn error_bytes_string(code: i64, message: &str, data: Option<&str>) -> String {
+    String::from_utf8_lossy(&error_bytes(code, message, data)).into_owned()
 }
 
 impl<B> tower_service::Service<Request<B>> for Detour

@@ -48,6 +48,14 @@ pub async fn serve(
         .max_concurrent_streams(server.http2_max_streams)
         .keep_alive_interval(server.http2_keep_alive)
         .keep_alive_timeout(server.http2_keep_alive);
+    // hyper's HTTP/1 side: upgrades (WebSocket) need the connection kept for them, which
+    // hyper-util's graceful shutdown tracks on its auto builder.
+    let mut http1_upgrades = auto::Builder::new(TokioExecutor::new()).http1_only();
+    http1_upgrades
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        .keep_alive(true);
     let mut auto = auto::Builder::new(TokioExecutor::new());
     auto.http1()
         .timer(TokioTimer::new())
@@ -87,7 +95,7 @@ pub async fn serve(
         // TLS as configured now: a reload with a renewed certificate applies to new connections.
         match service.pool().tls.clone() {
             None => {
-                let (http1, http2) = (http1.clone(), http2.clone());
+                let (http1, http2) = (http1_upgrades.clone(), http2.clone());
                 // Every open connection keeps this task, so the common case (plain HTTP/1) is
                 // kept small: the HTTP/2 connection is boxed.
                 tokio::spawn(async move {
@@ -123,7 +131,7 @@ pub async fn serve(
                 });
             }
             Some(config) => {
-                let (http1, http2, auto) = (http1.clone(), http2.clone(), auto.clone());
+                let (http1, http2, auto) = (http1_upgrades.clone(), http2.clone(), auto.clone());
                 tokio::spawn(Box::pin(async move {
                     let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
                     let result = match tokio::time::timeout(first_bytes_timeout, accept).await {
@@ -135,7 +143,8 @@ pub async fn serve(
                                 serve_http1(tls, peer, detour, stop, &http1, svc, watcher).await
                             }
                             _ => {
-                                let conn = auto.serve_connection(TokioIo::new(tls), svc);
+                                let conn =
+                                    auto.serve_connection_with_upgrades(TokioIo::new(tls), svc);
                                 watcher.watch(conn.into_owned()).await
                             }
                         },
@@ -201,7 +210,11 @@ pub async fn serve(
     tracing::info!(connections, grace = ?server.shutdown_grace, "shutting down");
     let _ = stop_tx.send(true);
     let all_closed = async {
-        tokio::join!(graceful.shutdown(), stop_tx.closed());
+        tokio::join!(
+            graceful.shutdown(),
+            stop_tx.closed(),
+            service.close_websockets(server.shutdown_grace)
+        );
     };
     tokio::select! {
         () = all_closed => tracing::info!("all connections closed"),
@@ -219,25 +232,30 @@ async fn serve_http1<IO, S>(
     peer: SocketAddr,
     detour: Detour,
     stop: tokio::sync::watch::Receiver<bool>,
-    http1: &hyper::server::conn::http1::Builder,
+    http1: &auto::Builder<TokioExecutor>,
     svc: S,
     watcher: Watcher,
 ) -> Result<(), BoxError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = crate::proxy::service::Body>,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = http::Response<crate::proxy::service::Body>,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
     if !detour.pool().config.server.http1_fast_path {
-        let conn = http1.serve_connection(TokioIo::new(io), svc);
-        return Box::pin(watcher.watch(conn)).await.map_err(Into::into);
+        let conn = http1.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        return Box::pin(watcher.watch(conn.into_owned())).await;
     }
     match h1serve::serve(io, peer, detour, stop).await {
         h1serve::End::Closed(result) => result.map_err(Into::into),
         h1serve::End::Handover(rewind) => {
             // Boxed: rare, and it keeps the connection's task small.
-            let conn = http1.serve_connection(TokioIo::new(rewind), svc);
-            Box::pin(watcher.watch(conn)).await.map_err(Into::into)
+            let conn = http1.serve_connection_with_upgrades(TokioIo::new(rewind), svc);
+            Box::pin(watcher.watch(conn.into_owned())).await
         }
     }
 }

@@ -1,0 +1,520 @@
+//! WebSocket clients: `ws://…/<chain>` (and `wss://` on the TLS listener) on the same paths,
+//! keys and origin policy as HTTP. Each text message is a JSON-RPC call or batch, served
+//! exactly as over HTTP (routing, method policy, failover, rate limits, metrics, access log);
+//! `eth_subscribe` / `eth_unsubscribe` are answered by the connection's [`Subscriptions`],
+//! built on detour's chain tracker ([`crate::follow::subscribe`]).
+//!
+//! One task reads the client's messages and writes the subscriptions' notifications in order;
+//! calls are answered by tasks of their own (at most [`CALLS_PER_CONNECTION`] at once) and the
+//! answers queued; one task writes the queue to the socket. A client whose queue outgrows
+//! `websocket.max_queued_bytes` (it reads slower than its messages arrive) is disconnected with
+//! close code 1008; memory stays bounded. Pings go out after `websocket.ping_interval` of
+//! silence; a client silent for two intervals is closed. Shutdown closes with 1001, and a
+//! reload that removes the chain with 1001 and a reason.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::response::{error_bytes, json};
+use super::service::{Body, Detour};
+use crate::failover::retry::CallResult;
+use crate::follow::subscribe::{Subscription, Topic};
+use crate::rpc::jsonrpc::{self, Raw, INVALID_PARAMS};
+use crate::state::pool::Chain;
+
+/// Calls of one connection answered at once; a client that sends more waits.
+pub const CALLS_PER_CONNECTION: usize = 64;
+
+/// Whether `req` asks to become a WebSocket (`Upgrade: websocket`).
+pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Who is on the other end, for rate limits, filters and the access log.
+#[derive(Debug, Clone)]
+pub(crate) struct Client {
+    /// The API key's name.
+    pub(crate) key: Option<String>,
+    pub(crate) peer: Option<SocketAddr>,
+}
+
+/// Answers an upgrade request for `chain`: 101 and the connection's task, or why not.
+pub(crate) fn upgrade<B>(
+    detour: &Detour,
+    mut req: Request<B>,
+    chain: &Chain,
+    client: Client,
+) -> Response<Body> {
+    let pool = detour.pool();
+    let config = pool.config.websocket;
+    let refuse = |status: StatusCode, why: &str| {
+        json(
+            status,
+            error_bytes(
+                jsonrpc::INVALID_REQUEST,
+                "Invalid Request",
+                Some(&jsonrpc::json_string(why)),
+            ),
+        )
+    };
+    if !config.enabled {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "WebSocket is not enabled here (websocket.enabled)",
+        );
+    }
+    if req.method() != http::Method::GET {
+        return refuse(StatusCode::BAD_REQUEST, "a WebSocket upgrade must be a GET");
+    }
+    let headers = req.headers();
+    let connection_upgrade = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket upgrade needs `Connection: upgrade`",
+        );
+    }
+    if headers
+        .get(http::header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        let mut resp = refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "only WebSocket version 13 is served",
+        );
+        resp.headers_mut().insert(
+            http::header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return resp;
+    }
+    let Some(key) = headers.get(http::header::SEC_WEBSOCKET_KEY) else {
+        return refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing");
+    };
+    // Browsers send their page's origin; the HTTP side's CORS policy decides here too.
+    if let Some(origin) = headers.get(http::header::ORIGIN) {
+        if super::access::allowed_origin(&pool.config.server, origin).is_none() {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "this origin may not connect (server.cors_origins)",
+            );
+        }
+    }
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "this connection cannot be upgraded (HTTP/2, or a service not run by detour's server)",
+        );
+    };
+    let open = detour.websockets();
+    if open.fetch_add(1, Relaxed) >= config.max_connections {
+        open.fetch_sub(1, Relaxed);
+        tracing::debug!(
+            max = config.max_connections,
+            "WebSocket refused: websocket.max_connections reached"
+        );
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "{} WebSocket connections are open (websocket.max_connections)",
+                config.max_connections
+            ),
+        );
+    }
+    let slot = Open(open);
+    let detour = detour.clone();
+    let chain_name: Arc<str> = chain.name.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .max_message_size(Some(config.max_message_bytes))
+            .max_frame_size(Some(config.max_message_bytes));
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
+        run(detour, chain_name, client, ws).await;
+        drop(slot);
+    });
+    let mut resp = Response::new(Body::default());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
+/// Counts an open WebSocket connection until dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The queue to the writer task, bounded in bytes.
+#[derive(Debug, Clone)]
+struct Outbox {
+    tx: mpsc::UnboundedSender<Message>,
+    queued: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl Outbox {
+    /// Queues a text message; `false` when the client is too far behind (it is then closed).
+    fn send(&self, text: String) -> bool {
+        let len = text.len();
+        if self.queued.fetch_add(len, Relaxed) + len > self.max {
+            self.queued.fetch_sub(len, Relaxed);
+            return false;
+        }
+        self.tx.send(Message::text(text)).is_ok()
+    }
+
+    fn control(&self, message: Message) {
+        let _ = self.tx.send(message);
+    }
+}
+
+/// Why the connection ends, for the close frame and the log.
+enum End {
+    ClientClosed,
+    Gone,
+    SlowConsumer,
+    TooLarge,
+    Lagged(u64),
+    Silent,
+    Shutdown,
+    ChainRemoved,
+}
+
+/// A connection's subscriptions, answering `eth_subscribe` / `eth_unsubscribe` for it.
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions {
+    /// By id (its JSON string, quotes included).
+    subs: HashMap<Box<str>, Subscription>,
+    /// The tracker's changes, once the connection subscribed to anything.
+    changed: Option<tokio::sync::watch::Receiver<u64>>,
+}
+
+fn error(code: i64, message: &str) -> CallResult {
+    CallResult::Error(Bytes::from(jsonrpc::error_object(code, message, None)))
+}
+
+impl Subscriptions {
+    /// Answers one `eth_subscribe` or `eth_unsubscribe` call.
+    pub(crate) async fn answer(
+        &mut self,
+        detour: &Detour,
+        chain: &Chain,
+        method: &str,
+        params: Option<Raw<'_>>,
+    ) -> CallResult {
+        {
+            if method == "eth_unsubscribe" {
+                let id: Option<Vec<String>> =
+                    params.and_then(|p| serde_json::from_str(p.get()).ok());
+                return match id.as_deref() {
+                    Some([id]) => {
+                        let key = jsonrpc::json_string(&id.to_ascii_lowercase());
+                        let found = self.subs.remove(key.as_str()).is_some();
+                        CallResult::Result(Bytes::from_static(if found {
+                            b"true"
+                        } else {
+                            b"false"
+                        }))
+                    }
+                    _ => error(
+                        INVALID_PARAMS,
+                        "invalid argument 0: want one subscription id",
+                    ),
+                };
+            }
+            let pool = detour.pool();
+            let config = &pool.config;
+            let topic = match Topic::parse(params.map(|p| p.get())) {
+                Ok(Some(topic)) => topic,
+                Ok(None) => {
+                    return error(
+                        INVALID_PARAMS,
+                        "no such subscription kind here: detour serves newHeads and logs",
+                    )
+                }
+                Err(why) => return error(INVALID_PARAMS, &why),
+            };
+            if self.subs.len() >= config.websocket.max_subscriptions {
+                return error(
+                    -32000,
+                    &format!(
+                        "this connection has {} subscriptions (websocket.max_subscriptions)",
+                        self.subs.len()
+                    ),
+                );
+            }
+            let kind = topic.kind();
+            match detour
+                .filters()
+                .subscribe(&chain.name, topic, &config.tracker)
+                .await
+            {
+                Ok(sub) => {
+                    let id: Box<str> = format!("\"0x{:032x}\"", fastrand::u128(..)).into();
+                    if self.changed.is_none() {
+                        self.changed = Some(sub.watch());
+                    }
+                    tracing::debug!(chain = &*chain.name, kind, "subscribed");
+                    self.subs.insert(id.clone(), sub);
+                    CallResult::Result(Bytes::from(id.into_string()))
+                }
+                Err(why) => error(
+                    -32000,
+                    &format!("could not read the chain head to start the subscription: {why}"),
+                ),
+            }
+        }
+    }
+
+    /// Queues every subscription's new notifications.
+    fn flush(&mut self, out: &Outbox) -> Result<(), End> {
+        let mut notes = Vec::new();
+        for (id, sub) in &mut self.subs {
+            if let Err(lost) = sub.notifications(id, &mut notes) {
+                return Err(End::Lagged(lost.0));
+            }
+        }
+        for n in notes {
+            if !out.send(n) {
+                return Err(End::SlowConsumer);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits for the tracker's next change (forever, before the first subscription).
+async fn changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn run<S>(detour: Detour, chain: Arc<str>, client: Client, ws: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let config = detour.pool().config.websocket;
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let out = Outbox {
+        tx,
+        queued: queued.clone(),
+        max: config.max_queued_bytes,
+    };
+    // The writer: whatever is queued goes out, flushed once the queue is empty.
+    let writer = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            while let Some(m) = next.take() {
+                let closing = matches!(m, Message::Close(_));
+                let len = if let Message::Text(t) = &m {
+                    t.len()
+                } else {
+                    0
+                };
+                if sink.feed(m).await.is_err() {
+                    return;
+                }
+                queued.fetch_sub(len, Relaxed);
+                if closing {
+                    let _ = sink.flush().await;
+                    let _ = sink.close().await;
+                    return;
+                }
+                next = rx.try_recv().ok();
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut subs = Subscriptions::default();
+    let calls = Arc::new(tokio::sync::Semaphore::new(CALLS_PER_CONNECTION));
+    let mut closing = detour.closing();
+    let mut last_heard = Instant::now();
+    let mut ping = tokio::time::interval(config.ping_interval);
+    ping.tick().await;
+    let end = loop {
+        tokio::select! {
+            message = stream.next() => {
+                let text = match message {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Binary(b))) => match String::from_utf8(b.to_vec()) {
+                        Ok(t) => t.into(),
+                        Err(_) => {
+                            if !out.send(String::from_utf8_lossy(&error_bytes(
+                                jsonrpc::PARSE_ERROR,
+                                "Parse error",
+                                Some("\"the message is not UTF-8\""),
+                            )).into_owned()) {
+                                break End::SlowConsumer;
+                            }
+                            continue;
+                        }
+                    },
+                    Some(Ok(Message::Close(_))) | None => break End::ClientClosed,
+                    Some(Ok(_)) => {
+                        // Pings are answered by tungstenite; pongs only say the client is there.
+                        last_heard = Instant::now();
+                        continue;
+                    }
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
+                        tracing::debug!(chain = &*chain, error = %e, "WebSocket message too large");
+                        break End::TooLarge;
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(chain = &*chain, error = %e, "WebSocket read failed");
+                        break End::Gone;
+                    }
+                };
+                last_heard = Instant::now();
+                if detour.pool().route(&chain).is_none() {
+                    break End::ChainRemoved;
+                }
+                if memchr::memmem::find(text.as_bytes(), b"subscribe").is_some() {
+                    // Subscription calls are answered here, in order with the notifications:
+                    // a subscription's id goes out before its first notification.
+                    let mut session = Some(Box::new(std::mem::take(&mut subs)));
+                    let answer = detour.ws_message(&chain, &client, text.as_bytes(), &mut session).await;
+                    subs = session.take().map(|s| *s).unwrap_or_default();
+                    if let Some(answer) = answer {
+                        if !out.send(answer) {
+                            break End::SlowConsumer;
+                        }
+                    }
+                    if let Err(end) = subs.flush(&out) {
+                        break end;
+                    }
+                    continue;
+                }
+                let Ok(permit) = calls.clone().acquire_owned().await else {
+                    break End::Gone;
+                };
+                let (detour, chain, client, out) =
+                    (detour.clone(), chain.clone(), client.clone(), out.clone());
+                tokio::spawn(async move {
+                    let mut none = None;
+                    if let Some(answer) = detour.ws_message(&chain, &client, text.as_bytes(), &mut none).await {
+                        out.send(answer);
+                    }
+                    drop(permit);
+                });
+            }
+            alive = changed(&mut subs.changed) => {
+                if !alive {
+                    break End::Shutdown;
+                }
+                if let Err(end) = subs.flush(&out) {
+                    break end;
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= config.ping_interval * 2 {
+                    break End::Silent;
+                }
+                if detour.pool().route(&chain).is_none() {
+                    break End::ChainRemoved;
+                }
+                if last_heard.elapsed() >= config.ping_interval {
+                    out.control(Message::Ping(Bytes::new()));
+                }
+            }
+            _ = closing.changed() => break End::Shutdown,
+        }
+        if out.queued.load(Relaxed) > out.max {
+            break End::SlowConsumer;
+        }
+    };
+    let (code, reason) = match end {
+        End::ClientClosed | End::Gone => (None, ""),
+        End::SlowConsumer => (
+            Some(CloseCode::Policy),
+            "too slow: more than websocket.max_queued_bytes waiting",
+        ),
+        End::TooLarge => (
+            Some(CloseCode::Size),
+            "message larger than websocket.max_message_bytes",
+        ),
+        End::Lagged(_) => (
+            Some(CloseCode::Again),
+            "too slow: fell behind the chain (tracker.max_events)",
+        ),
+        End::Silent => (
+            Some(CloseCode::Away),
+            "no answer to pings (websocket.ping_interval)",
+        ),
+        End::Shutdown => (Some(CloseCode::Away), "detour is shutting down"),
+        End::ChainRemoved => (
+            Some(CloseCode::Away),
+            "the chain is no longer served (configuration reloaded)",
+        ),
+    };
+    match (code, &end) {
+        (Some(_), End::Lagged(lost)) => {
+            tracing::warn!(chain = &*chain, peer = ?client.peer, reason, lost, "WebSocket client disconnected")
+        }
+        (Some(_), End::SlowConsumer) => {
+            tracing::warn!(chain = &*chain, peer = ?client.peer, reason, "WebSocket client disconnected")
+        }
+        (Some(_), _) => {
+            tracing::debug!(chain = &*chain, peer = ?client.peer, reason, "WebSocket closed")
+        }
+        _ => {}
+    }
+    if let Some(code) = code {
+        out.control(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })));
+    }
+    drop(out);
+    drop(subs);
+    // The writer ends once the close frame is out (or the queue is dropped); a client that does
+    // not read does not hold the task.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+}
