@@ -8,8 +8,8 @@
 # Three anvil nodes start from the same genesis: A in tier 0, B and C in tier 1. Transactions go
 # to A (the preferred tier) and their receipts are polled there. Then a steady stream of reads
 # runs while A is killed: every read must succeed (failover to B/C, no client-visible error).
-# Then the health scenarios (e2e_health.py), filters watched by ethers and viem through node
-# failures and a reorg (e2e_filters.cjs), and the status page (e2e_status_page.py).
+# Then the health scenarios (e2e_health.py), filters and WebSocket subscriptions watched by ethers
+# and viem through node failures and a reorg (e2e_subscriptions.cjs), and the status page (e2e_status_page.py).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -212,9 +212,9 @@ log "ok: detour exited 0 on SIGTERM"
 python3 scripts/e2e_health.py "$ANVIL" "$DETOUR" "$WORK" || fail "health scenarios"
 log "ok: health scenarios"
 
-# --- filters through failover and a reorg, watched by ethers and viem -----------------------
-NODE_PATH=$TOOLS/node_modules node scripts/e2e_filters.cjs "$ANVIL" "$DETOUR" "$WORK" || fail "filters"
-log "ok: filters"
+# --- filters and WebSocket subscriptions through node failures and a reorg, ethers and viem ----
+NODE_PATH=$TOOLS/node_modules node scripts/e2e_subscriptions.cjs "$ANVIL" "$DETOUR" "$WORK" || fail "filters and subscriptions"
+log "ok: filters and subscriptions"
 
 # --- the status page in headless Chromium --------------------------------------------------
 python3 scripts/e2e_status_page.py "$ANVIL" "$DETOUR" "$WORK" || fail "status page"

@@ -7,12 +7,16 @@
 //   - ethers v6 `contract.on("Ping")` (eth_newFilter + eth_getFilterChanges over HTTP),
 //   - viem `createContractEventFilter` + `getFilterChanges`, and
 //   - viem `createBlockFilter` + `getFilterChanges`
+//   - viem `createBlockFilter` + `getFilterChanges`, and over WebSocket (ws://…/anvil):
+//   - ethers v6 `WebSocketProvider`: `on("block")` and `contract.on("Ping")` (eth_subscribe),
+//   - viem's `webSocket` transport: `watchBlocks` and `watchContractEvent` (eth_subscribe)
 // watch through detour; node A is SIGKILLed, restarted and resynced, then node B is killed.
-// Every event must arrive exactly once and in order, and every block hash once, in order.
-// Then `anvil_reorg` drops the last 3 blocks on the live nodes: a log filter gets their Ping
-// logs again with "removed": true, highest block first.
+// Every event must arrive exactly once and in order, and every block once, in order.
+// Then `anvil_reorg` drops the last 3 blocks on the live nodes: a filter and a WebSocket logs
+// subscription get their Ping logs again with "removed": true, highest block first, and a
+// newHeads subscription the new branch's heads.
 //
-// usage: NODE_PATH=scripts/.tools/node_modules node scripts/e2e_filters.cjs ANVIL DETOUR WORKDIR
+// usage: NODE_PATH=scripts/.tools/node_modules node scripts/e2e_subscriptions.cjs ANVIL DETOUR WORKDIR
 "use strict";
 
 const { spawn } = require("node:child_process");
@@ -21,6 +25,7 @@ const net = require("node:net");
 const path = require("node:path");
 const ethers = require("ethers");
 const viem = require("viem");
+const WebSocket = require("ws");
 
 const [ANVIL, DETOUR, WORK] = process.argv.slice(2);
 const CHAIN_ID = 31337;
@@ -28,7 +33,7 @@ const T0 = 1_700_000_000;
 const N = 60; // Ping events, one per block
 const KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"; // anvil dev account 0
 const children = new Set();
-const log = (...a) => console.log("[e2e-filters]", ...a);
+const log = (...a) => console.log("[e2e-subscriptions]", ...a);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function cleanup() {
@@ -40,13 +45,13 @@ function cleanup() {
 }
 process.on("exit", cleanup);
 const deadline = setTimeout(() => {
-  console.error("[e2e-filters] FAIL: the whole scenario took over 150 s");
+  console.error("[e2e-subscriptions] FAIL: the whole scenario took over 150 s");
   process.exit(1);
 }, 150_000);
 
 function fail(why) {
-  console.error("[e2e-filters] FAIL:", why);
-  for (const f of fs.readdirSync(WORK).filter((f) => f.startsWith("filters-"))) {
+  console.error("[e2e-subscriptions] FAIL:", why);
+  for (const f of fs.readdirSync(WORK).filter((f) => f.startsWith("subs-"))) {
     const text = fs.readFileSync(path.join(WORK, f), "utf8").split("\n").slice(-15).join("\n");
     console.error(`--- ${f}\n${text}`);
   }
@@ -96,7 +101,7 @@ class Node {
     this.proc = null;
   }
   async start() {
-    const out = fs.openSync(path.join(WORK, `filters-anvil-${this.name}.log`), "a");
+    const out = fs.openSync(path.join(WORK, `subs-anvil-${this.name}.log`), "a");
     this.proc = spawn(
       ANVIL,
       ["--host", "127.0.0.1", "--port", String(this.port), "--chain-id", String(CHAIN_ID),
@@ -156,7 +161,7 @@ async function main() {
   const [A, B] = nodes;
 
   const dport = await freePort();
-  const config = path.join(WORK, "filters-detour.toml");
+  const config = path.join(WORK, "subs-detour.toml");
   fs.writeFileSync(config, `
 [server]
 listen = "127.0.0.1:${dport}"
@@ -169,7 +174,7 @@ poll_interval = "200ms"
 chain_id = ${CHAIN_ID}
 ${nodes.map((n) => `[[chains.anvil.upstreams]]\nname = "anvil-${n.name}"\nurl = "${n.url}"\n`).join("\n")}
 `);
-  const dlog = fs.openSync(path.join(WORK, "filters-detour.log"), "a");
+  const dlog = fs.openSync(path.join(WORK, "subs-detour.log"), "a");
   const detour = spawn(DETOUR, ["--config", config], {
     stdio: ["ignore", dlog, dlog], env: { ...process.env, RUST_LOG: "info" },
   });
@@ -210,6 +215,36 @@ ${nodes.map((n) => `[[chains.anvil.upstreams]]\nname = "anvil-${n.name}"\nurl = 
       await sleep(150);
     }
   })();
+  // Over WebSocket.
+  const WS = `ws://127.0.0.1:${dport}/anvil`;
+  const wsProvider = new ethers.WebSocketProvider(WS, CHAIN_ID, { staticNetwork: true });
+  const wsContract = new ethers.Contract(address, ABI, wsProvider);
+  const byEthersWs = [];
+  const ethersWsBlocks = [];
+  await wsContract.on("Ping", (n) => byEthersWs.push(Number(n)));
+  await wsProvider.on("block", (n) => ethersWsBlocks.push(Number(n)));
+  const wsClient = viem.createPublicClient({ transport: viem.webSocket(WS, { retryCount: 0 }) });
+  const byViemWs = [];
+  const viemWsBlocks = [];
+  const unwatchEvents = wsClient.watchContractEvent({
+    abi, address, eventName: "Ping",
+    onLogs: (logs) => { for (const l of logs) byViemWs.push(Number(l.args.n)); },
+    onError: (e) => pollErrors.push("viem ws events: " + e.message),
+  });
+  const unwatchBlocks = wsClient.watchBlocks({
+    onBlock: (b) => viemWsBlocks.push(Number(b.number)),
+    onError: (e) => pollErrors.push("viem ws blocks: " + e.message),
+  });
+  // And a raw subscriber, which sees the notifications as they are on the wire.
+  const wire = new WebSocket(WS);
+  await new Promise((ok, err) => { wire.once("open", ok); wire.once("error", err); });
+  const wireHeads = [];
+  wire.on("message", (m) => {
+    const v = JSON.parse(m);
+    if (v.method === "eth_subscription") wireHeads.push(v.params.result);
+  });
+  wire.send(JSON.stringify({ jsonrpc: "2.0", id: 1, method: "eth_subscribe", params: ["newHeads"] }));
+  await sleep(500); // the subscriptions are made
   // The first block each watcher can see is the one after they started.
   const firstWatched = history.length + 1;
 
@@ -231,7 +266,18 @@ ${nodes.map((n) => `[[chains.anvil.upstreams]]\nname = "anvil-${n.name}"\nurl = 
   }
   const want = Array.from({ length: N }, (_, i) => i + 1);
   const until = Date.now() + 20_000;
-  while ((byEthers.length < N || byViem.length < N) && Date.now() < until) await sleep(100);
+  // Pollers read a filter when they see a new block (ethers), so blocks without events follow
+  // until every watcher has every event.
+  const allEvents = () => byEthers.length >= N && byViem.length >= N && byEthersWs.length >= N &&
+    byViemWs.length >= N;
+  while (!allEvents() && Date.now() < until) {
+    await mine(nodes, []);
+    await sleep(300);
+  }
+  const lastBlock = history.length;
+  const allHeads = () => viemWsBlocks.length >= lastBlock - firstWatched + 1 &&
+    ethersWsBlocks.at(-1) >= lastBlock && wireHeads.length >= lastBlock - firstWatched + 1;
+  while (!allHeads() && Date.now() < until) await sleep(100);
   polling = false;
   await poller;
   const same = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
@@ -243,23 +289,75 @@ ${nodes.map((n) => `[[chains.anvil.upstreams]]\nname = "anvil-${n.name}"\nurl = 
   for (let h = firstWatched; h <= head; h++) canonical.push((await rpc(RPC, "eth_getBlockByNumber", ["0x" + h.toString(16), false])).hash);
   if (!same(blocks, canonical)) fail(`block filter got ${blocks.length} hashes, want ${canonical.length}: ${JSON.stringify(blocks.slice(0, 3))}…`);
   log(`ok: viem block filter got blocks ${firstWatched}..${head} once, in order`);
+  if (!same(byEthersWs, want)) fail(`ethers WebSocketProvider contract.on got ${JSON.stringify(byEthersWs)}`);
+  if (!same(byViemWs, want)) fail(`viem webSocket watchContractEvent got ${JSON.stringify(byViemWs)}`);
+  log(`ok: over WebSocket, ethers contract.on and viem watchContractEvent each got Ping 1..${N} once, in order`);
+  const heights = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+  // ethers reports the head it sees at start, then each new one; viem each new head.
+  const ethersFrom = ethersWsBlocks[0] === firstWatched - 1 ? firstWatched - 1 : firstWatched;
+  if (!same(ethersWsBlocks, heights(ethersFrom, lastBlock))) fail(`ethers WebSocketProvider blocks ${JSON.stringify(ethersWsBlocks)}`);
+  // viem fetches each head's block before its callback, so callbacks may swap neighbours:
+  // each head once is checked here, and the order on the wire by the raw subscriber below.
+  const sorted = [...viemWsBlocks].sort((a, b) => a - b);
+  if (!same(sorted, heights(firstWatched, lastBlock))) fail(`viem watchBlocks got ${JSON.stringify(viemWsBlocks)}, want ${firstWatched}..${lastBlock}`);
+  const onWire = wireHeads.map((h) => Number(h.number));
+  if (!same(onWire, heights(firstWatched, lastBlock))) fail(`newHeads on the wire: ${JSON.stringify(onWire)}`);
+  for (const h of wireHeads) {
+    if (h.hash !== canonical[Number(h.number) - firstWatched]) fail(`head ${Number(h.number)}: ${h.hash} is not canonical`);
+    if ("transactions" in h) fail(`a newHeads notification carries transactions: ${JSON.stringify(h).slice(0, 200)}`);
+  }
+  wire.close();
+  log(`ok: over WebSocket, heads ${firstWatched}..${lastBlock} once each to ethers on("block") and viem watchBlocks, and in order on the wire, hashes canonical`);
   if (pollErrors.length) log(`(viem polls that failed and were retried: ${pollErrors.length}: ${pollErrors[0]})`);
   await contract.removeAllListeners();
+  await wsContract.removeAllListeners();
+  await wsProvider.removeAllListeners();
+  unwatchEvents();
+  unwatchBlocks();
 
-  // A reorg: the last 3 blocks are dropped on the live nodes.
+  // A reorg: three blocks with Ping N+1..N+3, then anvil_reorg drops them on the live nodes.
   const filter = await rpc(RPC, "eth_newFilter", [{ address, topics: [TOPIC] }]);
-  await rpc(RPC, "eth_getFilterChanges", [filter]);
-  for (const n of nodes.filter((n) => n.alive)) await rpc(n.url, "anvil_reorg", [3, []]);
-  let removed = [];
-  const reorgUntil = Date.now() + 15_000;
-  while (removed.length < 3 && Date.now() < reorgUntil) {
-    await sleep(200);
-    removed.push(...(await rpc(RPC, "eth_getFilterChanges", [filter])));
+  const raw = new WebSocket(WS);
+  await new Promise((ok, err) => { raw.once("open", ok); raw.once("error", err); });
+  const pushed = [];
+  raw.on("message", (m) => pushed.push(JSON.parse(m)));
+  raw.send(JSON.stringify({ jsonrpc: "2.0", id: 1, method: "eth_subscribe", params: ["logs", { address }] }));
+  raw.send(JSON.stringify({ jsonrpc: "2.0", id: 2, method: "eth_subscribe", params: ["newHeads"] }));
+  const wsUntil = Date.now() + 30_000;
+  while (pushed.length < 2 && Date.now() < wsUntil) await sleep(50);
+  const [logsSub, headsSub] = [1, 2].map((id) => pushed.find((m) => m.id === id)?.result);
+  if (!logsSub || !headsSub) fail(`eth_subscribe over ws: ${JSON.stringify(pushed)}`);
+  const of = (sub) => pushed.filter((m) => m.params?.subscription === sub).map((m) => m.params.result);
+  const pings = (logs) => logs.map((l) => [l.removed, Number(BigInt(l.topics[1]))]);
+  for (let n = N + 1; n <= N + 3; n++) {
+    await mine(nodes, [{ to: address, data: iface.encodeFunctionData("ping", [n]) }]);
   }
-  const got = removed.map((l) => [l.removed, Number(BigInt(l.topics[1]))]);
-  const wantRemoved = [[true, N], [true, N - 1], [true, N - 2]];
-  if (JSON.stringify(got) !== JSON.stringify(wantRemoved)) fail(`after anvil_reorg the filter got ${JSON.stringify(got)}, want ${JSON.stringify(wantRemoved)}`);
-  log("ok: anvil_reorg of 3 blocks: their Ping logs came again with removed: true, highest first");
+  const top = history.length;
+  let changes = [];
+  while ((changes.length < 3 || of(logsSub).length < 3 || of(headsSub).length < 3) && Date.now() < wsUntil) {
+    await sleep(200);
+    changes.push(...(await rpc(RPC, "eth_getFilterChanges", [filter])));
+  }
+  const added = [[false, N + 1], [false, N + 2], [false, N + 3]];
+  if (JSON.stringify(pings(changes)) !== JSON.stringify(added)) fail(`before the reorg the filter got ${JSON.stringify(pings(changes))}`);
+  const oldHeads = of(headsSub).map((h) => h.hash);
+  for (const n of nodes.filter((n) => n.alive)) await rpc(n.url, "anvil_reorg", [3, []]);
+  changes = [];
+  while ((changes.length < 3 || of(logsSub).length < 6 || of(headsSub).length < 6) && Date.now() < wsUntil) {
+    await sleep(200);
+    changes.push(...(await rpc(RPC, "eth_getFilterChanges", [filter])));
+  }
+  const wantRemoved = [[true, N + 3], [true, N + 2], [true, N + 1]];
+  if (JSON.stringify(pings(changes)) !== JSON.stringify(wantRemoved)) fail(`after anvil_reorg the filter got ${JSON.stringify(pings(changes))}, want ${JSON.stringify(wantRemoved)}`);
+  log("ok: anvil_reorg of 3 blocks: a filter got their Ping logs again with removed: true, highest first");
+  if (JSON.stringify(pings(of(logsSub))) !== JSON.stringify([...added, ...wantRemoved])) fail(`the logs subscription got ${JSON.stringify(pings(of(logsSub)))}`);
+  const heads = of(headsSub);
+  const numbers = heads.map((h) => Number(h.number));
+  const wantNumbers = [top - 2, top - 1, top, top - 2, top - 1, top];
+  if (JSON.stringify(numbers) !== JSON.stringify(wantNumbers)) fail(`newHeads around the reorg: ${JSON.stringify(numbers)}, want ${JSON.stringify(wantNumbers)}`);
+  if (heads.slice(3).some((h, i) => h.hash === oldHeads[i])) fail("the new branch's heads have the old hashes");
+  raw.close();
+  log("ok: over WebSocket, the same reorg: logs removed highest first, then the new branch's heads from the fork point");
 
   detour.kill("SIGTERM");
   clearTimeout(deadline);
