@@ -216,6 +216,31 @@ async fn new_heads_arrive_once_in_order_through_failover_lag_outage_and_reorgs()
         canonical(20, 23)
     );
 
+    // Metrics: the connection, the subscription, what the tracker did.
+    let metrics = proxy.detour.metrics();
+    for line in [
+        "detour_websocket_connections 1",
+        "detour_websocket_notifications_total 17",
+        r#"detour_chain_readers{chain="mainnet",type="subscription",kind="newHeads"} 1"#,
+        r#"detour_tracker_following{chain="mainnet"} 1"#,
+        r#"detour_tracker_head_block{chain="mainnet"} 23"#,
+        r#"detour_tracker_reorgs_total{chain="mainnet"} 2"#,
+        r#"detour_tracker_blocks_removed_total{chain="mainnet"} 4"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+    let backfilled = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"detour_tracker_blocks_backfilled_total{chain="mainnet"} "#))
+        .expect("backfilled blocks counted");
+    assert!(
+        backfilled.parse::<u64>().unwrap() > 0,
+        "backfills counted: {backfilled}"
+    );
+
     // Unsubscribed: no more notifications; an unknown id is `false`.
     let v = call(&mut ws, 5, "eth_unsubscribe", json!([id])).await;
     assert_eq!(v["result"], true);

@@ -43,13 +43,18 @@ pub struct Registry {
     book: Mutex<Book>,
 }
 
+/// A followed chain's tracker, whether it is followed now, and its readers as (`filter` or
+/// `subscription`, kind, count).
+pub type Census = (Arc<Tracker>, bool, Vec<(&'static str, &'static str, usize)>);
+
 /// Who reads the trackers: filters and subscriptions, under one lock, so that a chain's task
 /// stops only when it has neither, and nothing joins a task that is stopping.
 #[derive(Debug, Default)]
 pub(super) struct Book {
     filters: HashMap<Box<str>, Filter>,
-    /// Subscriptions, by a number of their own: their chain and the event each reads next.
-    pub(super) subs: HashMap<u64, (Arc<str>, Arc<AtomicU64>)>,
+    /// Subscriptions, by a number of their own: their chain, kind and the event each reads
+    /// next.
+    pub(super) subs: HashMap<u64, (Arc<str>, &'static str, Arc<AtomicU64>)>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -323,6 +328,42 @@ impl Registry {
             "following": following,
             "head": head,
         })
+    }
+
+    /// Per followed chain: its tracker, whether it is followed now, and how many filters and
+    /// subscriptions of each kind read it (for metrics).
+    pub fn census(&self) -> Vec<Census> {
+        let followed: Vec<Arc<Followed>> = {
+            let chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
+            chains.values().cloned().collect()
+        };
+        let book = self.lock_book();
+        followed
+            .into_iter()
+            .map(|f| {
+                let chain = &f.tracker.chain;
+                let (mut blocks, mut logs) = (0, 0);
+                for x in book.filters.values().filter(|x| x.chain == *chain) {
+                    match x.kind {
+                        Kind::Blocks => blocks += 1,
+                        Kind::Logs(_) => logs += 1,
+                    }
+                }
+                let subs = |kind: &str| {
+                    book.subs
+                        .values()
+                        .filter(|(c, k, _)| c == chain && *k == kind)
+                        .count()
+                };
+                let readers = vec![
+                    ("filter", "blocks", blocks),
+                    ("filter", "logs", logs),
+                    ("subscription", "newHeads", subs("newHeads")),
+                    ("subscription", "logs", subs("logs")),
+                ];
+                (f.tracker.clone(), f.running.load(Relaxed), readers)
+            })
+            .collect()
     }
 
     /// Filters open now.
@@ -608,7 +649,7 @@ impl Registry {
             oldest = Some(oldest.map_or(f.next, |o: u64| o.min(f.next)));
             true
         });
-        for (sub_chain, next) in book.subs.values() {
+        for (sub_chain, _, next) in book.subs.values() {
             if sub_chain == chain {
                 let next = next.load(Relaxed);
                 oldest = Some(oldest.map_or(next, |o: u64| o.min(next)));

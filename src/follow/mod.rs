@@ -8,6 +8,7 @@
 //! failover loop: the tracker's calls are routed, retried, metered and logged like clients'.
 
 pub mod filters;
+pub mod metrics;
 pub mod subscribe;
 pub mod tracker;
 

@@ -83,6 +83,7 @@ impl Registry {
     ) -> Result<Subscription, String> {
         let key = fastrand::u64(..);
         let logs = matches!(topic, Topic::Logs(_));
+        let kind = topic.kind();
         let (tracker, next) = self
             .join(chain, tracker_config, |book, tracker| {
                 let next = if logs {
@@ -91,7 +92,8 @@ impl Registry {
                     tracker.next_seq()
                 };
                 let next = Arc::new(AtomicU64::new(next));
-                book.subs.insert(key, (tracker.chain.clone(), next.clone()));
+                book.subs
+                    .insert(key, (tracker.chain.clone(), kind, next.clone()));
                 (tracker.clone(), next)
             })
             .await?;

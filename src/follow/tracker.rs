@@ -21,6 +21,7 @@
 //! taken for an upstream that does not have the block yet, and the round is tried again.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
@@ -88,6 +89,21 @@ pub struct Tracker {
     /// The sequence number after the last event, sent when a round adds events: subscribers
     /// wait on it.
     changed: tokio::sync::watch::Sender<u64>,
+    /// What the tracker has done, for metrics.
+    pub stats: Stats,
+}
+
+/// Counts of what a tracker did since detour started.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Blocks that became canonical.
+    pub added: AtomicU64,
+    /// Of those, blocks filled in below a new head (missed polls, an upstream switch).
+    pub backfilled: AtomicU64,
+    /// Blocks dropped by reorgs.
+    pub removed: AtomicU64,
+    /// Reorgs.
+    pub reorgs: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -157,6 +173,7 @@ impl Tracker {
             state: Mutex::default(),
             rounds: tokio::sync::Mutex::new(()),
             changed: tokio::sync::watch::Sender::new(0),
+            stats: Stats::default(),
         }
     }
 
@@ -358,6 +375,11 @@ impl Tracker {
         }
         if round.added + round.removed > 0 {
             self.changed.send_replace(state.next_seq());
+            let s = &self.stats;
+            s.added.fetch_add(round.added as u64, Relaxed);
+            s.backfilled.fetch_add(round.backfilled as u64, Relaxed);
+            s.removed.fetch_add(round.removed as u64, Relaxed);
+            s.reorgs.fetch_add(u64::from(round.removed > 0), Relaxed);
         }
         Ok(round)
     }

@@ -79,6 +79,8 @@ struct Inner {
     filters: Arc<Registry>,
     /// WebSocket connections open now.
     websockets: Arc<std::sync::atomic::AtomicUsize>,
+    /// Subscription notifications queued to WebSocket clients.
+    notifications: Arc<std::sync::atomic::AtomicU64>,
     /// Turns `true` at shutdown: WebSocket connections close (1001).
     closing: tokio::sync::watch::Sender<bool>,
 }
@@ -134,19 +136,30 @@ impl Detour {
             .map_err(|(at, why)| ConfigError::one(at, why))?;
         let forwarder = Forwarder::new(&config.client, resolver, tls);
         let pool = Arc::new(ArcSwap::from_pointee(Pool::new(config, None)?));
-        let metrics = Metrics::new(Arc::downgrade(&pool));
         let detour = Detour {
-            inner: Arc::new_cyclic(|weak| Inner {
-                pool,
-                forwarder,
-                metrics,
-                health_started: AtomicBool::new(false),
-                draining: AtomicBool::new(false),
-                last_reload: std::sync::Mutex::new(None),
-                requests_in_flight: Default::default(),
-                filters: Registry::new(Arc::new(Upstreams(weak.clone()))),
-                websockets: Default::default(),
-                closing: tokio::sync::watch::Sender::new(false),
+            inner: Arc::new_cyclic(|weak| {
+                let filters = Registry::new(Arc::new(Upstreams(weak.clone())));
+                let websockets = Arc::<std::sync::atomic::AtomicUsize>::default();
+                let notifications = Arc::<std::sync::atomic::AtomicU64>::default();
+                let follow = crate::follow::metrics::FollowMetrics {
+                    registry: Arc::downgrade(&filters),
+                    websockets: websockets.clone(),
+                    notifications: notifications.clone(),
+                };
+                let metrics = Metrics::new(Arc::downgrade(&pool), vec![Box::new(follow)]);
+                Inner {
+                    pool,
+                    forwarder,
+                    metrics,
+                    health_started: AtomicBool::new(false),
+                    draining: AtomicBool::new(false),
+                    last_reload: std::sync::Mutex::new(None),
+                    requests_in_flight: Default::default(),
+                    filters,
+                    websockets,
+                    notifications,
+                    closing: tokio::sync::watch::Sender::new(false),
+                }
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -174,6 +187,11 @@ impl Detour {
     /// The count of open WebSocket connections.
     pub(crate) fn websockets(&self) -> Arc<std::sync::atomic::AtomicUsize> {
         self.inner.websockets.clone()
+    }
+
+    /// Counts notifications queued to WebSocket clients.
+    pub(crate) fn notified(&self, n: usize) {
+        self.inner.notifications.fetch_add(n as u64, Relaxed);
     }
 
     /// A receiver that turns `true` when WebSocket connections are to close.

@@ -309,13 +309,14 @@ impl Subscriptions {
     }
 
     /// Queues every subscription's new notifications.
-    fn flush(&mut self, out: &Outbox) -> Result<(), End> {
+    fn flush(&mut self, out: &Outbox, detour: &Detour) -> Result<(), End> {
         let mut notes = Vec::new();
         for (id, sub) in &mut self.subs {
             if let Err(lost) = sub.notifications(id, &mut notes) {
                 return Err(End::Lagged(lost.0));
             }
         }
+        detour.notified(notes.len());
         for n in notes {
             if !out.send(n) {
                 return Err(End::SlowConsumer);
@@ -427,7 +428,7 @@ where
                             break End::SlowConsumer;
                         }
                     }
-                    if let Err(end) = subs.flush(&out) {
+                    if let Err(end) = subs.flush(&out, &detour) {
                         break end;
                     }
                     continue;
@@ -449,7 +450,7 @@ where
                 if !alive {
                     break End::Shutdown;
                 }
-                if let Err(end) = subs.flush(&out) {
+                if let Err(end) = subs.flush(&out, &detour) {
                     break end;
                 }
             }

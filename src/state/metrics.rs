@@ -219,8 +219,11 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     /// Creates the families, and a collector that reads live upstream state from `pool` at
-    /// each scrape.
-    pub fn new(pool: Weak<ArcSwap<Pool>>) -> Metrics {
+    /// each scrape; `extra` collectors (the layers above's own) are read at each scrape too.
+    pub fn new(
+        pool: Weak<ArcSwap<Pool>>,
+        extra: Vec<Box<dyn prometheus_client::collector::Collector>>,
+    ) -> Metrics {
         let mut registry = Registry::with_prefix("detour");
         let requests = Family::<Labels3, Counter>::default();
         let request_duration: HistogramFamily<[(&'static str, String); 1]> =
@@ -274,6 +277,9 @@ impl Metrics {
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
         registry.register_collector(Box::new(LiveState { pool }));
+        for collector in extra {
+            registry.register_collector(collector);
+        }
         Metrics {
             registry,
             requests,
