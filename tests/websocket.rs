@@ -405,3 +405,105 @@ async fn origins_keys_and_shutdown() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn detour_subscribe_streams_heads_in_process() {
+    let chain = SimChain::new(10, 2);
+    let a = SimUpstream::start(&chain).await;
+    let proxy = Proxy::start(&config("", &[&a])).await;
+    let params = serde_json::value::RawValue::from_string(r#"["newHeads"]"#.into()).unwrap();
+    let mut heads = proxy.detour.subscribe("mainnet", &params).await.unwrap();
+    let params = serde_json::value::RawValue::from_string(format!(
+        r#"["logs",{{"address":"{ADDRESS_A}"}}]"#
+    ))
+    .unwrap();
+    let mut logs = proxy.detour.subscribe("1", &params).await.unwrap();
+    chain.mine(3);
+    for n in 11..=13u64 {
+        let head = tokio::time::timeout(Duration::from_secs(10), heads.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let head: Value = serde_json::from_str(head.get()).unwrap();
+        assert_eq!(head["hash"], chain.hash_at(n));
+        let log = tokio::time::timeout(Duration::from_secs(10), logs.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let log: Value = serde_json::from_str(log.get()).unwrap();
+        assert_eq!(log, chain.logs_at(n)[0]);
+    }
+    let bad = serde_json::value::RawValue::from_string(r#"["syncing"]"#.into()).unwrap();
+    assert_eq!(
+        proxy
+            .detour
+            .subscribe("mainnet", &bad)
+            .await
+            .err()
+            .unwrap()
+            .code,
+        -32602
+    );
+    assert_eq!(
+        proxy
+            .detour
+            .subscribe("nope", &params)
+            .await
+            .err()
+            .unwrap()
+            .code,
+        -32001
+    );
+    drop(heads);
+    drop(logs);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_keeps_subscriptions_of_kept_chains_and_closes_those_of_removed_ones() {
+    let chain = SimChain::new(10, 0);
+    let a = SimUpstream::start(&chain).await;
+    let proxy = Proxy::start(&config("[websocket]\nping_interval = \"200ms\"", &[&a])).await;
+    let mut ws = connect(&proxy, "/mainnet").await;
+    let id = subscribe(&mut ws, json!(["newHeads"])).await;
+    // The same chain, another setting: the subscription goes on.
+    let kept = config(
+        "[websocket]\nping_interval = \"200ms\"\n[server]\naccess_log = false",
+        &[&a],
+    );
+    proxy
+        .detour
+        .reload(detour::Config::from_toml(&kept).unwrap())
+        .unwrap();
+    chain.mine(1);
+    assert_eq!(
+        notifications(&mut ws, &id, 1).await[0]["hash"],
+        chain.hash_at(11)
+    );
+    // The chain is gone: closed with 1001 and a reason.
+    let renamed =
+        config("[websocket]\nping_interval = \"200ms\"", &[&a]).replace("mainnet", "other");
+    proxy
+        .detour
+        .reload(detour::Config::from_toml(&renamed).unwrap())
+        .unwrap();
+    let frame = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(frame.code, CloseCode::Away);
+    assert!(
+        frame.reason.contains("no longer served"),
+        "{}",
+        frame.reason
+    );
+    proxy.stop().await;
+}

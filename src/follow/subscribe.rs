@@ -136,12 +136,7 @@ impl Subscription {
     /// Appends a notification for each event not read yet to `out`, as geth writes them, with
     /// `id` as the subscription's id (a JSON string).
     pub fn notifications(&mut self, id: &str, out: &mut Vec<String>) -> Result<(), Lost> {
-        let (events, next, lost) = self.tracker.read(self.next.load(Relaxed));
-        self.next.store(next, Relaxed);
-        if lost > 0 {
-            return Err(Lost(lost));
-        }
-        let mut push = |result: &str| {
+        self.results(|result| {
             let mut n = String::with_capacity(result.len() + id.len() + 80);
             n.push_str(r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"#);
             n.push_str(id);
@@ -149,19 +144,28 @@ impl Subscription {
             n.push_str(result);
             n.push_str("}}");
             out.push(n);
-        };
+        })
+    }
+
+    /// Calls `each` with each notification's `result` not read yet, in order.
+    pub fn results(&mut self, mut each: impl FnMut(&str)) -> Result<(), Lost> {
+        let (events, next, lost) = self.tracker.read(self.next.load(Relaxed));
+        self.next.store(next, Relaxed);
+        if lost > 0 {
+            return Err(Lost(lost));
+        }
         for event in &events {
             match (&self.topic, event) {
-                (Topic::NewHeads, Event::Added(b)) => push(b.header.get()),
+                (Topic::NewHeads, Event::Added(b)) => each(b.header.get()),
                 (Topic::NewHeads, Event::Removed(_)) => {}
                 (Topic::Logs(c), Event::Added(b)) => {
                     for log in b.logs.iter().flatten().filter(|l| c.matches(b.number, l)) {
-                        push(log.raw.get());
+                        each(log.raw.get());
                     }
                 }
                 (Topic::Logs(c), Event::Removed(b)) => {
                     for log in b.logs.iter().flatten().filter(|l| c.matches(b.number, l)) {
-                        push(&removed(log.raw.get()));
+                        each(&removed(log.raw.get()));
                     }
                 }
             }

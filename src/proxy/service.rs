@@ -218,14 +218,14 @@ impl Detour {
         client: &super::ws::Client,
         body: &[u8],
         subs: &mut Option<Box<super::ws::Subscriptions>>,
-    ) -> Option<String> {
+    ) -> Option<Bytes> {
         let started = Instant::now();
         let pool = self.pool();
         let chain = pool.route(chain)?;
         let refuse = |code: i64, message: &str, data: Option<&str>| {
             // Every call of the message gets the refusal, with its id.
             let answers = refusals(body, code, message, data);
-            (!answers.is_empty()).then_some(answers)
+            (!answers.is_empty()).then(|| Bytes::from(answers))
         };
         if let Some(limits) = &pool.rate_limits {
             let who = match (&client.key, client.peer) {
@@ -264,11 +264,7 @@ impl Detour {
         if access_log_on(&pool) {
             access_log(&chain.name, &served, StatusCode::OK, started, client.peer);
         }
-        let bytes = out?.into_bytes();
-        Some(
-            String::from_utf8(bytes.to_vec())
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-        )
+        Some(out?.into_bytes())
     }
 
     /// Marks the proxy as shutting down: `/readyz` answers 503 from now on (requests are
@@ -478,6 +474,87 @@ impl Detour {
                 false,
             ))),
         }
+    }
+
+    /// Subscribes in process to `params` (as `eth_subscribe` takes them: `["newHeads"]`, or
+    /// `["logs", {"address": …, "topics": […]}]`) on a chain (by name or decimal id). The
+    /// stream yields each notification's `result` as geth sends it, with the guarantees of
+    /// WebSocket subscriptions: every canonical head (or matching log) once, in order, through
+    /// upstream failures; after a reorg, dropped logs again with `"removed": true`. It ends
+    /// with an error if the consumer falls more than `tracker.max_events` events behind; once
+    /// every clone of the proxy is dropped it yields nothing more. Dropping the stream
+    /// unsubscribes.
+    pub async fn subscribe(
+        &self,
+        chain: &str,
+        params: &RawValue,
+    ) -> Result<futures_util::stream::BoxStream<'static, Result<Box<RawValue>, RpcError>>, RpcError>
+    {
+        self.start_health();
+        let pool = self.pool();
+        let Some(c) = pool.route(chain) else {
+            return Err(RpcError {
+                code: RESOURCE_NOT_FOUND,
+                message: unknown_chain_message(&pool, chain),
+                data: None,
+            });
+        };
+        let invalid = |message: String| RpcError {
+            code: jsonrpc::INVALID_PARAMS,
+            message,
+            data: None,
+        };
+        let topic = crate::follow::subscribe::Topic::parse(Some(params.get()))
+            .map_err(invalid)?
+            .ok_or_else(|| invalid("detour serves newHeads and logs subscriptions".into()))?;
+        let sub = self
+            .inner
+            .filters
+            .subscribe(&c.name, topic, &pool.config.tracker)
+            .await
+            .map_err(|why| RpcError {
+                code: -32000,
+                message: format!("could not read the chain head to start the subscription: {why}"),
+                data: None,
+            })?;
+        let state = (
+            sub,
+            std::collections::VecDeque::<Box<RawValue>>::new(),
+            false,
+        );
+        let stream = futures_util::stream::unfold(
+            state,
+            |(mut sub, mut ready, ended)| async move {
+                loop {
+                    if let Some(next) = ready.pop_front() {
+                        return Some((Ok(next), (sub, ready, ended)));
+                    }
+                    if ended {
+                        return None;
+                    }
+                    let read = sub.results(|r| {
+                        if let Ok(v) = RawValue::from_string(r.to_owned()) {
+                            ready.push_back(v);
+                        }
+                    });
+                    if let Err(lost) = read {
+                        let e = RpcError {
+                        code: -32000,
+                        message: format!(
+                            "the subscriber fell {} events behind (tracker.max_events); the subscription ended",
+                            lost.0
+                        ),
+                        data: None,
+                    };
+                        return Some((Err(e), (sub, ready, true)));
+                    }
+                    if ready.is_empty() && !sub.changed().await {
+                        return None;
+                    }
+                }
+            },
+        );
+        Ok(Box::pin(stream))
     }
 
     /// Answers local calls and forwards the rest; one answer per call, in order. What it took
@@ -952,7 +1029,7 @@ impl Detour {
                 return rate_limited(wait).into();
             }
         }
-        if super::ws::is_upgrade(&req) {
+        if method == Method::GET && super::ws::is_upgrade(&req) {
             let client = super::ws::Client { key: client, peer };
             return super::ws::upgrade(self, req, chain, client).into();
         }

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::response::{error_bytes, json};
@@ -196,13 +196,23 @@ struct Outbox {
 
 impl Outbox {
     /// Queues a text message; `false` when the client is too far behind (it is then closed).
-    fn send(&self, text: String) -> bool {
+    fn send(&self, text: impl Into<Utf8Bytes>) -> bool {
+        let text = text.into();
         let len = text.len();
         if self.queued.fetch_add(len, Relaxed) + len > self.max {
             self.queued.fetch_sub(len, Relaxed);
             return false;
         }
-        self.tx.send(Message::text(text)).is_ok()
+        self.tx.send(Message::Text(text)).is_ok()
+    }
+
+    /// Queues an answer (JSON-RPC: UTF-8 unless an upstream's bytes were not; those are
+    /// replaced, as a text message must be UTF-8).
+    fn answer(&self, bytes: Bytes) -> bool {
+        match Utf8Bytes::try_from(bytes.clone()) {
+            Ok(text) => self.send(text),
+            Err(_) => self.send(String::from_utf8_lossy(&bytes).into_owned()),
+        }
     }
 
     fn control(&self, message: Message) {
@@ -424,7 +434,7 @@ where
                     let answer = detour.ws_message(&chain, &client, text.as_bytes(), &mut session).await;
                     subs = session.take().map(|s| *s).unwrap_or_default();
                     if let Some(answer) = answer {
-                        if !out.send(answer) {
+                        if !out.answer(answer) {
                             break End::SlowConsumer;
                         }
                     }
@@ -441,7 +451,7 @@ where
                 tokio::spawn(async move {
                     let mut none = None;
                     if let Some(answer) = detour.ws_message(&chain, &client, text.as_bytes(), &mut none).await {
-                        out.send(answer);
+                        out.answer(answer);
                     }
                     drop(permit);
                 });

@@ -1,0 +1,427 @@
+//! WebSocket benchmarks against detour as its own process (the release binary, `DETOUR_BIN` to
+//! override) and an in-process mock chain upstream:
+//!
+//! 1. **Fan-out**: `--clients N` (default 10 000) WebSocket clients subscribe to `newHeads`;
+//!    the mock chain then produces `--blocks B` heads (default 20), one every 500 ms. For each
+//!    head: the time from the moment detour's tracker read it from the upstream to the moment
+//!    the last subscriber got its notification (fan-out), and from the moment it was produced
+//!    (with `tracker.poll_interval` = 50 ms: the polling wait included). Medians and p99 over
+//!    the heads; also detour's RSS per idle subscribed connection.
+//! 2. **Calls**: `--calls C` (default 20 000) sequential `eth_call`s over one WebSocket and over
+//!    one HTTP/1.1 keep-alive connection, alternating in `--rounds R` (default 5) rounds:
+//!    detour's CPU time per call for each (median over rounds).
+//!
+//! ```text
+//! cargo build --release --bin detour && cargo run --release --example websocket
+//! cargo run --release --example websocket -- --clients 2000 --blocks 10 --calls 5000
+//! ```
+//!
+//! Clients, mock and detour share the machine's cores, so the fan-out times include the
+//! clients' own work. Loopback only; bounded by the counts given.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::Message;
+
+const CALL: &str = r#"{"jsonrpc":"2.0","id":7,"method":"eth_call","params":[{"to":"0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48","data":"0x70a08231000000000000000000000000f39fd6e51aad88f6f4ce6ab8827279cfffb92266"},"latest"]}"#;
+
+fn main() {
+    let (mut clients, mut blocks, mut calls, mut rounds) =
+        (10_000usize, 20usize, 20_000usize, 5usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().and_then(|v| v.parse().ok()).expect("a number");
+        match a.as_str() {
+            "--clients" => clients = value(),
+            "--blocks" => blocks = value(),
+            "--calls" => calls = value(),
+            "--rounds" => rounds = value(),
+            other => {
+                panic!("unknown argument {other} (use --clients N --blocks N --calls N --rounds N)")
+            }
+        }
+    }
+    let chain = Arc::new(Chain::default());
+    let upstream = start_mock(chain.clone());
+    let detour = start_detour(upstream, clients);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        if clients > 0 {
+            fan_out(&chain, &detour, clients, blocks).await;
+        }
+        if calls > 0 {
+            call_cost(&detour, calls, rounds).await;
+        }
+    });
+    let _ = Command::new("kill")
+        .arg(detour.child.id().to_string())
+        .status();
+}
+
+// === the mock chain ===
+
+/// A chain whose head the benchmark moves; it notes when detour first read each head.
+#[derive(Default)]
+struct Chain {
+    height: AtomicU64,
+    /// Per height: when it was produced, and when detour's `latest` read first returned it.
+    times: Mutex<Vec<(Option<Instant>, Option<Instant>)>>,
+}
+
+impl Chain {
+    fn produce(&self) -> u64 {
+        let n = self.height.fetch_add(1, Relaxed) + 1;
+        let mut t = self.times.lock().unwrap();
+        t.resize(n as usize + 1, (None, None));
+        t[n as usize].0 = Some(Instant::now());
+        n
+    }
+
+    fn seen(&self, n: u64) {
+        let mut t = self.times.lock().unwrap();
+        if let Some(e) = t.get_mut(n as usize) {
+            e.1.get_or_insert_with(Instant::now);
+        }
+    }
+}
+
+fn hash(n: u64) -> String {
+    format!("0x{:064x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+}
+
+/// A post-Shanghai header's fields (about 1.3 KB as JSON), and an empty transaction list.
+fn block(n: u64) -> String {
+    format!(
+        concat!(
+            r#"{{"baseFeePerGas":"0x3b9aca00","blobGasUsed":"0x0","difficulty":"0x0","excessBlobGas":"0x0","#,
+            r#""extraData":"0x6265617665726275696c642e6f7267","gasLimit":"0x1c9c380","gasUsed":"0xe4e1c0","#,
+            r#""hash":"{h}","logsBloom":"0x{bloom}","miner":"0x95222290dd7278aa3ddd389cc1e1d165cc4bafe5","#,
+            r#""mixHash":"0x{z}","nonce":"0x0000000000000000","number":"0x{n:x}","parentBeaconBlockRoot":"0x{z}","#,
+            r#""parentHash":"{p}","receiptsRoot":"0x{z}","sha3Uncles":"0x1dcc4de8dec75d7aab85b567b6ccd41ad312451b948a7413f0a142fd40d49347","#,
+            r#""size":"0x2f1","stateRoot":"0x{z}","timestamp":"0x{t:x}","totalDifficulty":"0x0","#,
+            r#""transactions":[],"transactionsRoot":"0x{z}","uncles":[],"withdrawals":[],"withdrawalsRoot":"0x{z}"}}"#
+        ),
+        h = hash(n),
+        p = hash(n.saturating_sub(1)),
+        n = n,
+        t = 1_700_000_000 + n * 12,
+        bloom = "0".repeat(512),
+        z = "ab".repeat(32),
+    )
+}
+
+fn start_mock(chain: Arc<Chain>) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                s.set_nodelay(true).unwrap();
+                let chain = chain.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| answer(chain.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+async fn answer(
+    chain: Arc<Chain>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let head = chain.height.load(Relaxed);
+    let result = match v["method"].as_str().unwrap_or("") {
+        "eth_chainId" => "\"0x1\"".to_owned(),
+        "eth_blockNumber" => format!("\"0x{head:x}\""),
+        "eth_getBlockByNumber" => {
+            chain.seen(head);
+            block(head)
+        }
+        "eth_getBlockByHash" => {
+            let want = v["params"][0].as_str().unwrap_or("");
+            (head.saturating_sub(200)..=head)
+                .find(|&n| hash(n) == want)
+                .map_or("null".to_owned(), block)
+        }
+        _ => format!("\"0x{}\"", "0".repeat(64)),
+    };
+    let out = format!(r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#, v["id"]);
+    let mut resp = Response::new(Full::new(Bytes::from(out)));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    Ok(resp)
+}
+
+// === fan-out ===
+
+async fn fan_out(chain: &Arc<Chain>, detour: &Detour, clients: usize, blocks: usize) {
+    chain.produce();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = rss_kib(detour.child.id());
+    let received: Arc<Mutex<Vec<Vec<Instant>>>> = Arc::default();
+    let subscribed = Arc::new(AtomicUsize::new(0));
+    let url = format!("ws://{}/bench", detour.addr);
+    let connecting = Arc::new(tokio::sync::Semaphore::new(100));
+    let started = Instant::now();
+    for _ in 0..clients {
+        let (url, received, subscribed, connecting) = (
+            url.clone(),
+            received.clone(),
+            subscribed.clone(),
+            connecting.clone(),
+        );
+        tokio::spawn(async move {
+            let permit = connecting.acquire_owned().await.unwrap();
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+                .await
+                .expect("connect");
+            ws.send(Message::text(
+                r#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}"#,
+            ))
+            .await
+            .unwrap();
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.contains("\"result\"") => {}
+                other => panic!("eth_subscribe: {other:?}"),
+            }
+            drop(permit);
+            subscribed.fetch_add(1, Relaxed);
+            while let Some(Ok(m)) = ws.next().await {
+                let Message::Text(t) = m else { continue };
+                let at = Instant::now();
+                // The head's number, without parsing the whole notification.
+                let Some(i) = t.find(r#""number":"0x"#) else {
+                    continue;
+                };
+                let digits: String = t[i + 12..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_hexdigit())
+                    .collect();
+                let n = u64::from_str_radix(&digits, 16).unwrap_or(0) as usize;
+                let mut r = received.lock().unwrap();
+                if r.len() <= n {
+                    r.resize(n + 1, Vec::new());
+                }
+                r[n].push(at);
+            }
+        });
+    }
+    while subscribed.load(Relaxed) < clients {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "clients did not all subscribe"
+        );
+    }
+    println!(
+        "{clients} clients connected and subscribed to newHeads in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = rss_kib(detour.child.id());
+    let first = chain.height.load(Relaxed) + 1;
+    for _ in 0..blocks {
+        chain.produce();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let times = chain.times.lock().unwrap().clone();
+    let received = received.lock().unwrap().clone();
+    let (mut fan, mut all_fan, mut e2e, mut missing) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for (n, time) in times.iter().enumerate().skip(first as usize).take(blocks) {
+        let (Some(made), Some(seen)) = *time else {
+            continue;
+        };
+        let got = received.get(n).cloned().unwrap_or_default();
+        missing += clients.saturating_sub(got.len());
+        let Some(last) = got.iter().max() else {
+            continue;
+        };
+        fan.push(last.saturating_duration_since(seen).as_secs_f64() * 1e3);
+        e2e.push(last.saturating_duration_since(made).as_secs_f64() * 1e3);
+        all_fan.extend(
+            got.iter()
+                .map(|t| t.saturating_duration_since(seen).as_secs_f64() * 1e3),
+        );
+    }
+    let pct = |mut v: Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "fan-out of {blocks} heads to {clients} subscribers ({missing} notifications missing):"
+    );
+    println!(
+        "  tracker read → last subscriber: p50 {:.1} ms, p99 {:.1} ms",
+        pct(fan.clone(), 0.5),
+        pct(fan, 0.99)
+    );
+    println!(
+        "  tracker read → each subscriber: p50 {:.1} ms, p99 {:.1} ms",
+        pct(all_fan.clone(), 0.5),
+        pct(all_fan, 0.99)
+    );
+    println!(
+        "  head produced → last subscriber (polling every 50 ms): p50 {:.1} ms, p99 {:.1} ms",
+        pct(e2e.clone(), 0.5),
+        pct(e2e, 0.99)
+    );
+    if let (Some(a), Some(b)) = (rss_before, rss_idle) {
+        println!(
+            "  detour RSS {a} KiB before, {b} KiB with {clients} idle subscribed connections: {:.1} KiB each",
+            b.saturating_sub(a) as f64 / clients as f64
+        );
+    }
+}
+
+// === calls over WebSocket vs HTTP ===
+
+async fn call_cost(detour: &Detour, calls: usize, rounds: usize) {
+    let pid = detour.child.id();
+    let tick_us = 1e6 / clock_ticks() as f64;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/bench", detour.addr))
+        .await
+        .unwrap();
+    let stream = tokio::net::TcpStream::connect(detour.addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut http, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (mut over_ws, mut over_http) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = cpu_ticks(pid);
+        for _ in 0..calls {
+            ws.send(Message::text(CALL)).await.unwrap();
+            let _ = ws.next().await.unwrap().unwrap();
+        }
+        over_ws.push((cpu_ticks(pid) - t) as f64 * tick_us / calls as f64);
+        let t = cpu_ticks(pid);
+        for _ in 0..calls {
+            let req = Request::post("/bench")
+                .header("host", "bench")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(CALL.as_bytes())))
+                .unwrap();
+            http.ready().await.unwrap();
+            let resp = http.send_request(req).await.unwrap();
+            let _ = resp.into_body().collect().await.unwrap();
+        }
+        over_http.push((cpu_ticks(pid) - t) as f64 * tick_us / calls as f64);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (w, h) = (median(over_ws.clone()), median(over_http.clone()));
+    println!("eth_call, {calls} sequential calls × {rounds} rounds, detour CPU per call (median):");
+    println!(
+        "  over WebSocket {w:.1} µs, over HTTP/1.1 {h:.1} µs: {:.2}×",
+        w / h
+    );
+    println!("  per round: WebSocket {over_ws:.1?}, HTTP {over_http:.1?}");
+}
+
+// === detour as a child process ===
+
+struct Detour {
+    child: Child,
+    addr: SocketAddr,
+}
+
+fn start_detour(upstream: SocketAddr, clients: usize) -> Detour {
+    let bin = std::env::var("DETOUR_BIN").unwrap_or_else(|_| "target/release/detour".into());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = std::env::temp_dir().join(format!("detour-ws-{}.toml", std::process::id()));
+    let max = clients + 100;
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{addr}\"\nmax_connections = {max}\naccess_log = false\n\
+             [websocket]\nmax_connections = {max}\n[tracker]\npoll_interval = \"50ms\"\n\
+             [chains.bench]\nchain_id = 1\n[[chains.bench.upstreams]]\nname = \"mock\"\nurl = \"http://{upstream}\"\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(&bin)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start {bin} ({e}); build it first: cargo build --release --bin detour")
+        });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "detour did not start listening on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Detour { child, addr }
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
