@@ -48,14 +48,6 @@ pub async fn serve(
         .max_concurrent_streams(server.http2_max_streams)
         .keep_alive_interval(server.http2_keep_alive)
         .keep_alive_timeout(server.http2_keep_alive);
-    // hyper's HTTP/1 side: upgrades (WebSocket) need the connection kept for them, which
-    // hyper-util's graceful shutdown tracks on its auto builder.
-    let mut http1_upgrades = auto::Builder::new(TokioExecutor::new()).http1_only();
-    http1_upgrades
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
-        .keep_alive(true);
     let mut auto = auto::Builder::new(TokioExecutor::new());
     auto.http1()
         .timer(TokioTimer::new())
@@ -95,7 +87,7 @@ pub async fn serve(
         // TLS as configured now: a reload with a renewed certificate applies to new connections.
         match service.pool().tls.clone() {
             None => {
-                let (http1, http2) = (http1_upgrades.clone(), http2.clone());
+                let (http1, http2) = (http1.clone(), http2.clone());
                 // Every open connection keeps this task, so the common case (plain HTTP/1) is
                 // kept small: the HTTP/2 connection is boxed.
                 tokio::spawn(async move {
@@ -131,7 +123,7 @@ pub async fn serve(
                 });
             }
             Some(config) => {
-                let (http1, http2, auto) = (http1_upgrades.clone(), http2.clone(), auto.clone());
+                let (http1, http2, auto) = (http1.clone(), http2.clone(), auto.clone());
                 tokio::spawn(Box::pin(async move {
                     let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
                     let result = match tokio::time::timeout(first_bytes_timeout, accept).await {
@@ -232,32 +224,53 @@ async fn serve_http1<IO, S>(
     peer: SocketAddr,
     detour: Detour,
     stop: tokio::sync::watch::Receiver<bool>,
-    http1: &auto::Builder<TokioExecutor>,
+    http1: &hyper::server::conn::http1::Builder,
     svc: S,
     watcher: Watcher,
 ) -> Result<(), BoxError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = http::Response<crate::proxy::service::Body>,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = crate::proxy::service::Body>,
     S::Error: Into<BoxError>,
 {
+    // hyper's side keeps the connection for an upgrade (WebSocket). hyper-util's graceful
+    // shutdown does not take such a connection; `stop` closes it gracefully instead (and the
+    // shutdown waits for it, as for the fast path's).
+    drop(watcher);
     if !detour.pool().config.server.http1_fast_path {
-        let conn = http1.serve_connection_with_upgrades(TokioIo::new(io), svc);
-        return Box::pin(watcher.watch(conn.into_owned())).await;
+        let conn = http1.serve_connection(TokioIo::new(io), svc).with_upgrades();
+        return Box::pin(until_stopped(conn, stop)).await;
     }
+    let mut stop_hyper = stop.clone();
+    stop_hyper.mark_unchanged();
     match h1serve::serve(io, peer, detour, stop).await {
         h1serve::End::Closed(result) => result.map_err(Into::into),
         h1serve::End::Handover(rewind) => {
             // Boxed: rare, and it keeps the connection's task small.
-            let conn = http1.serve_connection_with_upgrades(TokioIo::new(rewind), svc);
-            Box::pin(watcher.watch(conn.into_owned())).await
+            let conn = http1.serve_connection(TokioIo::new(rewind), svc).with_upgrades();
+            Box::pin(until_stopped(conn, stop_hyper)).await
         }
     }
+}
+
+/// Serves a hyper HTTP/1 connection; when `stop` turns `true`, shuts it down gracefully (the
+/// request in flight is answered, then it closes).
+async fn until_stopped<IO, S>(
+    conn: hyper::server::conn::http1::UpgradeableConnection<TokioIo<IO>, S>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), BoxError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = crate::proxy::service::Body>,
+    S::Error: Into<BoxError>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => return result.map_err(Into::into),
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await.map_err(Into::into)
 }
 
 /// HTTP/2 on `io`, until the client closes it, the server shuts down (`stop`), or no request
