@@ -423,3 +423,40 @@ fn a_missing_or_empty_upstream_ca_file_is_a_config_error() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn websocket_over_tls_with_and_without_alpn() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let up = Mock::start("up").await;
+    let c = certs("wss");
+    let p = Proxy::start(&chain_config(&tls_table(&c), &[("up", &up.url(), "")])).await;
+    for alpn in [Some(b"http/1.1".to_vec()), None] {
+        let mut config = client_config(&c);
+        config.alpn_protocols = alpn.clone().into_iter().collect();
+        let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async("wss://localhost/mainnet", tls)
+            .await
+            .unwrap_or_else(|e| panic!("wss upgrade (ALPN {alpn:?}): {e}"));
+        assert_eq!(resp.status(), 101);
+        ws.send(Message::text(
+            r#"{"jsonrpc":"2.0","id":3,"method":"eth_blockNumber"}"#,
+        ))
+        .await
+        .unwrap();
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            answer.to_text().unwrap(),
+            r#"{"jsonrpc":"2.0","id":3,"result":"up"}"#
+        );
+    }
+}

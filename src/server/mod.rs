@@ -238,7 +238,9 @@ where
     // shutdown waits for it, as for the fast path's).
     drop(watcher);
     if !detour.pool().config.server.http1_fast_path {
-        let conn = http1.serve_connection(TokioIo::new(io), svc).with_upgrades();
+        let conn = http1
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
         return Box::pin(until_stopped(conn, stop)).await;
     }
     let mut stop_hyper = stop.clone();
@@ -247,7 +249,9 @@ where
         h1serve::End::Closed(result) => result.map_err(Into::into),
         h1serve::End::Handover(rewind) => {
             // Boxed: rare, and it keeps the connection's task small.
-            let conn = http1.serve_connection(TokioIo::new(rewind), svc).with_upgrades();
+            let conn = http1
+                .serve_connection(TokioIo::new(rewind), svc)
+                .with_upgrades();
             Box::pin(until_stopped(conn, stop_hyper)).await
         }
     }
