@@ -517,11 +517,14 @@ where
         }
         _ => {}
     }
-    if let Some(code) = code {
-        out.control(Message::Close(Some(CloseFrame {
+    match (code, &end) {
+        (Some(code), _) => out.control(Message::Close(Some(CloseFrame {
             code,
             reason: reason.into(),
-        })));
+        }))),
+        // The client's close is answered (tungstenite queued the reply; this flushes it).
+        (None, End::ClientClosed) => out.control(Message::Close(None)),
+        _ => {}
     }
     drop(out);
     drop(subs);
