@@ -669,10 +669,14 @@ fn tracker_settings(c: &TrackerConfig) -> Settings {
     }
 }
 
-/// A chain's tracker task: a round every `tracker.poll_interval` while the chain has filters.
+/// A chain's tracker task: a round every `tracker.poll_interval` while the chain has filters or
+/// subscriptions.
 async fn follow(registry: Weak<Registry>, followed: Arc<Followed>) {
     let chain = followed.tracker.chain.clone();
-    tracing::debug!(chain = &*chain, "following the chain for its filters");
+    tracing::debug!(
+        chain = &*chain,
+        "following the chain for its filters and subscriptions"
+    );
     let mut failing = false;
     while let Some((tracker_config, _)) = registry.upgrade().and_then(|r| r.source.settings()) {
         tokio::time::sleep(tracker_config.poll_interval).await;
@@ -685,7 +689,7 @@ async fn follow(registry: Weak<Registry>, followed: Arc<Followed>) {
         let Some(needed) = registry.sweep(&followed, filters_config.timeout) else {
             tracing::debug!(
                 chain = &*chain,
-                "no filters left; no longer following the chain"
+                "no filters or subscriptions left; no longer following the chain"
             );
             return;
         };
