@@ -6,6 +6,16 @@ use http::HeaderMap;
 
 use crate::config::{ApiKey, ServerConfig};
 
+/// Who a request is from, for rate limits and filter limits: the API key's name, else the
+/// client's IP address, else `in-process` (a library caller).
+pub fn client_id(key: Option<&str>, ip: Option<std::net::IpAddr>) -> String {
+    match (key, ip) {
+        (Some(name), _) => format!("key:{name}"),
+        (None, Some(ip)) => format!("ip:{ip}"),
+        (None, None) => "in-process".to_string(),
+    }
+}
+
 /// Splits `/mainnet/KEY/` into the chain part (`mainnet`) and the key segment (`KEY`).
 pub fn split_path(path: &str) -> (&str, Option<&str>) {
     let p = path.strip_prefix('/').unwrap_or(path);

@@ -231,17 +231,22 @@ pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     resp
 }
 
+/// Whole seconds to wait (rounded up, at least 1), for `Retry-After` and error data.
+pub(crate) fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 pub(crate) fn rate_limited(wait: std::time::Duration) -> Response<Body> {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = retry_after_secs(wait);
     let mut resp = json(
         StatusCode::TOO_MANY_REQUESTS,
         error_bytes(
             -32005,
             "rate limit exceeded",
-            Some(&format!("{{\"retry_after_seconds\":{}}}", secs.max(1))),
+            Some(&format!("{{\"retry_after_seconds\":{secs}}}")),
         ),
     );
-    if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
         resp.headers_mut().insert(http::header::RETRY_AFTER, v);
     }
     resp

@@ -228,25 +228,20 @@ impl Detour {
             (!answers.is_empty()).then(|| Bytes::from(answers))
         };
         if let Some(limits) = &pool.rate_limits {
-            let who = match (&client.key, client.peer) {
-                (Some(name), _) => format!("key:{name}"),
-                (None, Some(addr)) => format!("ip:{}", addr.ip()),
-                (None, None) => "in-process".to_string(),
-            };
+            let who = access::client_id(client.key.as_deref(), client.peer.map(|p| p.ip()));
             if let Err(wait) = limits.check(&who) {
-                let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-                let data = format!("{{\"retry_after_seconds\":{secs}}}");
+                let data = format!(
+                    "{{\"retry_after_seconds\":{}}}",
+                    super::response::retry_after_secs(wait)
+                );
                 return refuse(-32005, "rate limit exceeded", Some(&data));
             }
         }
-        let in_flight = &self.inner.requests_in_flight;
         let max = pool.config.server.max_requests_in_flight;
-        if in_flight.fetch_add(1, Relaxed) >= max {
-            in_flight.fetch_sub(1, Relaxed);
+        let Some(_slot) = self.request_slot(max) else {
             let why = format!("{max} requests are in flight (server.max_requests_in_flight)");
             return refuse(-32005, "server busy", Some(&jsonrpc::json_string(&why)));
-        }
-        let _slot = RequestSlot(in_flight);
+        };
         let mut served = Served {
             client: client.key.clone(),
             peer: client.peer.map(|p| p.ip()),
@@ -255,16 +250,42 @@ impl Detour {
         };
         let out = self.rpc(&pool, chain, body, started, &mut served).await;
         *subs = served.session.take();
+        self.record_duration(chain, &served, started);
+        if access_log_on(&pool) {
+            access_log(&chain.name, &served, StatusCode::OK, started, client.peer);
+        }
+        Some(out?.into_bytes())
+    }
+
+    /// A slot among `server.max_requests_in_flight` (`max`), held until dropped; `None` when
+    /// all are taken.
+    #[inline]
+    fn request_slot(&self, max: usize) -> Option<RequestSlot<'_>> {
+        let in_flight = &self.inner.requests_in_flight;
+        if in_flight.fetch_add(1, Relaxed) >= max {
+            in_flight.fetch_sub(1, Relaxed);
+            tracing::debug!(
+                max,
+                "request refused: server.max_requests_in_flight reached"
+            );
+            return None;
+        }
+        Some(RequestSlot(in_flight))
+    }
+
+    /// Records how long a request that arrived at `started` took (until its answer was ready,
+    /// which it returns).
+    #[inline]
+    fn record_duration(&self, chain: &Chain, served: &Served, started: Instant) -> Instant {
+        // The answer is ready when the last attempt ended (what remains is assembling it, well
+        // under a microsecond): that clock read stands for this one.
         let ready = served.finished.unwrap_or_else(Instant::now);
         chain.metrics.duration(
             &self.inner.metrics,
             &chain.name,
             ready.saturating_duration_since(started).as_secs_f64(),
         );
-        if access_log_on(&pool) {
-            access_log(&chain.name, &served, StatusCode::OK, started, client.peer);
-        }
-        Some(out?.into_bytes())
+        ready
     }
 
     /// Marks the proxy as shutting down: `/readyz` answers 503 from now on (requests are
@@ -424,13 +445,7 @@ impl Detour {
     ) -> Result<Box<RawValue>, RpcError> {
         self.start_health();
         let pool = self.pool();
-        let Some(c) = pool.route(chain) else {
-            return Err(RpcError {
-                code: RESOURCE_NOT_FOUND,
-                message: unknown_chain_message(&pool, chain),
-                data: None,
-            });
-        };
+        let c = routed(&pool, chain)?;
         if let Some(p) = params {
             if !matches!(p.get().as_bytes().first(), Some(b'[' | b'{')) {
                 return Err(RpcError {
@@ -492,13 +507,7 @@ impl Detour {
     {
         self.start_health();
         let pool = self.pool();
-        let Some(c) = pool.route(chain) else {
-            return Err(RpcError {
-                code: RESOURCE_NOT_FOUND,
-                message: unknown_chain_message(&pool, chain),
-                data: None,
-            });
-        };
+        let c = routed(&pool, chain)?;
         let invalid = |message: String| RpcError {
             code: jsonrpc::INVALID_PARAMS,
             message,
@@ -698,11 +707,6 @@ impl Detour {
         served: &mut Served,
     ) {
         let m = &self.inner.metrics;
-        let client = match (&served.client, served.peer) {
-            (Some(key), _) => format!("key:{key}"),
-            (None, Some(ip)) => format!("ip:{ip}"),
-            (None, None) => "in-process".to_owned(),
-        };
         for &i in which {
             let c = calls[i];
             let answer = if method_kind(&c.method) == MethodKind::Subscription {
@@ -716,6 +720,7 @@ impl Detour {
                     ))),
                 })
             } else {
+                let client = access::client_id(served.client.as_deref(), served.peer);
                 self.inner
                     .filters
                     .answer(&chain.name, &client, &c.method, c.params)
@@ -1020,11 +1025,7 @@ impl Detour {
             }
         };
         if let Some(limits) = &pool.rate_limits {
-            let who = match (&client, peer) {
-                (Some(name), _) => format!("key:{name}"),
-                (None, Some(addr)) => format!("ip:{}", addr.ip()),
-                (None, None) => "in-process".to_string(),
-            };
+            let who = access::client_id(client.as_deref(), peer.map(|p| p.ip()));
             if let Err(wait) = limits.check(&who) {
                 return rate_limited(wait).into();
             }
@@ -1033,17 +1034,10 @@ impl Detour {
             let client = super::ws::Client { key: client, peer };
             return super::ws::upgrade(self, req, chain, client).into();
         }
-        let in_flight = &self.inner.requests_in_flight;
         let max = pool.config.server.max_requests_in_flight;
-        if in_flight.fetch_add(1, Relaxed) >= max {
-            in_flight.fetch_sub(1, Relaxed);
-            tracing::debug!(
-                max,
-                "request refused: server.max_requests_in_flight reached"
-            );
+        let Some(_slot) = self.request_slot(max) else {
             return overloaded(max).into();
-        }
-        let _slot = RequestSlot(in_flight);
+        };
         if method != Method::POST {
             let mut resp = json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -1116,14 +1110,7 @@ impl Detour {
             ..Served::default()
         };
         let out = self.rpc(&pool, chain, &body, started, &mut served).await;
-        // The answer is ready when the last attempt ended (what remains is assembling it, well
-        // under a microsecond): that clock read stands for this one.
-        let ready = served.finished.unwrap_or_else(Instant::now);
-        chain.metrics.duration(
-            &self.inner.metrics,
-            &chain.name,
-            ready.saturating_duration_since(started).as_secs_f64(),
-        );
+        let ready = self.record_duration(chain, &served, started);
         let logging = access_log_on(&pool);
         // The access log names the upstreams too.
         let answered_by = if logging {
@@ -1141,6 +1128,15 @@ impl Detour {
         }
         reply
     }
+}
+
+/// The chain a library call names (by name or decimal id), or the error for an unknown one.
+fn routed<'p>(pool: &'p Pool, chain: &str) -> Result<&'p Chain, RpcError> {
+    pool.route(chain).ok_or_else(|| RpcError {
+        code: RESOURCE_NOT_FOUND,
+        message: unknown_chain_message(pool, chain),
+        data: None,
+    })
 }
 
 /// The answer to each call of `body` (a call or a batch) with this error, as the body would
