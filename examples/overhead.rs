@@ -14,10 +14,13 @@
 //! gives the median over rounds of each round's p50/p99/p99.9 and of the per-round added p50.
 //! Loopback only; bounded by the request count.
 
+#[path = "support/process.rs"]
+mod process;
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -56,7 +59,7 @@ fn main() {
         requests,
         rounds,
     ));
-    let rss = peak_rss_kib(detour.child.id());
+    let rss = process::memory_kib(detour.child.id(), "VmHWM:");
     // SIGTERM: detour shuts down gracefully (and tools such as callgrind get to write output).
     let _ = Command::new("kill")
         .args(["-TERM", &detour.child.id().to_string()])
@@ -149,13 +152,13 @@ async fn measure(
     for round in 0..rounds {
         let (d, p, cpu) = if round % 2 == 0 {
             let d = direct.run(per_round).await;
-            let before = cpu_ticks(pid);
+            let before = process::cpu_ticks(pid);
             let p = proxied.run(per_round).await;
-            (d, p, cpu_ticks(pid) - before)
+            (d, p, process::cpu_ticks(pid) - before)
         } else {
-            let before = cpu_ticks(pid);
+            let before = process::cpu_ticks(pid);
             let p = proxied.run(per_round).await;
-            let cpu = cpu_ticks(pid) - before;
+            let cpu = process::cpu_ticks(pid) - before;
             (direct.run(per_round).await, p, cpu)
         };
         let (d, p) = (percentiles(d), percentiles(p));
@@ -164,7 +167,7 @@ async fn measure(
         report.proxied.push(p);
         report
             .cpu_us_per_req
-            .push(cpu as f64 * 1e6 / clock_ticks() as f64 / per_round as f64);
+            .push(cpu as f64 * 1e6 / process::clock_ticks() as f64 / per_round as f64);
         eprint!(".");
         let _ = std::io::stderr().flush();
     }
@@ -324,39 +327,6 @@ fn start_detour(upstream: SocketAddr, workers: usize, cpus: Option<&str>) -> Det
         .unwrap_or_else(|e| {
             panic!("cannot start {bin} ({e}); build it first: cargo build --release --bin detour")
         });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "detour did not start listening on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    process::wait_listening(addr);
     Detour { child, addr }
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line; here 12 and 13 after ") state".
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
-
-fn clock_ticks() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100)
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -19,6 +19,9 @@
 //! Clients, mock and detour share the machine's cores, so the fan-out times include the
 //! clients' own work. Loopback only; bounded by the counts given.
 
+#[path = "support/process.rs"]
+mod process;
+
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -189,7 +192,7 @@ async fn answer(
 async fn fan_out(chain: &Arc<Chain>, detour: &Detour, clients: usize, blocks: usize) {
     chain.produce();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_before = rss_kib(detour.child.id());
+    let rss_before = process::memory_kib(detour.child.id(), "VmRSS:");
     let received: Arc<Mutex<Vec<Vec<Instant>>>> = Arc::default();
     let subscribed = Arc::new(AtomicUsize::new(0));
     let url = format!("ws://{}/bench", detour.addr);
@@ -250,7 +253,7 @@ async fn fan_out(chain: &Arc<Chain>, detour: &Detour, clients: usize, blocks: us
         started.elapsed().as_secs_f64()
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_idle = rss_kib(detour.child.id());
+    let rss_idle = process::memory_kib(detour.child.id(), "VmRSS:");
     let first = chain.height.load(Relaxed) + 1;
     for _ in 0..blocks {
         chain.produce();
@@ -312,7 +315,7 @@ async fn fan_out(chain: &Arc<Chain>, detour: &Detour, clients: usize, blocks: us
 
 async fn call_cost(detour: &Detour, calls: usize, rounds: usize) {
     let pid = detour.child.id();
-    let tick_us = 1e6 / clock_ticks() as f64;
+    let tick_us = 1e6 / process::clock_ticks() as f64;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/bench", detour.addr))
         .await
         .unwrap();
@@ -324,13 +327,13 @@ async fn call_cost(detour: &Detour, calls: usize, rounds: usize) {
     tokio::spawn(conn);
     let (mut over_ws, mut over_http) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        let t = cpu_ticks(pid);
+        let t = process::cpu_ticks(pid);
         for _ in 0..calls {
             ws.send(Message::text(CALL)).await.unwrap();
             let _ = ws.next().await.unwrap().unwrap();
         }
-        over_ws.push((cpu_ticks(pid) - t) as f64 * tick_us / calls as f64);
-        let t = cpu_ticks(pid);
+        over_ws.push((process::cpu_ticks(pid) - t) as f64 * tick_us / calls as f64);
+        let t = process::cpu_ticks(pid);
         for _ in 0..calls {
             let req = Request::post("/bench")
                 .header("host", "bench")
@@ -341,7 +344,7 @@ async fn call_cost(detour: &Detour, calls: usize, rounds: usize) {
             let resp = http.send_request(req).await.unwrap();
             let _ = resp.into_body().collect().await.unwrap();
         }
-        over_http.push((cpu_ticks(pid) - t) as f64 * tick_us / calls as f64);
+        over_http.push((process::cpu_ticks(pid) - t) as f64 * tick_us / calls as f64);
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
@@ -392,36 +395,6 @@ fn start_detour(upstream: SocketAddr, clients: usize) -> Detour {
         .unwrap_or_else(|e| {
             panic!("cannot start {bin} ({e}); build it first: cargo build --release --bin detour")
         });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "detour did not start listening on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    process::wait_listening(addr);
     Detour { child, addr }
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
-
-fn clock_ticks() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100)
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -7,21 +7,8 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::chain::{SimChain, SimUpstream, ADDRESS_A, TOPIC};
+use support::chain::{removed, sim_config as config, SimChain, SimUpstream, ADDRESS_A, TOPIC};
 use support::{eventually, Proxy};
-
-fn config(extra: &str, upstreams: &[&SimUpstream]) -> String {
-    let mut toml = format!(
-        "[client]\nattempt_timeout = \"1s\"\nconnect_timeout = \"1s\"\n[tracker]\npoll_interval = \"50ms\"\n{extra}\n[chains.mainnet]\nchain_id = 1\n"
-    );
-    for (i, u) in upstreams.iter().enumerate() {
-        toml += &format!(
-            "[[chains.mainnet.upstreams]]\nname = \"u{i}\"\nurl = \"{}\"\n",
-            u.url()
-        );
-    }
-    toml
-}
 
 /// The chain's filter status.
 fn filters_status(proxy: &Proxy) -> Value {
@@ -57,11 +44,6 @@ async fn changes(proxy: &Proxy, id: &str) -> Vec<Value> {
         .as_array()
         .unwrap_or_else(|| panic!("eth_getFilterChanges failed: {v}"))
         .clone()
-}
-
-fn removed(mut log: Value) -> Value {
-    log["removed"] = json!(true);
-    log
 }
 
 #[tokio::test]

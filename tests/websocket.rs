@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use support::chain::{SimChain, SimUpstream, ADDRESS_A};
+use support::chain::{removed, sim_config as config, SimChain, SimUpstream, ADDRESS_A};
 use support::Proxy;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -17,19 +17,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-fn config(extra: &str, upstreams: &[&SimUpstream]) -> String {
-    let mut toml = format!(
-        "[client]\nattempt_timeout = \"1s\"\nconnect_timeout = \"1s\"\n[tracker]\npoll_interval = \"50ms\"\n{extra}\n[chains.mainnet]\nchain_id = 1\n"
-    );
-    for (i, u) in upstreams.iter().enumerate() {
-        toml += &format!(
-            "[[chains.mainnet.upstreams]]\nname = \"u{i}\"\nurl = \"{}\"\n",
-            u.url()
-        );
-    }
-    toml
-}
 
 async fn connect(proxy: &Proxy, path: &str) -> Ws {
     let url = format!("ws://{}{path}", proxy.addr);
@@ -82,11 +69,6 @@ async fn notifications(ws: &mut Ws, id: &str, n: usize) -> Vec<Value> {
         out.push(v["params"]["result"].clone());
     }
     out
-}
-
-fn removed(mut log: Value) -> Value {
-    log["removed"] = json!(true);
-    log
 }
 
 async fn close_code(ws: &mut Ws) -> Option<CloseCode> {

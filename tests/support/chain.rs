@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -139,6 +138,27 @@ fn logs_of(b: &SimBlock, number: u64) -> Vec<Value> {
         .collect()
 }
 
+/// detour's configuration for chain "mainnet" (id 1) served by `upstreams` (named u0, u1, …),
+/// with the tracker polling every 50 ms and `extra` TOML before the chain.
+pub fn sim_config(extra: &str, upstreams: &[&SimUpstream]) -> String {
+    let mut toml = format!(
+        "[client]\nattempt_timeout = \"1s\"\nconnect_timeout = \"1s\"\n[tracker]\npoll_interval = \"50ms\"\n{extra}\n[chains.mainnet]\nchain_id = 1\n"
+    );
+    for (i, u) in upstreams.iter().enumerate() {
+        toml += &format!(
+            "[[chains.mainnet.upstreams]]\nname = \"u{i}\"\nurl = \"{}\"\n",
+            u.url()
+        );
+    }
+    toml
+}
+
+/// A log as a reorg reports it again: `"removed": true`.
+pub fn removed(mut log: Value) -> Value {
+    log["removed"] = json!(true);
+    log
+}
+
 #[derive(Debug, Default)]
 struct View {
     /// Blocks behind the chain's head this upstream is.
@@ -162,25 +182,8 @@ impl SimUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let view = Arc::new(Mutex::new(View::default()));
-        let (stop, mut stopped) = oneshot::channel::<()>();
         let (chain, v) = (chain.clone(), view.clone());
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-                    _ = &mut stopped => return,
-                };
-                let (chain, v) = (chain.clone(), v.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        handle(chain.clone(), v.clone(), req)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let stop = super::serve_http1(listener, move |req| handle(chain.clone(), v.clone(), req));
         SimUpstream {
             addr,
             view,

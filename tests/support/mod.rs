@@ -98,26 +98,10 @@ impl Mock {
             head: 100,
             ..State::default()
         }));
-        let (stop, mut stopped) = oneshot::channel::<()>();
         let st = state.clone();
         let default = Reply::Result(format!("\"{name}\""));
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-                    _ = &mut stopped => return,
-                };
-                let st = st.clone();
-                let default = default.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        handle(st.clone(), default.clone(), req)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
+        let stop = serve_http1(listener, move |req| {
+            handle(st.clone(), default.clone(), req)
         });
         Mock {
             name: name.into(),
@@ -358,6 +342,33 @@ fn json_response(
         resp.headers_mut().insert(*k, v.parse().unwrap());
     }
     resp
+}
+
+/// Serves HTTP/1.1 on `listener` with `answer` until the returned sender is dropped.
+pub fn serve_http1<F, Fut>(listener: TcpListener, answer: F) -> oneshot::Sender<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, std::io::Error>>
+        + Send
+        + 'static,
+{
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                _ = &mut stopped => return,
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(answer);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    stop
 }
 
 /// An address where nothing listens: connecting is refused.
