@@ -408,13 +408,15 @@ async fn a_recovered_upstream_gets_its_share_back_within_seconds() {
             last.pop_front();
         }
         if last.iter().filter(|b| *b == "a").count() >= 4 {
+            eprintln!("a fair share again after {:?}", start.elapsed());
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "a recovered upstream got {:?} of the last 20 after 10 s (latency estimate {} ms)",
+            "a recovered upstream got {:?} of the last 20 after 10 s (latency estimates: a {} ms, b {} ms)",
             last.iter().filter(|b| *b == "a").count(),
-            p.upstream_status("a")["latency_ms"]
+            p.upstream_status("a")["latency_ms"],
+            p.upstream_status("b")["latency_ms"]
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

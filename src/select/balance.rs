@@ -6,6 +6,9 @@
 //!    `weight`) and the one with the lower cost — peak-EWMA latency × (in-flight + 1) ÷ weight —
 //!    wins. Sampling is O(1) (O(log n) with unequal weights), so the cost is flat in the number
 //!    of upstreams; a linear scan happens only when random probes keep hitting unfit members.
+//!    The loser takes the request instead when it has had no real answer for a while and is
+//!    about as cheap (at most one such request per upstream every 2 s, see
+//!    [`crate::state::upstream::EXPLORE`]): only real answers keep estimates comparable.
 //! 3. "Fit" is relaxed step by step, each step over all tiers again, so a preference never
 //!    turns into an outage:
 //!    - strict: not cooling down, fresh enough for the request (not lagging or stale when it
@@ -52,15 +55,15 @@ pub fn select(chain: &Chain, now: u64, want: &Want<'_>) -> Option<usize> {
     let elsewhere = |i: usize| !want.avoid_regions.contains(&chain.upstreams[i].region_id);
 
     let strict = |i: usize| base(i) && fresh(i) && healthy_region(i) && elsewhere(i);
-    if let Some(i) = over_tiers(chain, &strict) {
+    if let Some(i) = over_tiers(chain, now, &strict) {
         return Some(i);
     }
     if !want.avoid_regions.is_empty() {
-        if let Some(i) = over_tiers(chain, &|i| base(i) && fresh(i) && healthy_region(i)) {
+        if let Some(i) = over_tiers(chain, now, &|i| base(i) && fresh(i) && healthy_region(i)) {
             return Some(i);
         }
     }
-    if let Some(i) = over_tiers(chain, &|i| base(i) && fresh(i)) {
+    if let Some(i) = over_tiers(chain, now, &|i| base(i) && fresh(i)) {
         return Some(i);
     }
     if want.min_block > 0 {
@@ -80,7 +83,7 @@ pub fn select(chain: &Chain, now: u64, want: &Want<'_>) -> Option<usize> {
             return best;
         }
     }
-    if let Some(i) = over_tiers(chain, &base) {
+    if let Some(i) = over_tiers(chain, now, &base) {
         return Some(i);
     }
     // Every untried upstream is cooling down: try the one that recovers first.
@@ -94,11 +97,14 @@ pub fn select(chain: &Chain, now: u64, want: &Want<'_>) -> Option<usize> {
         })
 }
 
-fn over_tiers(chain: &Chain, ok: &impl Fn(usize) -> bool) -> Option<usize> {
-    chain.tiers.iter().find_map(|tier| p2c(chain, tier, ok))
+fn over_tiers(chain: &Chain, now: u64, ok: &impl Fn(usize) -> bool) -> Option<usize> {
+    chain
+        .tiers
+        .iter()
+        .find_map(|tier| p2c(chain, tier, now, ok))
 }
 
-fn p2c(chain: &Chain, tier: &Tier, ok: &impl Fn(usize) -> bool) -> Option<usize> {
+fn p2c(chain: &Chain, tier: &Tier, now: u64, ok: &impl Fn(usize) -> bool) -> Option<usize> {
     let n = tier.end - tier.start;
     if n == 1 {
         return ok(tier.start).then_some(tier.start);
@@ -132,7 +138,13 @@ fn p2c(chain: &Chain, tier: &Tier, ok: &impl Fn(usize) -> bool) -> Option<usize>
     };
     debug_assert_ne!(a, b);
     let (ca, cb) = (chain.upstreams[a].cost(), chain.upstreams[b].cost());
-    let pick = if cb < ca { b } else { a };
+    let (pick, other) = if cb < ca { (b, a) } else { (a, b) };
+    let (cp, co) = if cb < ca { (cb, ca) } else { (ca, cb) };
+    let pick = if chain.upstreams[other].state.explore(now, co, cp) {
+        other
+    } else {
+        pick
+    };
     tracing::trace!(
         a = &*chain.upstreams[a].name,
         a_cost = ca,
@@ -274,6 +286,35 @@ mod tests {
         // Load counts: 60 requests in flight make "fast" costlier than "slow".
         let _guards: Vec<_> = (0..60).map(|_| c.upstreams[0].state.start()).collect();
         assert_eq!(name(c, select(c, 0, &ex(&[]))), "slow");
+    }
+
+    #[test]
+    fn a_close_loser_without_real_answers_gets_one_request_per_interval() {
+        let ms = Duration::from_millis;
+        let sec = 1_000_000;
+        let count = |c: &Chain, now: u64, n: &str| {
+            (0..200)
+                .filter(|_| name(c, select(c, now, &ex(&[]))) == n)
+                .count()
+        };
+        let p = pool(&[("fast", 0, 1), ("close", 0, 1)]);
+        let c = &p.chains[0];
+        c.upstreams[0].state.record_success(10 * sec, ms(1));
+        c.upstreams[1].state.record_success(0, ms(2));
+        // "close" last answered 10 s ago: it gets exactly one request, then waits 2 s.
+        assert_eq!(count(c, 10 * sec, "close"), 1);
+        assert_eq!(count(c, 11 * sec, "close"), 0);
+        assert_eq!(count(c, 12 * sec, "close"), 1);
+        // Once it has answered lately, it competes on its estimate alone.
+        c.upstreams[1].state.record_success(13 * sec, ms(2));
+        assert_eq!(count(c, 14 * sec, "close"), 0);
+
+        // One far costlier (50× the winner) never gets one.
+        let p = pool(&[("fast", 0, 1), ("slow", 0, 1)]);
+        let c = &p.chains[0];
+        c.upstreams[0].state.record_success(10 * sec, ms(1));
+        c.upstreams[1].state.record_success(0, ms(50));
+        assert_eq!(count(c, 60 * sec, "slow"), 0);
     }
 
     #[test]

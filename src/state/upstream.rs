@@ -37,6 +37,16 @@ pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 pub const COOLDOWN_BASE: Duration = Duration::from_secs(1);
 /// Longest cool-down (also the cap on an honoured `Retry-After`).
 pub const COOLDOWN_MAX: Duration = Duration::from_secs(30);
+/// An upstream that has not answered a real request for this long, while probes say it is about
+/// as fast as the one it loses its pair to, gets one request (at most one per this interval):
+/// probes time another method on another task, so only real answers compare like with like,
+/// and without them a recovered upstream can lose every pair to measurement noise.
+pub const EXPLORE: Duration = Duration::from_secs(2);
+/// "About as fast" for [`EXPLORE`]: a cost at most this many times the winner's, plus
+/// [`EXPLORE_SLACK`] (sub-millisecond estimates are mostly noise).
+pub const EXPLORE_FACTOR: f64 = 2.0;
+/// See [`EXPLORE_FACTOR`].
+pub const EXPLORE_SLACK: Duration = Duration::from_millis(1);
 /// How much a 100% recent error rate multiplies an upstream's cost (by 1 + this).
 pub const ERROR_COST: f64 = 4.0;
 /// Weight of each attempt's outcome in the error-rate average (about the last 10 attempts).
@@ -305,6 +315,8 @@ pub struct LiveState {
     last_failure_us: AtomicU64,
     /// Last success (µs); 0: never.
     last_success_us: AtomicU64,
+    /// No [`EXPLORE`] request before this time (µs).
+    explore_after: AtomicU64,
     /// Its hostname has never resolved (cleared by any success).
     unresolvable: AtomicBool,
     /// Taken out of rotation by an operator (admin API) until uncordoned or reloaded.
@@ -345,6 +357,7 @@ impl Default for LiveState {
             trial_at: AtomicU64::new(0),
             last_failure_us: AtomicU64::new(0),
             last_success_us: AtomicU64::new(0),
+            explore_after: AtomicU64::new(0),
             unresolvable: AtomicBool::new(false),
             cordoned: AtomicBool::new(false),
             recent_failures: Window::default(),
@@ -483,9 +496,34 @@ impl LiveState {
             }
             return false;
         }
-        self.observe_answer(now, rtt);
+        // Real answers are the better sample: while they come, a probe may lower the estimate
+        // (a recovery) but not raise it (a probe is another method, timed on another task).
+        let answered_lately =
+            now.saturating_sub(self.last_success_us.load(Relaxed)) < 2 * EXPLORE.as_micros() as u64;
+        if !(answered_lately && rtt.as_nanos() as f64 > f64::from_bits(self.ewma_ns.load(Relaxed)))
+        {
+            self.observe_answer(now, rtt);
+        }
         self.count_outcome(now, false);
         false
+    }
+
+    /// Whether this upstream, which costs `cost` and just lost its pair to one costing
+    /// `winner`, takes the request anyway to refresh its estimate (see [`EXPLORE`]). Claims the
+    /// interval's one request when it does.
+    pub fn explore(&self, now: u64, cost: f64, winner: f64) -> bool {
+        let every = EXPLORE.as_micros() as u64;
+        if now.saturating_sub(self.last_success_us.load(Relaxed)) < every
+            || cost > winner * EXPLORE_FACTOR + EXPLORE_SLACK.as_nanos() as f64
+        {
+            return false;
+        }
+        let after = self.explore_after.load(Relaxed);
+        now >= after
+            && self
+                .explore_after
+                .compare_exchange(after, now + every, Relaxed, Relaxed)
+                .is_ok()
     }
 
     /// A failed probe. Returns the cool-down when it ejected the upstream (after
@@ -1039,6 +1077,23 @@ mod tests {
             probes += 1;
         }
         assert!(probes <= 2, "{probes} probes to get back");
+    }
+
+    #[test]
+    fn probes_lower_but_do_not_raise_an_estimate_that_real_answers_keep() {
+        let sec = 1_000_000;
+        let ms = Duration::from_millis;
+        let s = LiveState::default();
+        s.record_success(10 * sec, ms(1));
+        // A slower probe a second later: real answers are recent, the estimate stays.
+        s.probe_ok(11 * sec, ms(5), 2);
+        assert_eq!(s.latency(), ms(1));
+        // A faster probe still counts.
+        s.probe_ok(11 * sec + 1, Duration::from_micros(500), 2);
+        assert!(s.latency() < ms(1), "{:?}", s.latency());
+        // Without real answers for a while, probes are the only sample: they count both ways.
+        s.probe_ok(20 * sec, ms(5), 2);
+        assert_eq!(s.latency(), ms(5));
     }
 
     #[test]
