@@ -489,3 +489,215 @@ async fn a_reload_keeps_subscriptions_of_kept_chains_and_closes_those_of_removed
     );
     proxy.stop().await;
 }
+
+/// The block numbers and hashes of `newHeads` notifications.
+fn numbered(v: &[Value]) -> Vec<(u64, String)> {
+    v.iter()
+        .map(|h| {
+            let n = u64::from_str_radix(h["number"].as_str().unwrap().trim_start_matches("0x"), 16)
+                .unwrap();
+            (n, h["hash"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// How the chain is followed now, from `/status`: `Some(upstream)` over its WebSocket,
+/// `None` by polling.
+fn head_source(proxy: &Proxy) -> Option<String> {
+    let status = proxy.detour.status();
+    let source = &status["chains"][0]["filters"]["source"];
+    match source["via"].as_str() {
+        Some("websocket") => Some(source["upstream"].as_str().unwrap().to_owned()),
+        Some("polling") => None,
+        _ => panic!("no source in {status}"),
+    }
+}
+
+/// Waits up to 10 s for the chain to be followed over some upstream's WebSocket; its index.
+async fn some_source(proxy: &Proxy) -> usize {
+    for _ in 0..200 {
+        if let Some(up) = head_source(proxy) {
+            return up.trim_start_matches('u').parse().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no WebSocket head source after 10 s");
+}
+
+/// Waits up to 10 s for the head source to become `want`.
+async fn until_source(proxy: &Proxy, want: Option<&str>) {
+    for _ in 0..200 {
+        if head_source(proxy).as_deref() == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the head source stayed {:?}, wanted {want:?}",
+        head_source(proxy)
+    );
+}
+
+fn metric(proxy: &Proxy, prefix: &str) -> u64 {
+    let metrics = proxy.detour.metrics();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn heads_come_over_one_upstream_websocket_however_many_subscribe() {
+    let chain = SimChain::new(10, 2);
+    let (a, b) = (
+        SimUpstream::start_ws(&chain).await,
+        SimUpstream::start_ws(&chain).await,
+    );
+    // Polls are 30 s apart: what arrives sooner came over the upstream WebSocket.
+    let proxy = Proxy::start(&config("poll_interval = \"30s\"\n", &[&a, &b])).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut ws = connect(&proxy, "/mainnet").await;
+        let id = subscribe(&mut ws, json!(["newHeads"])).await;
+        clients.push((ws, id));
+    }
+    let mut logs_ws = connect(&proxy, "/mainnet").await;
+    let logs_id = subscribe(&mut logs_ws, json!(["logs", {"address": ADDRESS_A}])).await;
+    let source = some_source(&proxy).await;
+    assert_eq!(
+        a.ws_subscribes() + b.ws_subscribes(),
+        1,
+        "one upstream subscription for every subscriber"
+    );
+
+    let canonical = |from: u64, to: u64| -> Vec<(u64, String)> {
+        (from..=to).map(|n| (n, chain.hash_at(n))).collect()
+    };
+    // One block at a time, then three at once (the upstream announces only the last: the
+    // tracker fills in the two it skipped).
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        chain.mine(1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    chain.mine(3);
+    for (ws, id) in &mut clients {
+        assert_eq!(numbered(&notifications(ws, id, 6).await), canonical(11, 16));
+    }
+    let logs = notifications(&mut logs_ws, &logs_id, 6).await;
+    let want: Vec<Value> = (11..=16).map(|n| chain.logs_at(n)[0].clone()).collect();
+    assert_eq!(logs, want);
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "heads came before any poll"
+    );
+
+    // A reorg of depth 3 announced over the WebSocket: the new branch from the fork point,
+    // the dropped logs as removed.
+    chain.reorg(3, 4);
+    for (ws, id) in &mut clients {
+        assert_eq!(numbered(&notifications(ws, id, 4).await), canonical(14, 17));
+    }
+    let mut want: Vec<Value> = (14..=16)
+        .rev()
+        .map(|n| removed(logs[(n - 11) as usize].clone()))
+        .collect();
+    want.extend((14..=17).map(|n| chain.logs_at(n)[0].clone()));
+    assert_eq!(notifications(&mut logs_ws, &logs_id, 7).await, want);
+
+    assert_eq!(a.ws_subscribes() + b.ws_subscribes(), 1);
+    assert!(
+        metric(
+            &proxy,
+            r#"detour_tracker_websocket_heads_total{chain="mainnet"} "#
+        ) >= 3
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            &format!(
+                r#"detour_tracker_source{{chain="mainnet",via="websocket",upstream="u{source}"}} "#
+            )
+        ),
+        1
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_head_source_is_replaced_without_losing_a_height() {
+    let chain = SimChain::new(10, 0);
+    let (a, b) = (
+        SimUpstream::start_ws(&chain).await,
+        SimUpstream::start_ws(&chain).await,
+    );
+    let toml = config("poll_interval = \"100ms\"\n", &[&a, &b])
+        + "[chains.mainnet.health]\nprobe_interval = \"100ms\"\nidle_probe_interval = \"100ms\"\n";
+    let proxy = Proxy::start(&toml).await;
+    let mut ws = connect(&proxy, "/mainnet").await;
+    let id = subscribe(&mut ws, json!(["newHeads"])).await;
+    let first = some_source(&proxy).await;
+    let ups = [&a, &b];
+    let (src, other) = (ups[first], ups[1 - first]);
+    let (src_name, other_name) = (format!("u{first}"), format!("u{}", 1 - first));
+    let mut next_height = 11;
+    let mut expect = async |ws: &mut Ws, chain: &SimChain, n: usize| {
+        let got = numbered(&notifications(ws, &id, n).await);
+        let want: Vec<_> = (next_height..next_height + n as u64)
+            .map(|h| (h, chain.hash_at(h)))
+            .collect();
+        assert_eq!(got, want);
+        next_height += n as u64;
+    };
+    chain.mine(2);
+    expect(&mut ws, &chain, 2).await;
+
+    // The source's WebSocket drops and refuses to come back, with blocks mined meanwhile:
+    // the other upstream takes over, and every height arrives once.
+    src.drop_ws(true);
+    chain.mine(3);
+    expect(&mut ws, &chain, 3).await;
+    until_source(&proxy, Some(&other_name)).await;
+    chain.mine(1);
+    expect(&mut ws, &chain, 1).await;
+
+    // The new source goes silent while the chain moves on: polls fill the heights in, and
+    // after three of them the source is given up as lagging (for the first, which is back).
+    src.drop_ws(false);
+    other.set_ws_stalled(true);
+    for _ in 0..6 {
+        chain.mine(1);
+        expect(&mut ws, &chain, 1).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    until_source(&proxy, Some(&src_name)).await;
+
+    // An operator cordons the source: it is given up at once.
+    assert!(proxy.detour.cordon("mainnet", &src_name, true));
+    until_source(&proxy, Some(&other_name)).await;
+    assert!(proxy.detour.cordon("mainnet", &src_name, false));
+    chain.mine(1);
+    expect(&mut ws, &chain, 1).await;
+
+    // No WebSocket upstream at all: polling over HTTP, then back to a WebSocket.
+    src.drop_ws(true);
+    other.drop_ws(true);
+    until_source(&proxy, None).await;
+    chain.mine(2);
+    expect(&mut ws, &chain, 2).await;
+    other.set_ws_stalled(false);
+    other.drop_ws(false);
+    until_source(&proxy, Some(&other_name)).await;
+    chain.mine(1);
+    expect(&mut ws, &chain, 1).await;
+    assert!(
+        metric(
+            &proxy,
+            r#"detour_tracker_source_changes_total{chain="mainnet"} "#
+        ) >= 4
+    );
+    proxy.stop().await;
+}

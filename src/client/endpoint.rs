@@ -11,6 +11,7 @@ use http::Uri;
 
 use crate::client::h1;
 use crate::client::idle::IdleConns;
+use crate::client::ws::WsTarget;
 
 /// One upstream as the client sees it.
 #[derive(Debug)]
@@ -28,6 +29,10 @@ pub struct Endpoint {
     /// Idle keep-alive connections (plain-HTTP upstreams), shared across reloads with the
     /// upstream's live state.
     pub(crate) idle: Arc<IdleConns>,
+    /// The node's WebSocket endpoint (`ws_url`), if configured.
+    pub ws: Option<WsTarget>,
+    /// The headers the configuration added (sent on WebSocket handshakes too).
+    configured: Vec<HeaderName>,
 }
 
 impl Endpoint {
@@ -40,6 +45,7 @@ impl Endpoint {
         secrets: Vec<String>,
         config_headers: &BTreeMap<String, String>,
         idle: Arc<IdleConns>,
+        ws: Option<WsTarget>,
     ) -> Result<Endpoint, String> {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -55,12 +61,14 @@ impl Endpoint {
             headers.insert(AUTHORIZATION, auth);
         }
         let mut secrets = secrets;
+        let mut configured = Vec::new();
         for (k, v) in config_headers {
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| format!("header name {k:?} is invalid"))?;
             let mut value =
                 HeaderValue::from_str(v).map_err(|_| format!("header {k} has an invalid value"))?;
             value.set_sensitive(true);
+            configured.push(name.clone());
             headers.insert(name, value);
             if v.len() >= 4 {
                 secrets.push(v.clone());
@@ -82,7 +90,14 @@ impl Endpoint {
             plain,
             secrets,
             idle,
+            ws,
+            configured,
         })
+    }
+
+    /// Whether the configuration set header `name` (rather than detour).
+    pub(crate) fn configured_header(&self, name: &HeaderName) -> bool {
+        self.configured.contains(name)
     }
 
     /// `text` with every secret of this upstream replaced by `***`.

@@ -35,6 +35,8 @@ pub struct Forwarder {
     connect_timeout: Duration,
     pool_idle_timeout: Duration,
     pool_max_idle: usize,
+    /// TLS for `wss://` upstreams (see [`crate::client::ws`]).
+    ws_tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 /// Why an attempt produced no usable HTTP answer.
@@ -111,6 +113,7 @@ impl Forwarder {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
+        let ws_tls = crate::client::ws::tls_connector(&tls);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -136,7 +139,20 @@ impl Forwarder {
             connect_timeout: config.connect_timeout,
             pool_idle_timeout: config.pool_idle_timeout,
             pool_max_idle: config.pool_max_idle_per_host,
+            ws_tls,
         }
+    }
+
+    pub(crate) fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    pub(crate) fn ws_tls(&self) -> tokio_rustls::TlsConnector {
+        tokio_rustls::TlsConnector::from(self.ws_tls.clone())
     }
 
     /// POSTs `body` to the upstream and reads the whole answer, within `timeout`. The body

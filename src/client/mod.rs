@@ -1,11 +1,13 @@
 //! The upstream clients: detour's own HTTP/1.1 connections and their idle pool for plain-HTTP
-//! upstreams, hyper + rustls for HTTPS and HTTP/2, and the caching resolver.
+//! upstreams, hyper + rustls for HTTPS and HTTP/2, WebSocket connections (`ws_url`), and the caching
+//! resolver.
 
 pub mod dns;
 pub mod endpoint;
 pub mod forward;
 pub(crate) mod h1;
 pub(crate) mod idle;
+pub mod ws;
 
 /// What an upstream answered: the status, the headers and the whole body.
 #[derive(Debug)]

@@ -79,6 +79,9 @@ impl Config {
         for chain in c.chains.values_mut() {
             for up in &mut chain.upstreams {
                 up.url = target::redact_url(&up.url);
+                if let Some(ws) = &mut up.ws_url {
+                    *ws = target::redact_url(ws);
+                }
                 for v in up.headers.values_mut() {
                     *v = "***".into();
                 }

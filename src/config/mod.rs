@@ -181,14 +181,37 @@ mod tests {
     }
 
     #[test]
+    fn ws_url_must_be_a_websocket_url() {
+        for (url, ok) in [
+            ("ws://127.0.0.1:8545", true),
+            ("wss://node.example/ws/v3/KEY", true),
+            ("http://127.0.0.1:8545", false),
+            ("nope", false),
+        ] {
+            let toml = format!("{MINIMAL}ws_url = \"{url}\"\n");
+            match Config::from_toml(&toml) {
+                Ok(_) => assert!(ok, "{url} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{url} refused: {e}");
+                    let text = e.to_string();
+                    assert!(text.contains("ws_url"), "{text}");
+                    assert!(!text.contains("KEY"), "{text}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn redacted_hides_keys_and_renders_toml() {
         let toml = MINIMAL.replace(
             "http://127.0.0.1:1",
             "https://user:pw@x.example/v3/KEY123?k=KEY456",
-        ) + "headers = { \"x-api-key\" = \"KEY789\" }\n";
+        ) + "headers = { \"x-api-key\" = \"KEY789\" }\n"
+            + "ws_url = \"wss://x.example/ws/v3/WSKEY123\"\n";
         let c = Config::from_toml(&toml).unwrap().redacted();
         let text = c.to_toml();
-        for secret in ["KEY123", "KEY456", "KEY789", "pw", "user"] {
+        assert!(text.contains("wss://x.example/***"), "{text}");
+        for secret in ["KEY123", "KEY456", "KEY789", "WSKEY123", "pw", "user"] {
             assert!(!text.contains(secret), "{secret} leaked: {text}");
         }
         assert!(text.contains("x.example"));

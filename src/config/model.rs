@@ -506,6 +506,16 @@ pub struct UpstreamConfig {
     /// `http://` or `https://` URL, which may carry an API key (it is treated as a secret).
     #[serde(deserialize_with = "super::load::expand")]
     pub url: String,
+    /// `ws://` or `wss://` URL of the same node's WebSocket endpoint, used to follow the chain's
+    /// heads (`newHeads`) for subscriptions and filters. Never derived from `url` (providers
+    /// put it on another path or port); unset: this upstream is read over HTTP only. It may
+    /// carry an API key like `url`, and is as secret.
+    #[serde(
+        default,
+        deserialize_with = "super::load::expand_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ws_url: Option<String>,
     /// Priority: lower is preferred; a higher tier serves only when no lower tier can. Default 0.
     #[serde(default)]
     pub tier: u32,

@@ -22,11 +22,23 @@ pub struct Target {
 impl Target {
     /// Parses and checks an upstream URL (`http` or `https`, with a host).
     pub fn parse(url: &str) -> Result<Target, String> {
+        Self::parse_for(url, ["http", "https"])
+    }
+
+    /// Parses and checks an upstream WebSocket URL (`ws` or `wss`, with a host).
+    pub fn parse_ws(url: &str) -> Result<Target, String> {
+        Self::parse_for(url, ["ws", "wss"])
+    }
+
+    fn parse_for(url: &str, schemes: [&str; 2]) -> Result<Target, String> {
         // Never echo the URL itself in an error: it may carry a key.
         let uri: Uri = url.parse().map_err(|_| "is not a valid URL".to_string())?;
         let scheme = uri.scheme_str().unwrap_or_default();
-        if scheme != "http" && scheme != "https" {
-            return Err("must start with http:// or https://".into());
+        if !schemes.contains(&scheme) {
+            return Err(format!(
+                "must start with {}:// or {}://",
+                schemes[0], schemes[1]
+            ));
         }
         let authority = uri.authority().ok_or("has no host")?;
         if authority.host().is_empty() {

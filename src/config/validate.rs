@@ -230,6 +230,9 @@ impl Config {
                 if let Err(why) = target::Target::parse(&up.url) {
                     bad(format!("{at}.url"), why);
                 }
+                if let Some(Err(why)) = up.ws_url.as_deref().map(target::Target::parse_ws) {
+                    bad(format!("{at}.ws_url"), why);
+                }
                 if up.weight == 0 {
                     bad(format!("{at}.weight"), "must be at least 1".into());
                 }

@@ -13,11 +13,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::heads::Feed;
 use super::tracker::{Event, Log, Settings, Tracker};
 use super::Source;
 use crate::config::{FiltersConfig, TrackerConfig};
@@ -304,29 +305,45 @@ impl Registry {
     /// What `/status` shows of a chain's filters: how many are open, whether the chain is
     /// followed, and the head it followed to.
     pub fn describe(&self, chain: &str) -> Value {
-        let (blocks, logs) = self
-            .lock_book()
-            .filters
-            .values()
-            .filter(|f| &*f.chain == chain)
-            .fold((0, 0), |(b, l), f| match f.kind {
-                Kind::Blocks => (b + 1, l),
-                Kind::Logs(_) => (b, l + 1),
-            });
+        let (blocks, logs, heads_subs, logs_subs) = {
+            let book = self.lock_book();
+            let (blocks, logs) =
+                book.filters
+                    .values()
+                    .filter(|f| &*f.chain == chain)
+                    .fold((0, 0), |(b, l), f| match f.kind {
+                        Kind::Blocks => (b + 1, l),
+                        Kind::Logs(_) => (b, l + 1),
+                    });
+            let subs = |kind: &str| {
+                book.subs
+                    .values()
+                    .filter(|(c, k, _)| &**c == chain && *k == kind)
+                    .count()
+            };
+            (blocks, logs, subs("newHeads"), subs("logs"))
+        };
         let followed = {
             let chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
             chains.get(chain).cloned()
         };
         let following = followed.as_ref().is_some_and(|f| f.running.load(Relaxed));
-        let head = followed
-            .filter(|_| following)
-            .and_then(|f| f.tracker.head())
+        let tracker = followed.filter(|_| following).map(|f| f.tracker.clone());
+        let head = tracker
+            .as_ref()
+            .and_then(|t| t.head())
             .map(|b| serde_json::json!({"number": b.number, "hash": &*b.hash}));
+        let source = tracker.as_ref().map(|t| match t.source() {
+            Some(up) => serde_json::json!({"via": "websocket", "upstream": &*up}),
+            None => serde_json::json!({"via": "polling"}),
+        });
         serde_json::json!({
             "block_filters": blocks,
             "log_filters": logs,
+            "subscriptions": {"newHeads": heads_subs, "logs": logs_subs},
             "following": following,
             "head": head,
+            "source": source,
         })
     }
 
@@ -669,17 +686,41 @@ fn tracker_settings(c: &TrackerConfig) -> Settings {
     }
 }
 
-/// A chain's tracker task: a round every `tracker.poll_interval` while the chain has filters or
-/// subscriptions.
+/// Polls that found blocks the WebSocket source had not announced, with no block first
+/// announced by it in between, before it is given up as lagging.
+const LAGGING_POLLS: u32 = 3;
+
+/// A chain's tracker task, while the chain has filters or subscriptions: a round at each head
+/// a WebSocket upstream announces, and every `tracker.poll_interval` a poll over HTTP, which
+/// with a WebSocket source is only sent when the chain's upstreams are known to be past the
+/// tracked head (health checks and answers say so at no cost).
 async fn follow(registry: Weak<Registry>, followed: Arc<Followed>) {
     let chain = followed.tracker.chain.clone();
     tracing::debug!(
         chain = &*chain,
         "following the chain for its filters and subscriptions"
     );
+    let Some(mut feed) = registry
+        .upgrade()
+        .map(|r| Feed::start(r.source.clone(), followed.tracker.clone()))
+    else {
+        followed.running.store(false, Relaxed);
+        return;
+    };
     let mut failing = false;
+    let mut lagging = 0;
+    let mut period = Duration::ZERO;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     while let Some((tracker_config, _)) = registry.upgrade().and_then(|r| r.source.settings()) {
-        tokio::time::sleep(tracker_config.poll_interval).await;
+        if period != tracker_config.poll_interval {
+            period = tracker_config.poll_interval;
+            tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        let head = tokio::select! {
+            _ = tick.tick() => None,
+            Ok(()) = feed.heads.changed() => feed.heads.borrow_and_update().clone(),
+        };
         let Some(registry) = registry.upgrade() else {
             break;
         };
@@ -691,13 +732,37 @@ async fn follow(registry: Weak<Registry>, followed: Arc<Followed>) {
                 chain = &*chain,
                 "no filters or subscriptions left; no longer following the chain"
             );
+            drop(feed);
+            followed.tracker.set_source(None);
             return;
         };
-        match followed.tracker.round(&*registry.source).await {
+        let polled = head.is_none();
+        if polled && followed.tracker.source().is_some() {
+            let tip = followed.tracker.head().map(|b| b.number);
+            if tip.is_some() && registry.source.known_head(&chain) <= tip {
+                // Heads come over the WebSocket and nobody is known to be past them.
+                followed.tracker.forget_before(Some(needed));
+                continue;
+            }
+        }
+        match followed.tracker.round_from(&*registry.source, head).await {
             Ok(round) => {
                 if failing {
                     tracing::info!(chain = &*chain, "following the chain again");
                     failing = false;
+                }
+                if followed.tracker.source().is_some() && round.added > 0 {
+                    if !polled {
+                        lagging = 0;
+                    } else {
+                        lagging += 1;
+                        if lagging >= LAGGING_POLLS {
+                            lagging = 0;
+                            feed.give_up(format!(
+                                "it lags: {LAGGING_POLLS} polls in a row found blocks it had not announced"
+                            ));
+                        }
+                    }
                 }
                 if round.removed > 0 {
                     tracing::info!(
@@ -724,6 +789,7 @@ async fn follow(registry: Weak<Registry>, followed: Arc<Followed>) {
         followed.tracker.forget_before(Some(needed));
     }
     // The proxy is gone.
+    drop(feed);
     followed.running.store(false, Relaxed);
 }
 

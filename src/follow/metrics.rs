@@ -76,6 +76,9 @@ impl Collector for FollowMetrics {
         let (mut following, mut head) = (Vec::new(), Vec::new());
         let (mut added, mut backfilled, mut removed, mut reorgs) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut ws_heads, mut source_changes) = (Vec::new(), Vec::new());
+        let sources: Vec<Option<Arc<str>>> = census.iter().map(|(t, _, _)| t.source()).collect();
+        let mut source = Vec::new();
         for (tracker, running, counts) in &census {
             let chain: &str = &tracker.chain;
             for (what, kind, n) in counts {
@@ -98,6 +101,21 @@ impl Collector for FollowMetrics {
             backfilled.push((vec![("chain", chain)], s.backfilled.load(Relaxed)));
             removed.push((vec![("chain", chain)], s.removed.load(Relaxed)));
             reorgs.push((vec![("chain", chain)], s.reorgs.load(Relaxed)));
+            ws_heads.push((vec![("chain", chain)], s.ws_heads.load(Relaxed)));
+            source_changes.push((vec![("chain", chain)], s.source_changes.load(Relaxed)));
+        }
+        for ((tracker, running, _), up) in census.iter().zip(&sources) {
+            if *running {
+                let labels = match up {
+                    Some(up) => vec![
+                        ("chain", &*tracker.chain),
+                        ("via", "websocket"),
+                        ("upstream", &**up),
+                    ],
+                    None => vec![("chain", &*tracker.chain), ("via", "polling")],
+                };
+                source.push((labels, 1));
+            }
         }
         write(
             &mut encoder,
@@ -147,6 +165,27 @@ impl Collector for FollowMetrics {
             "Reorgs the tracker followed",
             MetricType::Counter,
             &reorgs,
+        )?;
+        write(
+            &mut encoder,
+            "tracker_source",
+            "How each followed chain learns of new heads: via an upstream's WebSocket (named) or polling over HTTP",
+            MetricType::Gauge,
+            &source,
+        )?;
+        write(
+            &mut encoder,
+            "tracker_websocket_heads",
+            "Heads announced by the chain's WebSocket source",
+            MetricType::Counter,
+            &ws_heads,
+        )?;
+        write(
+            &mut encoder,
+            "tracker_source_changes",
+            "Times a WebSocket head source was given up (closed, silent, lagging or unfit)",
+            MetricType::Counter,
+            &source_changes,
         )?;
         Ok(())
     }

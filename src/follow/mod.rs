@@ -6,14 +6,19 @@
 //!
 //! The tracker asks upstreams through a [`Source`], which the proxy implements with its
 //! failover loop: the tracker's calls are routed, retried, metered and logged like clients'.
+//! Where upstreams have a `ws_url`, new heads come from one upstream's WebSocket `newHeads`
+//! ([`heads`]) and trigger rounds at once; polling over HTTP stands in whenever no WebSocket
+//! upstream is usable.
 
 pub mod filters;
+pub mod heads;
 pub mod metrics;
 pub mod subscribe;
 pub mod tracker;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
@@ -31,4 +36,27 @@ pub trait Source: Send + Sync + 'static {
 
     /// The settings in force now; `None` once the proxy is gone (the tracker's task ends).
     fn settings(&self) -> Option<(TrackerConfig, FiltersConfig)>;
+
+    /// The upstreams of `chain` with a `ws_url` that may serve now, best first (lower tier,
+    /// then lower cost). Default: none (the chain is polled over HTTP).
+    fn head_sources(&self, _chain: &str) -> Vec<Arc<str>> {
+        Vec::new()
+    }
+
+    /// Opens the WebSocket of `chain`'s upstream `upstream`.
+    fn connect_ws<'a>(&'a self, _chain: &'a str, _upstream: &'a str) -> ConnectFuture<'a> {
+        Box::pin(async { Err("no WebSocket upstreams".to_string()) })
+    }
+
+    /// A `newHeads` notification showed that `upstream` has block `number`.
+    fn observe_head(&self, _chain: &str, _upstream: &str, _number: u64) {}
+
+    /// The highest block `chain`'s upstreams are known to have (health checks, answers).
+    fn known_head(&self, _chain: &str) -> Option<u64> {
+        None
+    }
 }
+
+/// An upstream WebSocket being opened, as a [`Source`] returns it.
+pub type ConnectFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<crate::client::ws::UpstreamSocket, String>> + Send + 'a>>;

@@ -30,7 +30,7 @@ use serde_json::value::RawValue;
 use super::Source;
 
 /// One block of the tracked chain.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Block {
     /// Its height.
     pub number: u64,
@@ -48,7 +48,7 @@ pub struct Block {
 }
 
 /// One log of a block, as the upstream returned it, with what filters match on.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Log {
     /// The log object, verbatim.
     pub raw: Box<RawValue>,
@@ -91,6 +91,11 @@ pub struct Tracker {
     changed: tokio::sync::watch::Sender<u64>,
     /// What the tracker has done, for metrics.
     pub stats: Stats,
+    /// The upstream whose WebSocket `newHeads` the chain is followed by now; `None`: by
+    /// polling over HTTP.
+    source: Mutex<Option<Arc<str>>>,
+    /// When `source` was last set.
+    source_since: Mutex<std::time::Instant>,
 }
 
 /// Counts of what a tracker did since detour started.
@@ -104,6 +109,11 @@ pub struct Stats {
     pub removed: AtomicU64,
     /// Reorgs.
     pub reorgs: AtomicU64,
+    /// Heads received over an upstream's WebSocket.
+    pub ws_heads: AtomicU64,
+    /// Times the WebSocket head source was given up (it closed, went silent, lagged or became
+    /// unfit).
+    pub source_changes: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -174,7 +184,30 @@ impl Tracker {
             rounds: tokio::sync::Mutex::new(()),
             changed: tokio::sync::watch::Sender::new(0),
             stats: Stats::default(),
+            source: Mutex::new(None),
+            source_since: Mutex::new(std::time::Instant::now()),
         }
+    }
+
+    /// The upstream whose WebSocket heads the chain follows now (`None`: polling over HTTP).
+    pub fn source(&self) -> Option<Arc<str>> {
+        self.source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_source(&self, upstream: Option<Arc<str>>) {
+        *self.source.lock().unwrap_or_else(|p| p.into_inner()) = upstream;
+        *self.source_since.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+    }
+
+    /// How long the current source (or polling) has been in place.
+    pub(super) fn source_age(&self) -> std::time::Duration {
+        self.source_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
     }
 
     /// A receiver that sees a change whenever a round adds events.
@@ -246,10 +279,22 @@ impl Tracker {
     /// One round: reads the latest block, links it to the tracked chain and records what
     /// changed. An error (a fetch failed, or an answer was not a block) changes nothing.
     pub async fn round(&self, source: &dyn Source) -> Result<Round, String> {
+        self.round_from(source, None).await
+    }
+
+    /// A round from `head` (a `newHeads` notification) instead of asking for the latest block.
+    pub async fn round_from(
+        &self,
+        source: &dyn Source,
+        head: Option<Block>,
+    ) -> Result<Round, String> {
         let _one = self.rounds.lock().await;
-        let latest = fetch_block(source, &self.chain, "eth_getBlockByNumber", "\"latest\"")
-            .await?
-            .ok_or("the latest block was null")?;
+        let latest = match head {
+            Some(head) => head,
+            None => fetch_block(source, &self.chain, "eth_getBlockByNumber", "\"latest\"")
+                .await?
+                .ok_or("the latest block was null")?,
+        };
         // Walk the new block's ancestry back to a block the tracker holds.
         let mut branch = vec![latest];
         let (fork, tip) = loop {
@@ -399,29 +444,30 @@ async fn fetch_block(
     if result.get() == "null" {
         return Ok(None);
     }
-    let header: Header<'_> =
-        serde_json::from_str(result.get()).map_err(|e| format!("{method}: not a block: {e}"))?;
-    let number = crate::method::block::parse_quantity(header.number).ok_or_else(|| {
-        format!(
-            "{method}: block number {:?} is not a quantity",
-            header.number
-        )
-    })?;
-    let no_logs = header
-        .bloom
-        .is_none_or(|b| b.trim_start_matches("0x").bytes().all(|c| c == b'0'));
-    let (hash, parent) = (
-        header.hash.to_ascii_lowercase().into(),
-        header.parent.to_ascii_lowercase().into(),
-    );
-    Ok(Some(Block {
-        number,
-        hash,
-        parent,
-        logs: None,
-        no_logs,
-        header: head_of(&result).map_err(|e| format!("{method}: not a block: {e}"))?,
-    }))
+    Block::parse(&result)
+        .map(Some)
+        .map_err(|e| format!("{method}: {e}"))
+}
+
+impl Block {
+    /// A block (or a `newHeads` header) as an upstream sent it.
+    pub fn parse(result: &RawValue) -> Result<Block, String> {
+        let header: Header<'_> =
+            serde_json::from_str(result.get()).map_err(|e| format!("not a block: {e}"))?;
+        let number = crate::method::block::parse_quantity(header.number)
+            .ok_or_else(|| format!("block number {:?} is not a quantity", header.number))?;
+        let no_logs = header
+            .bloom
+            .is_none_or(|b| b.trim_start_matches("0x").bytes().all(|c| c == b'0'));
+        Ok(Block {
+            number,
+            hash: header.hash.to_ascii_lowercase().into(),
+            parent: header.parent.to_ascii_lowercase().into(),
+            logs: None,
+            no_logs,
+            header: head_of(result).map_err(|e| format!("not a block: {e}"))?,
+        })
+    }
 }
 
 /// The block's fields that are not its header's, as geth's `newHeads` leaves them out.

@@ -26,6 +26,7 @@ fn upstream_json(chain: &Chain, i: usize, now: u64) -> Value {
         "weight": up.weight,
         "region": up.region.as_deref(),
         "endpoint": up.display_url,
+        "ws_endpoint": up.endpoint.ws.as_ref().map(|w| w.display.as_str()),
         "chain_check": chain_check,
         "reported_chain_id": (s.reported_chain_id() != 0).then(|| s.reported_chain_id()),
         "head": head,

@@ -35,7 +35,7 @@ use crate::client::forward::Forwarder;
 use crate::config::{Config, ConfigError, FiltersConfig, TrackerConfig};
 use crate::failover::retry::{failover_from, CallResult, Indices, PerCall};
 use crate::follow::filters::Registry;
-use crate::follow::{CallFuture, Source};
+use crate::follow::{CallFuture, ConnectFuture, Source};
 use crate::method::kind::{method_kind, MethodKind};
 use crate::proxy::access;
 use crate::rpc::error::RpcError;
@@ -111,6 +111,54 @@ impl Source for Upstreams {
         let inner = self.0.upgrade()?;
         let pool = inner.pool.load();
         Some((pool.config.tracker, pool.config.filters))
+    }
+
+    fn head_sources(&self, chain: &str) -> Vec<Arc<str>> {
+        let Some(inner) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let pool = inner.pool.load();
+        let Some(chain) = pool.chain(chain) else {
+            return Vec::new();
+        };
+        let now = crate::state::upstream::now_us();
+        let mut fit: Vec<_> = chain
+            .upstreams
+            .iter()
+            .filter(|u| u.endpoint.ws.is_some() && u.servable(now))
+            .collect();
+        fit.sort_by(|a, b| a.tier.cmp(&b.tier).then(a.cost().total_cmp(&b.cost())));
+        fit.into_iter().map(|u| u.name.clone()).collect()
+    }
+
+    fn connect_ws<'a>(&'a self, chain: &'a str, upstream: &'a str) -> ConnectFuture<'a> {
+        Box::pin(async move {
+            let inner = self.0.upgrade().ok_or("detour is shutting down")?;
+            let pool = inner.pool.load_full();
+            let up = pool
+                .chain(chain)
+                .and_then(|c| c.upstreams.iter().find(|u| &*u.name == upstream))
+                .ok_or("the upstream was removed")?;
+            inner.forwarder.connect_ws(&up.endpoint).await
+        })
+    }
+
+    fn observe_head(&self, chain: &str, upstream: &str, number: u64) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        let pool = inner.pool.load();
+        if let Some(c) = pool.chain(chain) {
+            if let Some(i) = c.upstreams.iter().position(|u| &*u.name == upstream) {
+                c.observe_head(i, crate::state::upstream::now_us(), number);
+            }
+        }
+    }
+
+    fn known_head(&self, chain: &str) -> Option<u64> {
+        let inner = self.0.upgrade()?;
+        let pool = inner.pool.load();
+        pool.chain(chain)?.state.head()
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::client::endpoint::Endpoint;
+use crate::client::ws::WsTarget;
 use crate::config::target::Target;
 use crate::config::UpstreamConfig;
 
@@ -108,14 +109,28 @@ impl Upstream {
         state: Option<Arc<LiveState>>,
     ) -> Result<Upstream, String> {
         let target = Target::parse(&config.url).map_err(|why| format!("url {why}"))?;
+        let mut secrets = target.secrets;
+        let ws = match config.ws_url.as_deref().map(Target::parse_ws) {
+            Some(Ok(ws)) => {
+                secrets.extend(ws.secrets);
+                Some(WsTarget {
+                    uri: ws.uri,
+                    authorization: ws.authorization,
+                    display: ws.display,
+                })
+            }
+            Some(Err(why)) => return Err(format!("ws_url {why}")),
+            None => None,
+        };
         let state = state.unwrap_or_default();
         let endpoint = Endpoint::new(
             config.name.as_str().into(),
             target.uri,
             target.authorization,
-            target.secrets,
+            secrets,
             &config.headers,
             state.idle.clone(),
+            ws,
         )?;
         Ok(Upstream {
             name: config.name.as_str().into(),

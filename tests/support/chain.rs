@@ -1,7 +1,8 @@
 //! A simulated chain served by in-process mock upstreams: blocks by number and by hash, logs
 //! by block hash or range, health probes, and the faults a follower must survive (an upstream
 //! down, one lagging behind, a reorg). Several upstreams share one chain, each seeing it up to
-//! its own lag.
+//! its own lag. An upstream started with [`SimUpstream::start_ws`] also serves `newHeads` over
+//! WebSocket (on a port of its own, given as its `ws_url`) and can drop, stall or refuse it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -139,16 +140,26 @@ fn logs_of(b: &SimBlock, number: u64) -> Vec<Value> {
 }
 
 /// detour's configuration for chain "mainnet" (id 1) served by `upstreams` (named u0, u1, …),
-/// with the tracker polling every 50 ms and `extra` TOML before the chain.
+/// with the tracker polling every 50 ms (unless `extra` says otherwise) and `extra` TOML before
+/// the chain. Upstreams serving WebSocket get their `ws_url`.
 pub fn sim_config(extra: &str, upstreams: &[&SimUpstream]) -> String {
+    // `extra` may set the poll interval itself (it follows `[tracker]`).
+    let poll = if extra.contains("poll_interval") {
+        ""
+    } else {
+        "poll_interval = \"50ms\"\n"
+    };
     let mut toml = format!(
-        "[client]\nattempt_timeout = \"1s\"\nconnect_timeout = \"1s\"\n[tracker]\npoll_interval = \"50ms\"\n{extra}\n[chains.mainnet]\nchain_id = 1\n"
+        "[client]\nattempt_timeout = \"1s\"\nconnect_timeout = \"1s\"\n[tracker]\n{poll}{extra}\n[chains.mainnet]\nchain_id = 1\n"
     );
     for (i, u) in upstreams.iter().enumerate() {
         toml += &format!(
             "[[chains.mainnet.upstreams]]\nname = \"u{i}\"\nurl = \"{}\"\n",
             u.url()
         );
+        if let Some(ws) = u.ws_url() {
+            toml += &format!("ws_url = \"{ws}\"\n");
+        }
     }
     toml
 }
@@ -167,13 +178,33 @@ struct View {
     down: bool,
     /// Methods called (probes excluded).
     methods: Vec<String>,
+    /// WebSocket: `eth_subscribe("newHeads")` calls answered.
+    ws_subscribes: usize,
+    /// WebSocket: connections open now.
+    ws_open: usize,
+    /// WebSocket: sends no notifications (the connection stays up and answers pings).
+    ws_stalled: bool,
+    /// WebSocket: refuses handshakes.
+    ws_refused: bool,
+    /// WebSocket: bumped to close every open connection.
+    ws_generation: u64,
 }
 
 /// One upstream serving a [`SimChain`].
 pub struct SimUpstream {
     pub addr: SocketAddr,
+    ws_addr: Option<SocketAddr>,
     view: Arc<Mutex<View>>,
     _stop: oneshot::Sender<()>,
+    _ws_task: Option<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl SimUpstream {
@@ -186,13 +217,62 @@ impl SimUpstream {
         let stop = super::serve_http1(listener, move |req| handle(chain.clone(), v.clone(), req));
         SimUpstream {
             addr,
+            ws_addr: None,
             view,
             _stop: stop,
+            _ws_task: None,
         }
+    }
+
+    /// Like [`SimUpstream::start`], also serving `newHeads` over WebSocket: each connection
+    /// sends the head it sees (lag applied) whenever it changes, so a node that mines several
+    /// blocks between two looks skips heights, as real nodes do under load.
+    pub async fn start_ws(chain: &SimChain) -> SimUpstream {
+        let mut up = SimUpstream::start(chain).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        up.ws_addr = Some(listener.local_addr().unwrap());
+        let (chain, view) = (chain.clone(), up.view.clone());
+        up._ws_task = Some(AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(serve_ws(chain.clone(), view.clone(), stream));
+            }
+        })));
+        up
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The `ws_url` of an upstream started with [`SimUpstream::start_ws`].
+    pub fn ws_url(&self) -> Option<String> {
+        self.ws_addr.map(|a| format!("ws://{a}"))
+    }
+
+    /// `eth_subscribe("newHeads")` calls this upstream answered over WebSocket.
+    pub fn ws_subscribes(&self) -> usize {
+        self.view.lock().unwrap().ws_subscribes
+    }
+
+    /// WebSocket connections open now.
+    pub fn ws_open(&self) -> usize {
+        self.view.lock().unwrap().ws_open
+    }
+
+    /// Stops (`true`) or resumes sending notifications, the connections staying up.
+    pub fn set_ws_stalled(&self, stalled: bool) {
+        self.view.lock().unwrap().ws_stalled = stalled;
+    }
+
+    /// Closes every open WebSocket connection; with `refuse`, handshakes fail until
+    /// called again with `false`.
+    pub fn drop_ws(&self, refuse: bool) {
+        let mut v = self.view.lock().unwrap();
+        v.ws_generation += 1;
+        v.ws_refused = refuse;
     }
 
     /// Sees the chain `lag` blocks behind its head.
@@ -323,4 +403,78 @@ async fn handle(
     resp.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
     Ok(resp)
+}
+
+async fn serve_ws(chain: SimChain, view: Arc<Mutex<View>>, stream: tokio::net::TcpStream) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (generation, refused) = {
+        let v = view.lock().unwrap();
+        (v.ws_generation, v.ws_refused)
+    };
+    if refused {
+        return;
+    }
+    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+        return;
+    };
+    view.lock().unwrap().ws_open += 1;
+    let mut subscription: Option<String> = None;
+    let mut sent: Option<String> = None;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            m = ws.next() => {
+                let text = match m {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => continue,
+                };
+                let call: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                let answer = if call["method"] == "eth_subscribe" && call["params"] == json!(["newHeads"]) {
+                    let id = format!("0x{:032x}", view.lock().unwrap().ws_subscribes + 0xfeed);
+                    view.lock().unwrap().ws_subscribes += 1;
+                    subscription = Some(id.clone());
+                    json!({"jsonrpc":"2.0","id":call["id"],"result":id})
+                } else {
+                    json!({"jsonrpc":"2.0","id":call["id"],
+                        "error":{"code":-32601,"message":"not served over this mock's WebSocket"}})
+                };
+                if ws.send(Message::text(answer.to_string())).await.is_err() {
+                    break;
+                }
+            }
+            _ = tick.tick() => {
+                let (gen, stalled, lag) = {
+                    let v = view.lock().unwrap();
+                    (v.ws_generation, v.ws_stalled, v.lag)
+                };
+                if gen != generation {
+                    break;
+                }
+                let Some(id) = &subscription else { continue };
+                if stalled {
+                    continue;
+                }
+                let head = {
+                    let s = chain.0.lock().unwrap();
+                    let n = (s.blocks.len() as u64 - 1).saturating_sub(lag);
+                    let mut h = SimChain::block_json(&s.blocks[n as usize], n);
+                    h.as_object_mut().unwrap().remove("transactions");
+                    h
+                };
+                let hash = head["hash"].as_str().unwrap().to_owned();
+                if sent.as_deref() == Some(hash.as_str()) {
+                    continue;
+                }
+                let note = json!({"jsonrpc":"2.0","method":"eth_subscription",
+                    "params":{"subscription":id,"result":head}});
+                if ws.send(Message::text(note.to_string())).await.is_err() {
+                    break;
+                }
+                sent = Some(hash);
+            }
+        }
+    }
+    view.lock().unwrap().ws_open -= 1;
 }

@@ -1,0 +1,265 @@
+//! New heads over an upstream's WebSocket: one `eth_subscribe("newHeads")` per followed chain,
+//! however many filters and subscribers read it. Each header it sends starts a tracker round
+//! at once (the round links it by parent hash and fills in any height it skipped, over HTTP
+//! with failover), so the WebSocket only says *when* to look: a lost, late or wrong
+//! notification costs a round, never a block.
+//!
+//! The feed uses the best upstream [`Source::head_sources`] names (lower tier, then lower
+//! cost) and gives it up when its socket closes or errs, when it stops answering pings, when
+//! it is no longer fit (ejected, cordoned, removed), or when the chain's tracker says it lags
+//! (polls found blocks it had not announced). An upstream given up is avoided for a while
+//! ([`AVOID`]) when others are there; with none left, the tracker polls over HTTP as without
+//! WebSocket upstreams, and the feed tries again after a back-off.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::tracker::{Block, Tracker};
+use super::Source;
+
+/// How often an idle source is pinged; two intervals without any frame and it is given up.
+pub const PING_EVERY: Duration = Duration::from_secs(10);
+/// How long an upstream given up is passed over while another WebSocket upstream is usable.
+pub const AVOID: Duration = Duration::from_secs(30);
+/// First wait after a source failed; it doubles while attempts keep failing.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between attempts when no WebSocket upstream could be followed.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A source followed this long was working: the next one is tried at once, and the back-off
+/// starts over.
+const STEADY: Duration = Duration::from_secs(5);
+/// Time for the `eth_subscribe` answer.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The follow task's side of a feed: the latest header, and a way to make it switch.
+pub struct Feed {
+    /// The latest header received (coalesced: a round reads the newest).
+    pub heads: watch::Receiver<Option<Block>>,
+    /// Send a reason to give the current source up (it lags).
+    give_up: watch::Sender<Option<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Feed {
+    /// Starts following `tracker`'s chain over WebSocket upstreams from `source`.
+    pub fn start(source: Arc<dyn Source>, tracker: Arc<Tracker>) -> Feed {
+        let (heads_tx, heads) = watch::channel(None);
+        let (give_up, give_up_rx) = watch::channel(None);
+        let task = tokio::spawn(run(source, tracker, heads_tx, give_up_rx));
+        Feed {
+            heads,
+            give_up,
+            task,
+        }
+    }
+
+    /// Gives the current source up, for `why` (it lags): the feed moves to another.
+    pub fn give_up(&self, why: String) {
+        self.give_up.send_replace(Some(why));
+    }
+}
+
+async fn run(
+    source: Arc<dyn Source>,
+    tracker: Arc<Tracker>,
+    heads: watch::Sender<Option<Block>>,
+    mut give_up: watch::Receiver<Option<String>>,
+) {
+    let chain = tracker.chain.clone();
+    let mut avoided: HashMap<Arc<str>, Instant> = HashMap::new();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let Some((settings, _)) = source.settings() else {
+            return;
+        };
+        avoided.retain(|_, at| at.elapsed() < AVOID);
+        let candidates = source.head_sources(&chain);
+        // The best one not given up lately; else the one given up longest ago.
+        let Some(upstream) = candidates
+            .iter()
+            .find(|u| !avoided.contains_key(*u))
+            .or_else(|| candidates.iter().min_by_key(|u| avoided.get(*u)))
+            .cloned()
+        else {
+            tracker.set_source(None);
+            tokio::time::sleep(settings.poll_interval.max(Duration::from_secs(1))).await;
+            continue;
+        };
+        give_up.borrow_and_update();
+        let why = follow_one(&*source, &tracker, &upstream, &heads, &mut give_up).await;
+        let live_for = tracker.source().map(|_| tracker.source_age());
+        if live_for.is_some() {
+            tracker.set_source(None);
+            tracker.stats.source_changes.fetch_add(1, Relaxed);
+            tracing::warn!(
+                chain = &*chain,
+                upstream = &*upstream,
+                reason = %why,
+                "stopped following heads over this upstream's WebSocket; polling until another is followed"
+            );
+        } else {
+            tracing::debug!(
+                chain = &*chain,
+                upstream = &*upstream,
+                reason = %why,
+                "could not follow heads over this upstream's WebSocket"
+            );
+        }
+        avoided.insert(upstream, Instant::now());
+        // A source that served a while is replaced at once; failures in a row back off.
+        if live_for.is_some_and(|t| t >= STEADY) {
+            backoff = MIN_BACKOFF;
+            continue;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The answer to the `eth_subscribe` call, or a notification.
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    params: Option<NotificationParams<'a>>,
+}
+
+#[derive(Deserialize)]
+struct NotificationParams<'a> {
+    #[serde(borrow)]
+    subscription: &'a str,
+    #[serde(borrow)]
+    result: &'a RawValue,
+}
+
+/// Follows heads over `upstream`'s WebSocket until it fails; returns why it stopped.
+async fn follow_one(
+    source: &dyn Source,
+    tracker: &Tracker,
+    upstream: &Arc<str>,
+    heads: &watch::Sender<Option<Block>>,
+    give_up: &mut watch::Receiver<Option<String>>,
+) -> String {
+    let chain = &*tracker.chain;
+    let mut ws = match source.connect_ws(chain, upstream).await {
+        Ok(ws) => ws,
+        Err(why) => return why,
+    };
+    let subscribe = r#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}"#;
+    if let Err(e) = ws.send(Message::text(subscribe)).await {
+        return format!("sending eth_subscribe: {e}");
+    }
+    let answer = async {
+        while let Some(frame) = ws.next().await {
+            let text = match frame {
+                Ok(Message::Text(t)) => t,
+                Ok(Message::Close(_)) => break,
+                Ok(_) => continue,
+                Err(e) => return Err(format!("reading the eth_subscribe answer: {e}")),
+            };
+            let Ok(m) = serde_json::from_str::<Incoming<'_>>(&text) else {
+                continue;
+            };
+            if m.id != Some(1) {
+                continue;
+            }
+            if let Some(e) = m.error {
+                return Err(format!("eth_subscribe(newHeads) failed: {}", e.get()));
+            }
+            return match m.result.map(|r| serde_json::from_str::<String>(r.get())) {
+                Some(Ok(id)) => Ok(id),
+                _ => Err("eth_subscribe(newHeads) answered without a subscription id".into()),
+            };
+        }
+        Err("the WebSocket closed before eth_subscribe was answered".into())
+    };
+    let id = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, answer).await {
+        Ok(Ok(id)) => id,
+        Ok(Err(why)) => return why,
+        Err(_) => return "eth_subscribe(newHeads) was not answered in time".into(),
+    };
+    tracker.set_source(Some(upstream.clone()));
+    tracing::info!(
+        chain = chain,
+        upstream = &**upstream,
+        "following the chain's heads over this upstream's WebSocket"
+    );
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_frame = Instant::now();
+    let mut pinged = Instant::now();
+    loop {
+        tokio::select! {
+            frame = ws.next() => {
+                last_frame = Instant::now();
+                let text = match frame {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(c))) => {
+                        return match c {
+                            Some(c) => format!("the upstream closed the WebSocket ({}: {})", c.code, c.reason),
+                            None => "the upstream closed the WebSocket".into(),
+                        };
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return format!("WebSocket error: {e}"),
+                    None => return "the WebSocket closed".into(),
+                };
+                let Ok(m) = serde_json::from_str::<Incoming<'_>>(&text) else {
+                    continue;
+                };
+                let Some(p) = m.params.filter(|p| p.subscription == id) else {
+                    continue;
+                };
+                match Block::parse(p.result) {
+                    Ok(block) => {
+                        tracker.stats.ws_heads.fetch_add(1, Relaxed);
+                        source.observe_head(chain, upstream, block.number);
+                        heads.send_replace(Some(block));
+                    }
+                    Err(why) => tracing::debug!(chain = chain, upstream = &**upstream, "a newHeads notification was not a header: {why}"),
+                }
+            }
+            _ = check.tick() => {
+                if !source.head_sources(chain).contains(upstream) {
+                    return "it is no longer fit to serve (ejected, cordoned or removed)".into();
+                }
+                if last_frame.elapsed() >= 2 * PING_EVERY {
+                    return format!("silent for {} s: no heads, no pong", last_frame.elapsed().as_secs());
+                }
+                if last_frame.elapsed() >= PING_EVERY && pinged.elapsed() >= PING_EVERY {
+                    pinged = Instant::now();
+                    if let Err(e) = ws.send(Message::Ping(Default::default())).await {
+                        return format!("WebSocket error: {e}");
+                    }
+                }
+            }
+            Ok(()) = give_up.changed() => {
+                let why = give_up.borrow_and_update().clone();
+                if let Some(why) = why {
+                    let _ = ws.close(None).await;
+                    return why;
+                }
+            }
+        }
+    }
+}
