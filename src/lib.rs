@@ -40,8 +40,9 @@
 //!   ([`method::policy`]).
 //! - [`client`]: talking to upstreams: [`client::forward`] (the `Forwarder`, failure
 //!   classification), detour's own HTTP/1.1 connections and their idle pool for plain-HTTP
-//!   upstreams, hyper + rustls for HTTPS and HTTP/2, the caching resolver ([`client::dns`]),
-//!   and what an upstream is to the client ([`client::endpoint`]).
+//!   upstreams, hyper + rustls for HTTPS and HTTP/2, WebSocket connections to upstreams
+//!   ([`client::ws`]), the caching resolver ([`client::dns`]), and what an upstream is to the
+//!   client ([`client::endpoint`]).
 //! - [`state`]: what lives between requests: each upstream's lock-free live state
 //!   ([`state::upstream`]), the pool snapshot behind `ArcSwap` with the chain's head and regions
 //!   ([`state::pool`]), the states `/status` reports ([`state::status`]), client rate limiters
@@ -52,8 +53,9 @@
 //!   upstreams answered, what may be retried, health updates, broadcast of raw transactions
 //!   and their hashes ([`failover::rawtx`]).
 //! - [`follow`]: following the chain: a tracker per chain ([`follow::tracker`]: the canonical
-//!   chain by parent hash, every height once, reorgs from the fork point) and the filters
-//!   detour keeps on it ([`follow::filters`]).
+//!   chain by parent hash, every height once, reorgs from the fork point), new heads from an
+//!   upstream's WebSocket ([`follow::heads`]), and the filters and subscriptions detour keeps
+//!   on it ([`follow::filters`], [`follow::subscribe`]).
 //! - [`ops`]: the background health probes ([`ops::health`]) and the `/status` document
 //!   ([`ops::status`]).
 //! - [`proxy`]: the embeddable `tower::Service` ([`proxy::service`]: endpoints, the request
