@@ -11,6 +11,8 @@
 //   - ethers v6 `WebSocketProvider`: `on("block")` and `contract.on("Ping")` (eth_subscribe),
 //   - viem's `webSocket` transport: `watchBlocks` and `watchContractEvent` (eth_subscribe)
 // watch through detour; node A is SIGKILLed, restarted and resynced, then node B is killed.
+// detour follows heads over one node's WebSocket (anvil serves it on its HTTP port), so the
+// kills also take its head source away at least once.
 // Every event must arrive exactly once and in order, and every block once, in order.
 // Then `anvil_reorg` drops the last 3 blocks on the live nodes: a filter and a WebSocket logs
 // subscription get their Ping logs again with "removed": true, highest block first, and a
@@ -158,7 +160,7 @@ async function main() {
   const nodes = [];
   for (const name of ["a", "b", "c"]) nodes.push(new Node(name, await freePort()));
   await Promise.all(nodes.map((n) => n.start()));
-  const [A, B] = nodes;
+  let [A, B] = nodes;
 
   const dport = await freePort();
   const config = path.join(WORK, "subs-detour.toml");
@@ -169,10 +171,10 @@ listen = "127.0.0.1:${dport}"
 connect_timeout = "1s"
 attempt_timeout = "2s"
 [tracker]
-poll_interval = "200ms"
+poll_interval = "1s"
 [chains.anvil]
 chain_id = ${CHAIN_ID}
-${nodes.map((n) => `[[chains.anvil.upstreams]]\nname = "anvil-${n.name}"\nurl = "${n.url}"\n`).join("\n")}
+${nodes.map((n) => `[[chains.anvil.upstreams]]\nname = "anvil-${n.name}"\nurl = "${n.url}"\nws_url = "ws://127.0.0.1:${n.port}"\n`).join("\n")}
 `);
   const dlog = fs.openSync(path.join(WORK, "subs-detour.log"), "a");
   const detour = spawn(DETOUR, ["--config", config], {
@@ -247,20 +249,30 @@ ${nodes.map((n) => `[[chains.anvil.upstreams]]\nname = "anvil-${n.name}"\nurl = 
   await sleep(500); // the subscriptions are made
   // The first block each watcher can see is the one after they started.
   const firstWatched = history.length + 1;
+  // detour follows heads over one node's WebSocket: that node is killed first.
+  const headSource = async () => {
+    const status = await (await fetch(`http://127.0.0.1:${dport}/status`)).json();
+    return status.chains[0].filters.source;
+  };
+  const first = await headSource();
+  if (first?.via !== "websocket") fail(`the chain is not followed over a WebSocket: ${JSON.stringify(first)}`);
+  A = nodes.find((n) => `anvil-${n.name}` === first.upstream);
+  B = nodes.find((n) => n !== A);
+  log(`heads come over ${first.upstream}'s WebSocket`);
 
   // The chain moves; faults meanwhile.
   for (let n = 1; n <= N; n++) {
     await mine(nodes, [{ to: address, data: iface.encodeFunctionData("ping", [n]) }]);
     if (n === 15) {
       A.kill();
-      log("anvil-a killed");
+      log(`anvil-${A.name} (the head source) killed`);
     } else if (n === 30) {
       await A.start();
       await resync(A);
-      log("anvil-a restarted and resynced");
+      log(`anvil-${A.name} restarted and resynced; heads now over ${JSON.stringify(await headSource())}`);
     } else if (n === 40) {
       B.kill();
-      log("anvil-b killed");
+      log(`anvil-${B.name} killed`);
     }
     await sleep(120);
   }
@@ -308,6 +320,13 @@ ${nodes.map((n) => `[[chains.anvil.upstreams]]\nname = "anvil-${n.name}"\nurl = 
   }
   wire.close();
   log(`ok: over WebSocket, heads ${firstWatched}..${lastBlock} once each to ethers on("block") and viem watchBlocks, and in order on the wire, hashes canonical`);
+  const metrics = await (await fetch(`http://127.0.0.1:${dport}/metrics`)).text();
+  const sourceChanges = Number((metrics.match(/^detour_tracker_source_changes_total\{chain="anvil"\} (\d+)/m) || [])[1]);
+  const wsHeads = Number((metrics.match(/^detour_tracker_websocket_heads_total\{chain="anvil"\} (\d+)/m) || [])[1]);
+  if (!(sourceChanges >= 1) || !(wsHeads >= N / 2)) fail(`head source changes ${sourceChanges}, heads over WebSocket ${wsHeads}`);
+  const now = await headSource();
+  if (now?.via !== "websocket") fail(`after the faults the chain is not followed over a WebSocket: ${JSON.stringify(now)}`);
+  log(`ok: the head source was replaced ${sourceChanges} time(s), ${wsHeads} heads came over WebSocket, now over ${now.upstream}`);
   if (pollErrors.length) log(`(viem polls that failed and were retried: ${pollErrors.length}: ${pollErrors[0]})`);
   await contract.removeAllListeners();
   await wsContract.removeAllListeners();

@@ -690,6 +690,10 @@ fn tracker_settings(c: &TrackerConfig) -> Settings {
 /// announced by it in between, before it is given up as lagging.
 const LAGGING_POLLS: u32 = 3;
 
+/// Beside a WebSocket source, one poll in this many runs even when nobody is known past the
+/// tracked head: it finds a reorg that kept the height which the source did not announce.
+const VERIFY_EVERY: u32 = 10;
+
 /// A chain's tracker task, while the chain has filters or subscriptions: a round at each head
 /// a WebSocket upstream announces, and every `tracker.poll_interval` a poll over HTTP, which
 /// with a WebSocket source is only sent when the chain's upstreams are known to be past the
@@ -709,6 +713,7 @@ async fn follow(registry: Weak<Registry>, followed: Arc<Followed>) {
     };
     let mut failing = false;
     let mut lagging = 0;
+    let mut quiet_polls = 0;
     let mut period = Duration::ZERO;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while let Some((tracker_config, _)) = registry.upgrade().and_then(|r| r.source.settings()) {
@@ -739,11 +744,18 @@ async fn follow(registry: Weak<Registry>, followed: Arc<Followed>) {
         let polled = head.is_none();
         if polled && followed.tracker.source().is_some() {
             let tip = followed.tracker.head().map(|b| b.number);
-            if tip.is_some() && registry.source.known_head(&chain) <= tip {
+            quiet_polls += 1;
+            if tip.is_some()
+                && registry.source.known_head(&chain) <= tip
+                && quiet_polls < VERIFY_EVERY
+            {
                 // Heads come over the WebSocket and nobody is known to be past them.
                 followed.tracker.forget_before(Some(needed));
                 continue;
             }
+        }
+        if polled {
+            quiet_polls = 0;
         }
         match followed.tracker.round_from(&*registry.source, head).await {
             Ok(round) => {
