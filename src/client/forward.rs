@@ -143,10 +143,6 @@ impl Forwarder {
         }
     }
 
-    pub(crate) fn resolver(&self) -> &Resolver {
-        &self.resolver
-    }
-
     pub(crate) fn connect_timeout(&self) -> Duration {
         self.connect_timeout
     }
@@ -358,36 +354,48 @@ impl Forwarder {
         }
     }
 
-    /// A new HTTP/1.1 connection to a plain-HTTP upstream: resolve (through the caching
-    /// resolver) and connect within `client.connect_timeout`.
+    /// A new HTTP/1.1 connection to a plain-HTTP upstream.
     async fn connect_plain(&self, up: &Endpoint, plain: &PlainHttp) -> Result<h1::Conn, Failure> {
+        let stream = self
+            .connect_tcp(&plain.host, plain.port)
+            .await
+            .map_err(|why| Failure::Connect(up.redact(&why)))?;
+        Ok(h1::Conn::new(stream))
+    }
+
+    /// A TCP connection to `host:port`: resolved through the caching resolver (an IP literal
+    /// as it is), each address tried in turn, within `client.connect_timeout`; no delay, and
+    /// keep-alive probes after a minute idle. The error says why, unredacted.
+    pub(crate) async fn connect_tcp(&self, host: &str, port: u16) -> Result<TcpStream, String> {
         let connect = async {
-            let ips = match plain.host.parse::<IpAddr>() {
+            let ips = match host.parse::<IpAddr>() {
                 Ok(ip) => vec![ip],
-                Err(_) => self.resolver.resolve(&plain.host).await.map_err(|e| {
-                    Failure::Connect(up.redact(&format!("{DNS_FAILED}: {}", root_cause(&e))))
-                })?,
+                Err(_) => self
+                    .resolver
+                    .resolve(host)
+                    .await
+                    .map_err(|e| format!("{DNS_FAILED}: {}", root_cause(&e)))?,
             };
             let mut last = None;
             for ip in ips {
-                match TcpStream::connect(SocketAddr::new(ip, plain.port)).await {
+                match TcpStream::connect(SocketAddr::new(ip, port)).await {
                     Ok(stream) => return Ok(stream),
                     Err(e) => last = Some(e),
                 }
             }
             let e = last.unwrap_or_else(|| std::io::Error::other("no addresses"));
-            Err(Failure::Connect(up.redact(&match e.kind() {
+            Err(match e.kind() {
                 std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
                 _ => format!("connect failed: {e}"),
-            })))
+            })
         };
         let stream = tokio::time::timeout(self.connect_timeout, connect)
             .await
-            .map_err(|_| Failure::Connect("connect timed out".into()))??;
+            .map_err(|_| "connect timed out".to_string())??;
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        Ok(h1::Conn::new(stream))
+        Ok(stream)
     }
 }
 

@@ -4,14 +4,12 @@
 //! upstream's credentials. The chain tracker follows heads over it (see
 //! [`crate::follow::heads`]).
 
-use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use http::Uri;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::WebSocketStream;
 
@@ -40,8 +38,9 @@ pub struct WsTarget {
 }
 
 impl Forwarder {
-    /// Opens `up`'s WebSocket (its `ws_url`) within `client.connect_timeout` for the connection
-    /// and as long again for the TLS and WebSocket handshakes. Errors are redacted.
+    /// Opens `up`'s WebSocket (its `ws_url`): TCP as for HTTP upstreams (within
+    /// `client.connect_timeout`), then the TLS and WebSocket handshakes within as long again.
+    /// Errors are redacted.
     pub async fn connect_ws(&self, up: &Endpoint) -> Result<UpstreamSocket, String> {
         let target = up.ws.as_ref().ok_or("the upstream has no ws_url")?;
         let uri = &target.uri;
@@ -49,35 +48,10 @@ impl Forwarder {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let tls = uri.scheme_str() == Some("wss");
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let connect = async {
-            let ips = match host.parse::<IpAddr>() {
-                Ok(ip) => vec![ip],
-                Err(_) => self
-                    .resolver()
-                    .resolve(host)
-                    .await
-                    .map_err(|e| format!("DNS lookup failed: {e}"))?,
-            };
-            let mut last = None;
-            for ip in ips {
-                match TcpStream::connect(SocketAddr::new(ip, port)).await {
-                    Ok(stream) => return Ok(stream),
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(match last {
-                Some(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    "connection refused".to_string()
-                }
-                Some(e) => format!("connect failed: {e}"),
-                None => "no addresses".to_string(),
-            })
-        };
-        let limit = self.connect_timeout();
-        let stream = tokio::time::timeout(limit, connect)
+        let stream = self
+            .connect_tcp(host, port)
             .await
-            .map_err(|_| "connect timed out".to_string())??;
-        let _ = stream.set_nodelay(true);
+            .map_err(|e| up.redact(&e))?;
         let handshake = async {
             let io: Pin<Box<dyn Io>> = if tls {
                 let name = rustls_pki_types::ServerName::try_from(host.to_owned())
@@ -105,7 +79,7 @@ impl Forwarder {
                     .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
             Ok::<_, String>(socket)
         };
-        tokio::time::timeout(limit, handshake)
+        tokio::time::timeout(self.connect_timeout(), handshake)
             .await
             .map_err(|_| "WebSocket handshake timed out".to_string())?
             .map_err(|e| up.redact(&e))
