@@ -460,3 +460,60 @@ async fn websocket_over_tls_with_and_without_alpn() {
         );
     }
 }
+
+/// A `wss://` upstream (here detour itself, behind its TLS listener, trusted through
+/// `client.ca_file`) is a head source: the front detour follows the chain over it, with polls
+/// 30 s apart, and its subscribers get every head.
+#[tokio::test]
+async fn heads_are_followed_over_a_wss_upstream() {
+    use futures_util::{SinkExt, StreamExt};
+    use support::chain::{sim_config, SimChain, SimUpstream};
+    use tokio_tungstenite::tungstenite::Message;
+    let chain = SimChain::new(10, 0);
+    let node = SimUpstream::start(&chain).await;
+    let c = certs("wss-upstream");
+    let upstream = Proxy::start(&sim_config(&tls_table(&c), &[&node])).await;
+    let port = upstream.addr.port();
+    let toml = format!(
+        "[client]\nattempt_timeout = \"1s\"\nconnect_timeout = \"1s\"\nca_file = \"{}\"\n\
+         [tracker]\npoll_interval = \"30s\"\n[chains.mainnet]\nchain_id = 1\n\
+         [[chains.mainnet.upstreams]]\nname = \"tls\"\nurl = \"https://localhost:{port}/mainnet\"\n\
+         ws_url = \"wss://localhost:{port}/mainnet\"\n",
+        c.dir.join("cert.pem").display(),
+    );
+    let front = Proxy::start(&toml).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/mainnet", front.addr))
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        r#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}"#,
+    ))
+    .await
+    .unwrap();
+    eventually("the front follows heads over the wss upstream", || {
+        front.detour.status()["chains"][0]["filters"]["source"]
+            == serde_json::json!({"via": "websocket", "upstream": "tls"})
+    })
+    .await;
+    assert_eq!(
+        front.upstream_status("tls")["ws_endpoint"],
+        format!("wss://localhost:{port}/***")
+    );
+    chain.mine(3);
+    let mut heads = Vec::new();
+    while heads.len() < 3 {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("a head well before the next poll")
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+        if v["method"] == "eth_subscription" {
+            heads.push(v["params"]["result"]["hash"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(
+        heads,
+        (11..=13).map(|n| chain.hash_at(n)).collect::<Vec<_>>()
+    );
+}
