@@ -46,7 +46,11 @@ async fn keys_never_leak_through_failures() {
         (
             "flaky",
             format!("http://user:{KEY}@{}/rpc?apikey={KEY}", flaky.addr),
-            format!("tier = 0\nheaders = {{ \"x-api-key\" = \"{KEY}\" }}"),
+            // Its WebSocket: TLS to a plain-HTTP mock, a handshake that fails.
+            format!(
+                "tier = 0\nheaders = {{ \"x-api-key\" = \"{KEY}\" }}\n\
+                 ws_url = \"wss://127.0.0.1:{tls_port}/ws/{KEY}\""
+            ),
         ),
         (
             "tls",
@@ -61,7 +65,11 @@ async fn keys_never_leak_through_failures() {
         (
             "good",
             format!("{}/{KEY}", good.url()),
-            "tier = 1".to_string(),
+            // Its WebSocket: nothing listens there.
+            format!(
+                "tier = 1\nws_url = \"{}/ws/{KEY}\"",
+                dead.replace("http", "ws")
+            ),
         ),
     ];
     let refs: Vec<(&str, &str, &str)> = ups
@@ -76,6 +84,12 @@ async fn keys_never_leak_through_failures() {
     let config = detour::Config::from_toml(&toml).unwrap();
     let p = Proxy::serve(detour::Detour::with_resolver(config, resolver).unwrap()).await;
 
+    // A block filter: the chain is followed, and its head source tried over the WebSockets.
+    let block = r#"{"number":"0x64","hash":"0x1111111111111111111111111111111111111111111111111111111111111111","parentHash":"0x2222222222222222222222222222222222222222222222222222222222222222","logsBloom":"0x00"}"#;
+    flaky.on("eth_getBlockByNumber", Reply::result(block));
+    good.on("eth_getBlockByNumber", Reply::result(block));
+    let v = p.call("/mainnet", "eth_newBlockFilter", "[]").await;
+    assert!(v["result"].is_string(), "{v}");
     let mut seen = String::new();
     for reply in [
         Reply::status(503),
@@ -130,6 +144,10 @@ async fn keys_never_leak_through_failures() {
         }
     }
     // The failures were real and are visible without the key.
+    assert!(
+        logged.contains("could not follow heads over this upstream's WebSocket"),
+        "the head source was tried"
+    );
     for reason in ["connection refused", "TLS", "DNS", "HTTP 503"] {
         assert!(
             seen.contains(reason) || logged.contains(reason),
