@@ -6,7 +6,9 @@
 //!    head: the time from the moment detour's tracker read it from the upstream to the moment
 //!    the last subscriber got its notification (fan-out), and from the moment it was produced
 //!    (with `tracker.poll_interval` = 50 ms: the polling wait included). Medians and p99 over
-//!    the heads; also detour's RSS per idle subscribed connection.
+//!    the heads; also detour's RSS per idle subscribed connection. With `--source ws` the mock
+//!    also serves `newHeads` over WebSocket (its `ws_url`), detour polls at the default 1 s,
+//!    and "read" is the moment the mock sent the head over its WebSocket.
 //! 2. **Calls**: `--calls C` (default 20 000) sequential `eth_call`s over one WebSocket and over
 //!    one HTTP/1.1 keep-alive connection, alternating in `--rounds R` (default 5) rounds:
 //!    detour's CPU time per call for each (median over rounds).
@@ -14,6 +16,7 @@
 //! ```text
 //! cargo build --release --bin detour && cargo run --release --example websocket
 //! cargo run --release --example websocket -- --clients 2000 --blocks 10 --calls 5000
+//! cargo run --release --example websocket -- --source ws --clients 1000 --calls 0
 //! ```
 //!
 //! Clients, mock and detour share the machine's cores, so the fan-out times include the
@@ -41,8 +44,17 @@ const CALL: &str = r#"{"jsonrpc":"2.0","id":7,"method":"eth_call","params":[{"to
 fn main() {
     let (mut clients, mut blocks, mut calls, mut rounds) =
         (10_000usize, 20usize, 20_000usize, 5usize);
+    let mut ws_source = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--source" {
+            ws_source = match args.next().as_deref() {
+                Some("ws") => true,
+                Some("poll") => false,
+                other => panic!("--source ws|poll, not {other:?}"),
+            };
+            continue;
+        }
         let mut value = || args.next().and_then(|v| v.parse().ok()).expect("a number");
         match a.as_str() {
             "--clients" => clients = value(),
@@ -50,20 +62,20 @@ fn main() {
             "--calls" => calls = value(),
             "--rounds" => rounds = value(),
             other => {
-                panic!("unknown argument {other} (use --clients N --blocks N --calls N --rounds N)")
+                panic!("unknown argument {other} (use --clients N --blocks N --calls N --rounds N --source ws|poll)")
             }
         }
     }
     let chain = Arc::new(Chain::default());
-    let upstream = start_mock(chain.clone());
-    let detour = start_detour(upstream, clients);
+    let (upstream, ws) = start_mock(chain.clone());
+    let detour = start_detour(upstream, ws.filter(|_| ws_source), clients);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         if clients > 0 {
-            fan_out(&chain, &detour, clients, blocks).await;
+            fan_out(&chain, &detour, clients, blocks, ws_source).await;
         }
         if calls > 0 {
             call_cost(&detour, calls, rounds).await;
@@ -126,16 +138,27 @@ fn block(n: u64) -> String {
     )
 }
 
-fn start_mock(chain: Arc<Chain>) -> SocketAddr {
+/// The mock's HTTP address, and the address where it serves `newHeads` over WebSocket.
+fn start_mock(chain: Arc<Chain>) -> (SocketAddr, Option<SocketAddr>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
+    let ws_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ws_addr = ws_listener.local_addr().unwrap();
+    ws_listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async move {
+            let ws_listener = tokio::net::TcpListener::from_std(ws_listener).unwrap();
+            let heads = chain.clone();
+            tokio::spawn(async move {
+                while let Ok((s, _)) = ws_listener.accept().await {
+                    tokio::spawn(serve_heads(heads.clone(), s));
+                }
+            });
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
                 let (s, _) = listener.accept().await.unwrap();
@@ -150,7 +173,42 @@ fn start_mock(chain: Arc<Chain>) -> SocketAddr {
             }
         });
     });
-    addr
+    (addr, Some(ws_addr))
+}
+
+/// `newHeads` over WebSocket: answers `eth_subscribe`, then sends each new head's header (the
+/// block without its transactions) within a millisecond of its production, and notes that as
+/// the moment detour learned of it.
+async fn serve_heads(chain: Arc<Chain>, stream: tokio::net::TcpStream) {
+    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+        return;
+    };
+    let Some(Ok(Message::Text(t))) = ws.next().await else {
+        return;
+    };
+    let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+    let sub = "0x00000000000000000000000000000001";
+    let answer = format!(r#"{{"jsonrpc":"2.0","id":{},"result":"{sub}"}}"#, v["id"]);
+    if ws.send(Message::text(answer)).await.is_err() {
+        return;
+    }
+    let mut sent = chain.height.load(Relaxed);
+    loop {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let head = chain.height.load(Relaxed);
+        if head == sent {
+            continue;
+        }
+        sent = head;
+        let header = block(head).replace(r#""transactions":[],"#, "");
+        let note = format!(
+            r#"{{"jsonrpc":"2.0","method":"eth_subscription","params":{{"subscription":"{sub}","result":{header}}}}}"#
+        );
+        chain.seen(head);
+        if ws.send(Message::text(note)).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn answer(
@@ -189,7 +247,13 @@ async fn answer(
 
 // === fan-out ===
 
-async fn fan_out(chain: &Arc<Chain>, detour: &Detour, clients: usize, blocks: usize) {
+async fn fan_out(
+    chain: &Arc<Chain>,
+    detour: &Detour,
+    clients: usize,
+    blocks: usize,
+    ws_source: bool,
+) {
     chain.produce();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = process::memory_kib(detour.child.id(), "VmRSS:");
@@ -299,7 +363,12 @@ async fn fan_out(chain: &Arc<Chain>, detour: &Detour, clients: usize, blocks: us
         pct(all_fan, 0.99)
     );
     println!(
-        "  head produced → last subscriber (polling every 50 ms): p50 {:.1} ms, p99 {:.1} ms",
+        "  head produced → last subscriber ({}): p50 {:.1} ms, p99 {:.1} ms",
+        if ws_source {
+            "heads over the upstream's WebSocket"
+        } else {
+            "polling every 50 ms"
+        },
         pct(e2e.clone(), 0.5),
         pct(e2e, 0.99)
     );
@@ -366,7 +435,9 @@ struct Detour {
     addr: SocketAddr,
 }
 
-fn start_detour(upstream: SocketAddr, clients: usize) -> Detour {
+/// Starts detour against the mock: polling every 50 ms, or with `ws` as the upstream's
+/// `ws_url` and the default 1 s poll interval.
+fn start_detour(upstream: SocketAddr, ws: Option<SocketAddr>, clients: usize) -> Detour {
     let bin = std::env::var("DETOUR_BIN").unwrap_or_else(|_| "target/release/detour".into());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -376,12 +447,16 @@ fn start_detour(upstream: SocketAddr, clients: usize) -> Detour {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let config = std::env::temp_dir().join(format!("detour-ws-{}.toml", std::process::id()));
     let max = clients + 100;
+    let (poll, ws_url) = match ws {
+        Some(ws) => ("1s", format!("ws_url = \"ws://{ws}\"\n")),
+        None => ("50ms", String::new()),
+    };
     std::fs::write(
         &config,
         format!(
             "[server]\nlisten = \"{addr}\"\nmax_connections = {max}\naccess_log = false\n\
-             [websocket]\nmax_connections = {max}\n[tracker]\npoll_interval = \"50ms\"\n\
-             [chains.bench]\nchain_id = 1\n[[chains.bench.upstreams]]\nname = \"mock\"\nurl = \"http://{upstream}\"\n"
+             [websocket]\nmax_connections = {max}\n[tracker]\npoll_interval = \"{poll}\"\n\
+             [chains.bench]\nchain_id = 1\n[[chains.bench.upstreams]]\nname = \"mock\"\nurl = \"http://{upstream}\"\n{ws_url}"
         ),
     )
     .unwrap();
