@@ -264,6 +264,32 @@ fn new_id() -> Box<str> {
     format!("0x{:032x}", fastrand::u128(..)).into()
 }
 
+impl Book {
+    /// How many filters and subscriptions of each kind read `chain`'s tracker:
+    /// (type, kind, count).
+    fn readers(&self, chain: &str) -> [(&'static str, &'static str, usize); 4] {
+        let (mut blocks, mut logs) = (0, 0);
+        for f in self.filters.values().filter(|f| &*f.chain == chain) {
+            match f.kind {
+                Kind::Blocks => blocks += 1,
+                Kind::Logs(_) => logs += 1,
+            }
+        }
+        let subs = |kind: &str| {
+            self.subs
+                .values()
+                .filter(|(c, k, _)| &**c == chain && *k == kind)
+                .count()
+        };
+        [
+            ("filter", "blocks", blocks),
+            ("filter", "logs", logs),
+            ("subscription", "newHeads", subs("newHeads")),
+            ("subscription", "logs", subs("logs")),
+        ]
+    }
+}
+
 impl Registry {
     /// A registry that reads chains through `source`.
     pub fn new(source: Arc<dyn Source>) -> Arc<Registry> {
@@ -305,24 +331,8 @@ impl Registry {
     /// What `/status` shows of a chain's filters: how many are open, whether the chain is
     /// followed, and the head it followed to.
     pub fn describe(&self, chain: &str) -> Value {
-        let (blocks, logs, heads_subs, logs_subs) = {
-            let book = self.lock_book();
-            let (blocks, logs) =
-                book.filters
-                    .values()
-                    .filter(|f| &*f.chain == chain)
-                    .fold((0, 0), |(b, l), f| match f.kind {
-                        Kind::Blocks => (b + 1, l),
-                        Kind::Logs(_) => (b, l + 1),
-                    });
-            let subs = |kind: &str| {
-                book.subs
-                    .values()
-                    .filter(|(c, k, _)| &**c == chain && *k == kind)
-                    .count()
-            };
-            (blocks, logs, subs("newHeads"), subs("logs"))
-        };
+        let [(_, _, blocks), (_, _, logs), (_, _, heads_subs), (_, _, logs_subs)] =
+            self.lock_book().readers(chain);
         let followed = {
             let chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
             chains.get(chain).cloned()
@@ -358,26 +368,7 @@ impl Registry {
         followed
             .into_iter()
             .map(|f| {
-                let chain = &f.tracker.chain;
-                let (mut blocks, mut logs) = (0, 0);
-                for x in book.filters.values().filter(|x| x.chain == *chain) {
-                    match x.kind {
-                        Kind::Blocks => blocks += 1,
-                        Kind::Logs(_) => logs += 1,
-                    }
-                }
-                let subs = |kind: &str| {
-                    book.subs
-                        .values()
-                        .filter(|(c, k, _)| c == chain && *k == kind)
-                        .count()
-                };
-                let readers = vec![
-                    ("filter", "blocks", blocks),
-                    ("filter", "logs", logs),
-                    ("subscription", "newHeads", subs("newHeads")),
-                    ("subscription", "logs", subs("logs")),
-                ];
+                let readers = book.readers(&f.tracker.chain).to_vec();
                 (f.tracker.clone(), f.running.load(Relaxed), readers)
             })
             .collect()

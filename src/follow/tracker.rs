@@ -91,11 +91,9 @@ pub struct Tracker {
     changed: tokio::sync::watch::Sender<u64>,
     /// What the tracker has done, for metrics.
     pub stats: Stats,
-    /// The upstream whose WebSocket `newHeads` the chain is followed by now; `None`: by
-    /// polling over HTTP.
-    source: Mutex<Option<Arc<str>>>,
-    /// When `source` was last set.
-    source_since: Mutex<std::time::Instant>,
+    /// The upstream whose WebSocket `newHeads` the chain is followed by now (`None`: by
+    /// polling over HTTP), and since when.
+    source: Mutex<(Option<Arc<str>>, std::time::Instant)>,
 }
 
 /// Counts of what a tracker did since detour started.
@@ -184,30 +182,29 @@ impl Tracker {
             rounds: tokio::sync::Mutex::new(()),
             changed: tokio::sync::watch::Sender::new(0),
             stats: Stats::default(),
-            source: Mutex::new(None),
-            source_since: Mutex::new(std::time::Instant::now()),
+            source: Mutex::new((None, std::time::Instant::now())),
         }
     }
 
     /// The upstream whose WebSocket heads the chain follows now (`None`: polling over HTTP).
     pub fn source(&self) -> Option<Arc<str>> {
-        self.source
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.lock_source().0.clone()
     }
 
     pub(super) fn set_source(&self, upstream: Option<Arc<str>>) {
-        *self.source.lock().unwrap_or_else(|p| p.into_inner()) = upstream;
-        *self.source_since.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+        let mut source = self.lock_source();
+        if source.0 != upstream {
+            *source = (upstream, std::time::Instant::now());
+        }
     }
 
     /// How long the current source (or polling) has been in place.
     pub(super) fn source_age(&self) -> std::time::Duration {
-        self.source_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
+        self.lock_source().1.elapsed()
+    }
+
+    fn lock_source(&self) -> std::sync::MutexGuard<'_, (Option<Arc<str>>, std::time::Instant)> {
+        self.source.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A receiver that sees a change whenever a round adds events.
