@@ -9,7 +9,8 @@
 //   - viem `createBlockFilter` + `getFilterChanges`
 //   - viem `createBlockFilter` + `getFilterChanges`, and over WebSocket (ws://…/anvil):
 //   - ethers v6 `WebSocketProvider`: `on("block")` and `contract.on("Ping")` (eth_subscribe),
-//   - viem's `webSocket` transport: `watchBlocks` and `watchContractEvent` (eth_subscribe)
+//   - viem's `webSocket` transport: `watchBlocks` and `watchContractEvent` (eth_subscribe),
+//   - two raw clients subscribed to `newPendingTransactions` (relayed from one node)
 // watch through detour; node A is SIGKILLed, restarted and resynced, then node B is killed.
 // detour follows heads over one node's WebSocket (anvil serves it on its HTTP port), so the
 // kills also take its head source away at least once.
@@ -246,6 +247,20 @@ ${nodes.map((n) => `[[chains.anvil.upstreams]]\nname = "anvil-${n.name}"\nurl = 
     if (v.method === "eth_subscription") wireHeads.push(v.params.result);
   });
   wire.send(JSON.stringify({ jsonrpc: "2.0", id: 1, method: "eth_subscribe", params: ["newHeads"] }));
+  // newPendingTransactions is relayed from one node's WebSocket (best effort), shared by both.
+  const pendingHashes = [[], []];
+  const pendingSockets = [];
+  for (const got of pendingHashes) {
+    const s = new WebSocket(WS);
+    await new Promise((ok, err) => { s.once("open", ok); s.once("error", err); });
+    s.on("message", (m) => {
+      const v = JSON.parse(m);
+      if (v.id === 1 && !v.result) fail(`eth_subscribe(newPendingTransactions): ${JSON.stringify(v)}`);
+      if (v.method === "eth_subscription") got.push(v.params.result);
+    });
+    s.send(JSON.stringify({ jsonrpc: "2.0", id: 1, method: "eth_subscribe", params: ["newPendingTransactions"] }));
+    pendingSockets.push(s);
+  }
   await sleep(500); // the subscriptions are made
   // The first block each watcher can see is the one after they started.
   const firstWatched = history.length + 1;
@@ -319,6 +334,16 @@ ${nodes.map((n) => `[[chains.anvil.upstreams]]\nname = "anvil-${n.name}"\nurl = 
     if ("transactions" in h) fail(`a newHeads notification carries transactions: ${JSON.stringify(h).slice(0, 200)}`);
   }
   wire.close();
+  // Pending transactions: hashes of the Ping transactions sent, never another, each once per
+  // client; most of them (what was sent while the relay moved to another node is lost).
+  const sent = new Set(history.flatMap((b) => b.raw.map((r) => ethers.keccak256(r))));
+  for (const [i, got] of pendingHashes.entries()) {
+    if (got.some((h) => !sent.has(h))) fail(`client ${i}: a pending hash that was never sent: ${got.find((h) => !sent.has(h))}`);
+    if (new Set(got).size !== got.length) fail(`client ${i}: a pending hash twice`);
+    if (got.length < N / 2) fail(`client ${i}: only ${got.length} pending hashes for ${N} transactions`);
+  }
+  for (const s of pendingSockets) s.close();
+  log(`ok: newPendingTransactions relayed through the kills: ${pendingHashes[0].length} and ${pendingHashes[1].length} of ${N} hashes, none twice, none unknown`);
   log(`ok: over WebSocket, heads ${firstWatched}..${lastBlock} once each to ethers on("block") and viem watchBlocks, and in order on the wire, hashes canonical`);
   const metrics = await (await fetch(`http://127.0.0.1:${dport}/metrics`)).text();
   const sourceChanges = Number((metrics.match(/^detour_tracker_source_changes_total\{chain="anvil"\} (\d+)/m) || [])[1]);

@@ -54,8 +54,9 @@
 //!   and their hashes ([`failover::rawtx`]).
 //! - [`follow`]: following the chain: a tracker per chain ([`follow::tracker`]: the canonical
 //!   chain by parent hash, every height once, reorgs from the fork point), new heads from an
-//!   upstream's WebSocket ([`follow::heads`]), and the filters and subscriptions detour keeps
-//!   on it ([`follow::filters`], [`follow::subscribe`]).
+//!   upstream's WebSocket ([`follow::heads`]), the filters and subscriptions detour keeps on
+//!   it ([`follow::filters`], [`follow::subscribe`]), and other subscription kinds relayed
+//!   from an upstream's WebSocket ([`follow::relay`]).
 //! - [`ops`]: the background health probes ([`ops::health`]) and the `/status` document
 //!   ([`ops::status`]).
 //! - [`proxy`]: the embeddable `tower::Service` ([`proxy::service`]: endpoints, the request

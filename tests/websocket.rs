@@ -283,11 +283,17 @@ async fn bad_subscriptions_and_limits_get_clear_errors() {
         json!(["newHeads", {}]),
         json!(["logs", {"address": "0x12"}]),
         json!(["logs", {}, {}]),
-        json!(["syncing"]),
     ] {
         let v = call(&mut ws, 3, "eth_subscribe", params.clone()).await;
         assert_eq!(v["error"]["code"], -32602, "{params}: {v}");
     }
+    // Other kinds are relayed from an upstream's WebSocket: none has a ws_url here.
+    let v = call(&mut ws, 3, "eth_subscribe", json!(["syncing"])).await;
+    assert_eq!(v["error"]["code"], -32000, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("ws_url"),
+        "{v}"
+    );
     subscribe(&mut ws, json!(["newHeads"])).await;
     subscribe(&mut ws, json!(["logs"])).await;
     let v = call(&mut ws, 4, "eth_subscribe", json!(["newHeads"])).await;
@@ -699,5 +705,82 @@ async fn a_failed_head_source_is_replaced_without_losing_a_height() {
             r#"detour_tracker_source_changes_total{chain="mainnet"} "#
         ) >= 4
     );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn other_kinds_are_relayed_from_one_upstream_websocket_and_move_when_it_fails() {
+    let chain = SimChain::new(10, 0);
+    let (a, b) = (
+        SimUpstream::start_ws(&chain).await,
+        SimUpstream::start_ws(&chain).await,
+    );
+    let proxy = Proxy::start(&config("", &[&a, &b])).await;
+    let pending = json!(["newPendingTransactions"]);
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut ws = connect(&proxy, "/mainnet").await;
+        let id = subscribe(&mut ws, pending.clone()).await;
+        clients.push((ws, id));
+    }
+    // One upstream subscription for both clients.
+    assert_eq!(a.pending_subscribes() + b.pending_subscribes(), 1);
+    assert_eq!(metric(&proxy, "detour_websocket_relayed_subscriptions "), 1);
+    let hashes = |from: u64, to: u64| -> Vec<Value> {
+        (from..=to)
+            .map(|n| json!(SimUpstream::pending_hash(n)))
+            .collect()
+    };
+    chain.mine(2);
+    for (ws, id) in &mut clients {
+        assert_eq!(notifications(ws, id, 2).await, hashes(11, 12));
+    }
+
+    // Its upstream's WebSocket drops and stays away: the subscription is made again on the
+    // other, and notifications go on under the same ids.
+    let (src, other) = if a.pending_subscribes() == 1 {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    src.drop_ws(true);
+    support::eventually("the relay moved to the other upstream", || {
+        other.pending_subscribes() == 1
+    })
+    .await;
+    chain.mine(2);
+    for (ws, id) in &mut clients {
+        assert_eq!(notifications(ws, id, 2).await, hashes(13, 14));
+    }
+
+    // An upstream's error is the client's answer, as the upstream gave it.
+    let (ws, _) = &mut clients[0];
+    let v = call(ws, 8, "eth_subscribe", json!(["bogusKind"])).await;
+    assert_eq!(v["error"]["code"], -32601, "{v}");
+    assert_eq!(
+        v["error"]["message"], "not served over this mock's WebSocket",
+        "{v}"
+    );
+
+    // The last client to leave closes the upstream subscription.
+    let (ws, id) = &mut clients[0];
+    let id0 = id.clone();
+    assert_eq!(
+        call(ws, 9, "eth_unsubscribe", json!([id0])).await["result"],
+        true
+    );
+    chain.mine(1);
+    let (ws, id) = &mut clients[1];
+    assert_eq!(notifications(ws, id, 1).await, hashes(15, 15));
+    let id1 = id.clone();
+    assert_eq!(
+        call(ws, 10, "eth_unsubscribe", json!([id1])).await["result"],
+        true
+    );
+    support::eventually("the upstream subscription is closed", || {
+        other.ws_open() == 0
+    })
+    .await;
+    assert_eq!(metric(&proxy, "detour_websocket_relayed_subscriptions "), 0);
     proxy.stop().await;
 }

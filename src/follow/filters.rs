@@ -19,6 +19,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::heads::Feed;
+use super::relay::{RelayError, Relayed, Relays};
 use super::tracker::{Event, Log, Settings, Tracker};
 use super::Source;
 use crate::config::{FiltersConfig, TrackerConfig};
@@ -42,6 +43,8 @@ pub struct Registry {
     source: Arc<dyn Source>,
     chains: Mutex<HashMap<Arc<str>, Arc<Followed>>>,
     book: Mutex<Book>,
+    /// Subscriptions of other kinds, relayed from upstreams' WebSockets.
+    relays: Relays,
 }
 
 /// A followed chain's tracker, whether it is followed now, and its readers as (`filter` or
@@ -297,6 +300,7 @@ impl Registry {
             source,
             chains: Mutex::default(),
             book: Mutex::default(),
+            relays: Relays::default(),
         })
     }
 
@@ -317,6 +321,24 @@ impl Registry {
         });
         chains.insert(name, followed.clone());
         followed
+    }
+
+    /// Subscribes to a kind detour does not build (`params`: `eth_subscribe`'s, `kind` the
+    /// first of them) by relaying it from an upstream's WebSocket; see [`super::relay`].
+    pub async fn relay(
+        &self,
+        chain: &str,
+        kind: &str,
+        params: &str,
+    ) -> Result<Relayed, RelayError> {
+        self.relays
+            .subscribe(&self.source, chain, kind, params)
+            .await
+    }
+
+    /// Upstream subscriptions relayed now.
+    pub fn relays(&self) -> usize {
+        self.relays.len()
     }
 
     /// The tracker of `chain`, if it is followed now (for tests and status).

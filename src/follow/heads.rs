@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::tracker::{Block, Tracker};
 use super::Source;
+use crate::client::ws::UpstreamSocket;
 
 /// How often an idle source is pinged; two intervals without any frame and it is given up.
 pub const PING_EVERY: Duration = Duration::from_secs(10);
@@ -89,13 +90,7 @@ async fn run(
         };
         avoided.retain(|_, at| at.elapsed() < AVOID);
         let candidates = source.head_sources(&chain);
-        // The best one not given up lately; else the one given up longest ago.
-        let Some(upstream) = candidates
-            .iter()
-            .find(|u| !avoided.contains_key(*u))
-            .or_else(|| candidates.iter().min_by_key(|u| avoided.get(*u)))
-            .cloned()
-        else {
+        let Some(upstream) = pick(&candidates, &avoided) else {
             tracker.set_source(None);
             tokio::time::sleep(settings.poll_interval.max(Duration::from_secs(1))).await;
             continue;
@@ -152,6 +147,85 @@ struct NotificationParams<'a> {
     result: &'a RawValue,
 }
 
+/// Why an upstream subscription could not be made.
+#[derive(Debug, Clone)]
+pub(super) enum Refusal {
+    /// The upstream answered `eth_subscribe` with this JSON-RPC error object.
+    Upstream(String),
+    /// The connection or the call failed (redacted).
+    Failed(String),
+}
+
+/// Opens `upstream`'s WebSocket and calls `eth_subscribe` with `params` (a JSON array):
+/// the socket and the upstream's subscription id.
+pub(super) async fn open(
+    source: &dyn Source,
+    chain: &str,
+    upstream: &str,
+    params: &str,
+) -> Result<(UpstreamSocket, String), Refusal> {
+    let mut ws = source
+        .connect_ws(chain, upstream)
+        .await
+        .map_err(Refusal::Failed)?;
+    let subscribe =
+        format!(r#"{{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":{params}}}"#);
+    if let Err(e) = ws.send(Message::text(subscribe)).await {
+        return Err(Refusal::Failed(format!("sending eth_subscribe: {e}")));
+    }
+    let answer = async {
+        while let Some(frame) = ws.next().await {
+            let text = match frame {
+                Ok(Message::Text(t)) => t,
+                Ok(Message::Close(_)) => break,
+                Ok(_) => continue,
+                Err(e) => {
+                    return Err(Refusal::Failed(format!(
+                        "reading the eth_subscribe answer: {e}"
+                    )))
+                }
+            };
+            let Ok(m) = serde_json::from_str::<Incoming<'_>>(&text) else {
+                continue;
+            };
+            if m.id != Some(1) {
+                continue;
+            }
+            if let Some(e) = m.error {
+                return Err(Refusal::Upstream(e.get().to_owned()));
+            }
+            return match m.result.map(|r| serde_json::from_str::<String>(r.get())) {
+                Some(Ok(id)) => Ok(id),
+                _ => Err(Refusal::Failed(
+                    "eth_subscribe answered without a subscription id".into(),
+                )),
+            };
+        }
+        Err(Refusal::Failed(
+            "the WebSocket closed before eth_subscribe was answered".into(),
+        ))
+    };
+    match tokio::time::timeout(SUBSCRIBE_TIMEOUT, answer).await {
+        Ok(Ok(id)) => Ok((ws, id)),
+        Ok(Err(why)) => Err(why),
+        Err(_) => Err(Refusal::Failed(
+            "eth_subscribe was not answered in time".into(),
+        )),
+    }
+}
+
+/// The best of `candidates` not given up lately; else the one given up longest ago.
+pub(super) fn pick(
+    candidates: &[Arc<str>],
+    avoided: &HashMap<Arc<str>, Instant>,
+) -> Option<Arc<str>> {
+    candidates
+        .iter()
+        .find(|u| !avoided.contains_key(*u))
+        .or_else(|| candidates.iter().min_by_key(|u| avoided.get(*u)))
+        .cloned()
+}
+
 /// Follows heads over `upstream`'s WebSocket until it fails; returns why it stopped.
 async fn follow_one(
     source: &dyn Source,
@@ -161,42 +235,10 @@ async fn follow_one(
     give_up: &mut watch::Receiver<Option<String>>,
 ) -> String {
     let chain = &*tracker.chain;
-    let mut ws = match source.connect_ws(chain, upstream).await {
-        Ok(ws) => ws,
-        Err(why) => return why,
-    };
-    let subscribe = r#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}"#;
-    if let Err(e) = ws.send(Message::text(subscribe)).await {
-        return format!("sending eth_subscribe: {e}");
-    }
-    let answer = async {
-        while let Some(frame) = ws.next().await {
-            let text = match frame {
-                Ok(Message::Text(t)) => t,
-                Ok(Message::Close(_)) => break,
-                Ok(_) => continue,
-                Err(e) => return Err(format!("reading the eth_subscribe answer: {e}")),
-            };
-            let Ok(m) = serde_json::from_str::<Incoming<'_>>(&text) else {
-                continue;
-            };
-            if m.id != Some(1) {
-                continue;
-            }
-            if let Some(e) = m.error {
-                return Err(format!("eth_subscribe(newHeads) failed: {}", e.get()));
-            }
-            return match m.result.map(|r| serde_json::from_str::<String>(r.get())) {
-                Some(Ok(id)) => Ok(id),
-                _ => Err("eth_subscribe(newHeads) answered without a subscription id".into()),
-            };
-        }
-        Err("the WebSocket closed before eth_subscribe was answered".into())
-    };
-    let id = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, answer).await {
-        Ok(Ok(id)) => id,
-        Ok(Err(why)) => return why,
-        Err(_) => return "eth_subscribe(newHeads) was not answered in time".into(),
+    let (ws, id) = match open(source, chain, upstream, r#"["newHeads"]"#).await {
+        Ok(opened) => opened,
+        Err(Refusal::Failed(why)) => return why,
+        Err(Refusal::Upstream(e)) => return format!("eth_subscribe(newHeads) failed: {e}"),
     };
     tracker.set_source(Some(upstream.clone()));
     tracing::info!(
@@ -204,11 +246,52 @@ async fn follow_one(
         upstream = &**upstream,
         "following the chain's heads over this upstream's WebSocket"
     );
+    relay(
+        source,
+        chain,
+        upstream,
+        ws,
+        &id,
+        Some(give_up),
+        |result| match Block::parse(result) {
+            Ok(block) => {
+                tracker.stats.ws_heads.fetch_add(1, Relaxed);
+                source.observe_head(chain, upstream, block.number);
+                heads.send_replace(Some(block));
+            }
+            Err(why) => tracing::debug!(
+                chain = chain,
+                upstream = &**upstream,
+                "a newHeads notification was not a header: {why}"
+            ),
+        },
+    )
+    .await
+}
+
+/// Hands each notification's `result` of subscription `id` on `ws` to `each` until the socket
+/// fails, goes silent (no frame, no pong, for two [`PING_EVERY`]), the upstream is no longer
+/// fit, or `give_up` says why to stop; returns why it stopped.
+pub(super) async fn relay(
+    source: &dyn Source,
+    chain: &str,
+    upstream: &Arc<str>,
+    mut ws: UpstreamSocket,
+    id: &str,
+    mut give_up: Option<&mut watch::Receiver<Option<String>>>,
+    mut each: impl FnMut(&RawValue),
+) -> String {
     let mut check = tokio::time::interval(Duration::from_secs(1));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_frame = Instant::now();
     let mut pinged = Instant::now();
     loop {
+        let give_up_changed = async {
+            match give_up.as_deref_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             frame = ws.next() => {
                 last_frame = Instant::now();
@@ -227,16 +310,8 @@ async fn follow_one(
                 let Ok(m) = serde_json::from_str::<Incoming<'_>>(&text) else {
                     continue;
                 };
-                let Some(p) = m.params.filter(|p| p.subscription == id) else {
-                    continue;
-                };
-                match Block::parse(p.result) {
-                    Ok(block) => {
-                        tracker.stats.ws_heads.fetch_add(1, Relaxed);
-                        source.observe_head(chain, upstream, block.number);
-                        heads.send_replace(Some(block));
-                    }
-                    Err(why) => tracing::debug!(chain = chain, upstream = &**upstream, "a newHeads notification was not a header: {why}"),
+                if let Some(p) = m.params.filter(|p| p.subscription == id) {
+                    each(p.result);
                 }
             }
             _ = check.tick() => {
@@ -244,7 +319,7 @@ async fn follow_one(
                     return "it is no longer fit to serve (ejected, cordoned or removed)".into();
                 }
                 if last_frame.elapsed() >= 2 * PING_EVERY {
-                    return format!("silent for {} s: no heads, no pong", last_frame.elapsed().as_secs());
+                    return format!("silent for {} s: no notifications, no pong", last_frame.elapsed().as_secs());
                 }
                 if last_frame.elapsed() >= PING_EVERY && pinged.elapsed() >= PING_EVERY {
                     pinged = Instant::now();
@@ -253,8 +328,8 @@ async fn follow_one(
                     }
                 }
             }
-            Ok(()) = give_up.changed() => {
-                let why = give_up.borrow_and_update().clone();
+            true = give_up_changed => {
+                let why = give_up.as_deref_mut().and_then(|rx| rx.borrow_and_update().clone());
                 if let Some(why) = why {
                     let _ = ws.close(None).await;
                     return why;

@@ -71,6 +71,13 @@ impl Collector for FollowMetrics {
         let Some(registry) = self.registry.upgrade() else {
             return Ok(());
         };
+        write(
+            &mut encoder,
+            "websocket_relayed_subscriptions",
+            "Upstream subscriptions relayed to WebSocket clients (kinds other than newHeads and logs), each shared by the clients with the same params",
+            MetricType::Gauge,
+            &vec![(vec![], registry.relays() as u64)],
+        )?;
         let census = registry.census();
         let mut readers: Series<'_> = Vec::new();
         let (mut following, mut head) = (Vec::new(), Vec::new());

@@ -8,11 +8,13 @@
 //! failover loop: the tracker's calls are routed, retried, metered and logged like clients'.
 //! Where upstreams have a `ws_url`, new heads come from one upstream's WebSocket `newHeads`
 //! ([`heads`]) and trigger rounds at once; polling over HTTP stands in whenever no WebSocket
-//! upstream is usable.
+//! upstream is usable. Subscription kinds the tracker does not serve are relayed from an
+//! upstream's WebSocket ([`relay`]).
 
 pub mod filters;
 pub mod heads;
 pub mod metrics;
+pub mod relay;
 pub mod subscribe;
 pub mod tracker;
 

@@ -31,7 +31,8 @@ use tokio_tungstenite::WebSocketStream;
 use super::response::{error_bytes, json};
 use super::service::{Body, Detour};
 use crate::failover::retry::CallResult;
-use crate::follow::subscribe::{Subscription, Topic};
+use crate::follow::relay::{RelayError, Relayed};
+use crate::follow::subscribe::{kind_of, notification, Subscription, Topic};
 use crate::rpc::jsonrpc::{self, Raw, INVALID_PARAMS};
 use crate::state::pool::Chain;
 
@@ -237,6 +238,8 @@ enum End {
 pub(crate) struct Subscriptions {
     /// By id (its JSON string, quotes included).
     subs: HashMap<Box<str>, Subscription>,
+    /// Kinds relayed from an upstream's WebSocket, by id.
+    relayed: HashMap<Box<str>, Relayed>,
     /// The tracker's changes, once the connection subscribed to anything.
     changed: Option<tokio::sync::watch::Receiver<u64>>,
 }
@@ -261,7 +264,8 @@ impl Subscriptions {
                 return match id.as_deref() {
                     Some([id]) => {
                         let key = jsonrpc::json_string(&id.to_ascii_lowercase());
-                        let found = self.subs.remove(key.as_str()).is_some();
+                        let found = self.subs.remove(key.as_str()).is_some()
+                            || self.relayed.remove(key.as_str()).is_some();
                         CallResult::Result(Bytes::from_static(if found {
                             b"true"
                         } else {
@@ -276,25 +280,36 @@ impl Subscriptions {
             }
             let pool = detour.pool();
             let config = &pool.config;
-            let topic = match Topic::parse(params.map(|p| p.get())) {
-                Ok(Some(topic)) => topic,
-                Ok(None) => {
-                    return error(
-                        INVALID_PARAMS,
-                        "no such subscription kind here: detour serves newHeads and logs",
-                    )
-                }
-                Err(why) => return error(INVALID_PARAMS, &why),
-            };
-            if self.subs.len() >= config.websocket.max_subscriptions {
+            let topic = Topic::parse(params.map(|p| p.get()));
+            if let Err(why) = &topic {
+                return error(INVALID_PARAMS, why);
+            }
+            let open = self.subs.len() + self.relayed.len();
+            if open >= config.websocket.max_subscriptions {
                 return error(
                     -32000,
                     &format!(
-                        "this connection has {} subscriptions (websocket.max_subscriptions)",
-                        self.subs.len()
+                        "this connection has {open} subscriptions (websocket.max_subscriptions)"
                     ),
                 );
             }
+            let Ok(Some(topic)) = topic else {
+                // Another kind: relayed from an upstream's WebSocket.
+                let params = params.map_or("[]", |p| p.get());
+                let kind = kind_of(params).unwrap_or_default();
+                return match detour.filters().relay(&chain.name, &kind, params).await {
+                    Ok(relayed) => {
+                        let id = new_id();
+                        tracing::debug!(chain = &*chain.name, kind, "subscribed (relayed)");
+                        self.relayed.insert(id.clone(), relayed);
+                        CallResult::Result(Bytes::from(id.into_string()))
+                    }
+                    Err(RelayError::Upstream(e)) => CallResult::Error(Bytes::from(e)),
+                    Err(RelayError::Unavailable(why)) => {
+                        error(-32000, &format!("cannot subscribe to {kind}: {why}"))
+                    }
+                };
+            };
             let kind = topic.kind();
             match detour
                 .filters()
@@ -302,7 +317,7 @@ impl Subscriptions {
                 .await
             {
                 Ok(sub) => {
-                    let id: Box<str> = format!("\"0x{:032x}\"", fastrand::u128(..)).into();
+                    let id = new_id();
                     if self.changed.is_none() {
                         self.changed = Some(sub.watch());
                     }
@@ -334,6 +349,25 @@ impl Subscriptions {
         }
         Ok(())
     }
+}
+
+/// A new subscription id: 16 random bytes as hex, as a JSON string.
+fn new_id() -> Box<str> {
+    format!("\"0x{:032x}\"", fastrand::u128(..)).into()
+}
+
+/// The next notification of any relayed subscription: its id and `result` (or how many it
+/// missed); forever when there is none.
+async fn next_relayed(
+    relayed: &mut HashMap<Box<str>, Relayed>,
+) -> (Box<str>, Result<Arc<str>, u64>) {
+    if relayed.is_empty() {
+        return std::future::pending().await;
+    }
+    let next = relayed
+        .iter_mut()
+        .map(|(id, r)| Box::pin(async move { (id.clone(), r.next().await) }));
+    futures_util::future::select_all(next).await.0
 }
 
 /// Waits for the tracker's next change (forever, before the first subscription).
@@ -464,6 +498,19 @@ where
                     break end;
                 }
             }
+            (id, next) = next_relayed(&mut subs.relayed) => match next {
+                Ok(result) => {
+                    detour.notified(1);
+                    if !out.send(notification(&id, &result)) {
+                        break End::SlowConsumer;
+                    }
+                }
+                Err(missed) => tracing::debug!(
+                    chain = &*chain,
+                    missed,
+                    "a relayed subscription's client fell behind: notifications skipped"
+                ),
+            },
             _ = ping.tick() => {
                 if last_heard.elapsed() >= config.ping_interval * 2 {
                     break End::Silent;

@@ -180,6 +180,8 @@ struct View {
     methods: Vec<String>,
     /// WebSocket: `eth_subscribe("newHeads")` calls answered.
     ws_subscribes: usize,
+    /// WebSocket: `eth_subscribe("newPendingTransactions")` calls answered.
+    pending_subscribes: usize,
     /// WebSocket: connections open now.
     ws_open: usize,
     /// WebSocket: sends no notifications (the connection stays up and answers pings).
@@ -255,6 +257,16 @@ impl SimUpstream {
     /// `eth_subscribe("newHeads")` calls this upstream answered over WebSocket.
     pub fn ws_subscribes(&self) -> usize {
         self.view.lock().unwrap().ws_subscribes
+    }
+
+    /// `eth_subscribe("newPendingTransactions")` calls this upstream answered.
+    pub fn pending_subscribes(&self) -> usize {
+        self.view.lock().unwrap().pending_subscribes
+    }
+
+    /// The "pending transaction" hash this mock announces for each new height it sees.
+    pub fn pending_hash(height: u64) -> String {
+        format!("0x{height:064x}")
     }
 
     /// WebSocket connections open now.
@@ -421,6 +433,9 @@ async fn serve_ws(chain: SimChain, view: Arc<Mutex<View>>, stream: tokio::net::T
     view.lock().unwrap().ws_open += 1;
     let mut subscription: Option<String> = None;
     let mut sent: Option<String> = None;
+    // newPendingTransactions: one made-up hash per new height, from the height at subscribe.
+    let mut pending: Option<(String, u64)> = None;
+    let visible = |lag: u64| (chain.height()).saturating_sub(lag);
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
     loop {
         tokio::select! {
@@ -435,6 +450,17 @@ async fn serve_ws(chain: SimChain, view: Arc<Mutex<View>>, stream: tokio::net::T
                     let id = format!("0x{:032x}", view.lock().unwrap().ws_subscribes + 0xfeed);
                     view.lock().unwrap().ws_subscribes += 1;
                     subscription = Some(id.clone());
+                    json!({"jsonrpc":"2.0","id":call["id"],"result":id})
+                } else if call["method"] == "eth_subscribe"
+                    && call["params"] == json!(["newPendingTransactions"])
+                {
+                    let id = "0x000000000000000000000000000beef1".to_owned();
+                    let lag = {
+                        let mut v = view.lock().unwrap();
+                        v.pending_subscribes += 1;
+                        v.lag
+                    };
+                    pending = Some((id.clone(), visible(lag)));
                     json!({"jsonrpc":"2.0","id":call["id"],"result":id})
                 } else {
                     json!({"jsonrpc":"2.0","id":call["id"],
@@ -452,10 +478,21 @@ async fn serve_ws(chain: SimChain, view: Arc<Mutex<View>>, stream: tokio::net::T
                 if gen != generation {
                     break;
                 }
-                let Some(id) = &subscription else { continue };
                 if stalled {
                     continue;
                 }
+                if let Some((id, from)) = &mut pending {
+                    let to = visible(lag);
+                    while *from < to {
+                        *from += 1;
+                        let note = json!({"jsonrpc":"2.0","method":"eth_subscription",
+                            "params":{"subscription":id,"result":SimUpstream::pending_hash(*from)}});
+                        if ws.send(Message::text(note.to_string())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                let Some(id) = &subscription else { continue };
                 let head = {
                     let s = chain.0.lock().unwrap();
                     let n = (s.blocks.len() as u64 - 1).saturating_sub(lag);
