@@ -56,18 +56,6 @@ impl Topic {
     }
 }
 
-/// A notification as geth writes it: `id` is the subscription's id (a JSON string), `result`
-/// the JSON of what is notified.
-pub fn notification(id: &str, result: &str) -> String {
-    let mut n = String::with_capacity(result.len() + id.len() + 80);
-    n.push_str(r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"#);
-    n.push_str(id);
-    n.push_str(r#","result":"#);
-    n.push_str(result);
-    n.push_str("}}");
-    n
-}
-
 /// The kind of an `eth_subscribe` whose params [`Topic::parse`] left to the caller.
 pub fn kind_of(params: &str) -> Option<String> {
     let args: Vec<&RawValue> = serde_json::from_str(params).ok()?;
@@ -149,12 +137,6 @@ impl Subscription {
     /// tracker is gone (the proxy shut down).
     pub async fn changed(&mut self) -> bool {
         self.changed.changed().await.is_ok()
-    }
-
-    /// Appends a notification for each event not read yet to `out`, as geth writes them, with
-    /// `id` as the subscription's id (a JSON string).
-    pub fn notifications(&mut self, id: &str, out: &mut Vec<String>) -> Result<(), Lost> {
-        self.results(|result| out.push(notification(id, result)))
     }
 
     /// Calls `each` with each notification's `result` not read yet, in order.

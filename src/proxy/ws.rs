@@ -17,22 +17,27 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::response::{error_bytes, json};
 use super::service::{Body, Detour};
 use crate::failover::retry::CallResult;
 use crate::follow::relay::{RelayError, Relayed};
-use crate::follow::subscribe::{kind_of, notification, Subscription, Topic};
+use crate::follow::subscribe::{kind_of, Subscription, Topic};
 use crate::rpc::jsonrpc::{self, Raw, INVALID_PARAMS};
 use crate::state::pool::Chain;
 
@@ -158,9 +163,15 @@ pub(crate) fn upgrade<B>(
             .read_buffer_size(4096)
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
+        let ws = WebSocketStream::from_raw_socket(
+            Io {
+                io: TokioIo::new(upgraded),
+                out: BytesMut::new(),
+            },
+            Role::Server,
+            Some(ws_config),
+        )
+        .await;
         run(detour, chain_name, client, ws).await;
         drop(slot);
     });
@@ -187,37 +198,103 @@ impl Drop for Open {
     }
 }
 
-/// The queue to the writer task, bounded in bytes.
-#[derive(Debug, Clone)]
-struct Outbox {
-    tx: mpsc::UnboundedSender<Message>,
-    queued: Arc<AtomicUsize>,
-    max: usize,
+/// The client's socket as tungstenite sees it: reads pass through; what tungstenite writes
+/// (pongs, close frames) lands in `out`, beside the frames detour writes there itself
+/// (answers and notifications, framed by [`text_frame`]), and the connection's task writes
+/// `out` to the socket. Everything goes out from that one task, one write per wake, and the
+/// bytes not yet taken by the socket are counted exactly (a slow client's bound).
+struct Io<S> {
+    io: S,
+    out: BytesMut,
 }
 
-impl Outbox {
-    /// Queues a text message; `false` when the client is too far behind (it is then closed).
-    fn send(&self, text: impl Into<Utf8Bytes>) -> bool {
-        let text = text.into();
-        let len = text.len();
-        if self.queued.fetch_add(len, Relaxed) + len > self.max {
-            self.queued.fetch_sub(len, Relaxed);
-            return false;
-        }
-        self.tx.send(Message::Text(text)).is_ok()
+impl<S: AsyncRead + Unpin> AsyncRead for Io<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: Unpin> AsyncWrite for Io<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
-    /// Queues an answer (JSON-RPC: UTF-8 unless an upstream's bytes were not; those are
-    /// replaced, as a text message must be UTF-8).
-    fn answer(&self, bytes: Bytes) -> bool {
-        match Utf8Bytes::try_from(bytes.clone()) {
-            Ok(text) => self.send(text),
-            Err(_) => self.send(String::from_utf8_lossy(&bytes).into_owned()),
-        }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn control(&self, message: Message) {
-        let _ = self.tx.send(message);
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Io<S> {
+    /// Writes `out` to the socket until it is empty (then flushed, and its memory given back)
+    /// or the socket is full (then the task is woken when it can take more).
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.out.is_empty() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.out) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => self.out.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // An idle connection keeps no buffer (10 000 of them would hold megabytes).
+        self.out = BytesMut::new();
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+}
+
+/// Appends a text frame's header for a `len`-byte payload (a server's frames are unmasked).
+fn text_frame(out: &mut BytesMut, len: usize) {
+    out.reserve(len + 10);
+    out.put_u8(0x81);
+    if len < 126 {
+        out.put_u8(len as u8);
+    } else if len <= 0xffff {
+        out.put_u8(126);
+        out.put_u16(len as u16);
+    } else {
+        out.put_u8(127);
+        out.put_u64(len as u64);
+    }
+}
+
+/// Appends `text` as one text frame.
+fn put_text(out: &mut BytesMut, text: &[u8]) {
+    text_frame(out, text.len());
+    out.extend_from_slice(text);
+}
+
+/// Appends an answer as a text frame (JSON-RPC: UTF-8 unless an upstream's bytes were not;
+/// those are replaced, as a text message must be UTF-8).
+fn put_answer(out: &mut BytesMut, answer: &[u8]) {
+    match std::str::from_utf8(answer) {
+        Ok(_) => put_text(out, answer),
+        Err(_) => put_text(out, String::from_utf8_lossy(answer).as_bytes()),
+    }
+}
+
+/// Appends a notification as geth writes it as a text frame, without building it apart
+/// first: `id` is the subscription's id (a JSON string), `result` the JSON notified.
+fn put_notification(out: &mut BytesMut, id: &str, result: &str) {
+    const HEAD: &str = r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"#;
+    const MID: &str = r#","result":"#;
+    text_frame(out, HEAD.len() + id.len() + MID.len() + result.len() + 2);
+    for part in [HEAD, id, MID, result, "}}"] {
+        out.extend_from_slice(part.as_bytes());
     }
 }
 
@@ -333,20 +410,19 @@ impl Subscriptions {
         }
     }
 
-    /// Queues every subscription's new notifications.
-    fn flush(&mut self, out: &Outbox, detour: &Detour) -> Result<(), End> {
-        let mut notes = Vec::new();
+    /// Frames every subscription's new notifications into `out`.
+    fn flush(&mut self, out: &mut BytesMut, detour: &Detour) -> Result<(), End> {
+        let mut sent = 0;
         for (id, sub) in &mut self.subs {
-            if let Err(lost) = sub.notifications(id, &mut notes) {
+            let read = sub.results(|result| {
+                put_notification(out, id, result);
+                sent += 1;
+            });
+            if let Err(lost) = read {
                 return Err(End::Lagged(lost.0));
             }
         }
-        detour.notified(notes.len());
-        for n in notes {
-            if !out.send(n) {
-                return Err(End::SlowConsumer);
-            }
-        }
+        detour.notified(sent);
         Ok(())
     }
 }
@@ -378,67 +454,67 @@ async fn changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
     }
 }
 
-async fn run<S>(detour: Detour, chain: Arc<str>, client: Client, ws: WebSocketStream<S>)
+/// What woke the connection on its socket.
+enum Socket {
+    Read(Option<Result<Message, WsError>>),
+    WriteFailed,
+}
+
+/// Writes what is waiting for the client, then reads its next message (unless `read` is
+/// false: the connection has [`CALLS_PER_CONNECTION`] calls in flight).
+fn poll_socket<S>(ws: &mut WebSocketStream<Io<S>>, read: bool, cx: &mut Context<'_>) -> Poll<Socket>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Poll::Ready(Err(_)) = ws.get_mut().poll_send(cx) {
+        return Poll::Ready(Socket::WriteFailed);
+    }
+    if !read {
+        return Poll::Pending;
+    }
+    let next = ws.poll_next_unpin(cx).map(Socket::Read);
+    // Reading may have queued a pong or a close reply.
+    if !ws.get_ref().out.is_empty() {
+        if let Poll::Ready(Err(_)) = ws.get_mut().poll_send(cx) {
+            return Poll::Ready(Socket::WriteFailed);
+        }
+    }
+    next
+}
+
+type Call = Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>;
+
+async fn run<S>(detour: Detour, chain: Arc<str>, client: Client, mut ws: WebSocketStream<Io<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = detour.pool().config.websocket;
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let out = Outbox {
-        tx,
-        queued: queued.clone(),
-        max: config.max_queued_bytes,
-    };
-    // The writer: whatever is queued goes out, flushed once the queue is empty.
-    let writer = tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let mut next = Some(first);
-            while let Some(m) = next.take() {
-                let closing = matches!(m, Message::Close(_));
-                let len = if let Message::Text(t) = &m {
-                    t.len()
-                } else {
-                    0
-                };
-                if sink.feed(m).await.is_err() {
-                    return;
-                }
-                queued.fetch_sub(len, Relaxed);
-                if closing {
-                    let _ = sink.flush().await;
-                    let _ = sink.close().await;
-                    return;
-                }
-                next = rx.try_recv().ok();
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+    let max_queued = config.max_queued_bytes;
     let mut subs = Subscriptions::default();
-    let calls = Arc::new(tokio::sync::Semaphore::new(CALLS_PER_CONNECTION));
+    // Calls are answered concurrently, in this task: no hand-off to another task and back.
+    let mut calls: FuturesUnordered<Call> = FuturesUnordered::new();
     let mut closing = detour.closing();
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.tick().await;
     let end = loop {
+        let read = calls.len() < CALLS_PER_CONNECTION;
         tokio::select! {
-            message = stream.next() => {
+            socket = std::future::poll_fn(|cx| poll_socket(&mut ws, read, cx)) => {
+                let message = match socket {
+                    Socket::Read(m) => m,
+                    Socket::WriteFailed => break End::Gone,
+                };
                 let text = match message {
                     Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(b))) => match String::from_utf8(b.to_vec()) {
-                        Ok(t) => t.into(),
+                    Some(Ok(Message::Binary(b))) => match Utf8Bytes::try_from(b) {
+                        Ok(t) => t,
                         Err(_) => {
-                            if !out.send(String::from_utf8_lossy(&error_bytes(
+                            put_answer(&mut ws.get_mut().out, &error_bytes(
                                 jsonrpc::PARSE_ERROR,
                                 "Parse error",
                                 Some("\"the message is not UTF-8\""),
-                            )).into_owned()) {
-                                break End::SlowConsumer;
-                            }
+                            ));
                             continue;
                         }
                     },
@@ -448,7 +524,7 @@ where
                         last_heard = Instant::now();
                         continue;
                     }
-                    Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
+                    Some(Err(WsError::Capacity(e))) => {
                         tracing::debug!(chain = &*chain, error = %e, "WebSocket message too large");
                         break End::TooLarge;
                     }
@@ -467,43 +543,38 @@ where
                     let mut session = Some(Box::new(std::mem::take(&mut subs)));
                     let answer = detour.ws_message(&chain, &client, text.as_bytes(), &mut session).await;
                     subs = session.take().map(|s| *s).unwrap_or_default();
+                    let out = &mut ws.get_mut().out;
                     if let Some(answer) = answer {
-                        if !out.answer(answer) {
-                            break End::SlowConsumer;
-                        }
+                        put_answer(out, &answer);
                     }
-                    if let Err(end) = subs.flush(&out, &detour) {
+                    if let Err(end) = subs.flush(out, &detour) {
                         break end;
                     }
-                    continue;
+                } else {
+                    let (detour, chain, client) = (detour.clone(), chain.clone(), client.clone());
+                    calls.push(Box::pin(async move {
+                        let mut none = None;
+                        detour.ws_message(&chain, &client, text.as_bytes(), &mut none).await
+                    }));
                 }
-                let Ok(permit) = calls.clone().acquire_owned().await else {
-                    break End::Gone;
-                };
-                let (detour, chain, client, out) =
-                    (detour.clone(), chain.clone(), client.clone(), out.clone());
-                tokio::spawn(async move {
-                    let mut none = None;
-                    if let Some(answer) = detour.ws_message(&chain, &client, text.as_bytes(), &mut none).await {
-                        out.answer(answer);
-                    }
-                    drop(permit);
-                });
+            }
+            Some(answer) = calls.next(), if !calls.is_empty() => {
+                if let Some(answer) = answer {
+                    put_answer(&mut ws.get_mut().out, &answer);
+                }
             }
             alive = changed(&mut subs.changed) => {
                 if !alive {
                     break End::Shutdown;
                 }
-                if let Err(end) = subs.flush(&out, &detour) {
+                if let Err(end) = subs.flush(&mut ws.get_mut().out, &detour) {
                     break end;
                 }
             }
             (id, next) = next_relayed(&mut subs.relayed) => match next {
                 Ok(result) => {
                     detour.notified(1);
-                    if !out.send(notification(&id, &result)) {
-                        break End::SlowConsumer;
-                    }
+                    put_notification(&mut ws.get_mut().out, &id, &result);
                 }
                 Err(missed) => tracing::debug!(
                     chain = &*chain,
@@ -518,13 +589,15 @@ where
                 if detour.pool().route(&chain).is_none() {
                     break End::ChainRemoved;
                 }
-                if last_heard.elapsed() >= config.ping_interval {
-                    out.control(Message::Ping(Bytes::new()));
+                if last_heard.elapsed() >= config.ping_interval
+                    && ws.send(Message::Ping(Bytes::new())).await.is_err()
+                {
+                    break End::Gone;
                 }
             }
             _ = closing.changed() => break End::Shutdown,
         }
-        if out.queued.load(Relaxed) > out.max {
+        if ws.get_ref().out.len() > max_queued {
             break End::SlowConsumer;
         }
     };
@@ -564,18 +637,64 @@ where
         }
         _ => {}
     }
-    match (code, &end) {
-        (Some(code), _) => out.control(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }))),
-        // The client's close is answered (tungstenite queued the reply; this flushes it).
-        (None, End::ClientClosed) => out.control(Message::Close(None)),
-        _ => {}
-    }
-    drop(out);
     drop(subs);
-    // The writer ends once the close frame is out (or the queue is dropped); a client that does
-    // not read does not hold the task.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+    drop(calls);
+    if matches!(end, End::Gone) {
+        return;
+    }
+    if let Some(code) = code {
+        let _ = ws
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    } else {
+        // The client's close is answered (tungstenite queued the reply; this frames it).
+        let _ = ws.flush().await;
+    }
+    // What is queued goes out (the close frame last); a client that does not read does not
+    // hold the task.
+    let io = ws.get_mut();
+    let sent = std::future::poll_fn(|cx| io.poll_send(cx));
+    if let Ok(Ok(())) = tokio::time::timeout(std::time::Duration::from_secs(5), sent).await {
+        let _ = io.io.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_are_framed_as_geth_writes_them() {
+        let mut out = BytesMut::new();
+        put_notification(&mut out, "\"0x1\"", "{\"number\":\"0x2\"}");
+        let want = r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"0x1","result":{"number":"0x2"}}}"#;
+        assert_eq!(out[0], 0x81, "FIN, text");
+        assert_eq!(out[1] as usize, want.len());
+        assert_eq!(&out[2..], want.as_bytes());
+    }
+
+    #[test]
+    fn frame_lengths_take_the_short_forms() {
+        for (len, header) in [
+            (125, vec![0x81, 125]),
+            (126, vec![0x81, 126, 0, 126]),
+            (65_535, vec![0x81, 126, 0xff, 0xff]),
+            (65_536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            let mut out = BytesMut::new();
+            put_text(&mut out, &vec![b'a'; len]);
+            assert_eq!(&out[..header.len()], &header[..], "{len}");
+            assert_eq!(out.len(), header.len() + len);
+        }
+    }
+
+    #[test]
+    fn answers_that_are_not_utf8_are_replaced() {
+        let mut out = BytesMut::new();
+        put_answer(&mut out, b"\"\xff\"");
+        assert_eq!(&out[2..], "\"\u{fffd}\"".as_bytes());
+    }
 }
