@@ -699,6 +699,10 @@ fn tracker_settings(c: &TrackerConfig) -> Settings {
     }
 }
 
+/// How often a followed chain's filters and subscriptions are swept at most (expired filters
+/// removed, the oldest event still needed found), whatever the rate of heads.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Polls that found blocks the WebSocket source had not announced, with no block first
 /// announced by it in between, before it is given up as lagging.
 const LAGGING_POLLS: u32 = 3;
@@ -729,6 +733,7 @@ async fn follow(registry: Weak<Registry>, followed: Arc<Followed>) {
     let mut quiet_polls = 0;
     let mut period = Duration::ZERO;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let (mut needed, mut swept) = (None, Instant::now());
     while let Some((tracker_config, _)) = registry.upgrade().and_then(|r| r.source.settings()) {
         if period != tracker_config.poll_interval {
             period = tracker_config.poll_interval;
@@ -745,7 +750,15 @@ async fn follow(registry: Weak<Registry>, followed: Arc<Followed>) {
         let Some((_, filters_config)) = registry.source.settings() else {
             break;
         };
-        let Some(needed) = registry.sweep(&followed, filters_config.timeout) else {
+        // Readers only move forward and new ones start at the newest event, so the lowest
+        // event needed, found at the last sweep, is still safe to keep from: sweeping (a pass
+        // over every filter and subscription) need not run at every head.
+        let sweep_every = SWEEP_EVERY.min(filters_config.timeout / 4);
+        if needed.is_none() || swept.elapsed() >= sweep_every {
+            swept = Instant::now();
+            needed = registry.sweep(&followed, filters_config.timeout);
+        }
+        let Some(needed) = needed else {
             tracing::debug!(
                 chain = &*chain,
                 "no filters or subscriptions left; no longer following the chain"
