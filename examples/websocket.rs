@@ -39,14 +39,34 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::Message;
 
+const SUBSCRIBE: &str =
+    r#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}"#;
+
 const CALL: &str = r#"{"jsonrpc":"2.0","id":7,"method":"eth_call","params":[{"to":"0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48","data":"0x70a08231000000000000000000000000f39fd6e51aad88f6f4ce6ab8827279cfffb92266"},"latest"]}"#;
 
 fn main() {
+    if let Some(i) = std::env::args().position(|a| a == "--floor-writer") {
+        let args: Vec<String> = std::env::args().skip(i + 1).collect();
+        raw::floor_writer(&args[0], args[1].parse().unwrap());
+        return;
+    }
     let (mut clients, mut blocks, mut calls, mut rounds) =
         (10_000usize, 20usize, 20_000usize, 5usize);
-    let mut ws_source = false;
+    let (mut ws_source, mut light, mut floor) = (false, true, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--client" {
+            light = match args.next().as_deref() {
+                Some("raw") => true,
+                Some("tungstenite") => false,
+                other => panic!("--client raw|tungstenite, not {other:?}"),
+            };
+            continue;
+        }
+        if a == "--floor" {
+            floor = true;
+            continue;
+        }
         if a == "--source" {
             ws_source = match args.next().as_deref() {
                 Some("ws") => true,
@@ -66,16 +86,20 @@ fn main() {
             }
         }
     }
-    let chain = Arc::new(Chain::default());
-    let (upstream, ws) = start_mock(chain.clone());
-    let detour = start_detour(upstream, ws.filter(|_| ws_source), clients);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
+    if floor {
+        rt.block_on(raw::floor(clients, blocks));
+        return;
+    }
+    let chain = Arc::new(Chain::default());
+    let (upstream, ws) = start_mock(chain.clone());
+    let detour = start_detour(upstream, ws.filter(|_| ws_source), clients);
     rt.block_on(async {
         if clients > 0 {
-            fan_out(&chain, &detour, clients, blocks, ws_source).await;
+            fan_out(&chain, &detour, clients, blocks, ws_source, light).await;
         }
         if calls > 0 {
             call_cost(&detour, calls, rounds).await;
@@ -247,61 +271,47 @@ async fn answer(
 
 // === fan-out ===
 
+/// One client's notifications: each head's number and when it arrived.
+type Arrivals = Arc<Mutex<Vec<(usize, Instant)>>>;
+
 async fn fan_out(
     chain: &Arc<Chain>,
     detour: &Detour,
     clients: usize,
     blocks: usize,
     ws_source: bool,
+    light: bool,
 ) {
     chain.produce();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = process::memory_kib(detour.child.id(), "VmRSS:");
-    let received: Arc<Mutex<Vec<Vec<Instant>>>> = Arc::default();
+    // Each client notes its own arrival times (no lock shared between clients).
+    let all: Arc<Mutex<Vec<Arrivals>>> = Arc::default();
     let subscribed = Arc::new(AtomicUsize::new(0));
     let url = format!("ws://{}/bench", detour.addr);
+    let addr = detour.addr;
     let connecting = Arc::new(tokio::sync::Semaphore::new(100));
     let started = Instant::now();
     for _ in 0..clients {
-        let (url, received, subscribed, connecting) = (
-            url.clone(),
-            received.clone(),
-            subscribed.clone(),
-            connecting.clone(),
-        );
+        let received: Arrivals = Arc::default();
+        all.lock().unwrap().push(received.clone());
+        let (url, subscribed, connecting) = (url.clone(), subscribed.clone(), connecting.clone());
         tokio::spawn(async move {
             let permit = connecting.acquire_owned().await.unwrap();
-            let (mut ws, _) = tokio_tungstenite::connect_async(&url)
-                .await
-                .expect("connect");
-            ws.send(Message::text(
-                r#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}"#,
-            ))
-            .await
-            .unwrap();
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) if t.contains("\"result\"") => {}
-                other => panic!("eth_subscribe: {other:?}"),
-            }
-            drop(permit);
-            subscribed.fetch_add(1, Relaxed);
-            while let Some(Ok(m)) = ws.next().await {
-                let Message::Text(t) = m else { continue };
-                let at = Instant::now();
-                // The head's number, without parsing the whole notification.
-                let Some(i) = t.find(r#""number":"0x"#) else {
-                    continue;
-                };
-                let digits: String = t[i + 12..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_hexdigit())
-                    .collect();
-                let n = u64::from_str_radix(&digits, 16).unwrap_or(0) as usize;
-                let mut r = received.lock().unwrap();
-                if r.len() <= n {
-                    r.resize(n + 1, Vec::new());
-                }
-                r[n].push(at);
+            let on_head = |n: usize, at: Instant| received.lock().unwrap().push((n, at));
+            if light {
+                let mut ws = raw::Subscriber::connect(addr).await;
+                drop(permit);
+                subscribed.fetch_add(1, Relaxed);
+                ws.heads(on_head).await;
+            } else {
+                let (ws, _) = tokio_tungstenite::connect_async(&url)
+                    .await
+                    .expect("connect");
+                let ws = subscribe_tungstenite(ws).await;
+                drop(permit);
+                subscribed.fetch_add(1, Relaxed);
+                tungstenite_heads(ws, on_head).await;
             }
         });
     }
@@ -319,13 +329,25 @@ async fn fan_out(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = process::memory_kib(detour.child.id(), "VmRSS:");
     let first = chain.height.load(Relaxed) + 1;
+    let cpu = process::cpu_ticks(detour.child.id());
+    let own_cpu = process::cpu_ticks(std::process::id());
     for _ in 0..blocks {
         chain.produce();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
+    let cpu = process::cpu_ticks(detour.child.id()) - cpu;
+    let own_cpu = process::cpu_ticks(std::process::id()) - own_cpu;
     let times = chain.times.lock().unwrap().clone();
-    let received = received.lock().unwrap().clone();
+    let mut received: Vec<Vec<Instant>> = Vec::new();
+    for client in all.lock().unwrap().iter() {
+        for &(n, at) in client.lock().unwrap().iter() {
+            if received.len() <= n {
+                received.resize(n + 1, Vec::new());
+            }
+            received[n].push(at);
+        }
+    }
     let (mut fan, mut all_fan, mut e2e, mut missing) = (Vec::new(), Vec::new(), Vec::new(), 0);
     for (n, time) in times.iter().enumerate().skip(first as usize).take(blocks) {
         let (Some(made), Some(seen)) = *time else {
@@ -372,11 +394,40 @@ async fn fan_out(
         pct(e2e.clone(), 0.5),
         pct(e2e, 0.99)
     );
+    println!(
+        "  detour CPU per notification (the whole fan-out phase, polling included): {:.1} µs",
+        cpu as f64 * 1e6 / process::clock_ticks() as f64 / (blocks * clients) as f64
+    );
+    println!(
+        "  the clients' CPU per notification (this process, the mock included): {:.1} µs",
+        own_cpu as f64 * 1e6 / process::clock_ticks() as f64 / (blocks * clients) as f64
+    );
     if let (Some(a), Some(b)) = (rss_before, rss_idle) {
         println!(
             "  detour RSS {a} KiB before, {b} KiB with {clients} idle subscribed connections: {:.1} KiB each",
             b.saturating_sub(a) as f64 / clients as f64
         );
+    }
+}
+
+type Tungstenite =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn subscribe_tungstenite(mut ws: Tungstenite) -> Tungstenite {
+    ws.send(Message::text(SUBSCRIBE)).await.unwrap();
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("\"result\"") => ws,
+        other => panic!("eth_subscribe: {other:?}"),
+    }
+}
+
+async fn tungstenite_heads(mut ws: Tungstenite, mut on_head: impl FnMut(usize, Instant)) {
+    while let Some(Ok(m)) = ws.next().await {
+        let Message::Text(t) = m else { continue };
+        let at = Instant::now();
+        if let Some(n) = raw::head_number(t.as_bytes()) {
+            on_head(n, at);
+        }
     }
 }
 
@@ -426,6 +477,232 @@ async fn call_cost(detour: &Detour, calls: usize, rounds: usize) {
         w / h
     );
     println!("  per round: WebSocket {over_ws:.1?}, HTTP {over_http:.1?}");
+}
+
+// === light clients, and the machine's floor ===
+
+mod raw {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use bytes::{Buf, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// The head number in a notification, without parsing the rest.
+    pub fn head_number(text: &[u8]) -> Option<usize> {
+        let i = memchr::memmem::find(text, br#""number":"0x"#)? + 12;
+        let digits = text[i..]
+            .iter()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .count();
+        let hex = std::str::from_utf8(&text[i..i + digits]).ok()?;
+        usize::from_str_radix(hex, 16).ok()
+    }
+
+    /// A subscriber that costs what a remote client's socket costs this machine and little
+    /// more: the upgrade written by hand, then frames split by their length (a server's frames
+    /// are unmasked) and the head number found in each; no UTF-8 check, no JSON parse. It
+    /// stands for subscribers on other machines; `--client tungstenite` runs a full client.
+    pub struct Subscriber {
+        stream: TcpStream,
+        buf: BytesMut,
+    }
+
+    impl Subscriber {
+        pub async fn connect(addr: SocketAddr) -> Subscriber {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            stream.set_nodelay(true).unwrap();
+            stream
+                .write_all(
+                    b"GET /bench HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n\
+                      Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                      Sec-WebSocket-Version: 13\r\n\r\n",
+                )
+                .await
+                .unwrap();
+            let mut buf = BytesMut::with_capacity(4096);
+            let end = loop {
+                assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "closed");
+                if let Some(i) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+                    break i + 4;
+                }
+            };
+            assert!(buf.starts_with(b"HTTP/1.1 101"), "upgrade refused");
+            buf.advance(end);
+            let mut ws = Subscriber { stream, buf };
+            ws.send(super::SUBSCRIBE.as_bytes()).await;
+            let answer = ws.message().await.expect("an answer to eth_subscribe");
+            assert!(
+                memchr::memmem::find(&answer, b"\"result\"").is_some(),
+                "eth_subscribe: {}",
+                String::from_utf8_lossy(&answer)
+            );
+            ws
+        }
+
+        /// Sends a masked text frame (payload under 126 bytes).
+        async fn send(&mut self, text: &[u8]) {
+            let mask = [1u8, 2, 3, 4];
+            let mut frame = vec![0x81, 0x80 | text.len() as u8];
+            frame.extend_from_slice(&mask);
+            frame.extend(text.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            self.stream.write_all(&frame).await.unwrap();
+        }
+
+        /// The next text message's payload; `None` once the connection ends.
+        async fn message(&mut self) -> Option<BytesMut> {
+            loop {
+                if self.buf.len() >= 2 {
+                    let (opcode, len7) = (self.buf[0] & 0x0f, (self.buf[1] & 0x7f) as usize);
+                    let (head, len) = match len7 {
+                        126 if self.buf.len() >= 4 => {
+                            (4, u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize)
+                        }
+                        127 if self.buf.len() >= 10 => (
+                            10,
+                            u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                        ),
+                        126 | 127 => (usize::MAX, 0),
+                        n => (2, n),
+                    };
+                    if head != usize::MAX && self.buf.len() >= head + len {
+                        self.buf.advance(head);
+                        let payload = self.buf.split_to(len);
+                        match opcode {
+                            1 => return Some(payload),
+                            8 => return None,
+                            _ => continue,
+                        }
+                    }
+                }
+                self.buf.reserve(4096);
+                if self.stream.read_buf(&mut self.buf).await.ok()? == 0 {
+                    return None;
+                }
+            }
+        }
+
+        /// Calls `on_head` with each notified head's number and when it arrived.
+        pub async fn heads(&mut self, mut on_head: impl FnMut(usize, Instant)) {
+            while let Some(m) = self.message().await {
+                let at = Instant::now();
+                if let Some(n) = head_number(&m) {
+                    on_head(n, at);
+                }
+            }
+        }
+    }
+
+    /// The machine's floor for a fan-out: `clients` loopback TCP connections to a child
+    /// process (this program with `--floor-writer`, standing for detour), and for each of
+    /// `rounds` rounds its two threads (as detour's two workers) write one 1.4 KB
+    /// notification frame to each while the same light readers read them here: from the
+    /// round's start to the last read.
+    pub async fn floor(clients: usize, rounds: usize) {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--floor-writer", &addr.to_string(), &clients.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut to_child = child.stdin.take().unwrap();
+        let mut from_child = std::io::BufReader::new(child.stdout.take().unwrap());
+        let last = Arc::new(Mutex::new(Instant::now()));
+        let got = Arc::new(AtomicUsize::new(0));
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        for _ in 0..clients {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (last, got) = (last.clone(), got.clone());
+            tokio::spawn(async move {
+                let mut ws = Subscriber {
+                    stream,
+                    buf: BytesMut::new(),
+                };
+                ws.heads(|_, at| {
+                    let mut l = last.lock().unwrap();
+                    *l = (*l).max(at);
+                    got.fetch_add(1, Relaxed);
+                })
+                .await;
+            });
+        }
+        let mut times = Vec::new();
+        let cpu = super::process::cpu_ticks(child.id());
+        for _ in 0..rounds {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            got.store(0, Relaxed);
+            let start = Instant::now();
+            *last.lock().unwrap() = start;
+            writeln!(to_child, "go").unwrap();
+            while got.load(Relaxed) < clients {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            times.push(last.lock().unwrap().duration_since(start).as_secs_f64() * 1e3);
+            let mut line = String::new();
+            from_child.read_line(&mut line).unwrap();
+        }
+        let cpu = super::process::cpu_ticks(child.id()) - cpu;
+        drop(to_child);
+        let _ = child.wait();
+        times.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "floor: one 1.4 KB frame written to each of {clients} loopback connections by another \
+             process, read by light clients: p50 {:.1} ms, p99 {:.1} ms to the last; \
+             the writer's CPU per frame {:.1} µs",
+            times[times.len() / 2],
+            times[((times.len() as f64 - 1.0) * 0.99).round() as usize],
+            cpu as f64 * 1e6 / super::process::clock_ticks() as f64 / (rounds * clients) as f64
+        );
+    }
+
+    /// The floor's writing side: connects `clients` times to `addr`, then at each line on stdin
+    /// writes one notification frame to every connection from two threads, and answers a line.
+    pub fn floor_writer(addr: &str, clients: usize) {
+        use std::io::{BufRead, Write};
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","method":"eth_subscription","params":{{"subscription":"0x{:032x}","result":{}}}}}"#,
+            7,
+            super::block(1).replace(r#""transactions":[],"#, "")
+        );
+        let mut frame = vec![0x81, 126];
+        frame.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        frame.extend_from_slice(body.as_bytes());
+        let sockets: Vec<std::net::TcpStream> = (0..clients)
+            .map(|_| {
+                let s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_nodelay(true).unwrap();
+                s
+            })
+            .collect();
+        let (sockets, frame) = (Arc::new(sockets), Arc::new(frame));
+        for line in std::io::stdin().lock().lines() {
+            if line.is_err() {
+                break;
+            }
+            let writers: Vec<_> = (0..2)
+                .map(|w| {
+                    let (sockets, frame) = (sockets.clone(), frame.clone());
+                    std::thread::spawn(move || {
+                        for s in sockets.iter().skip(w).step_by(2) {
+                            (&*s).write_all(&frame).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+            println!("done");
+            std::io::stdout().flush().unwrap();
+        }
+    }
 }
 
 // === detour as a child process ===
