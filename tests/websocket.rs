@@ -784,3 +784,98 @@ async fn other_kinds_are_relayed_from_one_upstream_websocket_and_move_when_it_fa
     assert_eq!(metric(&proxy, "detour_websocket_relayed_subscriptions "), 0);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn pending_transaction_filters_are_kept_by_detour_over_the_relay() {
+    let chain = SimChain::new(10, 0);
+    let (a, b) = (
+        SimUpstream::start_ws(&chain).await,
+        SimUpstream::start_ws(&chain).await,
+    );
+    let proxy = Proxy::start(&config("", &[&a, &b])).await;
+    let changes = |id: &str| {
+        let (proxy, id) = (&proxy, id.to_owned());
+        async move {
+            let v = proxy
+                .call("/mainnet", "eth_getFilterChanges", &json!([id]).to_string())
+                .await;
+            v["result"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{v}"))
+                .clone()
+        }
+    };
+    let hashes = |from: u64, to: u64| -> Vec<Value> {
+        (from..=to)
+            .map(|n| json!(SimUpstream::pending_hash(n)))
+            .collect()
+    };
+    let v = proxy
+        .call("/mainnet", "eth_newPendingTransactionFilter", "[]")
+        .await;
+    let id = v["result"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_owned();
+    assert_ne!(
+        id, "0x00000000000000000000000000000abc",
+        "not an upstream's"
+    );
+    assert_eq!(a.pending_subscribes() + b.pending_subscribes(), 1);
+    assert!(changes(&id).await.is_empty());
+    chain.mine(2);
+    let polled = |id: String| {
+        let changes = &changes;
+        async move {
+            let (mut got, start) = (Vec::new(), std::time::Instant::now());
+            while got.len() < 2 && start.elapsed() < std::time::Duration::from_secs(10) {
+                got.extend(changes(&id).await);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            got
+        }
+    };
+    assert_eq!(polled(id.clone()).await, hashes(11, 12));
+
+    // The upstream's WebSocket drops: the filter goes on from the other one, same id.
+    let (src, other) = if a.pending_subscribes() == 1 {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    src.drop_ws(true);
+    support::eventually("the relay moved to the other upstream", || {
+        other.pending_subscribes() == 1
+    })
+    .await;
+    chain.mine(2);
+    assert_eq!(polled(id.clone()).await, hashes(13, 14));
+    // As geth: no logs for it; bad params are refused; uninstalled, it is gone, and so is the
+    // upstream subscription.
+    let v = proxy
+        .call("/mainnet", "eth_getFilterLogs", &json!([id]).to_string())
+        .await;
+    assert_eq!(v["error"]["message"], "filter not found", "{v}");
+    let v = proxy
+        .call("/mainnet", "eth_newPendingTransactionFilter", "[1]")
+        .await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    let v = proxy
+        .call("/mainnet", "eth_uninstallFilter", &json!([id]).to_string())
+        .await;
+    assert_eq!(v["result"], true, "{v}");
+    support::eventually("the upstream subscription is closed", || {
+        other.ws_open() == 0
+    })
+    .await;
+    proxy.stop().await;
+
+    // Without a WebSocket upstream the filter is made on an upstream, as before.
+    let http_only = SimUpstream::start(&chain).await;
+    let proxy = Proxy::start(&config("", &[&http_only])).await;
+    let v = proxy
+        .call("/mainnet", "eth_newPendingTransactionFilter", "[]")
+        .await;
+    assert_eq!(v["result"], "0x00000000000000000000000000000abc", "{v}");
+    proxy.stop().await;
+}

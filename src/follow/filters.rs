@@ -1,6 +1,7 @@
 //! Filters kept in detour, on the chain tracker: `eth_newFilter`, `eth_newBlockFilter`,
-//! `eth_getFilterChanges`, `eth_getFilterLogs` and `eth_uninstallFilter`, answered as geth
-//! answers them. A filter is detour's, not an upstream's: its id stays valid whichever upstream
+//! `eth_newPendingTransactionFilter` (its hashes relayed from an upstream's WebSocket, see
+//! [`super::relay`]), `eth_getFilterChanges`, `eth_getFilterLogs` and `eth_uninstallFilter`,
+//! answered as geth answers them. A filter is detour's, not an upstream's: its id stays valid whichever upstream
 //! serves the next poll, through failovers and reloads, and its changes are every block (or
 //! matching log) once, in order, with logs of blocks a reorg dropped reported again with
 //! `"removed": true`.
@@ -33,6 +34,7 @@ const NOT_FOUND: (i64, &str) = (-32000, "filter not found");
 pub const METHODS: &[&str] = &[
     "eth_newFilter",
     "eth_newBlockFilter",
+    "eth_newPendingTransactionFilter",
     "eth_getFilterChanges",
     "eth_getFilterLogs",
     "eth_uninstallFilter",
@@ -93,6 +95,9 @@ struct Filter {
 enum Kind {
     Blocks,
     Logs(Criteria),
+    /// Pending transactions' hashes, relayed from one upstream's WebSocket
+    /// `newPendingTransactions` (best effort, as the subscription).
+    Pending(Relayed),
 }
 
 /// A log filter's criteria, as `eth_newFilter` was given them.
@@ -270,12 +275,13 @@ fn new_id() -> Box<str> {
 impl Book {
     /// How many filters and subscriptions of each kind read `chain`'s tracker:
     /// (type, kind, count).
-    fn readers(&self, chain: &str) -> [(&'static str, &'static str, usize); 4] {
-        let (mut blocks, mut logs) = (0, 0);
+    fn readers(&self, chain: &str) -> [(&'static str, &'static str, usize); 5] {
+        let (mut blocks, mut logs, mut pending) = (0, 0, 0);
         for f in self.filters.values().filter(|f| &*f.chain == chain) {
             match f.kind {
                 Kind::Blocks => blocks += 1,
                 Kind::Logs(_) => logs += 1,
+                Kind::Pending(_) => pending += 1,
             }
         }
         let subs = |kind: &str| {
@@ -287,6 +293,7 @@ impl Book {
         [
             ("filter", "blocks", blocks),
             ("filter", "logs", logs),
+            ("filter", "pendingTransactions", pending),
             ("subscription", "newHeads", subs("newHeads")),
             ("subscription", "logs", subs("logs")),
         ]
@@ -353,7 +360,7 @@ impl Registry {
     /// What `/status` shows of a chain's filters: how many are open, whether the chain is
     /// followed, and the head it followed to.
     pub fn describe(&self, chain: &str) -> Value {
-        let [(_, _, blocks), (_, _, logs), (_, _, heads_subs), (_, _, logs_subs)] =
+        let [(_, _, blocks), (_, _, logs), (_, _, pending), (_, _, heads_subs), (_, _, logs_subs)] =
             self.lock_book().readers(chain);
         let followed = {
             let chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
@@ -372,6 +379,7 @@ impl Registry {
         serde_json::json!({
             "block_filters": blocks,
             "log_filters": logs,
+            "pending_transaction_filters": pending,
             "subscriptions": {"newHeads": heads_subs, "logs": logs_subs},
             "following": following,
             "head": head,
@@ -455,6 +463,28 @@ impl Registry {
                 }
                 Some(_) => error(INVALID_PARAMS, "too many arguments, want at most 0"),
             },
+            "eth_newPendingTransactionFilter" => match params.map(|p| p.get().trim()) {
+                None | Some("[]") => {
+                    const PARAMS: &str = r#"["newPendingTransactions"]"#;
+                    match self.relay(chain, "newPendingTransactions", PARAMS).await {
+                        Ok(relayed) => {
+                            self.install(
+                                chain,
+                                client,
+                                Kind::Pending(relayed),
+                                &tracker_config,
+                                &filters_config,
+                            )
+                            .await
+                        }
+                        Err(RelayError::Upstream(e)) => CallResult::Error(Bytes::from(e)),
+                        // No upstream WebSocket: the filter is made on an upstream over HTTP,
+                        // as without emulation (its polls follow it there while it lasts).
+                        Err(RelayError::Unavailable(_)) => return None,
+                    }
+                }
+                Some(_) => error(INVALID_PARAMS, "too many arguments, want at most 0"),
+            },
             "eth_getFilterChanges" => match filter_id(params) {
                 Ok(id) => self.changes(chain, &id)?,
                 Err(e) => e,
@@ -509,7 +539,7 @@ impl Registry {
             .join(chain, tracker_config, |book, tracker| {
                 let next = match kind {
                     Kind::Logs(_) => tracker.join_logs(),
-                    Kind::Blocks => tracker.next_seq(),
+                    Kind::Blocks | Kind::Pending(_) => tracker.next_seq(),
                 };
                 book.filters.insert(
                     id.clone(),
@@ -572,7 +602,7 @@ impl Registry {
         filter.last_poll = Instant::now();
         let (events, next, lost) = tracker.read(filter.next);
         filter.next = next;
-        if lost > 0 {
+        if lost > 0 && !matches!(filter.kind, Kind::Pending(_)) {
             tracing::warn!(
                 chain,
                 lost,
@@ -586,8 +616,23 @@ impl Registry {
             }
             out.push_str(item);
         };
+        if let Kind::Pending(relayed) = &mut filter.kind {
+            // It reads the tracker only to keep it going; its changes are the relay's.
+            let (hashes, missed) = relayed.drain();
+            if missed > 0 {
+                tracing::debug!(
+                    chain,
+                    missed,
+                    "a pending transactions filter was polled too rarely: hashes skipped"
+                );
+            }
+            for hash in &hashes {
+                push(hash);
+            }
+        }
         for event in &events {
             match (&filter.kind, event) {
+                (Kind::Pending(_), _) => {}
                 (Kind::Blocks, Event::Added(b)) => push(&format!("\"{}\"", b.hash)),
                 (Kind::Blocks, Event::Removed(_)) => {}
                 (Kind::Logs(c), Event::Added(b)) => {
@@ -614,8 +659,10 @@ impl Registry {
                     f.last_poll = Instant::now();
                     match &f.kind {
                         Kind::Logs(c) => c.raw.clone(),
-                        // As geth: a block filter has no logs to get.
-                        Kind::Blocks => return Some(error(NOT_FOUND.0, NOT_FOUND.1)),
+                        // As geth: a block or pending transactions filter has no logs.
+                        Kind::Blocks | Kind::Pending(_) => {
+                            return Some(error(NOT_FOUND.0, NOT_FOUND.1))
+                        }
                     }
                 }
                 _ => return None,

@@ -179,6 +179,19 @@ impl Relayed {
         }
     }
 
+    /// The notifications' results received since the last call, without waiting, and how
+    /// many were skipped because they were not read in time (a filter polled too rarely).
+    pub fn drain(&mut self) -> (Vec<Arc<str>>, u64) {
+        let (mut results, mut missed) = (Vec::new(), 0);
+        loop {
+            match self.rx.try_recv() {
+                Ok(r) => results.push(r),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => missed += n,
+                Err(_) => return (results, missed),
+            }
+        }
+    }
+
     /// Whether the relay shares its upstream subscription with `other`.
     pub fn shares_with(&self, other: &Relayed) -> bool {
         Arc::ptr_eq(&self.relay, &other.relay)

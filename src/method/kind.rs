@@ -109,6 +109,7 @@ pub fn method_kind(method: &str) -> MethodKind {
         }
         "eth_newFilter"
         | "eth_newBlockFilter"
+        | "eth_newPendingTransactionFilter"
         | "eth_getFilterChanges"
         | "eth_getFilterLogs"
         | "eth_uninstallFilter" => MethodKind::Filter,
@@ -160,6 +161,7 @@ mod tests {
         for m in [
             "eth_newFilter",
             "eth_newBlockFilter",
+            "eth_newPendingTransactionFilter",
             "eth_getFilterChanges",
             "eth_getFilterLogs",
             "eth_uninstallFilter",
@@ -168,7 +170,6 @@ mod tests {
             assert!(!method_kind(m).may_repeat());
         }
         for m in [
-            "eth_newPendingTransactionFilter",
             "zks_someWrite",
             "anvil_mine",
             "hardhat_reset",
