@@ -4,12 +4,13 @@
 //! `eth_subscribe` / `eth_unsubscribe` are answered by the connection's [`Subscriptions`],
 //! built on detour's chain tracker ([`crate::follow::subscribe`]).
 //!
-//! One task reads the client's messages and writes the subscriptions' notifications in order;
-//! calls are answered by tasks of their own (at most [`CALLS_PER_CONNECTION`] at once) and the
-//! answers queued; one task writes the queue to the socket. A client whose queue outgrows
-//! `websocket.max_queued_bytes` (it reads slower than its messages arrive) is disconnected with
-//! close code 1008; memory stays bounded. Pings go out after `websocket.ping_interval` of
-//! silence; a client silent for two intervals is closed. Shutdown closes with 1001, and a
+//! One task per connection does everything: it reads the client's messages, polls the calls
+//! in flight (at most [`CALLS_PER_CONNECTION`] at once, concurrently, in place: no task per
+//! call), frames answers and notifications straight into the connection's output buffer, and
+//! writes that buffer once per wake. A client that leaves more than `websocket.max_queued_bytes`
+//! unread (it reads slower than its messages arrive) is disconnected with close code 1008;
+//! memory stays bounded. Pings go out after `websocket.ping_interval` of silence; a client
+//! silent for two intervals is closed. Shutdown closes with 1001, and a
 //! reload that removes the chain with 1001 and a reason.
 
 use std::collections::HashMap;
