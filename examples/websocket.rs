@@ -11,7 +11,8 @@
 //!    and "read" is the moment the mock sent the head over its WebSocket.
 //! 2. **Calls**: `--calls C` (default 20 000) sequential `eth_call`s over one WebSocket and over
 //!    one HTTP/1.1 keep-alive connection, alternating in `--rounds R` (default 5) rounds:
-//!    detour's CPU time per call for each (median over rounds).
+//!    detour's CPU time per call for each (median over rounds). `--over ws|http` sends only
+//!    one kind (for `scripts/ws-instructions-per-call.sh`, which counts under callgrind).
 //!
 //! ```text
 //! cargo build --release --bin detour && cargo run --release --example websocket
@@ -53,6 +54,7 @@ fn main() {
     let (mut clients, mut blocks, mut calls, mut rounds) =
         (10_000usize, 20usize, 20_000usize, 5usize);
     let (mut ws_source, mut light, mut floor) = (false, true, false);
+    let (mut over_ws, mut over_http) = (true, true);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--client" {
@@ -65,6 +67,14 @@ fn main() {
         }
         if a == "--floor" {
             floor = true;
+            continue;
+        }
+        if a == "--over" {
+            (over_ws, over_http) = match args.next().as_deref() {
+                Some("ws") => (true, false),
+                Some("http") => (false, true),
+                other => panic!("--over ws|http, not {other:?}"),
+            };
             continue;
         }
         if a == "--source" {
@@ -82,7 +92,7 @@ fn main() {
             "--calls" => calls = value(),
             "--rounds" => rounds = value(),
             other => {
-                panic!("unknown argument {other} (use --clients N --blocks N --calls N --rounds N --source ws|poll)")
+                panic!("unknown argument {other} (use --clients N --blocks N --calls N --rounds N --source ws|poll --over ws|http)")
             }
         }
     }
@@ -96,18 +106,20 @@ fn main() {
     }
     let chain = Arc::new(Chain::default());
     let (upstream, ws) = start_mock(chain.clone());
-    let detour = start_detour(upstream, ws.filter(|_| ws_source), clients);
+    let mut detour = start_detour(upstream, ws.filter(|_| ws_source), clients);
     rt.block_on(async {
         if clients > 0 {
             fan_out(&chain, &detour, clients, blocks, ws_source, light).await;
         }
         if calls > 0 {
-            call_cost(&detour, calls, rounds).await;
+            call_cost(&detour, calls, rounds, over_ws, over_http).await;
         }
     });
     let _ = Command::new("kill")
         .arg(detour.child.id().to_string())
         .status();
+    // Gone before this returns (a callgrind run writes its counts on the way out).
+    let _ = detour.child.wait();
 }
 
 // === the mock chain ===
@@ -433,7 +445,7 @@ async fn tungstenite_heads(mut ws: Tungstenite, mut on_head: impl FnMut(usize, I
 
 // === calls over WebSocket vs HTTP ===
 
-async fn call_cost(detour: &Detour, calls: usize, rounds: usize) {
+async fn call_cost(detour: &Detour, calls: usize, rounds: usize, ws_on: bool, http_on: bool) {
     let pid = detour.child.id();
     let tick_us = 1e6 / process::clock_ticks() as f64;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/bench", detour.addr))
@@ -448,13 +460,13 @@ async fn call_cost(detour: &Detour, calls: usize, rounds: usize) {
     let (mut over_ws, mut over_http) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let t = process::cpu_ticks(pid);
-        for _ in 0..calls {
+        for _ in 0..calls * usize::from(ws_on) {
             ws.send(Message::text(CALL)).await.unwrap();
             let _ = ws.next().await.unwrap().unwrap();
         }
         over_ws.push((process::cpu_ticks(pid) - t) as f64 * tick_us / calls as f64);
         let t = process::cpu_ticks(pid);
-        for _ in 0..calls {
+        for _ in 0..calls * usize::from(http_on) {
             let req = Request::post("/bench")
                 .header("host", "bench")
                 .header("content-type", "application/json")
