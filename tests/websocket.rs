@@ -320,6 +320,167 @@ async fn bad_subscriptions_and_limits_get_clear_errors() {
     proxy.stop().await;
 }
 
+/// A WebSocket opened by hand, to send frames a library would not.
+async fn raw_connect(proxy: &Proxy) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET /mainnet HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(s.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// A client's frame: `first` byte as given (FIN, opcode), the payload masked unless `mask` is
+/// false.
+fn frame(first: u8, payload: &[u8], mask: bool) -> Vec<u8> {
+    let key = [0x9d, 0x01, 0x7e, 0x42];
+    let mut f = vec![first];
+    let m = if mask { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(m | n as u8),
+        n => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    if mask {
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+/// The next frame the server sent: its first byte and payload; `None` once the socket closes.
+async fn raw_next(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let first = s.read_u8().await.ok()?;
+        let len = match s.read_u8().await.ok()? {
+            126 => s.read_u16().await.ok()? as usize,
+            127 => s.read_u64().await.ok()? as usize,
+            n => {
+                assert!(n < 0x80, "a server's frames are not masked");
+                n as usize
+            }
+        };
+        let mut payload = vec![0; len];
+        s.read_exact(&mut payload).await.ok()?;
+        Some((first, payload))
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("a frame within 10 s")
+}
+
+#[tokio::test]
+async fn frames_are_read_as_rfc_6455_says() {
+    use tokio::io::AsyncWriteExt;
+    let chain = SimChain::new(10, 0);
+    let a = SimUpstream::start(&chain).await;
+    let proxy = Proxy::start(&config("[websocket]\nmax_message_bytes = 4096", &[&a])).await;
+    let mut s = raw_connect(&proxy).await;
+
+    // A call in three fragments with a ping between them, written a byte at a time: the ping
+    // is answered at once with its payload, the call once it is whole.
+    let call = br#"{"jsonrpc":"2.0","id":"frag","method":"eth_blockNumber","params":[]}"#;
+    let mut bytes = frame(0x01, &call[..10], true);
+    bytes.extend(frame(0x89, b"are you there", true));
+    bytes.extend(frame(0x00, &call[10..30], true));
+    bytes.extend(frame(0x80, &call[30..], true));
+    for b in bytes {
+        s.write_all(&[b]).await.unwrap();
+    }
+    assert_eq!(
+        raw_next(&mut s).await,
+        Some((0x8a, b"are you there".to_vec()))
+    );
+    let (first, answer) = raw_next(&mut s).await.unwrap();
+    assert_eq!(first, 0x81, "FIN, text");
+    let v: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(
+        (v["id"].as_str(), v["result"].as_str()),
+        (Some("frag"), Some("0xa"))
+    );
+
+    // Ten calls in one write, one of them binary: each answered once (in any order).
+    let mut bytes = Vec::new();
+    for id in 0..10 {
+        let call = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"eth_chainId"}}"#);
+        bytes.extend(frame(
+            if id == 3 { 0x82 } else { 0x81 },
+            call.as_bytes(),
+            true,
+        ));
+    }
+    s.write_all(&bytes).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let (first, answer) = raw_next(&mut s).await.unwrap();
+        assert_eq!(first, 0x81);
+        let v: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(v["result"], "0x1", "{v}");
+        ids.push(v["id"].as_u64().unwrap());
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (0..10).collect::<Vec<u64>>());
+
+    // A binary message that is not UTF-8 is a parse error; the connection stays.
+    s.write_all(&frame(0x82, &[0xff, 0xfe], true))
+        .await
+        .unwrap();
+    let (_, answer) = raw_next(&mut s).await.unwrap();
+    let v: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(v["error"]["code"], -32700, "{v}");
+
+    // The client's close is answered with its code, then the socket ends.
+    s.write_all(&frame(0x88, &[0x03, 0xe8, b'b', b'y', b'e'], true))
+        .await
+        .unwrap();
+    assert_eq!(raw_next(&mut s).await, Some((0x88, vec![0x03, 0xe8])));
+    assert_eq!(raw_next(&mut s).await, None);
+
+    // Broken rules close the connection with the code the RFC names, and a reason.
+    let big = vec![b' '; 3000];
+    for (bytes, code) in [
+        (frame(0x81, b"{}", false), 1002u16),
+        (frame(0xc1, b"{}", true), 1002),
+        (frame(0x80, b"{}", true), 1002),
+        (frame(0x09, b"", true), 1002),
+        (frame(0x81, &[b'"', 0xc3, 0x28, b'"'], true), 1007),
+        (
+            [frame(0x01, &big, true), frame(0x80, &big, true)].concat(),
+            1009,
+        ),
+    ] {
+        let mut s = raw_connect(&proxy).await;
+        s.write_all(&bytes).await.unwrap();
+        let (first, payload) = raw_next(&mut s).await.expect("a close frame");
+        assert_eq!(first, 0x88);
+        assert_eq!(
+            u16::from_be_bytes([payload[0], payload[1]]),
+            code,
+            "{bytes:x?}"
+        );
+        assert!(payload.len() > 2, "a reason is given");
+        assert_eq!(raw_next(&mut s).await, None);
+    }
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn a_client_that_does_not_keep_up_is_disconnected_with_1008() {
     let chain = SimChain::new(10, 8);

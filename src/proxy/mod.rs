@@ -7,3 +7,4 @@ pub mod admin;
 pub(crate) mod response;
 pub mod service;
 pub(crate) mod ws;
+pub(crate) mod wsframe;

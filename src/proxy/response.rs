@@ -199,6 +199,24 @@ impl RpcBody {
         }
     }
 
+    /// The body as the parts it goes out in, in order.
+    pub(crate) fn parts(&self) -> [&[u8]; 5] {
+        match self {
+            RpcBody::Whole(b) => [b, &[], &[], &[], &[]],
+            RpcBody::Result { id, result } => {
+                [jsonrpc::RESULT_HEAD, id, jsonrpc::RESULT_MID, result, b"}"]
+            }
+        }
+    }
+
+    /// The part an upstream wrote (the rest is detour's and the client's).
+    pub(crate) fn upstream_part(&self) -> &[u8] {
+        match self {
+            RpcBody::Whole(b) => b,
+            RpcBody::Result { result, .. } => result,
+        }
+    }
+
     /// The body in one piece.
     pub(crate) fn into_bytes(self) -> Bytes {
         if let RpcBody::Whole(b) = self {

@@ -266,14 +266,14 @@ impl Detour {
         client: &super::ws::Client,
         body: &[u8],
         subs: &mut Option<Box<super::ws::Subscriptions>>,
-    ) -> Option<Bytes> {
+    ) -> Option<RpcBody> {
         let started = Instant::now();
         let pool = self.pool();
         let chain = pool.route(chain)?;
         let refuse = |code: i64, message: &str, data: Option<&str>| {
             // Every call of the message gets the refusal, with its id.
             let answers = refusals(body, code, message, data);
-            (!answers.is_empty()).then(|| Bytes::from(answers))
+            (!answers.is_empty()).then(|| RpcBody::Whole(Bytes::from(answers)))
         };
         if let Some(limits) = &pool.rate_limits {
             let who = access::client_id(client.key.as_deref(), client.peer.map(|p| p.ip()));
@@ -302,7 +302,7 @@ impl Detour {
         if access_log_on(&pool) {
             access_log(&chain.name, &served, StatusCode::OK, started, client.peer);
         }
-        Some(out?.into_bytes())
+        out
     }
 
     /// A slot among `server.max_requests_in_flight` (`max`), held until dropped; `None` when

@@ -22,20 +22,18 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::OptionFuture;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
 
-use super::response::{error_bytes, json};
+use super::response::{error_bytes, json, RpcBody};
 use super::service::{Body, Detour};
+use super::wsframe::{put_close, put_ping, put_pong, text_frame, Fail, Frame, ReadError, Reader};
 use crate::failover::retry::CallResult;
 use crate::follow::relay::{RelayError, Relayed};
 use crate::follow::subscribe::{kind_of, Subscription, Topic};
@@ -160,20 +158,12 @@ pub(crate) fn upgrade<B>(
                 return;
             }
         };
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .max_message_size(Some(config.max_message_bytes))
-            .max_frame_size(Some(config.max_message_bytes));
-        let ws = WebSocketStream::from_raw_socket(
-            Io {
-                io: TokioIo::new(upgraded),
-                out: BytesMut::new(),
-            },
-            Role::Server,
-            Some(ws_config),
-        )
-        .await;
-        run(detour, chain_name, client, ws).await;
+        let conn = Conn {
+            io: TokioIo::new(upgraded),
+            reader: Reader::new(config.max_message_bytes),
+            out: BytesMut::new(),
+        };
+        run(detour, chain_name, client, conn).await;
         drop(slot);
     });
     let mut resp = Response::new(Body::default());
@@ -199,46 +189,17 @@ impl Drop for Open {
     }
 }
 
-/// The client's socket as tungstenite sees it: reads pass through; what tungstenite writes
-/// (pongs, close frames) lands in `out`, beside the frames detour writes there itself
-/// (answers and notifications, framed by [`text_frame`]), and the connection's task writes
-/// `out` to the socket. Everything goes out from that one task, one write per wake, and the
-/// bytes not yet taken by the socket are counted exactly (a slow client's bound).
-struct Io<S> {
+/// The client's side of a connection: its socket, the frames read from it, and `out`, the
+/// frames waiting to go to it (answers, notifications, pongs, pings and the close frame, all
+/// framed by [`wsframe`]). Everything goes out from the connection's one task, one write per
+/// wake, and the bytes not yet taken by the socket are counted exactly (a slow client's bound).
+struct Conn<S> {
     io: S,
+    reader: Reader,
     out: BytesMut,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Io<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<S: Unpin> AsyncWrite for Io<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.out.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> Io<S> {
+impl<S: AsyncWrite + Unpin> Conn<S> {
     /// Writes `out` to the socket until it is empty (then flushed, and its memory given back)
     /// or the socket is full (then the task is woken when it can take more).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -258,33 +219,21 @@ impl<S: AsyncWrite + Unpin> Io<S> {
     }
 }
 
-/// Appends a text frame's header for a `len`-byte payload (a server's frames are unmasked).
-fn text_frame(out: &mut BytesMut, len: usize) {
-    out.reserve(len + 10);
-    out.put_u8(0x81);
-    if len < 126 {
-        out.put_u8(len as u8);
-    } else if len <= 0xffff {
-        out.put_u8(126);
-        out.put_u16(len as u16);
-    } else {
-        out.put_u8(127);
-        out.put_u64(len as u64);
+/// Appends an answer as a text frame. JSON-RPC is UTF-8, but an upstream's bytes may not be:
+/// those are replaced, as a text message must be UTF-8 (the client's own bytes, its ids, were
+/// checked when its message was read).
+fn put_answer(out: &mut BytesMut, answer: &RpcBody) {
+    let parts = answer.parts();
+    if simdutf8::basic::from_utf8(answer.upstream_part()).is_err() {
+        let whole: Vec<u8> = parts.concat();
+        let text = String::from_utf8_lossy(&whole);
+        text_frame(out, text.len());
+        out.extend_from_slice(text.as_bytes());
+        return;
     }
-}
-
-/// Appends `text` as one text frame.
-fn put_text(out: &mut BytesMut, text: &[u8]) {
-    text_frame(out, text.len());
-    out.extend_from_slice(text);
-}
-
-/// Appends an answer as a text frame (JSON-RPC: UTF-8 unless an upstream's bytes were not;
-/// those are replaced, as a text message must be UTF-8).
-fn put_answer(out: &mut BytesMut, answer: &[u8]) {
-    match std::str::from_utf8(answer) {
-        Ok(_) => put_text(out, answer),
-        Err(_) => put_text(out, String::from_utf8_lossy(answer).as_bytes()),
+    text_frame(out, answer.len());
+    for part in parts {
+        out.extend_from_slice(part);
     }
 }
 
@@ -301,10 +250,12 @@ fn put_notification(out: &mut BytesMut, id: &str, result: &str) {
 
 /// Why the connection ends, for the close frame and the log.
 enum End {
-    ClientClosed,
+    /// The client sent a close frame (with this code).
+    ClientClosed(Option<u16>),
     Gone,
     SlowConsumer,
-    TooLarge,
+    /// The client broke the protocol.
+    Broken(Fail),
     Lagged(u64),
     Silent,
     Shutdown,
@@ -457,35 +408,28 @@ async fn changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
 
 /// What woke the connection on its socket.
 enum Socket {
-    Read(Option<Result<Message, WsError>>),
+    Read(Result<Option<Frame>, ReadError>),
     WriteFailed,
 }
 
-/// Writes what is waiting for the client, then reads its next message (unless `read` is
-/// false: the connection has [`CALLS_PER_CONNECTION`] calls in flight).
-fn poll_socket<S>(ws: &mut WebSocketStream<Io<S>>, read: bool, cx: &mut Context<'_>) -> Poll<Socket>
+/// Writes what is waiting for the client, then reads its next frame (unless `read` is false:
+/// the connection has [`CALLS_PER_CONNECTION`] calls in flight).
+fn poll_socket<S>(conn: &mut Conn<S>, read: bool, cx: &mut Context<'_>) -> Poll<Socket>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if let Poll::Ready(Err(_)) = ws.get_mut().poll_send(cx) {
+    if let Poll::Ready(Err(_)) = conn.poll_send(cx) {
         return Poll::Ready(Socket::WriteFailed);
     }
     if !read {
         return Poll::Pending;
     }
-    let next = ws.poll_next_unpin(cx).map(Socket::Read);
-    // Reading may have queued a pong or a close reply.
-    if !ws.get_ref().out.is_empty() {
-        if let Poll::Ready(Err(_)) = ws.get_mut().poll_send(cx) {
-            return Poll::Ready(Socket::WriteFailed);
-        }
-    }
-    next
+    conn.reader.poll_frame(&mut conn.io, cx).map(Socket::Read)
 }
 
-type Call = Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>;
+type Call<'a> = Pin<Box<dyn Future<Output = Option<RpcBody>> + Send + 'a>>;
 
-async fn run<S>(detour: Detour, chain: Arc<str>, client: Client, mut ws: WebSocketStream<Io<S>>)
+async fn run<S>(detour: Detour, chain: Arc<str>, client: Client, mut conn: Conn<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -493,89 +437,104 @@ where
     let max_queued = config.max_queued_bytes;
     let mut subs = Subscriptions::default();
     // Calls are answered concurrently, in this task: no hand-off to another task and back.
-    let mut calls: FuturesUnordered<Call> = FuturesUnordered::new();
+    // The first in flight is polled in place; more wait in `calls`.
+    let call = |text: Bytes| {
+        let (detour, chain, client) = (&detour, &chain, &client);
+        async move { detour.ws_message(chain, client, &text, &mut None).await }
+    };
+    let mut first = std::pin::pin!(OptionFuture::from(None));
+    let mut first_busy = false;
+    let mut calls: FuturesUnordered<Call<'_>> = FuturesUnordered::new();
     let mut closing = detour.closing();
+    // One wait for the whole connection, not one made again at every wake.
+    let mut closing = std::pin::pin!(closing.changed());
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.tick().await;
     let end = loop {
-        let read = calls.len() < CALLS_PER_CONNECTION;
+        let read = calls.len() + usize::from(first_busy) < CALLS_PER_CONNECTION;
+        // In this order (the common wakes first, no random start): tokio's cooperative budget
+        // makes a socket that is always ready yield, so the later branches still get their turn.
         tokio::select! {
-            socket = std::future::poll_fn(|cx| poll_socket(&mut ws, read, cx)) => {
-                let message = match socket {
-                    Socket::Read(m) => m,
-                    Socket::WriteFailed => break End::Gone,
-                };
-                let text = match message {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(b))) => match Utf8Bytes::try_from(b) {
-                        Ok(t) => t,
-                        Err(_) => {
-                            put_answer(&mut ws.get_mut().out, &error_bytes(
-                                jsonrpc::PARSE_ERROR,
-                                "Parse error",
-                                Some("\"the message is not UTF-8\""),
-                            ));
-                            continue;
-                        }
-                    },
-                    Some(Ok(Message::Close(_))) | None => break End::ClientClosed,
-                    Some(Ok(_)) => {
-                        // Pings are answered by tungstenite; pongs only say the client is there.
-                        last_heard = Instant::now();
-                        continue;
+            biased;
+            socket = std::future::poll_fn(|cx| poll_socket(&mut conn, read, cx)) => {
+                let frame = match socket {
+                    Socket::Read(Ok(Some(frame))) => frame,
+                    Socket::Read(Ok(None)) | Socket::WriteFailed => break End::Gone,
+                    Socket::Read(Err(ReadError::Fail(why))) => {
+                        tracing::debug!(chain = &*chain, why = why.reason(), "WebSocket protocol error");
+                        break End::Broken(why);
                     }
-                    Some(Err(WsError::Capacity(e))) => {
-                        tracing::debug!(chain = &*chain, error = %e, "WebSocket message too large");
-                        break End::TooLarge;
-                    }
-                    Some(Err(e)) => {
+                    Socket::Read(Err(ReadError::Io(e))) => {
                         tracing::debug!(chain = &*chain, error = %e, "WebSocket read failed");
                         break End::Gone;
                     }
                 };
                 last_heard = Instant::now();
+                let text = match frame {
+                    Frame::Text(t) => t,
+                    Frame::Binary(b) if simdutf8::basic::from_utf8(&b).is_ok() => b,
+                    Frame::Binary(_) => {
+                        put_answer(&mut conn.out, &RpcBody::Whole(error_bytes(
+                            jsonrpc::PARSE_ERROR,
+                            "Parse error",
+                            Some("\"the message is not UTF-8\""),
+                        )));
+                        continue;
+                    }
+                    Frame::Ping(payload) => {
+                        put_pong(&mut conn.out, &payload);
+                        continue;
+                    }
+                    Frame::Pong => continue,
+                    Frame::Close(code) => break End::ClientClosed(code),
+                };
                 if detour.pool().route(&chain).is_none() {
                     break End::ChainRemoved;
                 }
-                if memchr::memmem::find(text.as_bytes(), b"subscribe").is_some() {
+                if memchr::memmem::find(&text, b"subscribe").is_some() {
                     // Subscription calls are answered here, in order with the notifications:
                     // a subscription's id goes out before its first notification.
                     let mut session = Some(Box::new(std::mem::take(&mut subs)));
-                    let answer = detour.ws_message(&chain, &client, text.as_bytes(), &mut session).await;
+                    let answer = detour.ws_message(&chain, &client, &text, &mut session).await;
                     subs = session.take().map(|s| *s).unwrap_or_default();
-                    let out = &mut ws.get_mut().out;
                     if let Some(answer) = answer {
-                        put_answer(out, &answer);
+                        put_answer(&mut conn.out, &answer);
                     }
-                    if let Err(end) = subs.flush(out, &detour) {
+                    if let Err(end) = subs.flush(&mut conn.out, &detour) {
                         break end;
                     }
+                } else if !first_busy {
+                    first.set(Some(call(text)).into());
+                    first_busy = true;
                 } else {
-                    let (detour, chain, client) = (detour.clone(), chain.clone(), client.clone());
-                    calls.push(Box::pin(async move {
-                        let mut none = None;
-                        detour.ws_message(&chain, &client, text.as_bytes(), &mut none).await
-                    }));
+                    calls.push(Box::pin(call(text)));
+                }
+            }
+            Some(answer) = &mut first, if first_busy => {
+                first.set(None.into());
+                first_busy = false;
+                if let Some(answer) = answer {
+                    put_answer(&mut conn.out, &answer);
                 }
             }
             Some(answer) = calls.next(), if !calls.is_empty() => {
                 if let Some(answer) = answer {
-                    put_answer(&mut ws.get_mut().out, &answer);
+                    put_answer(&mut conn.out, &answer);
                 }
             }
             alive = changed(&mut subs.changed) => {
                 if !alive {
                     break End::Shutdown;
                 }
-                if let Err(end) = subs.flush(&mut ws.get_mut().out, &detour) {
+                if let Err(end) = subs.flush(&mut conn.out, &detour) {
                     break end;
                 }
             }
             (id, next) = next_relayed(&mut subs.relayed) => match next {
                 Ok(result) => {
                     detour.notified(1);
-                    put_notification(&mut ws.get_mut().out, &id, &result);
+                    put_notification(&mut conn.out, &id, &result);
                 }
                 Err(missed) => tracing::debug!(
                     chain = &*chain,
@@ -590,76 +549,58 @@ where
                 if detour.pool().route(&chain).is_none() {
                     break End::ChainRemoved;
                 }
-                if last_heard.elapsed() >= config.ping_interval
-                    && ws.send(Message::Ping(Bytes::new())).await.is_err()
-                {
-                    break End::Gone;
+                if last_heard.elapsed() >= config.ping_interval {
+                    put_ping(&mut conn.out);
                 }
             }
-            _ = closing.changed() => break End::Shutdown,
+            _ = &mut closing => break End::Shutdown,
         }
-        if ws.get_ref().out.len() > max_queued {
+        if conn.out.len() > max_queued {
             break End::SlowConsumer;
         }
     };
     let (code, reason) = match end {
-        End::ClientClosed | End::Gone => (None, ""),
+        End::Gone => (None, ""),
+        // The client's close is answered with its code.
+        End::ClientClosed(code) => (code, ""),
         End::SlowConsumer => (
-            Some(CloseCode::Policy),
+            Some(1008),
             "too slow: more than websocket.max_queued_bytes waiting",
         ),
-        End::TooLarge => (
-            Some(CloseCode::Size),
-            "message larger than websocket.max_message_bytes",
-        ),
+        End::Broken(why) => (Some(why.code()), why.reason()),
         End::Lagged(_) => (
-            Some(CloseCode::Again),
+            Some(1013),
             "too slow: fell behind the chain (tracker.max_events)",
         ),
-        End::Silent => (
-            Some(CloseCode::Away),
-            "no answer to pings (websocket.ping_interval)",
-        ),
-        End::Shutdown => (Some(CloseCode::Away), "detour is shutting down"),
+        End::Silent => (Some(1001), "no answer to pings (websocket.ping_interval)"),
+        End::Shutdown => (Some(1001), "detour is shutting down"),
         End::ChainRemoved => (
-            Some(CloseCode::Away),
+            Some(1001),
             "the chain is no longer served (configuration reloaded)",
         ),
     };
-    match (code, &end) {
-        (Some(_), End::Lagged(lost)) => {
+    match &end {
+        End::Lagged(lost) => {
             tracing::warn!(chain = &*chain, peer = ?client.peer, reason, lost, "WebSocket client disconnected")
         }
-        (Some(_), End::SlowConsumer) => {
+        End::SlowConsumer => {
             tracing::warn!(chain = &*chain, peer = ?client.peer, reason, "WebSocket client disconnected")
         }
-        (Some(_), _) => {
-            tracing::debug!(chain = &*chain, peer = ?client.peer, reason, "WebSocket closed")
-        }
-        _ => {}
+        End::Gone | End::ClientClosed(_) => {}
+        _ => tracing::debug!(chain = &*chain, peer = ?client.peer, reason, "WebSocket closed"),
     }
     drop(subs);
     drop(calls);
+    first.set(None.into());
     if matches!(end, End::Gone) {
         return;
     }
-    if let Some(code) = code {
-        let _ = ws
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
-    } else {
-        // The client's close is answered (tungstenite queued the reply; this frames it).
-        let _ = ws.flush().await;
-    }
+    put_close(&mut conn.out, code, reason);
     // What is queued goes out (the close frame last); a client that does not read does not
     // hold the task.
-    let io = ws.get_mut();
-    let sent = std::future::poll_fn(|cx| io.poll_send(cx));
+    let sent = std::future::poll_fn(|cx| conn.poll_send(cx));
     if let Ok(Ok(())) = tokio::time::timeout(std::time::Duration::from_secs(5), sent).await {
-        let _ = io.io.shutdown().await;
+        let _ = conn.io.shutdown().await;
     }
 }
 
@@ -678,24 +619,30 @@ mod tests {
     }
 
     #[test]
-    fn frame_lengths_take_the_short_forms() {
-        for (len, header) in [
-            (125, vec![0x81, 125]),
-            (126, vec![0x81, 126, 0, 126]),
-            (65_535, vec![0x81, 126, 0xff, 0xff]),
-            (65_536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
-        ] {
-            let mut out = BytesMut::new();
-            put_text(&mut out, &vec![b'a'; len]);
-            assert_eq!(&out[..header.len()], &header[..], "{len}");
-            assert_eq!(out.len(), header.len() + len);
-        }
-    }
-
-    #[test]
     fn answers_that_are_not_utf8_are_replaced() {
         let mut out = BytesMut::new();
-        put_answer(&mut out, b"\"\xff\"");
+        put_answer(&mut out, &RpcBody::Whole(Bytes::from_static(b"\"\xff\"")));
         assert_eq!(&out[2..], "\"\u{fffd}\"".as_bytes());
+        let mut out = BytesMut::new();
+        let result = RpcBody::Result {
+            id: smallvec::SmallVec::from_slice(b"7"),
+            result: Bytes::from_static(b"\"\xc3\""),
+        };
+        put_answer(&mut out, &result);
+        assert_eq!(
+            &out[2..],
+            "{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":\"\u{fffd}\"}".as_bytes()
+        );
+        let mut out = BytesMut::new();
+        let result = RpcBody::Result {
+            id: smallvec::SmallVec::from_slice("\"é\"".as_bytes()),
+            result: Bytes::from_static(b"\"0x1\""),
+        };
+        put_answer(&mut out, &result);
+        assert_eq!(out[1] as usize, out.len() - 2);
+        assert_eq!(
+            &out[2..],
+            "{\"jsonrpc\":\"2.0\",\"id\":\"é\",\"result\":\"0x1\"}".as_bytes()
+        );
     }
 }

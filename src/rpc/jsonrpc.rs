@@ -366,10 +366,15 @@ pub fn write_result(out: &mut Vec<u8>, id: Option<Raw<'_>>, result: &[u8]) {
 /// Appends what [`write_result`] writes before the result, for an id given as its JSON text:
 /// `{"jsonrpc":"2.0","id":<id>,"result":` (the result and a `}` follow).
 pub(crate) fn write_result_start(out: &mut Vec<u8>, id: &[u8]) {
-    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(RESULT_HEAD);
     out.extend_from_slice(id);
-    out.extend_from_slice(b",\"result\":");
+    out.extend_from_slice(RESULT_MID);
 }
+
+/// What a result's envelope has before its id.
+pub(crate) const RESULT_HEAD: &[u8] = b"{\"jsonrpc\":\"2.0\",\"id\":";
+/// What it has between its id and the result.
+pub(crate) const RESULT_MID: &[u8] = b",\"result\":";
 
 /// Appends `{"jsonrpc":"2.0","id":<id>,"error":<error>}`; `error` (an object) is copied verbatim.
 pub fn write_error(out: &mut Vec<u8>, id: Option<Raw<'_>>, error: &[u8]) {
