@@ -870,6 +870,55 @@ async fn a_failed_head_source_is_replaced_without_losing_a_height() {
 }
 
 #[tokio::test]
+async fn the_head_source_moves_back_to_a_better_tier_when_it_is_usable_again() {
+    let chain = SimChain::new(10, 0);
+    let (a, b) = (
+        SimUpstream::start_ws(&chain).await,
+        SimUpstream::start_ws(&chain).await,
+    );
+    // u0 is tier 0, u1 tier 1; u0 is cordoned at first, so heads come over u1.
+    let toml = config("poll_interval = \"100ms\"\n", &[&a, &b])
+        .replace("name = \"u1\"\n", "name = \"u1\"\ntier = 1\n");
+    let proxy = Proxy::start(&toml).await;
+    assert!(proxy.detour.cordon("mainnet", "u0", true));
+    let mut ws = connect(&proxy, "/mainnet").await;
+    let id = subscribe(&mut ws, json!(["newHeads"])).await;
+    until_source(&proxy, Some("u1")).await;
+    let subscribed = std::time::Instant::now();
+
+    // u0 is usable again: once the source has been kept its minimum time, it moves back, and
+    // every height mined through the move arrives once, in order.
+    assert!(proxy.detour.cordon("mainnet", "u0", false));
+    let mut next = 11;
+    while head_source(&proxy).as_deref() != Some("u0") {
+        assert!(
+            subscribed.elapsed() < Duration::from_secs(30),
+            "the head source stayed on the tier-1 upstream"
+        );
+        chain.mine(1);
+        let got = numbered(&notifications(&mut ws, &id, 1).await);
+        assert_eq!(got, [(next, chain.hash_at(next))]);
+        next += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        subscribed.elapsed() >= Duration::from_secs(9),
+        "not before the source was kept a while"
+    );
+    chain.mine(2);
+    let got = numbered(&notifications(&mut ws, &id, 2).await);
+    assert_eq!(
+        got,
+        [
+            (next, chain.hash_at(next)),
+            (next + 1, chain.hash_at(next + 1))
+        ]
+    );
+    assert_eq!(a.ws_subscribes(), 1, "one subscription on the better tier");
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn other_kinds_are_relayed_from_one_upstream_websocket_and_move_when_it_fails() {
     let chain = SimChain::new(10, 0);
     let (a, b) = (

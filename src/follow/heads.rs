@@ -9,7 +9,11 @@
 //! it is no longer fit (ejected, cordoned, removed), or when the chain's tracker says it lags
 //! (polls found blocks it had not announced). An upstream given up is avoided for a while
 //! ([`AVOID`]) when others are there; with none left, the tracker polls over HTTP as without
-//! WebSocket upstreams, and the feed tries again after a back-off.
+//! WebSocket upstreams, and the feed tries again after a back-off. When an upstream of a
+//! better (lower) tier is fit again and has not been given up within [`AVOID`], the feed moves
+//! back to it (checked every [`RETURN_AFTER`]; the tracker's rounds link the heads by parent
+//! hash across the move, so it costs no height). Within a tier the source is kept while it
+//! works: latency estimates move too often to chase.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -38,6 +42,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A source followed this long was working: the next one is tried at once, and the back-off
 /// starts over.
 const STEADY: Duration = Duration::from_secs(5);
+/// How long a source is kept, at least, before a better tier's upstream takes over again.
+pub const RETURN_AFTER: Duration = Duration::from_secs(10);
 /// Time for the `eth_subscribe` answer.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -96,8 +102,33 @@ async fn run(
             continue;
         };
         give_up.borrow_and_update();
-        let why = follow_one(&*source, &tracker, &upstream, &heads, &mut give_up).await;
+        let stop = follow_one(
+            &*source,
+            &tracker,
+            &upstream,
+            &heads,
+            &mut give_up,
+            &avoided,
+        )
+        .await;
         let live_for = tracker.source().map(|_| tracker.source_age());
+        let why = match stop {
+            Stop::Better(why) => {
+                // The tracker polls until the better one answers eth_subscribe; if it does not,
+                // it is given up and this one (not avoided) is taken again.
+                tracker.set_source(None);
+                tracker.stats.source_changes.fetch_add(1, Relaxed);
+                tracing::info!(
+                    chain = &*chain,
+                    upstream = &*upstream,
+                    reason = %why,
+                    "moving the head source back to a better tier"
+                );
+                backoff = MIN_BACKOFF;
+                continue;
+            }
+            Stop::Failed(why) => why,
+        };
         if live_for.is_some() {
             tracker.set_source(None);
             tracker.stats.source_changes.fetch_add(1, Relaxed);
@@ -226,19 +257,61 @@ pub(super) fn pick(
         .cloned()
 }
 
-/// Follows heads over `upstream`'s WebSocket until it fails; returns why it stopped.
+/// Why a feed stopped following an upstream.
+#[derive(Debug)]
+pub(super) enum Stop {
+    /// It failed (or was given up) for this reason.
+    Failed(String),
+    /// An upstream of a better tier is usable again.
+    Better(String),
+}
+
+/// An upstream of a lower tier than `upstream`'s among `candidates` (best first) that has not
+/// been given up within [`AVOID`], if any.
+pub(super) fn better_tier(
+    source: &dyn Source,
+    chain: &str,
+    upstream: &str,
+    candidates: &[Arc<str>],
+    avoided: &HashMap<Arc<str>, Instant>,
+) -> Option<Arc<str>> {
+    let tier = source.tier(chain, upstream)?;
+    candidates
+        .iter()
+        .take_while(|u| &***u != upstream)
+        .find(|u| {
+            source.tier(chain, u).is_some_and(|t| t < tier)
+                && avoided.get(*u).is_none_or(|at| at.elapsed() >= AVOID)
+        })
+        .cloned()
+}
+
+/// Follows heads over `upstream`'s WebSocket until it fails or a better tier is usable again
+/// (`avoided`: upstreams given up lately, not to be returned to yet); returns why it stopped.
 async fn follow_one(
     source: &dyn Source,
     tracker: &Tracker,
     upstream: &Arc<str>,
     heads: &watch::Sender<Option<Block>>,
     give_up: &mut watch::Receiver<Option<String>>,
-) -> String {
+    avoided: &HashMap<Arc<str>, Instant>,
+) -> Stop {
     let chain = &*tracker.chain;
     let (ws, id) = match open(source, chain, upstream, r#"["newHeads"]"#).await {
         Ok(opened) => opened,
-        Err(Refusal::Failed(why)) => return why,
-        Err(Refusal::Upstream(e)) => return format!("eth_subscribe(newHeads) failed: {e}"),
+        Err(Refusal::Failed(why)) => return Stop::Failed(why),
+        Err(Refusal::Upstream(e)) => {
+            return Stop::Failed(format!("eth_subscribe(newHeads) failed: {e}"))
+        }
+    };
+    let since = Instant::now();
+    let better = || {
+        if since.elapsed() < RETURN_AFTER {
+            return None;
+        }
+        let candidates = source.head_sources(chain);
+        better_tier(source, chain, upstream, &candidates, avoided)
+            .map(|u| format!("{u} is of a better tier and usable again"))
     };
     tracker.set_source(Some(upstream.clone()));
     tracing::info!(
@@ -253,6 +326,7 @@ async fn follow_one(
         ws,
         &id,
         Some(give_up),
+        better,
         |result| match Block::parse(result) {
             Ok(block) => {
                 tracker.stats.ws_heads.fetch_add(1, Relaxed);
@@ -271,7 +345,9 @@ async fn follow_one(
 
 /// Hands each notification's `result` of subscription `id` on `ws` to `each` until the socket
 /// fails, goes silent (no frame, no pong, for two [`PING_EVERY`]), the upstream is no longer
-/// fit, or `give_up` says why to stop; returns why it stopped.
+/// fit, `give_up` says why to stop, or `better` (asked every second) names a reason to move to
+/// another upstream; returns why it stopped.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn relay(
     source: &dyn Source,
     chain: &str,
@@ -279,8 +355,9 @@ pub(super) async fn relay(
     mut ws: UpstreamSocket,
     id: &str,
     mut give_up: Option<&mut watch::Receiver<Option<String>>>,
+    better: impl Fn() -> Option<String>,
     mut each: impl FnMut(&RawValue),
-) -> String {
+) -> Stop {
     let mut check = tokio::time::interval(Duration::from_secs(1));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_frame = Instant::now();
@@ -298,14 +375,14 @@ pub(super) async fn relay(
                 let text = match frame {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Close(c))) => {
-                        return match c {
+                        return Stop::Failed(match c {
                             Some(c) => format!("the upstream closed the WebSocket ({}: {})", c.code, c.reason),
                             None => "the upstream closed the WebSocket".into(),
-                        };
+                        });
                     }
                     Some(Ok(_)) => continue,
-                    Some(Err(e)) => return format!("WebSocket error: {e}"),
-                    None => return "the WebSocket closed".into(),
+                    Some(Err(e)) => return Stop::Failed(format!("WebSocket error: {e}")),
+                    None => return Stop::Failed("the WebSocket closed".into()),
                 };
                 let Ok(m) = serde_json::from_str::<Incoming<'_>>(&text) else {
                     continue;
@@ -316,15 +393,19 @@ pub(super) async fn relay(
             }
             _ = check.tick() => {
                 if !source.head_sources(chain).contains(upstream) {
-                    return "it is no longer fit to serve (ejected, cordoned or removed)".into();
+                    return Stop::Failed("it is no longer fit to serve (ejected, cordoned or removed)".into());
                 }
                 if last_frame.elapsed() >= 2 * PING_EVERY {
-                    return format!("silent for {} s: no notifications, no pong", last_frame.elapsed().as_secs());
+                    return Stop::Failed(format!("silent for {} s: no notifications, no pong", last_frame.elapsed().as_secs()));
+                }
+                if let Some(why) = better() {
+                    let _ = ws.close(None).await;
+                    return Stop::Better(why);
                 }
                 if last_frame.elapsed() >= PING_EVERY && pinged.elapsed() >= PING_EVERY {
                     pinged = Instant::now();
                     if let Err(e) = ws.send(Message::Ping(Default::default())).await {
-                        return format!("WebSocket error: {e}");
+                        return Stop::Failed(format!("WebSocket error: {e}"));
                     }
                 }
             }
@@ -332,9 +413,64 @@ pub(super) async fn relay(
                 let why = give_up.as_deref_mut().and_then(|rx| rx.borrow_and_update().clone());
                 if let Some(why) = why {
                     let _ = ws.close(None).await;
-                    return why;
+                    return Stop::Failed(why);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FiltersConfig, TrackerConfig};
+    use crate::follow::CallFuture;
+
+    /// Upstreams `a`, `b` (tier 0), `c` (tier 1), `d` (tier 2).
+    struct Tiers;
+
+    impl Source for Tiers {
+        fn call<'a>(&'a self, _: &'a str, _: &'static str, _: String) -> CallFuture<'a> {
+            unreachable!("not called")
+        }
+        fn settings(&self) -> Option<(TrackerConfig, FiltersConfig)> {
+            None
+        }
+        fn tier(&self, _: &str, upstream: &str) -> Option<u32> {
+            match upstream {
+                "a" | "b" => Some(0),
+                "c" => Some(1),
+                "d" => Some(2),
+                _ => None,
+            }
+        }
+    }
+
+    #[test]
+    fn a_better_tier_takes_over_only_when_not_given_up_lately() {
+        let names = |v: &[&str]| -> Vec<Arc<str>> { v.iter().map(|&s| Arc::from(s)).collect() };
+        let none = HashMap::new();
+        let better = |current: &str, candidates: &[&str], avoided: &HashMap<Arc<str>, Instant>| {
+            better_tier(&Tiers, "x", current, &names(candidates), avoided).map(|u| u.to_string())
+        };
+        // The best of a better tier, first in the ranking.
+        assert_eq!(
+            better("d", &["b", "a", "c", "d"], &none).as_deref(),
+            Some("b")
+        );
+        assert_eq!(better("d", &["c", "d"], &none).as_deref(), Some("c"));
+        // The same tier ranked ahead (a latency estimate) is no reason to move.
+        assert_eq!(better("a", &["b", "a", "c"], &none), None);
+        assert_eq!(better("c", &["c", "a"], &none), None, "ranked behind");
+        assert_eq!(better("c", &["c"], &none), None);
+        // One given up lately waits out AVOID; another of a better tier may take over.
+        let lately: HashMap<Arc<str>, Instant> = [(Arc::from("b"), Instant::now())].into();
+        assert_eq!(better("c", &["b", "a", "c"], &lately).as_deref(), Some("a"));
+        assert_eq!(better("c", &["b", "c"], &lately), None);
+        let long_ago: HashMap<Arc<str>, Instant> =
+            [(Arc::from("b"), Instant::now() - AVOID)].into();
+        assert_eq!(better("c", &["b", "c"], &long_ago).as_deref(), Some("b"));
+        // An upstream whose tier is unknown (removed) is not moved from by this rule.
+        assert_eq!(better("gone", &["a", "gone"], &none), None);
     }
 }

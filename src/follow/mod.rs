@@ -45,6 +45,11 @@ pub trait Source: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The tier of `chain`'s upstream `upstream` (lower serves first); `None`: unknown.
+    fn tier(&self, _chain: &str, _upstream: &str) -> Option<u32> {
+        None
+    }
+
     /// Opens the WebSocket of `chain`'s upstream `upstream`.
     fn connect_ws<'a>(&'a self, _chain: &'a str, _upstream: &'a str) -> ConnectFuture<'a> {
         Box::pin(async { Err("no WebSocket upstreams".to_string()) })

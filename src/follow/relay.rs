@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
-use super::heads::{open, pick, relay, Refusal};
+use super::heads::{open, pick, relay, Refusal, Stop};
 use super::Source;
 
 /// Notifications a slow client may fall behind by before it misses some.
@@ -252,10 +252,22 @@ async fn run(
                     "relaying a subscription from this upstream's WebSocket"
                 );
                 let since = Instant::now();
-                let why = relay(&*source, &chain, &upstream, ws, &id, None, |result| {
-                    let _ = results.send(result.get().into());
-                })
+                // Relayed kinds stay where they are while it works: a move loses what is sent
+                // meanwhile.
+                let stop = relay(
+                    &*source,
+                    &chain,
+                    &upstream,
+                    ws,
+                    &id,
+                    None,
+                    || None,
+                    |result| {
+                        let _ = results.send(result.get().into());
+                    },
+                )
                 .await;
+                let (Stop::Failed(why) | Stop::Better(why)) = stop;
                 tracing::warn!(
                     chain = &*chain,
                     upstream = &*upstream,

@@ -131,6 +131,14 @@ impl Source for Upstreams {
         fit.into_iter().map(|u| u.name.clone()).collect()
     }
 
+    fn tier(&self, chain: &str, upstream: &str) -> Option<u32> {
+        let inner = self.0.upgrade()?;
+        let pool = inner.pool.load();
+        let chain = pool.chain(chain)?;
+        let up = chain.upstreams.iter().find(|u| &*u.name == upstream)?;
+        Some(up.tier)
+    }
+
     fn connect_ws<'a>(&'a self, chain: &'a str, upstream: &'a str) -> ConnectFuture<'a> {
         Box::pin(async move {
             let inner = self.0.upgrade().ok_or("detour is shutting down")?;
