@@ -584,7 +584,8 @@ async fn detour_subscribe_streams_heads_in_process() {
         let log: Value = serde_json::from_str(log.get()).unwrap();
         assert_eq!(log, chain.logs_at(n)[0]);
     }
-    let bad = serde_json::value::RawValue::from_string(r#"["syncing"]"#.into()).unwrap();
+    let bad =
+        serde_json::value::RawValue::from_string(r#"["logs",{"address":"0x12"}]"#.into()).unwrap();
     assert_eq!(
         proxy
             .detour
@@ -595,6 +596,16 @@ async fn detour_subscribe_streams_heads_in_process() {
             .code,
         -32602
     );
+    // Other kinds are relayed from an upstream's WebSocket: none has a ws_url here.
+    let other = serde_json::value::RawValue::from_string(r#"["syncing"]"#.into()).unwrap();
+    let e = proxy
+        .detour
+        .subscribe("mainnet", &other)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.code, -32000);
+    assert!(e.message.contains("ws_url"), "{}", e.message);
     assert_eq!(
         proxy
             .detour
@@ -933,7 +944,10 @@ async fn other_kinds_are_relayed_from_one_upstream_websocket_and_move_when_it_fa
         let id = subscribe(&mut ws, pending.clone()).await;
         clients.push((ws, id));
     }
-    // One upstream subscription for both clients.
+    // In process too (Detour::subscribe), sharing the same upstream subscription.
+    let raw = serde_json::value::RawValue::from_string(pending.to_string()).unwrap();
+    let mut stream = proxy.detour.subscribe("mainnet", &raw).await.unwrap();
+    // One upstream subscription for both clients and the stream.
     assert_eq!(a.pending_subscribes() + b.pending_subscribes(), 1);
     assert_eq!(metric(&proxy, "detour_websocket_relayed_subscriptions "), 1);
     let hashes = |from: u64, to: u64| -> Vec<Value> {
@@ -945,6 +959,15 @@ async fn other_kinds_are_relayed_from_one_upstream_websocket_and_move_when_it_fa
     for (ws, id) in &mut clients {
         assert_eq!(notifications(ws, id, 2).await, hashes(11, 12));
     }
+    for want in hashes(11, 12) {
+        let got = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a notification within 10 s")
+            .expect("the stream goes on")
+            .expect("a result");
+        assert_eq!(serde_json::from_str::<Value>(got.get()).unwrap(), want);
+    }
+    drop(stream);
 
     // Its upstream's WebSocket drops and stays away: the subscription is made again on the
     // other, and notifications go on under the same ids.
@@ -971,6 +994,14 @@ async fn other_kinds_are_relayed_from_one_upstream_websocket_and_move_when_it_fa
         v["error"]["message"], "not served over this mock's WebSocket",
         "{v}"
     );
+    let bogus = serde_json::value::RawValue::from_string(r#"["bogusKind"]"#.into()).unwrap();
+    match proxy.detour.subscribe("mainnet", &bogus).await {
+        Err(e) => assert_eq!(
+            (e.code, e.message.as_str()),
+            (-32601, "not served over this mock's WebSocket")
+        ),
+        Ok(_) => panic!("an upstream's refusal is the call's error"),
+    }
 
     // The last client to leave closes the upstream subscription.
     let (ws, id) = &mut clients[0];

@@ -555,6 +555,13 @@ impl Detour {
     /// with an error if the consumer falls more than `tracker.max_events` events behind; once
     /// every clone of the proxy is dropped it yields nothing more. Dropping the stream
     /// unsubscribes.
+    ///
+    /// Other kinds (`["newPendingTransactions"]`, `["syncing"]`, a provider's own) are relayed
+    /// best effort from one upstream's WebSocket (an upstream with a `ws_url`), shared with
+    /// every WebSocket client and stream subscribed to the same params, and made again on
+    /// another upstream when that one fails (what is sent meanwhile is missed, as is what a
+    /// consumer 4 096 notifications behind misses). The upstream's refusal is this call's
+    /// error.
     pub async fn subscribe(
         &self,
         chain: &str,
@@ -569,9 +576,11 @@ impl Detour {
             message,
             data: None,
         };
-        let topic = crate::follow::subscribe::Topic::parse(Some(params.get()))
-            .map_err(invalid)?
-            .ok_or_else(|| invalid("detour serves newHeads and logs subscriptions".into()))?;
+        let Some(topic) =
+            crate::follow::subscribe::Topic::parse(Some(params.get())).map_err(invalid)?
+        else {
+            return self.subscribe_relayed(&c.name, params.get()).await;
+        };
         let sub = self
             .inner
             .filters
@@ -619,6 +628,51 @@ impl Detour {
                 }
             },
         );
+        Ok(Box::pin(stream))
+    }
+
+    /// [`Detour::subscribe`] for the kinds relayed from an upstream's WebSocket.
+    async fn subscribe_relayed(
+        &self,
+        chain: &str,
+        params: &str,
+    ) -> Result<futures_util::stream::BoxStream<'static, Result<Box<RawValue>, RpcError>>, RpcError>
+    {
+        let kind = crate::follow::subscribe::kind_of(params).unwrap_or_default();
+        let relayed = self
+            .inner
+            .filters
+            .relay(chain, &kind, params)
+            .await
+            .map_err(|e| match e {
+                crate::follow::relay::RelayError::Upstream(e) => {
+                    RpcError::from_object(e.as_bytes())
+                }
+                crate::follow::relay::RelayError::Unavailable(why) => RpcError {
+                    code: -32000,
+                    message: format!("cannot subscribe to {kind}: {why}"),
+                    data: None,
+                },
+            })?;
+        let chain: Arc<str> = chain.into();
+        let stream = futures_util::stream::unfold(relayed, move |mut relayed| {
+            let chain = chain.clone();
+            async move {
+                loop {
+                    match relayed.next().await {
+                        Ok(result) => match RawValue::from_string(result.to_string()) {
+                            Ok(v) => return Some((Ok(v), relayed)),
+                            Err(_) => continue,
+                        },
+                        Err(missed) => tracing::debug!(
+                            chain = &*chain,
+                            missed,
+                            "a relayed subscription's consumer fell behind: notifications skipped"
+                        ),
+                    }
+                }
+            }
+        });
         Ok(Box::pin(stream))
     }
 
