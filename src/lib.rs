@@ -61,7 +61,8 @@
 //!   ([`ops::status`]).
 //! - [`proxy`]: the embeddable `tower::Service` ([`proxy::service`]: endpoints, the request
 //!   path, responses and the access log beside it), client API keys and CORS
-//!   ([`proxy::access`]), reloads and the admin API ([`proxy::admin`]).
+//!   ([`proxy::access`]), reloads and the admin API ([`proxy::admin`]), WebSocket clients
+//!   (`proxy/ws.rs`, their frames read and written by `proxy/wsframe.rs`).
 //! - [`server`]: the accept loop, HTTP/1.1 (a fast path for plain POSTs, hyper for the rest)
 //!   and HTTP/2, TLS, timeouts, draining and graceful shutdown.
 //!
