@@ -129,7 +129,9 @@ anvils["b"].wait()
 wait_until("node-b is out of rotation", lambda: upstream_states()["node-b"] == "cooling_down", 30)
 dom = browse(["--dump-dom"])
 seen = rows(dom)
-if seen.get("node-b") != "cooling_down" or seen.get("node-a") != "healthy":
+# The browser takes seconds to start and render; by then node-b's 1 s cool-down may have
+# ended in a half-open trial (which fails and cools it down again): both are out of rotation.
+if seen.get("node-b") not in ("cooling_down", "half_open") or seen.get("node-a") != "healthy":
     fail(f"after killing node-b the page shows {seen}")
 browse([f"--screenshot={os.path.join(ARTIFACTS, 'status-node-down.png')}", "--window-size=1400,900"])
-log("page shows node-b cooling_down after it was killed; screenshots in scripts/.artifacts/")
+log(f"page shows node-b {seen['node-b']} after it was killed; screenshots in scripts/.artifacts/")
