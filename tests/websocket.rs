@@ -929,6 +929,22 @@ async fn the_head_source_moves_back_to_a_better_tier_when_it_is_usable_again() {
     proxy.stop().await;
 }
 
+/// Drops the WebSocket of whichever of `a` and `b` serves the relayed subscription, refusing
+/// it from then on, and waits until the other serves it; returns the other.
+async fn move_relay<'a>(a: &'a SimUpstream, b: &'a SimUpstream) -> &'a SimUpstream {
+    let (src, other) = if a.pending_subscribes() == 1 {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    src.drop_ws(true);
+    support::eventually("the relay moved to the other upstream", || {
+        other.pending_subscribes() == 1
+    })
+    .await;
+    other
+}
+
 #[tokio::test]
 async fn other_kinds_are_relayed_from_one_upstream_websocket_and_move_when_it_fails() {
     let chain = SimChain::new(10, 0);
@@ -971,16 +987,7 @@ async fn other_kinds_are_relayed_from_one_upstream_websocket_and_move_when_it_fa
 
     // Its upstream's WebSocket drops and stays away: the subscription is made again on the
     // other, and notifications go on under the same ids.
-    let (src, other) = if a.pending_subscribes() == 1 {
-        (&a, &b)
-    } else {
-        (&b, &a)
-    };
-    src.drop_ws(true);
-    support::eventually("the relay moved to the other upstream", || {
-        other.pending_subscribes() == 1
-    })
-    .await;
+    let other = move_relay(&a, &b).await;
     chain.mine(2);
     for (ws, id) in &mut clients {
         assert_eq!(notifications(ws, id, 2).await, hashes(13, 14));
@@ -1079,16 +1086,7 @@ async fn pending_transaction_filters_are_kept_by_detour_over_the_relay() {
     assert_eq!(polled(id.clone()).await, hashes(11, 12));
 
     // The upstream's WebSocket drops: the filter goes on from the other one, same id.
-    let (src, other) = if a.pending_subscribes() == 1 {
-        (&a, &b)
-    } else {
-        (&b, &a)
-    };
-    src.drop_ws(true);
-    support::eventually("the relay moved to the other upstream", || {
-        other.pending_subscribes() == 1
-    })
-    .await;
+    let other = move_relay(&a, &b).await;
     chain.mine(2);
     assert_eq!(polled(id.clone()).await, hashes(13, 14));
     // As geth: no logs for it; bad params are refused; uninstalled, it is gone, and so is the

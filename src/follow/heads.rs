@@ -112,12 +112,15 @@ async fn run(
         )
         .await;
         let live_for = tracker.source().map(|_| tracker.source_age());
+        if live_for.is_some() {
+            // It was followed: polls stand in until the next source answers eth_subscribe.
+            tracker.set_source(None);
+            tracker.stats.source_changes.fetch_add(1, Relaxed);
+        }
         let why = match stop {
             Stop::Better(why) => {
-                // The tracker polls until the better one answers eth_subscribe; if it does not,
-                // it is given up and this one (not avoided) is taken again.
-                tracker.set_source(None);
-                tracker.stats.source_changes.fetch_add(1, Relaxed);
+                // If the better one does not answer, it is given up and this one (not
+                // avoided) is taken again.
                 tracing::info!(
                     chain = &*chain,
                     upstream = &*upstream,
@@ -130,8 +133,6 @@ async fn run(
             Stop::Failed(why) => why,
         };
         if live_for.is_some() {
-            tracker.set_source(None);
-            tracker.stats.source_changes.fetch_add(1, Relaxed);
             tracing::warn!(
                 chain = &*chain,
                 upstream = &*upstream,

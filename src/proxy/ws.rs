@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::future::OptionFuture;
+use futures_util::future::{Fuse, FusedFuture, FutureExt};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -442,8 +442,7 @@ where
         let (detour, chain, client) = (&detour, &chain, &client);
         async move { detour.ws_message(chain, client, &text, &mut None).await }
     };
-    let mut first = std::pin::pin!(OptionFuture::from(None));
-    let mut first_busy = false;
+    let mut first = std::pin::pin!(Fuse::terminated());
     let mut calls: FuturesUnordered<Call<'_>> = FuturesUnordered::new();
     let mut closing = detour.closing();
     // One wait for the whole connection, not one made again at every wake.
@@ -452,6 +451,8 @@ where
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.tick().await;
     let end = loop {
+        // `first` holds a call until it is answered (then it is terminated).
+        let first_busy = !first.is_terminated();
         let read = calls.len() + usize::from(first_busy) < CALLS_PER_CONNECTION;
         // In this order (the common wakes first, no random start): tokio's cooperative budget
         // makes a socket that is always ready yield, so the later branches still get their turn.
@@ -505,15 +506,12 @@ where
                         break end;
                     }
                 } else if !first_busy {
-                    first.set(Some(call(text)).into());
-                    first_busy = true;
+                    first.set(call(text).fuse());
                 } else {
                     calls.push(Box::pin(call(text)));
                 }
             }
-            Some(answer) = &mut first, if first_busy => {
-                first.set(None.into());
-                first_busy = false;
+            answer = &mut first, if first_busy => {
                 if let Some(answer) = answer {
                     put_answer(&mut conn.out, &answer);
                 }
@@ -591,7 +589,7 @@ where
     }
     drop(subs);
     drop(calls);
-    first.set(None.into());
+    first.set(Fuse::terminated());
     if matches!(end, End::Gone) {
         return;
     }
