@@ -57,6 +57,9 @@
 //!   upstream's WebSocket ([`follow::heads`]), the filters and subscriptions detour keeps on
 //!   it ([`follow::filters`], [`follow::subscribe`]), and other subscription kinds relayed
 //!   from an upstream's WebSocket ([`follow::relay`]).
+//! - [`cache`]: the response cache and merged in-flight reads: what is cacheable and for how
+//!   long ([`cache::rules`], a table with reasons), one store per chain bounded by bytes, told
+//!   of heads and reorgs by the chain's tracker ([`cache::store`]).
 //! - [`ops`]: the background health probes ([`ops::health`]) and the `/status` document
 //!   ([`ops::status`]).
 //! - [`proxy`]: the embeddable `tower::Service` ([`proxy::service`]: endpoints, the request
@@ -81,6 +84,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod client;
 pub mod config;
 pub mod failover;

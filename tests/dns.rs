@@ -26,6 +26,9 @@ fn config(good_port: u16, other_port: u16) -> detour::Config {
         [client]
         pool_max_idle_per_host = 0     # a new connection (and resolution) per request
         dns_refresh = "20ms"
+        # The requests are counted at the upstream: no chain following for the cache.
+        [cache]
+        head = false
         [chains.mainnet]
         chain_id = 1
         [chains.mainnet.health]

@@ -86,18 +86,26 @@ async fn an_allow_list_serves_only_what_it_names() {
 async fn unsupported_methods_are_routed_to_upstreams_that_serve_them() {
     let light = Mock::start("light").await;
     let archive = Mock::start("archive").await;
-    let p = Proxy::start(&chain_config(
-        "",
-        &[
-            // Preferred (tier 0), but no tracing.
-            (
-                "light",
-                &light.url(),
-                "tier = 0\nunsupported_methods = [\"trace_*\", \"eth_getProof\"]",
-            ),
-            ("archive", &archive.url(), "tier = 1"),
-        ],
-    ))
+    // Every call is checked at the upstreams: no chain following for the cache.
+    let p = Proxy::start(
+        &chain_config(
+            "",
+            &[
+                // Preferred (tier 0), but no tracing.
+                (
+                    "light",
+                    &light.url(),
+                    "tier = 0\nunsupported_methods = [\"trace_*\", \"eth_getProof\"]",
+                ),
+                ("archive", &archive.url(), "tier = 1"),
+            ],
+        )
+        .replacen(
+            "[chains.mainnet]",
+            "[cache]\nhead = false\n[chains.mainnet]",
+            1,
+        ),
+    )
     .await;
     for _ in 0..5 {
         assert_eq!(

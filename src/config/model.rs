@@ -33,6 +33,9 @@ pub struct Config {
     /// WebSocket clients (`ws://` on the same listener and paths).
     #[serde(default)]
     pub websocket: WebSocketConfig,
+    /// The response cache and merged in-flight reads.
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// Client API keys (`[[api_keys]]`); when any is configured, every RPC request (and
     /// `/status`, `/metrics`) needs one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -91,6 +94,65 @@ impl Default for FiltersConfig {
             max_total: 10_000,
         }
     }
+}
+
+/// `[cache]`: answers kept in memory and identical reads in flight merged, so repeated reads
+/// cost no upstream call. What is cached, and for how long, is a table in the code
+/// (`cache::rules`), per method, with its reason.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Whether answers are cached and identical reads in flight merged (default `true`).
+    pub enabled: bool,
+    /// Most bytes of answers kept per chain (keys included); the least recently used go first.
+    /// Default 64 MiB.
+    pub max_bytes: u64,
+    /// Also cache answers that depend on the latest block (kept until the chain's head moves)
+    /// and on recent blocks (kept until a reorg replaces them). These need the chain followed:
+    /// while such reads arrive, detour follows the chain's head (over an upstream's WebSocket
+    /// where one has a `ws_url`, else by polling every `tracker.poll_interval`). `false`: only
+    /// final answers are cached, and the chain is not followed for the cache. Default `true`.
+    pub head: bool,
+    /// How long identical reads wait for the first one's answer before going upstream
+    /// themselves. Default `1s`.
+    #[serde(with = "duration")]
+    pub merge_wait: Duration,
+    /// How often the chain's `finalized` block is read while the chain is followed for the
+    /// cache. Default `30s`.
+    #[serde(with = "duration")]
+    pub finalized_interval: Duration,
+    /// Per method, a policy instead of the built-in one: `"never"` (not cached, not merged),
+    /// `"final"` (only answers at final blocks), `"default"` (the built-in rule) or `"head"`
+    /// (kept until the head moves, whatever the params: for a chain's own read methods).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub methods: BTreeMap<String, MethodCache>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_bytes: 64 * 1024 * 1024,
+            head: true,
+            merge_wait: Duration::from_secs(1),
+            finalized_interval: Duration::from_secs(30),
+            methods: BTreeMap::new(),
+        }
+    }
+}
+
+/// A method's cache policy, as `[cache.methods]` sets it.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodCache {
+    /// Never cached nor merged.
+    Never,
+    /// Cached only when the answer's block is final.
+    Final,
+    /// The built-in rule.
+    Default,
+    /// Kept until the chain's head moves, whatever the params.
+    Head,
 }
 
 /// `[websocket]`: JSON-RPC and subscriptions over WebSocket, on the listener's chain paths.
@@ -358,6 +420,11 @@ pub struct ChainConfig {
     /// The upstreams serving this chain.
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
+    /// How many blocks below the head count as final where the chain has no `finalized`
+    /// block tag (the cache keeps answers at final blocks for good). Default: the tracker's
+    /// `reorg_depth` (64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finality_depth: Option<u64>,
 }
 
 fn default_max_attempts() -> usize {

@@ -23,6 +23,7 @@ impl Config {
             ("tracker.poll_interval", self.tracker.poll_interval),
             ("filters.timeout", self.filters.timeout),
             ("websocket.ping_interval", self.websocket.ping_interval),
+            ("cache.finalized_interval", self.cache.finalized_interval),
             (
                 "client.http2_keep_alive_interval",
                 self.client.http2_keep_alive_interval,
@@ -44,6 +45,10 @@ impl Config {
             ("server.http2_max_streams", s.http2_max_streams as usize),
             ("client.max_response_bytes", self.client.max_response_bytes),
             ("tracker.reorg_depth", self.tracker.reorg_depth),
+            (
+                "cache.max_bytes",
+                usize::try_from(self.cache.max_bytes).unwrap_or(usize::MAX),
+            ),
             ("tracker.max_events", self.tracker.max_events),
             ("filters.max_per_client", self.filters.max_per_client),
             ("filters.max_total", self.filters.max_total),

@@ -79,6 +79,11 @@ struct Followed {
     running: AtomicBool,
     /// Held while a chain's first filter starts it.
     starting: tokio::sync::Mutex<()>,
+    /// The response cache wants the chain followed until then (µs, as `now_us` counts).
+    leased_until: AtomicU64,
+    /// When the cache last started following the chain (µs, as `now_us` counts): one try a
+    /// second at most.
+    lease_started: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -325,9 +330,50 @@ impl Registry {
             tracker: Arc::new(Tracker::new(name.clone(), tracker_settings(settings))),
             running: AtomicBool::new(false),
             starting: tokio::sync::Mutex::new(()),
+            leased_until: AtomicU64::new(0),
+            lease_started: AtomicU64::new(0),
         });
         chains.insert(name, followed.clone());
         followed
+    }
+
+    /// The tracker of `chain`, which tells `observer` (the response cache) of every change
+    /// from now on, whoever has the chain followed.
+    pub fn observe(
+        &self,
+        chain: &str,
+        tracker_config: &TrackerConfig,
+        observer: Weak<dyn super::tracker::Observer>,
+    ) -> Arc<Tracker> {
+        let followed = self.followed(chain, tracker_config);
+        followed.tracker.set_observer(observer);
+        followed.tracker.clone()
+    }
+
+    /// Keeps `chain` followed until `until_us` (µs, as `now_us` counts) at least, for the
+    /// response cache; following starts in the background when the chain is not followed now
+    /// (one try a second at most).
+    pub fn lease(self: &Arc<Self>, chain: &str, tracker_config: &TrackerConfig, until_us: u64) {
+        let followed = self.followed(chain, tracker_config);
+        followed.leased_until.fetch_max(until_us, Relaxed);
+        let now = crate::state::upstream::now_us();
+        let last = followed.lease_started.load(Relaxed);
+        if !followed.running.load(Relaxed)
+            && (last == 0 || now.saturating_sub(last) >= 1_000_000)
+            && followed
+                .lease_started
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            let registry = self.clone();
+            let chain = chain.to_owned();
+            let config = *tracker_config;
+            tokio::spawn(async move {
+                if let Err(why) = registry.join(&chain, &config, |_, _| ()).await {
+                    tracing::debug!(chain, error = %why, "could not start following the chain for the cache");
+                }
+            });
+        }
     }
 
     /// Subscribes to a kind detour does not build (`params`: `eth_subscribe`'s, `kind` the
@@ -732,6 +778,13 @@ impl Registry {
                 oldest = Some(oldest.map_or(next, |o: u64| o.min(next)));
             }
         }
+        if oldest.is_none()
+            && followed.leased_until.load(Relaxed) > crate::state::upstream::now_us()
+        {
+            // Only the cache reads the chain: it is told of changes as they happen, and keeps
+            // no events back.
+            oldest = Some(followed.tracker.next_seq());
+        }
         if oldest.is_none() {
             followed.running.store(false, Relaxed);
         }
@@ -780,6 +833,7 @@ async fn follow(registry: Weak<Registry>, followed: Arc<Followed>) {
     let mut quiet_polls = 0;
     let mut period = Duration::ZERO;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut finalized_read: Option<Instant> = None;
     let (mut needed, mut swept) = (None, Instant::now());
     while let Some((tracker_config, _)) = registry.upgrade().and_then(|r| r.source.settings()) {
         if period != tracker_config.poll_interval {
@@ -797,6 +851,7 @@ async fn follow(registry: Weak<Registry>, followed: Arc<Followed>) {
         let Some((_, filters_config)) = registry.source.settings() else {
             break;
         };
+        let finalized_interval = registry.source.finalized_interval();
         // Readers only move forward and new ones start at the newest event, so the lowest
         // event needed, found at the last sweep, is still safe to keep from: sweeping (a pass
         // over every filter and subscription) need not run at every head.
@@ -808,12 +863,19 @@ async fn follow(registry: Weak<Registry>, followed: Arc<Followed>) {
         let Some(needed) = needed else {
             tracing::debug!(
                 chain = &*chain,
-                "no filters or subscriptions left; no longer following the chain"
+                "no filters, subscriptions or cache reads left; no longer following the chain"
             );
             drop(feed);
             followed.tracker.set_source(None);
+            followed.tracker.stopped();
             return;
         };
+        if followed.leased_until.load(Relaxed) > crate::state::upstream::now_us()
+            && finalized_read.is_none_or(|at: Instant| at.elapsed() >= finalized_interval)
+        {
+            finalized_read = Some(Instant::now());
+            read_finalized(&*registry.source, &followed.tracker).await;
+        }
         let polled = head.is_none();
         if polled && followed.tracker.source().is_some() {
             let tip = followed.tracker.head().map(|b| b.number);
@@ -823,6 +885,7 @@ async fn follow(registry: Weak<Registry>, followed: Arc<Followed>) {
                 && quiet_polls < VERIFY_EVERY
             {
                 // Heads come over the WebSocket and nobody is known to be past them.
+                followed.tracker.checked();
                 followed.tracker.forget_before(Some(needed));
                 continue;
             }
@@ -832,6 +895,7 @@ async fn follow(registry: Weak<Registry>, followed: Arc<Followed>) {
         }
         match followed.tracker.round_from(&*registry.source, head).await {
             Ok(round) => {
+                followed.tracker.checked();
                 if failing {
                     tracing::info!(chain = &*chain, "following the chain again");
                     failing = false;
@@ -876,6 +940,36 @@ async fn follow(registry: Weak<Registry>, followed: Arc<Followed>) {
     // The proxy is gone.
     drop(feed);
     followed.running.store(false, Relaxed);
+    followed.tracker.stopped();
+}
+
+/// Reads the chain's `finalized` block into the tracker (the cache keeps answers at final
+/// blocks for good). An upstream that does not know the tag answers with an error: the chain
+/// is taken to have none, and the cache counts blocks below the head instead.
+async fn read_finalized(source: &dyn Source, tracker: &Tracker) {
+    let chain = &*tracker.chain;
+    match source
+        .call(
+            chain,
+            "eth_getBlockByNumber",
+            "[\"finalized\",false]".into(),
+        )
+        .await
+    {
+        Ok(block) => match super::tracker::Block::parse(&block) {
+            Ok(b) => tracker.set_finalized(Some(b.number)),
+            Err(why) => tracing::debug!(chain, error = %why, "the finalized block is not a block"),
+        },
+        Err(e)
+            if e.code == jsonrpc::INVALID_PARAMS
+                || e.code == -32000
+                || e.code == jsonrpc::METHOD_NOT_FOUND =>
+        {
+            tracing::debug!(chain, error = %e.message, "the chain has no finalized block tag");
+            tracker.set_finalized(None);
+        }
+        Err(e) => tracing::debug!(chain, error = %e.message, "could not read the finalized block"),
+    }
 }
 
 #[cfg(test)]

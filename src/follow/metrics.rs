@@ -24,9 +24,9 @@ pub struct FollowMetrics {
     pub notifications: Arc<AtomicU64>,
 }
 
-type Series<'a> = Vec<(Vec<(&'static str, &'a str)>, u64)>;
+pub(crate) type Series<'a> = Vec<(Vec<(&'static str, &'a str)>, u64)>;
 
-fn write(
+pub(crate) fn write(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,

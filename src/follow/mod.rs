@@ -39,6 +39,11 @@ pub trait Source: Send + Sync + 'static {
     /// The settings in force now; `None` once the proxy is gone (the tracker's task ends).
     fn settings(&self) -> Option<(TrackerConfig, FiltersConfig)>;
 
+    /// How often the chain's `finalized` block is read while the cache has the chain followed.
+    fn finalized_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(30)
+    }
+
     /// The upstreams of `chain` with a `ws_url` that may serve now, best first (lower tier,
     /// then lower cost). Default: none (the chain is polled over HTTP).
     fn head_sources(&self, _chain: &str) -> Vec<Arc<str>> {

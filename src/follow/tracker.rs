@@ -67,6 +67,18 @@ pub enum Event {
     Removed(Arc<Block>),
 }
 
+/// Told of every change to the tracked chain, in the order they happen. Called under the
+/// tracker's lock, before anyone can read the change: keep it short, and never call the
+/// tracker back.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// The tracked head is now block `head` (height and hash). `replaced_from`: the lowest height
+    /// whose block was dropped or is no longer known to be canonical (a reorg, a restart from a
+    /// new head), if any.
+    fn moved(&self, head: u64, replaced_from: Option<u64>);
+    /// The tracked chain is forgotten: following stopped, or restarts from scratch.
+    fn lost(&self);
+}
+
 /// Tracker settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -94,6 +106,14 @@ pub struct Tracker {
     /// The upstream whose WebSocket `newHeads` the chain is followed by now (`None`: by
     /// polling over HTTP), and since when.
     source: Mutex<(Option<Arc<str>>, std::time::Instant)>,
+    /// Who is told of changes (the response cache), if anyone.
+    observer: Mutex<Option<std::sync::Weak<dyn Observer>>>,
+    /// When the head was last confirmed (a round, or a WebSocket source with nobody known past
+    /// it), in `now_us` microseconds; 0: not followed now.
+    checked_us: AtomicU64,
+    /// The chain's `finalized` block as an upstream last reported it (0: not known);
+    /// `u64::MAX`: the chain has no such tag.
+    finalized: AtomicU64,
 }
 
 /// Counts of what a tracker did since detour started.
@@ -183,7 +203,73 @@ impl Tracker {
             changed: tokio::sync::watch::Sender::new(0),
             stats: Stats::default(),
             source: Mutex::new((None, std::time::Instant::now())),
+            observer: Mutex::new(None),
+            checked_us: AtomicU64::new(0),
+            finalized: AtomicU64::new(0),
         }
+    }
+
+    /// Tells `observer` of every change from now on (replacing any observer before it),
+    /// starting with the tracked head, if there is one.
+    pub fn set_observer(&self, observer: std::sync::Weak<dyn Observer>) {
+        let state = self.lock();
+        *self.observer.lock().unwrap_or_else(|p| p.into_inner()) = Some(observer);
+        if let Some(head) = state.window.back() {
+            let head = head.number;
+            self.tell(|o| o.moved(head, None));
+        }
+    }
+
+    fn tell(&self, f: impl FnOnce(&dyn Observer)) {
+        let observer = self.observer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = observer.as_ref().and_then(std::sync::Weak::upgrade) {
+            f(&*o);
+        }
+    }
+
+    /// Records that the tracked head was confirmed now.
+    pub fn checked(&self) {
+        self.checked_us
+            .store(crate::state::upstream::now_us(), Relaxed);
+    }
+
+    /// When the head was last confirmed (`now_us` µs; 0: the chain is not followed).
+    pub fn checked_us(&self) -> u64 {
+        self.checked_us.load(Relaxed)
+    }
+
+    /// Following stopped: the tracked chain is no longer kept current.
+    pub fn stopped(&self) {
+        self.checked_us.store(0, Relaxed);
+        let _state = self.lock();
+        self.tell(|o| o.lost());
+    }
+
+    /// The chain's `finalized` block as last read; `None`: not read yet, or the chain has no
+    /// such tag.
+    pub fn finalized(&self) -> Option<u64> {
+        match self.finalized.load(Relaxed) {
+            0 | u64::MAX => None,
+            n => Some(n),
+        }
+    }
+
+    /// Records the chain's `finalized` block (it only moves up), or `None`: the chain has no
+    /// such tag.
+    pub fn set_finalized(&self, number: Option<u64>) {
+        match number {
+            Some(n) => {
+                let _ = self
+                    .finalized
+                    .fetch_update(Relaxed, Relaxed, |f| (f == u64::MAX || f < n).then_some(n));
+            }
+            None => self.finalized.store(u64::MAX, Relaxed),
+        }
+    }
+
+    /// The hash of the tracked canonical block at `number`, if the tracker holds it.
+    pub fn hash_at(&self, number: u64) -> Option<Box<str>> {
+        self.lock().at(number).map(|b| b.hash.clone())
     }
 
     /// The upstream whose WebSocket heads the chain follows now (`None`: polling over HTTP).
@@ -271,6 +357,7 @@ impl Tracker {
         let mut state = self.lock();
         state.window.clear();
         state.log_readers = 0;
+        self.tell(|o| o.lost());
     }
 
     /// One round: reads the latest block, links it to the tracked chain and records what
@@ -381,6 +468,14 @@ impl Tracker {
             return Ok(round);
         }
         let first_new = branch[0].number;
+        let replaced_from = match fork {
+            Some(_) if state.window.back().is_some_and(|b| b.number >= first_new) => {
+                Some(first_new)
+            }
+            Some(_) => None,
+            None if tip.is_some() => Some(0),
+            None => None,
+        };
         match fork {
             Some(_) => {
                 while state.window.back().is_some_and(|b| b.number >= first_new) {
@@ -410,6 +505,10 @@ impl Tracker {
         }
         while state.window.len() > self.settings.reorg_depth {
             state.window.pop_front();
+        }
+        if let Some(head) = state.window.back() {
+            let head = head.number;
+            self.tell(|o| o.moved(head, replaced_from));
         }
         while state.events.len() > self.settings.max_events {
             state.events.pop_front();

@@ -27,7 +27,7 @@ impl Need {
 }
 
 /// Where a method takes its block parameter (index into `params`), for methods that take one.
-fn block_param(method: &str) -> Option<usize> {
+pub fn block_param(method: &str) -> Option<usize> {
     Some(match method {
         "eth_getBlockByNumber"
         | "eth_getBlockTransactionCountByNumber"
@@ -149,6 +149,84 @@ fn logs_need(params: Option<Raw<'_>>) -> Need {
             min_block: 0,
         },
     }
+}
+
+/// A block parameter, as a call names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    /// `"latest"`.
+    Latest,
+    /// `"pending"`, `"safe"` or `"finalized"`: moves on its own schedule.
+    Moving,
+    /// A block number (`"earliest"` is 0), also as EIP-1898's `{"blockNumber": …}`.
+    Number(u64),
+    /// A block hash, also as EIP-1898's `{"blockHash": …}`.
+    Hash,
+    /// Anything else (not a block parameter a node accepts).
+    Other,
+}
+
+/// Reads a block parameter (its JSON text).
+pub fn tag(text: &str) -> Tag {
+    let text = text.trim();
+    if let Some(s) = text.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        return match s {
+            "latest" => Tag::Latest,
+            "pending" | "safe" | "finalized" => Tag::Moving,
+            "earliest" => Tag::Number(0),
+            _ if s.len() == 66 && s.starts_with("0x") => Tag::Hash,
+            _ => parse_quantity(s).map_or(Tag::Other, Tag::Number),
+        };
+    }
+    if text.starts_with('{') {
+        #[derive(serde::Deserialize)]
+        struct Eip1898<'a> {
+            #[serde(rename = "blockNumber", borrow)]
+            block_number: Option<&'a RawValue>,
+            #[serde(rename = "blockHash", borrow)]
+            block_hash: Option<&'a RawValue>,
+        }
+        return match serde_json::from_str::<Eip1898<'_>>(text) {
+            Ok(Eip1898 {
+                block_number: Some(n),
+                block_hash: None,
+            }) => match tag(n.get()) {
+                t @ Tag::Number(_) => t,
+                _ => Tag::Other,
+            },
+            Ok(Eip1898 {
+                block_number: None,
+                block_hash: Some(_),
+            }) => Tag::Hash,
+            _ => Tag::Other,
+        };
+    }
+    Tag::Other
+}
+
+/// The block an answer names, as (number, hash): a block's own, or the block of a receipt,
+/// a mined transaction or a log. `None` when the answer names none, or does not write the
+/// keys compactly (nothing is learned then: callers treat it as unknown).
+pub fn named_block<'r>(method: &str, result: &'r [u8]) -> Option<(u64, &'r str)> {
+    let number = proven_block(method, result).or_else(|| {
+        (method == "eth_getLogs")
+            .then(|| quoted_after(result, b"\"blockNumber\":\""))
+            .flatten()
+            .and_then(parse_quantity)
+    })?;
+    let key: &[u8] = match method {
+        "eth_getBlockByNumber" | "eth_getBlockByHash" => b"\"hash\":\"",
+        _ => b"\"blockHash\":\"",
+    };
+    Some((number, quoted_after(result, key)?))
+}
+
+/// The string value after the first `key` (which ends with the value's opening quote).
+fn quoted_after<'r>(text: &'r [u8], key: &[u8]) -> Option<&'r str> {
+    let at = memchr::memmem::find(text, key)? + key.len();
+    let rest = &text[at..];
+    let end = memchr::memchr(b'"', rest)?;
+    std::str::from_utf8(&rest[..end]).ok()
 }
 
 /// Parses a JSON-RPC quantity (`0x1b4`).
@@ -275,6 +353,53 @@ mod tests {
         assert_eq!(parse_quantity("0x1b4"), Some(436));
         assert_eq!(parse_quantity("0x"), None);
         assert_eq!(parse_quantity("12"), None);
+    }
+
+    #[test]
+    fn tags() {
+        let hash = format!("\"0x{}\"", "ab".repeat(32));
+        for (text, want) in [
+            ("\"latest\"", Tag::Latest),
+            (" \"pending\" ", Tag::Moving),
+            ("\"safe\"", Tag::Moving),
+            ("\"finalized\"", Tag::Moving),
+            ("\"earliest\"", Tag::Number(0)),
+            ("\"0x10\"", Tag::Number(16)),
+            (hash.as_str(), Tag::Hash),
+            ("{\"blockNumber\":\"0x5\"}", Tag::Number(5)),
+            (
+                &format!("{{\"blockHash\":{hash},\"requireCanonical\":true}}"),
+                Tag::Hash,
+            ),
+            ("{\"blockNumber\":\"latest\"}", Tag::Other),
+            (
+                "{\"blockNumber\":\"0x5\",\"blockHash\":\"0x1\"}",
+                Tag::Other,
+            ),
+            ("\"0xzz\"", Tag::Other),
+            ("16", Tag::Other),
+        ] {
+            assert_eq!(tag(text), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn answers_name_blocks() {
+        let block = br#"{"hash":"0xcd","number":"0x20","parentHash":"0xef","transactions":[]}"#;
+        assert_eq!(
+            named_block("eth_getBlockByNumber", block),
+            Some((0x20, "0xcd"))
+        );
+        let receipt = br#"{"blockHash":"0xab","blockNumber":"0x1b4","logs":[]}"#;
+        assert_eq!(
+            named_block("eth_getTransactionReceipt", receipt),
+            Some((0x1b4, "0xab"))
+        );
+        let logs = br#"[{"address":"0x1","blockHash":"0xab","blockNumber":"0x7"}]"#;
+        assert_eq!(named_block("eth_getLogs", logs), Some((7, "0xab")));
+        assert_eq!(named_block("eth_getLogs", b"[]"), None);
+        assert_eq!(named_block("eth_getTransactionByHash", b"null"), None);
+        assert_eq!(named_block("eth_call", b"\"0x01\""), None);
     }
 
     #[test]

@@ -38,6 +38,34 @@ pub(crate) struct Served {
     pub(crate) session: Option<Box<super::ws::Subscriptions>>,
     /// When the last upstream attempt ended (none when no upstream was asked).
     pub(crate) finished: Option<Instant>,
+    /// What the cache did for the request.
+    pub(crate) cache: CacheMark,
+}
+
+/// What the cache did for a request: the `x-detour-cache` header's value.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct CacheMark {
+    /// Calls answered from the cache or by an identical read in flight.
+    pub(crate) hits: usize,
+    /// Cacheable calls that went upstream.
+    pub(crate) misses: usize,
+    /// The client asked for fresh answers (`Cache-Control: no-cache`).
+    pub(crate) bypass: bool,
+    /// detour's own call (the tracker's): the cache is not used.
+    pub(crate) internal: bool,
+}
+
+impl CacheMark {
+    /// The header's value, when the cache had a say.
+    pub(crate) fn header(self) -> Option<&'static str> {
+        match (self.bypass, self.hits, self.misses) {
+            (true, _, _) => Some("bypass"),
+            (false, 0, 0) => None,
+            (false, _, 0) => Some("hit"),
+            (false, 0, _) => Some("miss"),
+            (false, _, _) => Some("partial"),
+        }
+    }
 }
 
 /// Whether access-log lines are wanted: configured on, and not filtered out by `RUST_LOG`.

@@ -119,6 +119,8 @@ pub(crate) enum ClientReply {
     Rpc {
         body: Option<RpcBody>,
         upstream: AnsweredBy,
+        /// The `x-detour-cache` header's value, when the cache had a say.
+        cache: Option<&'static str>,
         /// When the answer was ready (a recent clock read).
         ready: Instant,
     },
@@ -142,9 +144,14 @@ impl ClientReply {
     }
 
     pub(crate) fn into_response(self) -> Response<Body> {
-        let (body, upstream) = match self {
+        let (body, upstream, cache) = match self {
             ClientReply::Http(resp) => return resp,
-            ClientReply::Rpc { body, upstream, .. } => (body, upstream),
+            ClientReply::Rpc {
+                body,
+                upstream,
+                cache,
+                ..
+            } => (body, upstream, cache),
         };
         let mut resp = match body {
             Some(body) => json(StatusCode::OK, body.into_bytes()),
@@ -157,6 +164,12 @@ impl ClientReply {
         if let Some(v) = upstream.value() {
             resp.headers_mut()
                 .insert(HeaderName::from_static(UPSTREAM_HEADER), v);
+        }
+        if let Some(v) = cache {
+            resp.headers_mut().insert(
+                HeaderName::from_static(crate::cache::CACHE_HEADER),
+                HeaderValue::from_static(v),
+            );
         }
         resp
     }

@@ -30,6 +30,8 @@ use super::response::{
 };
 
 use super::response::{wants_html, AnsweredBy, ClientReply, RpcBody};
+use crate::cache::store::Ctx as CacheCtx;
+use crate::cache::{Lookup, Ticket};
 use crate::client::dns::Resolver;
 use crate::client::forward::Forwarder;
 use crate::config::{Config, ConfigError, FiltersConfig, TrackerConfig};
@@ -77,6 +79,8 @@ struct Inner {
     requests_in_flight: std::sync::atomic::AtomicUsize,
     /// The filters detour keeps, and the chain trackers under them.
     filters: Arc<Registry>,
+    /// The response cache of each chain.
+    caches: Arc<crate::cache::Caches>,
     /// WebSocket connections open now.
     websockets: Arc<std::sync::atomic::AtomicUsize>,
     /// Subscription notifications queued to WebSocket clients.
@@ -103,7 +107,9 @@ impl Source for Upstreams {
                 message: format!("params are not JSON: {e}"),
                 data: None,
             })?;
-            Detour { inner }.request(chain, method, Some(&params)).await
+            Detour { inner }
+                .call_with(chain, method, Some(&params), true)
+                .await
         })
     }
 
@@ -111,6 +117,13 @@ impl Source for Upstreams {
         let inner = self.0.upgrade()?;
         let pool = inner.pool.load();
         Some((pool.config.tracker, pool.config.filters))
+    }
+
+    fn finalized_interval(&self) -> std::time::Duration {
+        match self.0.upgrade() {
+            Some(inner) => inner.pool.load().config.cache.finalized_interval,
+            None => std::time::Duration::from_secs(30),
+        }
     }
 
     fn head_sources(&self, chain: &str) -> Vec<Arc<str>> {
@@ -202,7 +215,13 @@ impl Detour {
                     websockets: websockets.clone(),
                     notifications: notifications.clone(),
                 };
-                let metrics = Metrics::new(Arc::downgrade(&pool), vec![Box::new(follow)]);
+                let caches = Arc::new(crate::cache::Caches::default());
+                caches.update(&pool.load());
+                let cache_metrics = crate::cache::metrics::CacheMetrics(Arc::downgrade(&caches));
+                let metrics = Metrics::new(
+                    Arc::downgrade(&pool),
+                    vec![Box::new(follow), Box::new(cache_metrics)],
+                );
                 Inner {
                     pool,
                     forwarder,
@@ -212,6 +231,7 @@ impl Detour {
                     last_reload: std::sync::Mutex::new(None),
                     requests_in_flight: Default::default(),
                     filters,
+                    caches,
                     websockets,
                     notifications,
                     closing: tokio::sync::watch::Sender::new(false),
@@ -357,6 +377,10 @@ impl Detour {
             for c in chains {
                 let name = c["name"].as_str().unwrap_or_default().to_owned();
                 c["filters"] = self.inner.filters.describe(&name);
+                if let Some(cache) = self.inner.caches.chain(&name) {
+                    let pool = self.pool();
+                    c["cache"] = cache.describe(&pool.config.cache, &pool.config.tracker);
+                }
             }
         }
         if let Some(last) = self.inner.last_reload.lock().ok().and_then(|l| l.clone()) {
@@ -394,6 +418,7 @@ impl Detour {
         for up in next.chains.iter().flat_map(|c| &c.upstreams) {
             up.state.set_cordoned(false);
         }
+        self.inner.caches.update(&next);
         self.inner.pool.store(Arc::new(next));
         if !restart_needed.is_empty() {
             tracing::warn!(settings = ?restart_needed, "these settings changed but apply only after a restart");
@@ -499,6 +524,18 @@ impl Detour {
         method: &str,
         params: Option<&RawValue>,
     ) -> Result<Box<RawValue>, RpcError> {
+        self.call_with(chain, method, params, false).await
+    }
+
+    /// [`Detour::request`]; `internal`: detour's own call (the chain tracker's), which
+    /// neither reads nor fills the cache: the tracker must see the chain as it is.
+    async fn call_with(
+        &self,
+        chain: &str,
+        method: &str,
+        params: Option<&RawValue>,
+        internal: bool,
+    ) -> Result<Box<RawValue>, RpcError> {
         self.start_health();
         let pool = self.pool();
         let c = routed(&pool, chain)?;
@@ -523,8 +560,10 @@ impl Detour {
         };
         let now = Instant::now();
         let deadline = now + pool.config.server.request_timeout;
+        let mut served = Served::default();
+        served.cache.internal = internal;
         let mut answers = self
-            .answer_calls(c, &[&call], now, deadline, &mut Served::default())
+            .answer_calls(&pool, c, &[&call], now, deadline, &mut served)
             .await;
         match answers.pop() {
             Some(CallResult::Result(r)) => {
@@ -680,6 +719,7 @@ impl Detour {
     /// goes into `served`. The request arrived at `now`.
     async fn answer_calls(
         &self,
+        pool: &Pool,
         chain: &Chain,
         calls: &[&Call<'_>],
         now: Instant,
@@ -749,14 +789,169 @@ impl Detour {
         if remote.is_empty() {
             return answers.into_iter().flatten().collect();
         }
+        let cache = match pool.config.cache.enabled && !served.cache.internal {
+            true => self.inner.caches.chain(&chain.name),
+            false => None,
+        };
+        let Some(cache) = cache else {
+            return self
+                .forward(chain, calls, remote, answers, now, deadline, served)
+                .await;
+        };
+        // The cache answers what it holds; identical reads in flight are waited for.
+        let ctx = CacheCtx {
+            config: &pool.config.cache,
+            tracker: &pool.config.tracker,
+            registry: &self.inner.filters,
+            known_head: chain.state.head(),
+            depth: chain.finality_depth,
+            now_us: us_at(now),
+        };
+        let mut tickets: smallvec::SmallVec<[(usize, Ticket); 1]> = smallvec::SmallVec::new();
+        let mut waiting: Vec<(usize, crate::cache::Waiter)> = Vec::new();
+        let bypass = served.cache.bypass;
+        remote.retain(|&mut i| {
+            let c = calls[i];
+            match cache.lookup(&c.method, c.params, bypass, &ctx) {
+                Lookup::Skip => true,
+                Lookup::Hit(result) => {
+                    chain.metrics.call(m, &chain.name, &c.method, Outcome::Ok);
+                    served.cache.hits += 1;
+                    answers[i] = Some(CallResult::Result(result));
+                    false
+                }
+                Lookup::Wait(w) => {
+                    waiting.push((i, w));
+                    false
+                }
+                Lookup::Miss(t) => {
+                    served.cache.misses += 1;
+                    tickets.push((i, t));
+                    true
+                }
+            }
+        });
+        if tickets.is_empty() && waiting.is_empty() {
+            if remote.is_empty() {
+                return answers.into_iter().flatten().collect();
+            }
+            return self
+                .forward(chain, calls, remote, answers, now, deadline, served)
+                .await;
+        }
+        let wait_limit = pool
+            .config
+            .cache
+            .merge_wait
+            .min(deadline.saturating_duration_since(now) / 2);
+        let waits = futures_util::future::join_all(
+            waiting
+                .into_iter()
+                .map(|(i, w)| async move { (i, w.wait(wait_limit).await) }),
+        );
+        let remote_ref = &remote;
+        let forwarded = async {
+            if remote_ref.is_empty() {
+                return PerCall::new();
+            }
+            let sent: PerCall<&Call<'_>> = remote_ref.iter().map(|&i| calls[i]).collect();
+            let got = self
+                .forward_calls(chain, &sent, now, deadline, served)
+                .await;
+            // The answers go to the cache, and to the reads waiting for them, at once.
+            let ctx = CacheCtx {
+                now_us: crate::state::upstream::now_us(),
+                ..ctx
+            };
+            for (i, ticket) in tickets {
+                let answer = remote_ref.binary_search(&i).ok().and_then(|k| got.get(k));
+                ticket.complete(
+                    match answer {
+                        Some(CallResult::Result(r)) => Ok(r),
+                        _ => Err(()),
+                    },
+                    &ctx,
+                );
+            }
+            got
+        };
+        let (got, merged) = tokio::join!(forwarded, waits);
+        for (&i, a) in remote.iter().zip(got) {
+            answers[i] = Some(a);
+        }
+        let mut late = Indices::new();
+        for (i, merged) in merged {
+            match merged {
+                Some(result) => {
+                    chain
+                        .metrics
+                        .call(m, &chain.name, &calls[i].method, Outcome::Ok);
+                    served.cache.hits += 1;
+                    answers[i] = Some(CallResult::Result(result));
+                }
+                // The first read failed or was slow: this one goes on its own.
+                None => {
+                    served.cache.misses += 1;
+                    late.push(i);
+                }
+            }
+        }
+        if !late.is_empty() {
+            late.sort_unstable();
+            let sent: PerCall<&Call<'_>> = late.iter().map(|&i| calls[i]).collect();
+            let got = self
+                .forward_calls(chain, &sent, Instant::now(), deadline, served)
+                .await;
+            for (&i, a) in late.iter().zip(got) {
+                answers[i] = Some(a);
+            }
+        }
+        finish(answers)
+    }
+
+    /// Forwards the calls at `remote` (in request order) with failover, and returns every
+    /// call's answer: those in `answers` and the forwarded ones.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        chain: &Chain,
+        calls: &[&Call<'_>],
+        remote: Indices,
+        mut answers: PerCall<Option<CallResult>>,
+        now: Instant,
+        deadline: Instant,
+        served: &mut Served,
+    ) -> PerCall<CallResult> {
         // All forwarded (the usual case): the calls go as they are.
-        let forwarded: PerCall<&Call<'_>>;
-        let sent = if remote.len() == calls.len() {
+        let all = remote.len() == calls.len();
+        let subset: PerCall<&Call<'_>>;
+        let sent = if all {
             calls
         } else {
-            forwarded = remote.iter().map(|&i| calls[i]).collect();
-            &forwarded
+            subset = remote.iter().map(|&i| calls[i]).collect();
+            &subset
         };
+        let got = self.forward_calls(chain, sent, now, deadline, served).await;
+        if all && got.len() == calls.len() {
+            return got;
+        }
+        for (i, a) in remote.into_iter().zip(got) {
+            answers[i] = Some(a);
+        }
+        finish(answers)
+    }
+
+    /// Forwards `sent` with failover: one answer per call, in order. What it took goes into
+    /// `served`.
+    async fn forward_calls(
+        &self,
+        chain: &Chain,
+        sent: &[&Call<'_>],
+        now: Instant,
+        deadline: Instant,
+        served: &mut Served,
+    ) -> PerCall<CallResult> {
+        let m = &self.inner.metrics;
         let (got, report) =
             failover_from(&self.inner.forwarder, m, chain, sent, now, deadline).await;
         chain.metrics.attempts(
@@ -784,23 +979,14 @@ impl Detour {
             failures = ?report.failures,
             "forwarded"
         );
-        served.answered_by = report.answered_by;
-        served.attempts = report.attempts;
-        served.finished = report.finished;
-        if remote.len() == calls.len() && got.len() == calls.len() {
-            // One answer per call, in order.
-            return got;
+        if served.answered_by.is_empty() {
+            served.answered_by = report.answered_by;
+        } else {
+            served.answered_by.extend(report.answered_by);
         }
-        for (i, a) in remote.into_iter().zip(got) {
-            answers[i] = Some(a);
-        }
-        let mut out = PerCall::with_capacity(answers.len());
-        for a in answers {
-            out.push(
-                a.unwrap_or_else(|| CallResult::Error(crate::rpc::error::all_failed(&[], false))),
-            );
-        }
-        out
+        served.attempts += report.attempts;
+        served.finished = report.finished.or(served.finished);
+        got
     }
 
     /// Answers the calls at `which` that detour answers itself: filter calls from detour's
@@ -906,7 +1092,7 @@ impl Detour {
         let mut answers = if calls.is_empty() {
             PerCall::new()
         } else {
-            self.answer_calls(chain, &calls, now, deadline, served)
+            self.answer_calls(pool, chain, &calls, now, deadline, served)
                 .await
         }
         .into_iter();
@@ -1164,6 +1350,7 @@ impl Detour {
                 .insert(ALLOW, HeaderValue::from_static("POST"));
             return resp.into();
         }
+        let fresh = wants_fresh(req.headers());
         let limit = pool.config.server.max_body_bytes;
         let declared = req
             .headers()
@@ -1219,6 +1406,7 @@ impl Detour {
             peer: peer.map(|p| p.ip()),
             ..Served::default()
         };
+        served.cache.bypass = fresh;
         let out = self.rpc(&pool, chain, &body, started, &mut served).await;
         let ready = self.record_duration(chain, &served, started);
         let logging = access_log_on(&pool);
@@ -1231,6 +1419,7 @@ impl Detour {
         let reply = ClientReply::Rpc {
             body: out,
             upstream: AnsweredBy(answered_by),
+            cache: served.cache.header(),
             ready,
         };
         if logging {
@@ -1238,6 +1427,31 @@ impl Detour {
         }
         reply
     }
+}
+
+/// Whether the client asks for answers fresh from an upstream (`Cache-Control: no-cache` or
+/// `no-store`, or `Pragma: no-cache`): the cache is not read (what comes back is still cached).
+fn wants_fresh(headers: &http::HeaderMap) -> bool {
+    let says = |name: http::header::HeaderName, what: &[&str]| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|d| what.iter().any(|w| d.trim().eq_ignore_ascii_case(w)))
+            })
+        })
+    };
+    says(http::header::CACHE_CONTROL, &["no-cache", "no-store"])
+        || says(http::header::PRAGMA, &["no-cache"])
+}
+
+/// Every call's answer; a call left without one (which should not happen) gets detour's own
+/// error rather than being dropped.
+fn finish(answers: PerCall<Option<CallResult>>) -> PerCall<CallResult> {
+    let mut out = PerCall::with_capacity(answers.len());
+    for a in answers {
+        out.push(a.unwrap_or_else(|| CallResult::Error(crate::rpc::error::all_failed(&[], false))));
+    }
+    out
 }
 
 /// The chain a library call names (by name or decimal id), or the error for an unknown one.

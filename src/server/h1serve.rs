@@ -172,10 +172,11 @@ where
             ClientReply::Rpc {
                 body,
                 upstream,
+                cache,
                 ready,
             } => {
                 waiting_since = ready;
-                conn.respond_rpc(body, upstream, close).await
+                conn.respond_rpc(body, upstream, cache, close).await
             }
             ClientReply::Http(resp) => {
                 let written = conn.respond(resp, close).await;
@@ -213,6 +214,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         &mut self,
         body: Option<RpcBody>,
         upstream: AnsweredBy,
+        cache: Option<&'static str>,
         close: bool,
     ) -> std::io::Result<bool> {
         let status = match body {
@@ -224,6 +226,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             self.header(b"content-type", b"application/json");
         }
         upstream.with_bytes(|v| self.header(UPSTREAM_HEADER.as_bytes(), v));
+        if let Some(v) = cache {
+            self.header(crate::cache::CACHE_HEADER.as_bytes(), v.as_bytes());
+        }
         let body = body.unwrap_or(RpcBody::Whole(Bytes::new()));
         self.finish(status, &body, close, false).await
     }
@@ -368,10 +373,11 @@ fn http_date() -> [u8; 29] {
 }
 
 /// The request headers the service reads on a POST, which are all the request it gets carries:
-/// `origin` (CORS) and `authorization` (API keys). The body's length is the body's own, the
-/// connection's headers are this module's business, and nothing else is read. A request with
-/// none of them (most) gets an empty header map, which allocates nothing.
-const PASSED_ON: [&[u8]; 2] = [b"origin", b"authorization"];
+/// `origin` (CORS), `authorization` (API keys), `cache-control` and `pragma` (a client asking
+/// for fresh answers). The body's length is the body's own, the connection's headers are this
+/// module's business, and nothing else is read. A request with none of them (most) gets an
+/// empty header map, which allocates nothing.
+const PASSED_ON: [&[u8]; 4] = [b"origin", b"authorization", b"cache-control", b"pragma"];
 
 /// Where each passed-on header's name and value are in the buffer: (name at, length, value
 /// at, length).

@@ -72,6 +72,8 @@ pub struct Chain {
     pub declared_reads: Vec<String>,
     /// detour keeps filters itself (`filters.emulate`).
     pub filters_emulated: bool,
+    /// Blocks below the head that count as final where the chain has no `finalized` tag.
+    pub finality_depth: u64,
 }
 
 /// Chain-wide live state.
@@ -275,6 +277,9 @@ impl Pool {
                     .any(|u| !u.unsupported_methods.is_empty()),
                 declared_reads: cc.methods.reads.clone(),
                 filters_emulated: config.filters.emulate,
+                finality_depth: cc
+                    .finality_depth
+                    .unwrap_or(config.tracker.reorg_depth as u64),
             });
         }
         let tls = match &config.server.tls {

@@ -347,7 +347,10 @@ async fn handle(
         };
         let by_tag = |p: &Value| -> Option<u64> {
             match p.as_str()? {
-                "latest" | "safe" | "finalized" | "pending" => Some(visible),
+                "latest" | "pending" => Some(visible),
+                // As anvil has them: finalized 64 blocks down, safe 32.
+                "finalized" => Some(visible.saturating_sub(64)),
+                "safe" => Some(visible.saturating_sub(32)),
                 "earliest" => Some(0),
                 q => u64::from_str_radix(q.trim_start_matches("0x"), 16).ok(),
             }

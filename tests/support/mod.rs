@@ -495,13 +495,25 @@ pub fn chain_config(extra_chain: &str, upstreams: &[(&str, &str, &str)]) -> Stri
 
 /// One HTTP request with a fresh client; returns status, headers and body text.
 pub async fn http_request(method: &str, url: &str, body: &str) -> (u16, http::HeaderMap, String) {
+    http_request_with(method, url, body, &[]).await
+}
+
+/// [`http_request`] with extra request headers.
+pub async fn http_request_with(
+    method: &str,
+    url: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, String) {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
         .await
         .expect("proxy did not answer within 30s")

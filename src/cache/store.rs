@@ -1,0 +1,755 @@
+//! One chain's cache: entries bounded by bytes, the index of entries a reorg may invalidate,
+//! the reads in flight, and counts of what it did.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::rules::{self, Rule};
+use crate::config::{CacheConfig, TrackerConfig};
+use crate::follow::filters::Registry;
+use crate::follow::tracker::{Observer, Tracker};
+use crate::rpc::jsonrpc::Raw;
+use crate::state::metrics::{method_slot, KNOWN_METHODS};
+
+/// How long the cache keeps a chain followed after the last read that needed it.
+const LEASE: Duration = Duration::from_secs(60);
+
+/// The window over which the rate of reads that need the chain followed is measured.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// A cached answer's key: the method and params as the client wrote them, and their hash.
+#[derive(Clone, Debug)]
+struct Key {
+    hash: u64,
+    /// `method`, a 0 byte, `params`.
+    bytes: Arc<[u8]>,
+}
+
+impl Key {
+    fn method(&self) -> &str {
+        let end = memchr::memchr(0, &self.bytes).unwrap_or(self.bytes.len());
+        std::str::from_utf8(&self.bytes[..end]).unwrap_or("")
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.hash == other.hash && self.bytes == other.bytes
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// A key being looked up, without copying it.
+struct KeyRef<'a> {
+    hash: u64,
+    method: &'a str,
+    params: &'a str,
+}
+
+impl<'a> KeyRef<'a> {
+    fn new(method: &'a str, params: Option<Raw<'a>>) -> KeyRef<'a> {
+        let params = params.map_or("", |p| p.get());
+        let mut h = foldhash::fast::FixedState::with_seed(0x6465_746f_7572).build_hasher();
+        h.write(method.as_bytes());
+        h.write_u8(0);
+        h.write(params.as_bytes());
+        KeyRef {
+            hash: h.finish(),
+            method,
+            params,
+        }
+    }
+
+    fn to_key(&self) -> Key {
+        let mut bytes = Vec::with_capacity(self.method.len() + 1 + self.params.len());
+        bytes.extend_from_slice(self.method.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(self.params.as_bytes());
+        Key {
+            hash: self.hash,
+            bytes: bytes.into(),
+        }
+    }
+}
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl quick_cache::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        let (m, p) = (self.method.as_bytes(), self.params.as_bytes());
+        key.hash == self.hash
+            && key.bytes.len() == m.len() + 1 + p.len()
+            && key.bytes[..m.len()] == *m
+            && key.bytes[m.len()] == 0
+            && key.bytes[m.len() + 1..] == *p
+    }
+}
+
+/// Keys carry their hash: the map uses it as it is.
+#[derive(Clone, Default)]
+struct PassHasher(u64);
+
+impl Hasher for PassHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type PassBuild = std::hash::BuildHasherDefault<PassHasher>;
+
+/// How long an entry is good for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// About a final block: for good.
+    Final,
+    /// About a canonical block above the final one: until a reorg replaces it (the entry is
+    /// in the index, and evicted then).
+    Canonical,
+    /// About the latest state: while the head generation is this one.
+    Head(u64),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    result: Bytes,
+    life: Life,
+    /// The block it is about (for `Head`, the head when it was cached).
+    height: u64,
+}
+
+/// An entry's weight: its bytes, its key's, and a fixed cost for the bookkeeping.
+#[derive(Clone)]
+struct Weigh;
+
+impl quick_cache::Weighter<Key, Entry> for Weigh {
+    fn weight(&self, key: &Key, val: &Entry) -> u64 {
+        (key.bytes.len() + val.result.len() + 96) as u64
+    }
+}
+
+/// What a chain's cache did, by method slot (see [`KNOWN_METHODS`]).
+#[derive(Debug)]
+pub struct Stats {
+    by_method: Box<[[AtomicU64; COUNTS]]>,
+}
+
+/// The counts kept per method.
+const COUNTS: usize = 6;
+
+/// A count kept per method.
+#[derive(Debug, Clone, Copy)]
+pub enum Count {
+    /// Answered from the cache.
+    Hit = 0,
+    /// Cacheable, not in the cache: asked upstream.
+    Miss = 1,
+    /// Answered with an identical read's answer, which was in flight.
+    Merged = 2,
+    /// Asked upstream with the cache bypassed (`Cache-Control: no-cache`).
+    Bypass = 3,
+    /// Evicted to make room.
+    EvictedSize = 4,
+    /// Evicted because a reorg replaced its block (or following the chain stopped).
+    EvictedReorg = 5,
+}
+
+impl Count {
+    /// Every count, with its metric name and label.
+    pub const ALL: [(Count, &'static str); COUNTS] = [
+        (Count::Hit, "hit"),
+        (Count::Miss, "miss"),
+        (Count::Merged, "merged"),
+        (Count::Bypass, "bypass"),
+        (Count::EvictedSize, "size"),
+        (Count::EvictedReorg, "reorg"),
+    ];
+}
+
+impl Stats {
+    fn new() -> Stats {
+        Stats {
+            by_method: (0..=KNOWN_METHODS.len())
+                .map(|_| Default::default())
+                .collect(),
+        }
+    }
+
+    fn add(&self, slot: usize, count: Count) {
+        self.by_method[slot][count as usize].fetch_add(1, Relaxed);
+    }
+
+    /// The non-zero counts of `count`, as (method label, value).
+    pub fn counts(&self, count: Count) -> Vec<(&'static str, u64)> {
+        self.by_method
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, c)| {
+                let n = c[count as usize].load(Relaxed);
+                (n > 0).then(|| (KNOWN_METHODS.get(slot).copied().unwrap_or("other"), n))
+            })
+            .collect()
+    }
+
+    /// The total of `count` over every method.
+    pub fn total(&self, count: Count) -> u64 {
+        self.by_method
+            .iter()
+            .map(|c| c[count as usize].load(Relaxed))
+            .sum()
+    }
+}
+
+/// Counts entries evicted for room.
+#[derive(Clone)]
+struct Evictions(Arc<Stats>);
+
+impl quick_cache::Lifecycle<Key, Entry> for Evictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), key: Key, _: Entry) {
+        self.0.add(method_slot(key.method()), Count::EvictedSize);
+    }
+}
+
+type Store = quick_cache::sync::Cache<Key, Entry, Weigh, PassBuild, Evictions>;
+
+/// Entries a reorg may invalidate, by the height of their block.
+#[derive(Debug, Default)]
+struct Index {
+    by_height: BTreeMap<u64, Vec<Key>>,
+}
+
+/// A read in flight, whose answer identical reads wait for.
+#[derive(Debug)]
+struct Flight {
+    answer: tokio::sync::watch::Sender<Option<Bytes>>,
+    /// The head generation it started at: only reads at the same one wait for it.
+    gen: u64,
+}
+
+/// Reads in flight, by their key's hash.
+type Flights = HashMap<u64, Vec<(Key, Arc<Flight>)>, PassBuild>;
+
+/// One chain's cache.
+pub struct ChainCache {
+    /// The chain's name.
+    pub chain: Arc<str>,
+    /// Its chain id: a reload that changes it starts a new cache.
+    pub chain_id: u64,
+    store: Store,
+    /// The tracked head (0: the chain is not followed).
+    head: AtomicU64,
+    /// Moves with every head change and reorg: `Head` entries of another generation are stale.
+    gen: AtomicU64,
+    /// The highest height taken as final so far (a reorg below it evicts final entries too).
+    final_seen: AtomicU64,
+    index: Mutex<Index>,
+    /// Counts reorgs (and losses of the tracked chain): an answer fetched across one is not
+    /// cached as canonical. Changed only under `index`'s lock.
+    epoch: AtomicU64,
+    flights: Mutex<Flights>,
+    /// The chain's tracker, once the cache has asked for the chain to be followed.
+    tracker: OnceLock<Arc<Tracker>>,
+    /// Until when the chain is known to be followed for the cache (`now_us` µs).
+    leased_until: AtomicU64,
+    /// Reads that need the chain followed, counted since `window_start` (`now_us` µs).
+    window_reads: AtomicU64,
+    window_start: AtomicU64,
+    me: Weak<ChainCache>,
+    /// What it did.
+    pub stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for ChainCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainCache")
+            .field("chain", &self.chain)
+            .field("entries", &self.store.len())
+            .field("bytes", &self.store.weight())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a request brings to a lookup.
+pub struct Ctx<'a> {
+    /// `[cache]`.
+    pub config: &'a CacheConfig,
+    /// `[tracker]`, to follow the chain.
+    pub tracker: &'a TrackerConfig,
+    /// Who follows chains.
+    pub registry: &'a Arc<Registry>,
+    /// The highest block the chain's upstreams are known to have.
+    pub known_head: Option<u64>,
+    /// The chain's `finality_depth`.
+    pub depth: u64,
+    /// Now, in `now_us` µs.
+    pub now_us: u64,
+}
+
+/// What the cache says about a call.
+pub enum Lookup {
+    /// Not cacheable: ask upstream, as without a cache.
+    Skip,
+    /// The answer (a `result`, verbatim).
+    Hit(Bytes),
+    /// An identical read is in flight: wait for its answer.
+    Wait(Waiter),
+    /// Ask upstream, then [`Ticket::complete`] with the answer.
+    Miss(Ticket),
+}
+
+/// A read that waits for an identical one in flight.
+pub struct Waiter {
+    answer: tokio::sync::watch::Receiver<Option<Bytes>>,
+    cache: Arc<ChainCache>,
+    slot: usize,
+}
+
+impl Waiter {
+    /// The first read's answer, if it arrives within `limit` and is a result; `None`: ask
+    /// upstream yourself.
+    pub async fn wait(mut self, limit: Duration) -> Option<Bytes> {
+        let got = tokio::time::timeout(limit, self.answer.wait_for(Option::is_some)).await;
+        let answer = match got {
+            Ok(Ok(answer)) => answer.clone(),
+            _ => None,
+        };
+        if answer.is_some() {
+            self.cache.stats.add(self.slot, Count::Merged);
+        }
+        answer
+    }
+}
+
+/// A cacheable read that goes upstream: its answer is offered to the cache, and to the
+/// identical reads waiting for it.
+pub struct Ticket {
+    cache: Arc<ChainCache>,
+    key: Key,
+    rule: Rule,
+    gen: u64,
+    epoch: u64,
+    flight: Option<Arc<Flight>>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(flight) = self.flight.take() {
+            self.cache.land(&self.key, &flight);
+        }
+    }
+}
+
+impl Ticket {
+    /// Offers the upstream's answer (`Ok`: a `result`; `Err`: an error, not cached) to the
+    /// cache and to the reads waiting for it.
+    pub fn complete(mut self, answer: Result<&Bytes, ()>, ctx: &Ctx<'_>) {
+        if let (Some(flight), Ok(result)) = (&self.flight, answer) {
+            flight.answer.send_replace(Some(result.clone()));
+        }
+        if let Some(flight) = self.flight.take() {
+            self.cache.land(&self.key, &flight);
+        }
+        if let Ok(result) = answer {
+            let cache = self.cache.clone();
+            cache.offer(&self, result, ctx);
+        }
+    }
+}
+
+impl ChainCache {
+    /// An empty cache for `chain`, holding at most `max_bytes`.
+    pub fn new(chain: Arc<str>, chain_id: u64, max_bytes: u64) -> Arc<ChainCache> {
+        let stats = Arc::new(Stats::new());
+        let store = Store::with(
+            usize::try_from(max_bytes / 2048)
+                .unwrap_or(1 << 20)
+                .clamp(16, 1 << 20),
+            max_bytes,
+            Weigh,
+            PassBuild::default(),
+            Evictions(stats.clone()),
+        );
+        Arc::new_cyclic(|me| ChainCache {
+            chain,
+            chain_id,
+            store,
+            head: AtomicU64::new(0),
+            gen: AtomicU64::new(0),
+            final_seen: AtomicU64::new(0),
+            index: Mutex::default(),
+            epoch: AtomicU64::new(0),
+            flights: Mutex::default(),
+            tracker: OnceLock::new(),
+            leased_until: AtomicU64::new(0),
+            window_reads: AtomicU64::new(0),
+            window_start: AtomicU64::new(0),
+            me: me.clone(),
+            stats,
+        })
+    }
+
+    /// Changes the most bytes kept (a reload).
+    pub fn set_capacity(&self, max_bytes: u64) {
+        if self.store.capacity() != max_bytes {
+            self.store.set_capacity(max_bytes);
+        }
+    }
+
+    /// Bytes held now (answers, keys and bookkeeping) and entries.
+    pub fn held(&self) -> (u64, usize) {
+        (self.store.weight(), self.store.len())
+    }
+
+    /// What `/status` shows of the cache.
+    pub fn describe(
+        &self,
+        config: &CacheConfig,
+        tracker_config: &TrackerConfig,
+    ) -> serde_json::Value {
+        let (bytes, entries) = self.held();
+        let now = crate::state::upstream::now_us();
+        let s = &self.stats;
+        serde_json::json!({
+            "enabled": config.enabled,
+            "bytes": bytes,
+            "max_bytes": config.max_bytes,
+            "entries": entries,
+            "hits": s.total(Count::Hit),
+            "merged": s.total(Count::Merged),
+            "misses": s.total(Count::Miss),
+            "evicted_for_room": s.total(Count::EvictedSize),
+            "evicted_by_reorgs": s.total(Count::EvictedReorg),
+            "head": self.followed_head(now, tracker_config),
+            "finalized": self.tracker.get().and_then(|t| t.finalized()),
+            "followed_for_cache": self.leased_until.load(Relaxed) > now,
+        })
+    }
+
+    /// The tracked head, while the chain is followed for the cache and current.
+    pub fn followed_head(&self, now_us: u64, tracker_config: &TrackerConfig) -> Option<u64> {
+        let tracker = self.tracker.get()?;
+        let checked = tracker.checked_us();
+        let stale = 3 * tracker_config.poll_interval.as_micros() as u64 + 1_000_000;
+        let head = self.head.load(Relaxed);
+        (checked != 0 && now_us.saturating_sub(checked) <= stale && head != 0).then_some(head)
+    }
+
+    /// The highest final block: the chain's `finalized` block where detour has read it, else
+    /// the head less `finality_depth`.
+    fn final_height(&self, ctx: &Ctx<'_>, followed: Option<u64>) -> Option<u64> {
+        let tagged = self.tracker.get().and_then(|t| t.finalized());
+        let height = match (tagged, followed.or(ctx.known_head)) {
+            (Some(f), _) => Some(f),
+            (None, Some(head)) => head.checked_sub(ctx.depth),
+            (None, None) => None,
+        }?;
+        if self.final_seen.load(Relaxed) < height {
+            self.final_seen.fetch_max(height, Relaxed);
+        }
+        Some(height)
+    }
+
+    /// A read that depends on the head or on recent blocks arrived: the cache learns the
+    /// chain's changes from its tracker (whoever has it followed), and has the chain followed
+    /// while such reads arrive at least once per `tracker.poll_interval` on average over
+    /// [`RATE_WINDOW`]: following costs about one upstream call per interval, so it is only
+    /// started where it can save more than it costs.
+    fn recent_read(&self, ctx: &Ctx<'_>) {
+        if self.tracker.get().is_none() {
+            let observer: Weak<dyn Observer> = self.me.clone();
+            let _ = self
+                .tracker
+                .set(ctx.registry.observe(&self.chain, ctx.tracker, observer));
+        }
+        let window = RATE_WINDOW.as_micros() as u64;
+        let started = self.window_start.load(Relaxed);
+        let count = if ctx.now_us.saturating_sub(started) >= window {
+            self.window_start.store(ctx.now_us, Relaxed);
+            self.window_reads.store(1, Relaxed);
+            1
+        } else {
+            self.window_reads.fetch_add(1, Relaxed) + 1
+        };
+        let worth = (window / (ctx.tracker.poll_interval.as_micros() as u64).max(1)).max(1);
+        let leased = self.leased_until.load(Relaxed);
+        if leased > ctx.now_us + LEASE.as_micros() as u64 / 2 {
+            return;
+        }
+        // Once following, any such read extends the lease; before, the rate must be worth it.
+        if leased > ctx.now_us || count >= worth {
+            let until = ctx.now_us + LEASE.as_micros() as u64;
+            self.leased_until.store(until, Relaxed);
+            ctx.registry.lease(&self.chain, ctx.tracker, until);
+        }
+    }
+
+    /// Looks a call up. `bypass`: the client wants a fresh answer (which is still cached).
+    pub fn lookup(
+        &self,
+        method: &str,
+        params: Option<Raw<'_>>,
+        bypass: bool,
+        ctx: &Ctx<'_>,
+    ) -> Lookup {
+        let policy = if ctx.config.methods.is_empty() {
+            None
+        } else {
+            ctx.config.methods.get(method).copied()
+        };
+        let rule = rules::rule(method, params, policy);
+        if rule == Rule::Never {
+            return Lookup::Skip;
+        }
+        if ctx.config.head && !matches!(rule, Rule::At(_)) {
+            self.recent_read(ctx);
+        }
+        let followed = if ctx.config.head {
+            self.followed_head(ctx.now_us, ctx.tracker)
+        } else {
+            None
+        };
+        // Whether an answer could be cached at all now.
+        let cacheable = match rule {
+            Rule::Never => false,
+            Rule::Head => followed.is_some(),
+            Rule::At(n) => self.final_height(ctx, followed).is_some_and(|f| n <= f),
+            Rule::BlockAt(n) => {
+                followed.is_some_and(|h| n <= h)
+                    || self.final_height(ctx, followed).is_some_and(|f| n <= f)
+            }
+            Rule::ByHash => true,
+        };
+        if !cacheable {
+            return Lookup::Skip;
+        }
+        let Some(me) = self.me.upgrade() else {
+            return Lookup::Skip;
+        };
+        let slot = method_slot(method);
+        let key = KeyRef::new(method, params);
+        let gen = self.gen.load(Relaxed);
+        if bypass {
+            self.stats.add(slot, Count::Bypass);
+        } else if let Some(entry) = self.store.get(&key) {
+            let good = match entry.life {
+                Life::Final => true,
+                Life::Canonical => followed.is_some(),
+                Life::Head(g) => g == gen && followed.is_some(),
+            };
+            if good {
+                self.stats.add(slot, Count::Hit);
+                return Lookup::Hit(entry.result);
+            }
+        }
+        let epoch = self.epoch.load(Relaxed);
+        let key_owned;
+        let flight = if bypass {
+            key_owned = key.to_key();
+            None
+        } else {
+            use quick_cache::Equivalent;
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            let same = flights.entry(key.hash).or_default();
+            if let Some((_, f)) = same.iter().find(|(k, f)| f.gen == gen && key.equivalent(k)) {
+                return Lookup::Wait(Waiter {
+                    answer: f.answer.subscribe(),
+                    cache: me,
+                    slot,
+                });
+            }
+            key_owned = key.to_key();
+            let flight = Arc::new(Flight {
+                answer: tokio::sync::watch::Sender::new(None),
+                gen,
+            });
+            same.push((key_owned.clone(), flight.clone()));
+            Some(flight)
+        };
+        if !bypass {
+            self.stats.add(slot, Count::Miss);
+        }
+        Lookup::Miss(Ticket {
+            cache: me,
+            key: key_owned,
+            rule,
+            gen,
+            epoch,
+            flight,
+        })
+    }
+
+    fn lock_index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A read in flight ended: identical reads no longer wait for it.
+    fn land(&self, key: &Key, flight: &Arc<Flight>) {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(same) = flights.get_mut(&key.hash) {
+            same.retain(|(_, f)| !Arc::ptr_eq(f, flight));
+            if same.is_empty() {
+                flights.remove(&key.hash);
+            }
+        }
+    }
+
+    /// Caches `result`, if its ticket's rule allows it now.
+    fn offer(&self, ticket: &Ticket, result: &Bytes, ctx: &Ctx<'_>) {
+        if result.as_ref() == b"null" {
+            return;
+        }
+        let followed = if ctx.config.head {
+            self.followed_head(ctx.now_us, ctx.tracker)
+        } else {
+            None
+        };
+        let final_height = self.final_height(ctx, followed);
+        let is_final = |n: u64| final_height.is_some_and(|f| n <= f);
+        let (life, height) = match ticket.rule {
+            Rule::Never => return,
+            Rule::Head => match followed {
+                Some(head) if self.gen.load(Relaxed) == ticket.gen => {
+                    (Life::Head(ticket.gen), head)
+                }
+                _ => return,
+            },
+            Rule::At(n) if is_final(n) => (Life::Final, n),
+            Rule::At(_) => return,
+            Rule::BlockAt(_) | Rule::ByHash => {
+                let Some((number, hash)) =
+                    crate::method::block::named_block(ticket.key.method(), result)
+                else {
+                    return;
+                };
+                if let Rule::BlockAt(n) = ticket.rule {
+                    if n != number {
+                        return;
+                    }
+                }
+                if is_final(number) {
+                    (Life::Final, number)
+                } else {
+                    // Canonical: the tracked chain has this very block at that height.
+                    let tracked = match (followed, self.tracker.get()) {
+                        (Some(_), Some(t)) => t.hash_at(number),
+                        _ => None,
+                    };
+                    if tracked
+                        .as_deref()
+                        .is_none_or(|h| !h.eq_ignore_ascii_case(hash))
+                    {
+                        return;
+                    }
+                    (Life::Canonical, number)
+                }
+            }
+        };
+        let entry = Entry {
+            result: result.clone(),
+            life,
+            height,
+        };
+        if life == Life::Canonical {
+            let mut index = self.lock_index();
+            if self.epoch.load(Relaxed) != ticket.epoch {
+                // A reorg came between: the answer may be from the replaced branch.
+                return;
+            }
+            index
+                .by_height
+                .entry(height)
+                .or_default()
+                .push(ticket.key.clone());
+            self.store.insert(ticket.key.clone(), entry);
+        } else {
+            self.store.insert(ticket.key.clone(), entry);
+        }
+    }
+
+    /// Evicts every indexed (non-final) entry at or above `height`, and final ones too when
+    /// `height` is at or below what was taken as final.
+    fn evict_from(&self, index: &mut Index, height: u64) {
+        self.epoch.fetch_add(1, Relaxed);
+        let dropped = index.by_height.split_off(&height);
+        for key in dropped.into_values().flatten() {
+            if let Some((key, _)) = self.store.remove(&key) {
+                self.stats
+                    .add(method_slot(key.method()), Count::EvictedReorg);
+            }
+        }
+        if height <= self.final_seen.load(Relaxed) {
+            tracing::warn!(
+                chain = &*self.chain,
+                height,
+                "a reorg replaced blocks taken as final: evicting cached answers from there on"
+            );
+            self.store.retain(|key, e| {
+                let keep = e.height < height || matches!(e.life, Life::Head(_));
+                if !keep {
+                    self.stats
+                        .add(method_slot(key.method()), Count::EvictedReorg);
+                }
+                keep
+            });
+        }
+    }
+}
+
+impl Observer for ChainCache {
+    fn moved(&self, head: u64, replaced_from: Option<u64>) {
+        let mut index = self.lock_index();
+        if let Some(h) = replaced_from {
+            self.evict_from(&mut index, h);
+        }
+        self.head.store(head, Relaxed);
+        self.gen.fetch_add(1, Relaxed);
+        // Entries at heights now final stay cached, and out of the index.
+        let fin = self.final_seen.load(Relaxed);
+        if index
+            .by_height
+            .first_key_value()
+            .is_some_and(|(&h, _)| h <= fin)
+        {
+            index.by_height = index.by_height.split_off(&(fin + 1));
+        }
+    }
+
+    fn lost(&self) {
+        let mut index = self.lock_index();
+        self.head.store(0, Relaxed);
+        self.gen.fetch_add(1, Relaxed);
+        self.epoch.fetch_add(1, Relaxed);
+        let dropped = std::mem::take(&mut index.by_height);
+        for key in dropped.into_values().flatten() {
+            if let Some((key, _)) = self.store.remove(&key) {
+                self.stats
+                    .add(method_slot(key.method()), Count::EvictedReorg);
+            }
+        }
+    }
+}
