@@ -6,7 +6,15 @@
 //! cargo run --release --example overhead -- --requests 20000 --rounds 7 --workers 1
 //! # pinned: load generator and mock on CPU 0, detour on CPU 1
 //! taskset -c 0 target/release/examples/overhead --workers 1 --detour-cpus 1
+//! # the response cache: every call answered from it, or every call a miss
+//! cargo run --release --example overhead -- --cache hit
+//! cargo run --release --example overhead -- --cache miss
 //! ```
+//!
+//! `--cache off` (the default) measures the proxied path with `[cache] enabled = false`;
+//! `--cache hit` sends the same `eth_call` at `latest` every time, answered from the cache once
+//! detour follows the chain (the mock serves a block whose head never moves); `--cache miss`
+//! gives every request other call data, so every lookup misses and every answer is stored.
 //!
 //! The mock upstream and the client run in this process (one thread each); detour runs as its own
 //! process (the release binary, `DETOUR_BIN` to override), so its CPU time can be read from
@@ -35,6 +43,7 @@ fn main() {
     let mut rounds = 5usize;
     let mut workers = 0usize;
     let mut detour_cpus: Option<String> = None;
+    let mut cache = Cache::Off;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().and_then(|v| v.parse().ok()).expect("a number");
@@ -43,11 +52,19 @@ fn main() {
             "--rounds" => rounds = value(),
             "--workers" => workers = value(),
             "--detour-cpus" => detour_cpus = args.next(),
-            other => panic!("unknown argument {other} (use --requests N --rounds N --workers N --detour-cpus LIST)"),
+            "--cache" => {
+                cache = match args.next().as_deref() {
+                    Some("off") => Cache::Off,
+                    Some("hit") => Cache::Hit,
+                    Some("miss") => Cache::Miss,
+                    other => panic!("--cache takes off, hit or miss, not {other:?}"),
+                }
+            }
+            other => panic!("unknown argument {other} (use --requests N --rounds N --workers N --detour-cpus LIST --cache off|hit|miss)"),
         }
     }
     let upstream = start_mock();
-    let mut detour = start_detour(upstream, workers, detour_cpus.as_deref());
+    let mut detour = start_detour(upstream, workers, detour_cpus.as_deref(), cache);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -58,6 +75,7 @@ fn main() {
         detour.child.id(),
         requests,
         rounds,
+        cache,
     ));
     let rss = process::memory_kib(detour.child.id(), "VmHWM:");
     // SIGTERM: detour shuts down gracefully (and tools such as callgrind get to write output).
@@ -66,10 +84,21 @@ fn main() {
         .status();
     let _ = detour.child.wait();
     println!(
-        "detour server.worker_threads = {workers} (0: one per core, {} here)",
+        "detour server.worker_threads = {workers} (0: one per core, {} here); cache {cache:?}",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     report.print(rss, requests, rounds);
+}
+
+/// What the cache does in the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cache {
+    /// `[cache] enabled = false`: the proxied path.
+    Off,
+    /// The same call every time: answered from the cache.
+    Hit,
+    /// Every call different: every lookup misses, every answer is stored.
+    Miss,
 }
 
 struct Report {
@@ -135,9 +164,22 @@ async fn measure(
     pid: u32,
     requests: usize,
     rounds: usize,
+    cache: Cache,
 ) -> Report {
-    let mut direct = Conn::open(upstream, "/").await;
-    let mut proxied = Conn::open(proxy, "/bench").await;
+    let mut direct = Conn::open(upstream, "/", Cache::Off).await;
+    let mut proxied = Conn::open(proxy, "/bench", cache).await;
+    if cache == Cache::Hit {
+        // Until detour follows the chain (it starts once the reads come often enough) and
+        // answers from the cache.
+        let started = Instant::now();
+        while !proxied.once().await {
+            assert!(
+                started.elapsed().as_secs() < 30,
+                "detour never answered from the cache"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
     for _ in 0..500 {
         direct.once().await;
         proxied.once().await;
@@ -180,32 +222,52 @@ struct Conn {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     path: &'static str,
     addr: SocketAddr,
+    cache: Cache,
+    sent: u64,
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr, path: &'static str) -> Conn {
+    async fn open(addr: SocketAddr, path: &'static str, cache: Cache) -> Conn {
         let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
         tcp.set_nodelay(true).unwrap();
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .unwrap();
         tokio::spawn(conn);
-        Conn { sender, path, addr }
+        Conn {
+            sender,
+            path,
+            addr,
+            cache,
+            sent: 0,
+        }
     }
 
-    async fn once(&mut self) {
+    /// Sends one call; whether it was answered from detour's cache.
+    async fn once(&mut self) -> bool {
+        self.sent += 1;
+        let body = match self.cache {
+            // Other call data each time: a key the cache has not seen.
+            Cache::Miss => Bytes::from(BODY.replace("f39fd6e5", &format!("{:08x}", self.sent))),
+            _ => Bytes::from_static(BODY.as_bytes()),
+        };
         let req = Request::post(self.path)
             .header("host", self.addr.to_string())
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+            .body(Full::new(body))
             .unwrap();
         let resp = self.sender.send_request(req).await.expect("request");
         assert_eq!(resp.status(), 200);
+        let hit = resp
+            .headers()
+            .get("x-detour-cache")
+            .is_some_and(|v| v == "hit");
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert!(
             body.len() > 500 && body.starts_with(b"{\"jsonrpc\":\"2.0\",\"id\":7,\"result\""),
             "{body:?}"
         );
+        hit
     }
 
     async fn run(&mut self, n: usize) -> Vec<f64> {
@@ -264,6 +326,9 @@ async fn mock_answer(
     let contains = |m: &[u8]| body.windows(m.len()).any(|w| w == m);
     if contains(b"\"eth_chainId\"") {
         out.extend_from_slice(b",\"result\":\"0x1\"}");
+    } else if contains(b"\"eth_getBlockByNumber\"") {
+        // The head, 0x1000, which never moves: detour can follow the chain.
+        out.extend_from_slice(br#","result":{"hash":"0x00000000000000000000000000000000000000000000000000000000000010aa","logsBloom":"0x00","number":"0x1000","parentHash":"0x0000000000000000000000000000000000000000000000000000000000000fff","transactions":[]}}"#);
     } else if contains(b"\"eth_blockNumber\"") {
         out.extend_from_slice(b",\"result\":\"0x1000\"}");
     } else {
@@ -290,7 +355,7 @@ struct Detour {
     addr: SocketAddr,
 }
 
-fn start_detour(upstream: SocketAddr, workers: usize, cpus: Option<&str>) -> Detour {
+fn start_detour(upstream: SocketAddr, workers: usize, cpus: Option<&str>, cache: Cache) -> Detour {
     let bin = std::env::var("DETOUR_BIN").unwrap_or_else(|_| "target/release/detour".into());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -301,7 +366,10 @@ fn start_detour(upstream: SocketAddr, workers: usize, cpus: Option<&str>) -> Det
     let config = std::env::temp_dir().join(format!("detour-overhead-{}.toml", std::process::id()));
     std::fs::write(
         &config,
-        format!("[server]\nlisten = \"{addr}\"\nworker_threads = {workers}\n[chains.bench]\nchain_id = 1\n[[chains.bench.upstreams]]\nname = \"mock\"\nurl = \"http://{upstream}\"\n"),
+        format!(
+            "[server]\nlisten = \"{addr}\"\nworker_threads = {workers}\n[cache]\nenabled = {}\n[chains.bench]\nchain_id = 1\n[[chains.bench.upstreams]]\nname = \"mock\"\nurl = \"http://{upstream}\"\n",
+            cache != Cache::Off
+        ),
     )
     .unwrap();
     // With --detour-cpus, detour runs under `taskset -c LIST` (taskset execs it: same pid).

@@ -9,7 +9,8 @@
 # to A (the preferred tier) and their receipts are polled there. Then a steady stream of reads
 # runs while A is killed: every read must succeed (failover to B/C, no client-visible error).
 # Then the health scenarios (e2e_health.py), filters and WebSocket subscriptions watched by ethers
-# and viem through node failures and a reorg (e2e_subscriptions.cjs), and the status page (e2e_status_page.py).
+# and viem through node failures and a reorg (e2e_subscriptions.cjs), the response cache
+# (e2e_cache.py) and the status page (e2e_status_page.py).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -216,7 +217,11 @@ log "ok: health scenarios"
 NODE_PATH=$TOOLS/node_modules node scripts/e2e_subscriptions.cjs "$ANVIL" "$DETOUR" "$WORK" || fail "filters and subscriptions"
 log "ok: filters and subscriptions"
 
+# --- the response cache: repeated reads counted at the node, read after write, a reorg -------
+python3 scripts/e2e_cache.py "$ANVIL" "$DETOUR" "$WORK" "$CAST" || fail "response cache"
+log "ok: response cache"
+
 # --- the status page in headless Chromium --------------------------------------------------
 python3 scripts/e2e_status_page.py "$ANVIL" "$DETOUR" "$WORK" || fail "status page"
 log "ok: status page"
-echo "e2e: 16 passed, 0 failed"
+echo "e2e: 17 passed, 0 failed"

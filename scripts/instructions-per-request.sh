@@ -5,6 +5,10 @@
 # background work cancel out. Loopback only; takes a few minutes.
 #
 #   bash scripts/instructions-per-request.sh [path/to/detour]    # default: the release build
+#   CACHE=hit bash scripts/instructions-per-request.sh           # answered from the cache
+#   CACHE=miss bash scripts/instructions-per-request.sh          # every lookup a miss
+#
+# CACHE (off by default) is the overhead harness's --cache: off, hit or miss.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
@@ -19,7 +23,7 @@ WRAP
 chmod +x "$WORK/wrap.sh"
 total() { grep -E '^totals:' "$WORK/cg.$1.out" | awk '{print $2}'; }
 for n in 2000 6000; do
-  CG_TAG=$n DETOUR_BIN="$WORK/wrap.sh" target/release/examples/overhead --workers 1 --requests "$n" --rounds 1 >/dev/null 2>&1
+  CG_TAG=$n DETOUR_BIN="$WORK/wrap.sh" target/release/examples/overhead --workers 1 --requests "$n" --rounds 1 --cache "${CACHE:-off}" >/dev/null 2>&1
 done
 a=$(total 2000); b=$(total 6000)
 echo "instructions: $a (2 000 requests), $b (6 000 requests)"

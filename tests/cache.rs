@@ -65,6 +65,9 @@ async fn final_answers_are_kept_and_served_byte_for_byte_with_the_clients_id() {
     let params = r#"["0xa",false]"#;
     let (first, how) = call(&proxy, "1", "eth_getBlockByNumber", params, &[]).await;
     assert_eq!(how, "miss");
+    // Stored the second time it is seen.
+    let (_, how) = call(&proxy, "2", "eth_getBlockByNumber", params, &[]).await;
+    assert_eq!(how, "miss");
     let (second, how) = call(&proxy, "\"x\"", "eth_getBlockByNumber", params, &[]).await;
     assert_eq!(how, "hit");
     assert_eq!(result_bytes(&first), result_bytes(&second));
@@ -79,7 +82,7 @@ async fn final_answers_are_kept_and_served_byte_for_byte_with_the_clients_id() {
         .await
         .unwrap();
     assert_eq!(lib.get(), result_bytes(&first));
-    assert_eq!(count(&up.methods(), "eth_getBlockByNumber"), 1);
+    assert_eq!(count(&up.methods(), "eth_getBlockByNumber"), 2);
     // The same params written differently are another key: asked upstream, not mixed up.
     let (_, how) = call(
         &proxy,
@@ -107,6 +110,31 @@ async fn final_answers_are_kept_and_served_byte_for_byte_with_the_clients_id() {
     assert!(metric(&proxy, r#"detour_cache_bytes{chain="mainnet"}"#) > 0);
     let status = proxy.detour.status();
     assert_eq!(status["chains"][0]["cache"]["hits"], 2, "{status}");
+}
+
+#[tokio::test]
+async fn reads_seen_once_are_not_stored() {
+    let chain = SimChain::new(300, 1);
+    let up = SimUpstream::start(&chain).await;
+    let proxy = Proxy::start(&sim_config("", &[&up])).await;
+    head_known(&proxy).await;
+    let entries = r#"detour_cache_entries{chain="mainnet"}"#;
+    let block = |n: u64| format!(r#"["0x{n:x}",false]"#);
+    // An indexer's scan: each final block once. Nothing is kept.
+    for n in 1..=50 {
+        call(&proxy, "1", "eth_getBlockByNumber", &block(n), &[]).await;
+    }
+    assert_eq!(metric(&proxy, entries), 0);
+    // Asked again: kept from then on.
+    for n in 1..=50 {
+        call(&proxy, "1", "eth_getBlockByNumber", &block(n), &[]).await;
+    }
+    assert_eq!(metric(&proxy, entries), 50);
+    for n in 1..=50 {
+        let (_, how) = call(&proxy, "1", "eth_getBlockByNumber", &block(n), &[]).await;
+        assert_eq!(how, "hit");
+    }
+    assert_eq!(count(&up.methods(), "eth_getBlockByNumber"), 100);
 }
 
 #[tokio::test]
@@ -191,7 +219,7 @@ async fn method_policies_override_the_table() {
     assert_eq!(count(&up.methods(), "eth_getBlockByNumber"), 2);
     // Others keep the built-in rule.
     let hash = chain.hash_at(5);
-    for expect in ["miss", "hit"] {
+    for expect in ["miss", "miss", "hit"] {
         let (_, how) = call(
             &proxy,
             "1",
@@ -270,11 +298,13 @@ async fn a_reorg_at_height_h_evicts_exactly_the_non_final_entries_at_or_above_h(
     let block = |n: u64| format!(r#"["0x{n:x}",false]"#);
     let mut before = Vec::new();
     for n in heights {
+        for _ in 0..2 {
+            let (_, how) = call(&proxy, "1", "eth_getBlockByNumber", &block(n), &[]).await;
+            assert_eq!(how, "miss", "block {n}");
+        }
         let (body, how) = call(&proxy, "1", "eth_getBlockByNumber", &block(n), &[]).await;
-        assert_eq!(how, "miss", "block {n}");
-        before.push(body);
-        let (_, how) = call(&proxy, "1", "eth_getBlockByNumber", &block(n), &[]).await;
         assert_eq!(how, "hit", "block {n}");
+        before.push(body);
     }
     // Blocks 203 and 204 are replaced; the new branch is 3 long (203..=205).
     chain.reorg(2, 3);

@@ -42,6 +42,8 @@ BODIES = {
     "eth_call": '{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{"to":"0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48","data":"0x06fdde03"},"latest"]}',
     "eth_getBlockByNumber": '{"jsonrpc":"2.0","id":1,"method":"eth_getBlockByNumber","params":["0x1500000",false]}',
 }
+CACHE_METHODS = ["eth_call", "eth_getBlockByNumber", "eth_call_unique"]
+CACHE_SHORT = {"eth_call": "call 500 B, hits", "eth_getBlockByNumber": "block 14 KB, hits", "eth_call_unique": "call 500 B, 0% hits"}
 SHORT = {"eth_blockNumber": "blockNumber", "eth_call": "call 500 B", "eth_getBlockByNumber": "block 14 KB"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -219,15 +221,20 @@ http {{
         # The master forks the worker; count both (the master is idle).
         return Target("nginx", f"http://127.0.0.1:{port}/bench", p, lambda: [p.pid] + children(p.pid))
 
-    def start_detour(self):
+    def start_detour(self, cache=False, name="detour"):
+        """detour as the proxies compare: the response cache off (nginx caches nothing). With
+        `cache`, the default cache on, for the cache phase."""
         port = free_port()
-        conf = os.path.join(self.work, "detour.toml")
+        conf = os.path.join(self.work, f"{name}.toml")
         with open(conf, "w") as f:
             f.write(f"""
 [server]
 listen = "127.0.0.1:{port}"
 worker_threads = 1
 access_log = false
+
+[cache]
+enabled = {"true" if cache else "false"}
 
 [chains.bench]
 chain_id = 1
@@ -242,7 +249,7 @@ url = "http://{self.mock_addr}"
             stderr=subprocess.DEVNULL,
             env=dict(os.environ, RUST_LOG="warn"),
         )
-        return Target("detour", f"http://127.0.0.1:{port}/bench", p, lambda: [p.pid])
+        return Target(name, f"http://127.0.0.1:{port}/bench", p, lambda: [p.pid])
 
     def wait_ready(self, target):
         deadline = time.time() + 20
@@ -356,7 +363,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each sequential/closed-loop run")
     ap.add_argument("--rate", default="auto", help="open-loop requests/s (auto: half the slower proxy's closed-loop eth_call rate, or 2000 without that phase)")
     ap.add_argument("--quick", action="store_true", help="1 round of 1 s runs: checks that everything works")
-    ap.add_argument("--phases", default="seq,closed,open,memory", help="comma-separated subset of seq,closed,open,memory")
+    ap.add_argument("--phases", default="seq,closed,open,memory,cache", help="comma-separated subset of seq,closed,open,memory,cache")
     ap.add_argument("--json", help="also write every measurement to this file")
     ap.add_argument("--detour-bin", default=os.path.join(ROOT, "target/release/detour"))
     ap.add_argument("--mock-bin", default=os.path.join(ROOT, "target/release/examples/compare-mock"))
@@ -367,7 +374,7 @@ def main():
         args.rounds, args.seconds = 1, 1.0
     secs = max(1, round(args.seconds))
     phases = set(args.phases.split(","))
-    if not phases <= {"seq", "closed", "open", "memory"}:
+    if not phases <= {"seq", "closed", "open", "memory", "cache"}:
         die(f"unknown phase in --phases {args.phases}")
     for tool in [args.detour_bin, args.mock_bin, args.nginx_bin, args.oha_bin, shutil.which("wrk") or "wrk"]:
         if not (os.path.isfile(tool) and os.access(tool, os.X_OK)):
@@ -382,7 +389,7 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
 
     b = Bench(args)
-    results = {"seq": {}, "closed": {}, "open": {}, "memory": {}}
+    results = {"seq": {}, "closed": {}, "open": {}, "memory": {}, "cache": {}}
     try:
         direct = b.start_mock()
         nginx = b.start_nginx()
@@ -434,6 +441,20 @@ def main():
         mem_rate = max(500, rate // 2 // 500 * 500)
         for t in (nginx, detour, floor) if "memory" in phases else []:
             results["memory"][t.name] = b.memory(t, secs + 2, mem_rate)
+
+        if "cache" in phases:
+            # The response cache: detour with the cache on against the same build with it off.
+            cached = b.start_detour(cache=True, name="detour+cache")
+            b.wait_ready(cached)
+            targets.append(cached)
+            for t in (detour, cached):
+                b.wrk(t, "eth_call", 8, 2)  # warm-up: the cache follows the chain
+            for r in range(args.rounds):
+                print(f"cache round {r + 1}/{args.rounds}", file=sys.stderr)
+                for m in CACHE_METHODS:
+                    pair = (detour, cached) if r % 2 == 0 else (cached, detour)
+                    for t in pair:
+                        results["cache"].setdefault(m, {}).setdefault(t.name, []).append(b.wrk(t, m, 64, secs))
         for t in targets:
             if t.proc.poll() is not None:
                 die(f"{t.name} exited during the run")
@@ -467,6 +488,8 @@ def report(b, args, res, rate, secs, mem_rate):
         report_open(res, names, rate)
     if res["memory"]:
         report_memory(res, mem_rate)
+    if res["cache"]:
+        report_cache(res)
     report_targets(res, added, cpu_ratio, rps_ratio)
 
 
@@ -531,6 +554,25 @@ def report_memory(res, rate):
     print("\n(nginx: master + worker during the run; VmHWM of the largest process.)")
 
 
+def report_cache(res):
+    print("\n### The response cache, closed loop, 64 connections (wrk)\n")
+    print("detour with `[cache] enabled = true` against the same build with it off. Hits: the same")
+    print("call every time. 0% hits: every `eth_call` has other call data (wrk's Lua), so every")
+    print("lookup misses and the answer goes upstream.\n")
+    print("| call | cache | requests/s | proxy CPU per request | user + sys |")
+    print("|---|---|---:|---:|---:|")
+    for m in CACHE_METHODS:
+        for n in ("detour", "detour+cache"):
+            rows = res["cache"][m][n]
+            print(f"| {CACHE_SHORT[m]} | {'on' if n != 'detour' else 'off'} | {med([x['rps'] for x in rows]):.0f} | {med([x['cpu_us_per_req'] for x in rows]):.1f} µs | {med([x['user_us_per_req'] for x in rows]):.1f} + {med([x['sys_us_per_req'] for x in rows]):.1f} |")
+    print("\ncache on / off per round:")
+    for m in CACHE_METHODS:
+        on, off = res["cache"][m]["detour+cache"], res["cache"][m]["detour"]
+        cpu = [x["cpu_us_per_req"] / max(1e-9, y["cpu_us_per_req"]) for x, y in zip(on, off)]
+        rps = [x["rps"] / y["rps"] for x, y in zip(on, off)]
+        print(f"- {CACHE_SHORT[m]}: CPU {fmt_list(cpu)} (median {med(cpu):.2f}), throughput {fmt_list(rps)} (median {med(rps):.2f})")
+
+
 def report_targets(res, added, cpu_ratio, rps_ratio):
     print("\n### Targets (detour against nginx in this run)\n")
 
@@ -552,6 +594,14 @@ def report_targets(res, added, cpu_ratio, rps_ratio):
         check("peak RSS with 1 000 open keep-alive connections ≤ 30 MiB (MiB)", rss, rss <= 30)
         rss = res["memory"]["detour"]["busy"]["hwm_kib"] / 1024
         print(f"  (with all 1 000 busy at once: {rss:.1f} MiB)")
+    if res["cache"]:
+        ratio = lambda m, k: med([x[k] / max(1e-9, y[k]) for x, y in zip(res["cache"][m]["detour+cache"], res["cache"][m]["detour"])])
+        c = ratio("eth_call", "cpu_us_per_req")
+        check("cache hit CPU per request, eth_call, ≤ 0.5× proxied", c, c <= 0.5)
+        t = ratio("eth_call", "rps")
+        check("cache hit throughput, eth_call, ≥ 2× proxied", t, t >= 2.0)
+        c = ratio("eth_call_unique", "cpu_us_per_req")
+        check("cache on, 0% hits, CPU per request ≤ 1.05× cache off", c, c <= 1.05)
     print("- selection flat from 3 to 1 000 upstreams: `cargo bench --bench select`")
 
 

@@ -33,14 +33,16 @@ pub const CACHE_HEADER: &str = "x-detour-cache";
 /// the same; a removed chain's cache is dropped.
 #[derive(Debug, Default)]
 pub struct Caches {
-    chains: ArcSwap<HashMap<Arc<str>, Arc<ChainCache>>>,
+    chains: ArcSwap<ByChain>,
 }
+
+type ByChain = HashMap<Arc<str>, Arc<ChainCache>, foldhash::fast::RandomState>;
 
 impl Caches {
     /// Caches for the chains of `pool` (keeping those of `self` that still apply).
     pub fn update(&self, pool: &Pool) {
         let old = self.chains.load();
-        let mut chains = HashMap::with_capacity(pool.chains.len());
+        let mut chains = ByChain::default();
         for chain in &pool.chains {
             let cache = match old.get(&chain.name) {
                 Some(c) if c.chain_id == chain.chain_id => {

@@ -113,12 +113,36 @@ fn built_in(method: &str, params: Option<Raw<'_>>) -> Rule {
 /// The block parameter of a method that takes one: `None` when absent (the latest state).
 fn param_tag(method: &str, params: Option<Raw<'_>>) -> Option<Tag> {
     let pos = block::block_param(method)?;
-    let text = match jsonscan::element(params?.get(), pos) {
+    let params = params?.get();
+    if pos > 0 {
+        // The block is the last parameter nearly always (`[{…}, "latest"]`): read from the
+        // end, without scanning the call object before it. A string last is the block
+        // parameter in every well-formed call of these methods (what follows it, when
+        // anything does, is an object or an array); a malformed call gets the node's error,
+        // and errors are not cached.
+        if let Some(last) = trailing_string(params) {
+            return Some(block::tag(last));
+        }
+    }
+    let text = match jsonscan::element(params, pos) {
         Some(found) => found?,
         // Params the scanner gives up on: not cached.
         None => return Some(Tag::Other),
     };
     Some(block::tag(text))
+}
+
+/// The last element of a JSON array, when it is a string without escapes that follows a
+/// comma (so it is not the first): `"latest"` of `[{…},"latest"]`, quotes included.
+fn trailing_string(params: &str) -> Option<&str> {
+    let body = params.trim_end().strip_suffix(']')?.trim_end();
+    let inner = body.strip_suffix('"')?;
+    let open = inner.rfind('"')?;
+    let text = &body[open..];
+    if text[1..text.len() - 1].contains('\\') || inner[..open].ends_with('\\') {
+        return None;
+    }
+    inner[..open].trim_end().ends_with(',').then_some(text)
 }
 
 fn logs_rule(params: Option<Raw<'_>>) -> Rule {
@@ -267,6 +291,36 @@ mod tests {
         ];
         for (body, want) in rows {
             assert_eq!(rule_of(&body, None), want, "{body}");
+        }
+    }
+
+    #[test]
+    fn the_block_is_read_from_the_end() {
+        assert_eq!(
+            trailing_string(r#"[{"to":"0x1"},"latest"]"#),
+            Some("\"latest\"")
+        );
+        assert_eq!(
+            trailing_string(r#"[ {"a":"b"} , "0x10" ] "#),
+            Some("\"0x10\"")
+        );
+        assert_eq!(trailing_string(r#"["latest"]"#), None);
+        assert_eq!(trailing_string(r#"[{"to":"0x1"},"latest",{}]"#), None);
+        assert_eq!(trailing_string(r#"[{"d":"x\"y"},"a\"b"]"#), None);
+        assert_eq!(trailing_string(r#"[{}, 5]"#), None);
+        // The same tag as the scan from the start, for well-formed calls.
+        for (method, params) in [
+            ("eth_call", r#"[{"to":"0x1","data":"0x2"},"0x10"]"#),
+            ("eth_call", r#"[{"to":"0x1"}, "latest" ]"#),
+            ("eth_getStorageAt", r#"["0xab","0x0","latest"]"#),
+            ("eth_getBalance", r#"["0xab","earliest"]"#),
+            ("eth_getProof", r#"["0xab",["0x0"],"0x5"]"#),
+        ] {
+            let raw = serde_json::value::RawValue::from_string(params.into()).unwrap();
+            let fast = param_tag(method, Some(Raw::from(&*raw)));
+            let pos = block::block_param(method).unwrap();
+            let slow = jsonscan::element(params, pos).flatten().map(block::tag);
+            assert_eq!(fast, slow, "{method} {params}");
         }
     }
 

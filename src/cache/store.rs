@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use super::rules::{self, Rule};
 use crate::config::{CacheConfig, TrackerConfig};
@@ -72,15 +73,28 @@ impl<'a> KeyRef<'a> {
         }
     }
 
-    fn to_key(&self) -> Key {
-        let mut bytes = Vec::with_capacity(self.method.len() + 1 + self.params.len());
+    /// `method`, 0, `params`.
+    fn bytes<const N: usize>(&self) -> SmallVec<[u8; N]> {
+        let mut bytes = SmallVec::with_capacity(self.method.len() + 1 + self.params.len());
         bytes.extend_from_slice(self.method.as_bytes());
         bytes.push(0);
         bytes.extend_from_slice(self.params.as_bytes());
+        bytes
+    }
+
+    fn to_key(&self) -> Key {
         Key {
             hash: self.hash,
-            bytes: bytes.into(),
+            bytes: Arc::from(&self.bytes::<256>()[..]),
         }
+    }
+
+    fn is(&self, bytes: &[u8]) -> bool {
+        let (m, p) = (self.method.as_bytes(), self.params.as_bytes());
+        bytes.len() == m.len() + 1 + p.len()
+            && bytes[..m.len()] == *m
+            && bytes[m.len()] == 0
+            && bytes[m.len() + 1..] == *p
     }
 }
 
@@ -92,12 +106,7 @@ impl Hash for KeyRef<'_> {
 
 impl quick_cache::Equivalent<Key> for KeyRef<'_> {
     fn equivalent(&self, key: &Key) -> bool {
-        let (m, p) = (self.method.as_bytes(), self.params.as_bytes());
-        key.hash == self.hash
-            && key.bytes.len() == m.len() + 1 + p.len()
-            && key.bytes[..m.len()] == *m
-            && key.bytes[m.len()] == 0
-            && key.bytes[m.len() + 1..] == *p
+        key.hash == self.hash && self.is(&key.bytes)
     }
 }
 
@@ -243,16 +252,33 @@ struct Index {
     by_height: BTreeMap<u64, Vec<Key>>,
 }
 
-/// A read in flight, whose answer identical reads wait for.
-#[derive(Debug)]
+/// What identical reads wait on: made when the first of them arrives (a read nobody waits
+/// for costs no allocation).
+#[derive(Debug, Default)]
 struct Flight {
-    answer: tokio::sync::watch::Sender<Option<Bytes>>,
+    /// Its answer once it has one (`None`: it failed, or was given up).
+    done: OnceLock<Option<Bytes>>,
+    landed: tokio::sync::Notify,
+}
+
+/// A read in flight, in the map identical reads look in.
+#[derive(Debug)]
+struct Marker {
+    /// Which read (to find its own marker when it lands).
+    id: u64,
     /// The head generation it started at: only reads at the same one wait for it.
     gen: u64,
+    /// `method`, 0, `params`: compared in full (a hash alone could be made to collide).
+    key: SmallVec<[u8; 192]>,
+    /// What waiting reads wait on, once there are any.
+    flight: Option<Arc<Flight>>,
 }
 
 /// Reads in flight, by their key's hash.
-type Flights = HashMap<u64, Vec<(Key, Arc<Flight>)>, PassBuild>;
+type Flights = HashMap<u64, SmallVec<[Marker; 1]>, PassBuild>;
+
+/// Slots of the admission filter (a power of two).
+const SEEN_SLOTS: usize = 1 << 14;
 
 /// One chain's cache.
 pub struct ChainCache {
@@ -272,6 +298,12 @@ pub struct ChainCache {
     /// cached as canonical. Changed only under `index`'s lock.
     epoch: AtomicU64,
     flights: Mutex<Flights>,
+    /// Numbers reads in flight.
+    next_flight: AtomicU64,
+    /// The admission filter: the hashes of keys seen lately, one per slot. An answer is
+    /// stored the second time its key is seen, so reads made once (an indexer's scan, unique
+    /// calls) cost the cache neither memory nor the work of storing.
+    seen: Box<[AtomicU64]>,
     /// The chain's tracker, once the cache has asked for the chain to be followed.
     tracker: OnceLock<Arc<Tracker>>,
     /// Until when the chain is known to be followed for the cache (`now_us` µs).
@@ -311,7 +343,7 @@ pub struct Ctx<'a> {
 }
 
 /// What the cache says about a call.
-pub enum Lookup {
+pub enum Lookup<'a> {
     /// Not cacheable: ask upstream, as without a cache.
     Skip,
     /// The answer (a `result`, verbatim).
@@ -319,12 +351,12 @@ pub enum Lookup {
     /// An identical read is in flight: wait for its answer.
     Wait(Waiter),
     /// Ask upstream, then [`Ticket::complete`] with the answer.
-    Miss(Ticket),
+    Miss(Ticket<'a>),
 }
 
 /// A read that waits for an identical one in flight.
 pub struct Waiter {
-    answer: tokio::sync::watch::Receiver<Option<Bytes>>,
+    flight: Arc<Flight>,
     cache: Arc<ChainCache>,
     slot: usize,
 }
@@ -332,12 +364,20 @@ pub struct Waiter {
 impl Waiter {
     /// The first read's answer, if it arrives within `limit` and is a result; `None`: ask
     /// upstream yourself.
-    pub async fn wait(mut self, limit: Duration) -> Option<Bytes> {
-        let got = tokio::time::timeout(limit, self.answer.wait_for(Option::is_some)).await;
-        let answer = match got {
-            Ok(Ok(answer)) => answer.clone(),
-            _ => None,
+    pub async fn wait(self, limit: Duration) -> Option<Bytes> {
+        let flight = &self.flight;
+        let landed = async {
+            loop {
+                let notified = flight.landed.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(answer) = flight.done.get() {
+                    return answer.clone();
+                }
+                notified.await;
+            }
         };
+        let answer = tokio::time::timeout(limit, landed).await.ok().flatten();
         if answer.is_some() {
             self.cache.stats.add(self.slot, Count::Merged);
         }
@@ -347,32 +387,31 @@ impl Waiter {
 
 /// A cacheable read that goes upstream: its answer is offered to the cache, and to the
 /// identical reads waiting for it.
-pub struct Ticket {
+pub struct Ticket<'a> {
     cache: Arc<ChainCache>,
-    key: Key,
+    key: KeyRef<'a>,
     rule: Rule,
     gen: u64,
     epoch: u64,
-    flight: Option<Arc<Flight>>,
+    /// Its marker among the reads in flight, if it has one (not with a bypass).
+    flight: Option<u64>,
 }
 
-impl Drop for Ticket {
+impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        if let Some(flight) = self.flight.take() {
-            self.cache.land(&self.key, &flight);
+        if let Some(id) = self.flight.take() {
+            // Given up (the client left): the waiting reads go on their own.
+            self.cache.land(self.key.hash, id, None);
         }
     }
 }
 
-impl Ticket {
+impl Ticket<'_> {
     /// Offers the upstream's answer (`Ok`: a `result`; `Err`: an error, not cached) to the
     /// cache and to the reads waiting for it.
     pub fn complete(mut self, answer: Result<&Bytes, ()>, ctx: &Ctx<'_>) {
-        if let (Some(flight), Ok(result)) = (&self.flight, answer) {
-            flight.answer.send_replace(Some(result.clone()));
-        }
-        if let Some(flight) = self.flight.take() {
-            self.cache.land(&self.key, &flight);
+        if let Some(id) = self.flight.take() {
+            self.cache.land(self.key.hash, id, answer.ok());
         }
         if let Ok(result) = answer {
             let cache = self.cache.clone();
@@ -404,6 +443,8 @@ impl ChainCache {
             index: Mutex::default(),
             epoch: AtomicU64::new(0),
             flights: Mutex::default(),
+            next_flight: AtomicU64::new(0),
+            seen: (0..SEEN_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             tracker: OnceLock::new(),
             leased_until: AtomicU64::new(0),
             window_reads: AtomicU64::new(0),
@@ -459,6 +500,20 @@ impl ChainCache {
         (checked != 0 && now_us.saturating_sub(checked) <= stale && head != 0).then_some(head)
     }
 
+    /// The tracked head, when answers about the head or recent blocks may be cached and
+    /// served: the chain is followed, current, and nobody is known to have a higher block (an
+    /// answer that proved one, a health check: the tracker has not seen the new head yet, so
+    /// what was cached for the old one is not served meanwhile).
+    fn current_head(&self, ctx: &Ctx<'_>) -> Option<u64> {
+        if !ctx.config.head {
+            return None;
+        }
+        let head = self.followed_head(ctx.now_us, ctx.tracker)?;
+        ctx.known_head
+            .is_none_or(|known| known <= head)
+            .then_some(head)
+    }
+
     /// The highest final block: the chain's `finalized` block where detour has read it, else
     /// the head less `finality_depth`.
     fn final_height(&self, ctx: &Ctx<'_>, followed: Option<u64>) -> Option<u64> {
@@ -509,13 +564,13 @@ impl ChainCache {
     }
 
     /// Looks a call up. `bypass`: the client wants a fresh answer (which is still cached).
-    pub fn lookup(
+    pub fn lookup<'a>(
         &self,
-        method: &str,
-        params: Option<Raw<'_>>,
+        method: &'a str,
+        params: Option<Raw<'a>>,
         bypass: bool,
         ctx: &Ctx<'_>,
-    ) -> Lookup {
+    ) -> Lookup<'a> {
         let policy = if ctx.config.methods.is_empty() {
             None
         } else {
@@ -528,11 +583,7 @@ impl ChainCache {
         if ctx.config.head && !matches!(rule, Rule::At(_)) {
             self.recent_read(ctx);
         }
-        let followed = if ctx.config.head {
-            self.followed_head(ctx.now_us, ctx.tracker)
-        } else {
-            None
-        };
+        let followed = self.current_head(ctx);
         // Whether an answer could be cached at all now.
         let cacheable = match rule {
             Rule::Never => false,
@@ -567,35 +618,34 @@ impl ChainCache {
             }
         }
         let epoch = self.epoch.load(Relaxed);
-        let key_owned;
         let flight = if bypass {
-            key_owned = key.to_key();
             None
         } else {
-            use quick_cache::Equivalent;
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             let same = flights.entry(key.hash).or_default();
-            if let Some((_, f)) = same.iter().find(|(k, f)| f.gen == gen && key.equivalent(k)) {
+            if let Some(m) = same.iter_mut().find(|m| m.gen == gen && key.is(&m.key)) {
+                let flight = m.flight.get_or_insert_with(Default::default).clone();
                 return Lookup::Wait(Waiter {
-                    answer: f.answer.subscribe(),
+                    flight,
                     cache: me,
                     slot,
                 });
             }
-            key_owned = key.to_key();
-            let flight = Arc::new(Flight {
-                answer: tokio::sync::watch::Sender::new(None),
+            let id = self.next_flight.fetch_add(1, Relaxed);
+            same.push(Marker {
+                id,
                 gen,
+                key: key.bytes(),
+                flight: None,
             });
-            same.push((key_owned.clone(), flight.clone()));
-            Some(flight)
+            Some(id)
         };
         if !bypass {
             self.stats.add(slot, Count::Miss);
         }
         Lookup::Miss(Ticket {
             cache: me,
-            key: key_owned,
+            key,
             rule,
             gen,
             epoch,
@@ -607,27 +657,41 @@ impl ChainCache {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A read in flight ended: identical reads no longer wait for it.
-    fn land(&self, key: &Key, flight: &Arc<Flight>) {
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(same) = flights.get_mut(&key.hash) {
-            same.retain(|(_, f)| !Arc::ptr_eq(f, flight));
+    /// The read in flight `id` (its key's hash `hash`) ended with `answer` (a `result`):
+    /// identical reads no longer wait for it, and those that did get the answer.
+    fn land(&self, hash: u64, id: u64, answer: Option<&Bytes>) {
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(same) = flights.get_mut(&hash) else {
+                return;
+            };
+            let flight = same
+                .iter()
+                .position(|m| m.id == id)
+                .and_then(|at| same.remove(at).flight);
             if same.is_empty() {
-                flights.remove(&key.hash);
+                flights.remove(&hash);
             }
+            flight
+        };
+        if let Some(flight) = flight {
+            let _ = flight.done.set(answer.cloned());
+            flight.landed.notify_waiters();
         }
     }
 
+    /// Whether `hash`'s key was seen lately (and notes that it is seen now).
+    fn seen_before(&self, hash: u64) -> bool {
+        // 0 marks an empty slot: a key hashing to 0 is counted as seen.
+        self.seen[hash as usize & (SEEN_SLOTS - 1)].swap(hash, Relaxed) == hash
+    }
+
     /// Caches `result`, if its ticket's rule allows it now.
-    fn offer(&self, ticket: &Ticket, result: &Bytes, ctx: &Ctx<'_>) {
-        if result.as_ref() == b"null" {
+    fn offer(&self, ticket: &Ticket<'_>, result: &Bytes, ctx: &Ctx<'_>) {
+        if result.as_ref() == b"null" || !self.seen_before(ticket.key.hash) {
             return;
         }
-        let followed = if ctx.config.head {
-            self.followed_head(ctx.now_us, ctx.tracker)
-        } else {
-            None
-        };
+        let followed = self.current_head(ctx);
         let final_height = self.final_height(ctx, followed);
         let is_final = |n: u64| final_height.is_some_and(|f| n <= f);
         let (life, height) = match ticket.rule {
@@ -642,7 +706,7 @@ impl ChainCache {
             Rule::At(_) => return,
             Rule::BlockAt(_) | Rule::ByHash => {
                 let Some((number, hash)) =
-                    crate::method::block::named_block(ticket.key.method(), result)
+                    crate::method::block::named_block(ticket.key.method, result)
                 else {
                     return;
                 };
@@ -669,25 +733,24 @@ impl ChainCache {
                 }
             }
         };
+        // A copy of its own: the answer may be a slice of a larger buffer, which the cache must
+        // not keep alive (its size is what the cache counts).
         let entry = Entry {
-            result: result.clone(),
+            result: Bytes::copy_from_slice(result),
             life,
             height,
         };
+        let key = ticket.key.to_key();
         if life == Life::Canonical {
             let mut index = self.lock_index();
             if self.epoch.load(Relaxed) != ticket.epoch {
                 // A reorg came between: the answer may be from the replaced branch.
                 return;
             }
-            index
-                .by_height
-                .entry(height)
-                .or_default()
-                .push(ticket.key.clone());
-            self.store.insert(ticket.key.clone(), entry);
+            index.by_height.entry(height).or_default().push(key.clone());
+            self.store.insert(key, entry);
         } else {
-            self.store.insert(ticket.key.clone(), entry);
+            self.store.insert(key, entry);
         }
     }
 

@@ -623,6 +623,7 @@ impl Registry {
         if !followed.running.load(Relaxed) {
             followed.tracker.reset();
             followed.tracker.round(&*self.source).await?;
+            followed.tracker.checked();
         }
         let mut book = self.lock_book();
         let added = add(&mut book, &followed.tracker);

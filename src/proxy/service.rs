@@ -793,12 +793,36 @@ impl Detour {
             true => self.inner.caches.chain(&chain.name),
             false => None,
         };
-        let Some(cache) = cache else {
-            return self
-                .forward(chain, calls, remote, answers, now, deadline, served)
-                .await;
-        };
-        // The cache answers what it holds; identical reads in flight are waited for.
+        match cache {
+            Some(cache) => {
+                self.answer_cached(
+                    pool, chain, calls, &cache, remote, answers, now, deadline, served,
+                )
+                .await
+            }
+            None => {
+                self.forward(chain, calls, remote, answers, now, deadline, served)
+                    .await
+            }
+        }
+    }
+
+    /// Answers the calls at `remote` from `cache` where it can, and forwards the rest: their
+    /// answers are offered to the cache. Identical reads already in flight are waited for.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_cached(
+        &self,
+        pool: &Pool,
+        chain: &Chain,
+        calls: &[&Call<'_>],
+        cache: &crate::cache::ChainCache,
+        mut remote: Indices,
+        mut answers: PerCall<Option<CallResult>>,
+        now: Instant,
+        deadline: Instant,
+        served: &mut Served,
+    ) -> PerCall<CallResult> {
+        let m = &self.inner.metrics;
         let ctx = CacheCtx {
             config: &pool.config.cache,
             tracker: &pool.config.tracker,
@@ -810,9 +834,11 @@ impl Detour {
         let mut tickets: smallvec::SmallVec<[(usize, Ticket); 1]> = smallvec::SmallVec::new();
         let mut waiting: Vec<(usize, crate::cache::Waiter)> = Vec::new();
         let bypass = served.cache.bypass;
-        remote.retain(|&mut i| {
+        let mut k = 0;
+        while k < remote.len() {
+            let i = remote[k];
             let c = calls[i];
-            match cache.lookup(&c.method, c.params, bypass, &ctx) {
+            let forward = match cache.lookup(&c.method, c.params, bypass, &ctx) {
                 Lookup::Skip => true,
                 Lookup::Hit(result) => {
                     chain.metrics.call(m, &chain.name, &c.method, Outcome::Ok);
@@ -829,16 +855,61 @@ impl Detour {
                     tickets.push((i, t));
                     true
                 }
+            };
+            if forward {
+                k += 1;
+            } else {
+                remote.remove(k);
             }
-        });
-        if tickets.is_empty() && waiting.is_empty() {
-            if remote.is_empty() {
-                return answers.into_iter().flatten().collect();
-            }
-            return self
-                .forward(chain, calls, remote, answers, now, deadline, served)
-                .await;
         }
+        if !waiting.is_empty() {
+            // Rare: boxed, so the usual path's future stays small.
+            return Box::pin(self.answer_merged(
+                pool, chain, calls, remote, answers, tickets, waiting, &ctx, now, deadline, served,
+            ))
+            .await;
+        }
+        if remote.is_empty() {
+            return finish(answers);
+        }
+        let got = if remote.len() == calls.len() {
+            self.forward_calls(chain, calls, now, deadline, served)
+                .await
+        } else {
+            let sent: PerCall<&Call<'_>> = remote.iter().map(|&i| calls[i]).collect();
+            self.forward_calls(chain, &sent, now, deadline, served)
+                .await
+        };
+        complete(tickets, &remote, &got, &ctx);
+        if remote.len() == calls.len() && got.len() == calls.len() {
+            return got;
+        }
+        for (&i, a) in remote.iter().zip(got) {
+            answers[i] = Some(a);
+        }
+        finish(answers)
+    }
+
+    /// [`Detour::answer_cached`] when some calls wait for identical reads in flight: those
+    /// wait (at most `cache.merge_wait`) while the rest are forwarded; a wait that ends without
+    /// an answer is forwarded after.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    async fn answer_merged(
+        &self,
+        pool: &Pool,
+        chain: &Chain,
+        calls: &[&Call<'_>],
+        remote: Indices,
+        mut answers: PerCall<Option<CallResult>>,
+        tickets: smallvec::SmallVec<[(usize, Ticket<'_>); 1]>,
+        waiting: Vec<(usize, crate::cache::Waiter)>,
+        ctx: &CacheCtx<'_>,
+        now: Instant,
+        deadline: Instant,
+        served: &mut Served,
+    ) -> PerCall<CallResult> {
+        let m = &self.inner.metrics;
         let wait_limit = pool
             .config
             .cache
@@ -859,20 +930,7 @@ impl Detour {
                 .forward_calls(chain, &sent, now, deadline, served)
                 .await;
             // The answers go to the cache, and to the reads waiting for them, at once.
-            let ctx = CacheCtx {
-                now_us: crate::state::upstream::now_us(),
-                ..ctx
-            };
-            for (i, ticket) in tickets {
-                let answer = remote_ref.binary_search(&i).ok().and_then(|k| got.get(k));
-                ticket.complete(
-                    match answer {
-                        Some(CallResult::Result(r)) => Ok(r),
-                        _ => Err(()),
-                    },
-                    &ctx,
-                );
-            }
+            complete(tickets, remote_ref, &got, ctx);
             got
         };
         let (got, merged) = tokio::join!(forwarded, waits);
@@ -1432,6 +1490,9 @@ impl Detour {
 /// Whether the client asks for answers fresh from an upstream (`Cache-Control: no-cache` or
 /// `no-store`, or `Pragma: no-cache`): the cache is not read (what comes back is still cached).
 fn wants_fresh(headers: &http::HeaderMap) -> bool {
+    if headers.is_empty() {
+        return false;
+    }
     let says = |name: http::header::HeaderName, what: &[&str]| {
         headers.get_all(name).iter().any(|v| {
             v.to_str().is_ok_and(|v| {
@@ -1442,6 +1503,26 @@ fn wants_fresh(headers: &http::HeaderMap) -> bool {
     };
     says(http::header::CACHE_CONTROL, &["no-cache", "no-store"])
         || says(http::header::PRAGMA, &["no-cache"])
+}
+
+/// Offers each ticket's answer (`got` holds the answers of the calls at `sent`, in order) to
+/// the cache and to the reads waiting for it.
+fn complete(
+    tickets: smallvec::SmallVec<[(usize, Ticket<'_>); 1]>,
+    sent: &Indices,
+    got: &PerCall<CallResult>,
+    ctx: &CacheCtx<'_>,
+) {
+    for (i, ticket) in tickets {
+        let answer = sent.binary_search(&i).ok().and_then(|k| got.get(k));
+        ticket.complete(
+            match answer {
+                Some(CallResult::Result(r)) => Ok(r),
+                _ => Err(()),
+            },
+            ctx,
+        );
+    }
 }
 
 /// Every call's answer; a call left without one (which should not happen) gets detour's own
