@@ -437,3 +437,20 @@ async fn followers_of_a_slow_read_go_on_their_own_after_merge_wait() {
     let (body, _) = leader.await.unwrap();
     assert!(body.contains("0xab"), "{body}");
 }
+
+#[tokio::test]
+async fn a_write_makes_head_answers_asked_again() {
+    let chain = SimChain::new(200, 1);
+    let up = SimUpstream::start(&chain).await;
+    let proxy = Proxy::start(&sim_config("poll_interval = \"100ms\"\n", &[&up])).await;
+    head_known(&proxy).await;
+    until_followed(&proxy).await;
+    let (_, how) = call(&proxy, "1", "eth_blockNumber", "[]", &[]).await;
+    assert_eq!(how, "hit");
+    // A dev chain mines the transaction at once, before the tracker can see the new head.
+    call(&proxy, "1", "eth_sendRawTransaction", r#"["0x02"]"#, &[]).await;
+    let (_, how) = call(&proxy, "1", "eth_blockNumber", "[]", &[]).await;
+    assert_eq!(how, "miss");
+    let (_, how) = call(&proxy, "1", "eth_blockNumber", "[]", &[]).await;
+    assert_eq!(how, "hit");
+}

@@ -454,6 +454,12 @@ impl ChainCache {
         })
     }
 
+    /// Answers about the head are no longer served from the cache until they are asked again
+    /// (a write went through: the state may change before the tracker sees a new head).
+    pub fn head_changed(&self) {
+        self.gen.fetch_add(1, Relaxed);
+    }
+
     /// Changes the most bytes kept (a reload).
     pub fn set_capacity(&self, max_bytes: u64) {
         if self.store.capacity() != max_bytes {

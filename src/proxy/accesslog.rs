@@ -53,6 +53,8 @@ pub(crate) struct CacheMark {
     pub(crate) bypass: bool,
     /// detour's own call (the tracker's): the cache is not used.
     pub(crate) internal: bool,
+    /// The request sends a transaction (or another write).
+    pub(crate) wrote: bool,
 }
 
 impl CacheMark {

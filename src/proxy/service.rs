@@ -759,6 +759,10 @@ impl Detour {
                         answers.push(None);
                         continue;
                     }
+                    MethodKind::Write => {
+                        served.cache.wrote = true;
+                        None
+                    }
                     _ => None,
                 };
                 match local.map(|answer| (answer, crate::rpc::error::no_params(c.params))) {
@@ -794,6 +798,17 @@ impl Detour {
             false => None,
         };
         match cache {
+            Some(cache) if served.cache.wrote => {
+                let got = self
+                    .answer_cached(
+                        pool, chain, calls, &cache, remote, answers, now, deadline, served,
+                    )
+                    .await;
+                // A write may be mined at once (a dev chain mines each transaction): answers
+                // about the head are asked again, not served from before it.
+                cache.head_changed();
+                got
+            }
             Some(cache) => {
                 self.answer_cached(
                     pool, chain, calls, &cache, remote, answers, now, deadline, served,
