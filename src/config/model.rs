@@ -606,6 +606,10 @@ pub struct UpstreamConfig {
     /// Largest batch this upstream accepts; larger batches are split and reassembled in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_len: Option<usize>,
+    /// Widest `eth_getLogs` block range this upstream accepts. A wider request is split into
+    /// chunks of the chain's narrowest upstream range. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_logs_range: Option<u64>,
     /// Per-attempt timeout for this upstream. Default: `client.attempt_timeout`.
     #[serde(
         default,

@@ -241,6 +241,9 @@ impl Config {
                 if up.weight == 0 {
                     bad(format!("{at}.weight"), "must be at least 1".into());
                 }
+                if up.max_logs_range == Some(0) {
+                    bad(format!("{at}.max_logs_range"), "must be at least 1".into());
+                }
                 if up.max_batch_len == Some(0) {
                     bad(format!("{at}.max_batch_len"), "must be at least 1".into());
                 }

@@ -5,6 +5,7 @@
 
 pub mod attempt;
 pub mod broadcast;
+pub mod getlogs;
 pub mod health;
 pub mod rawtx;
 pub mod retry;

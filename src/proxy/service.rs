@@ -726,6 +726,66 @@ impl Detour {
         deadline: Instant,
         served: &mut Served,
     ) -> PerCall<CallResult> {
+        if !calls.iter().any(|c| c.method == "eth_getLogs") {
+            return self
+                .answer_each(pool, chain, calls, now, deadline, served)
+                .await;
+        }
+        let mut got = self
+            .answer_each(pool, chain, calls, now, deadline, served)
+            .await;
+        self.narrow_rejected_logs(pool, chain, calls, &mut got, now, deadline)
+            .await;
+        got
+    }
+
+    /// An `eth_getLogs` range that every upstream rejected as too wide or too large (a limit
+    /// narrower than `max_logs_range`, or one that changed) is asked again in halves.
+    #[inline(never)]
+    async fn narrow_rejected_logs(
+        &self,
+        pool: &Pool,
+        chain: &Chain,
+        calls: &[&Call<'_>],
+        got: &mut PerCall<CallResult>,
+        now: Instant,
+        deadline: Instant,
+    ) {
+        for (c, answer) in calls.iter().zip(got.iter_mut()) {
+            if c.method != "eth_getLogs" || !crate::failover::getlogs::rejected_answer(answer) {
+                continue;
+            }
+            let finalized = self.finalized_block(&chain.name);
+            let plan = crate::failover::getlogs::plan(c.params, chain.state.head(), finalized, 1);
+            let Some(plan) = plan else {
+                continue;
+            };
+            let half = plan.span().div_ceil(2);
+            *answer = crate::failover::getlogs::run(
+                &self.inner.forwarder,
+                &self.inner.metrics,
+                chain,
+                plan,
+                half,
+                now,
+                deadline,
+                pool.config.client.max_response_bytes,
+            )
+            .await;
+        }
+    }
+
+    /// [`Detour::answer_calls`] for each call: answered here, from the cache, split, or
+    /// forwarded.
+    async fn answer_each(
+        &self,
+        pool: &Pool,
+        chain: &Chain,
+        calls: &[&Call<'_>],
+        now: Instant,
+        deadline: Instant,
+        served: &mut Served,
+    ) -> PerCall<CallResult> {
         chain.state.touch(us_at(now));
         let m = &self.inner.metrics;
         // Calls answered here (refused, or the chain's id) get their answer now; the rest are
@@ -793,6 +853,13 @@ impl Detour {
         if remote.is_empty() {
             return answers.into_iter().flatten().collect();
         }
+        if calls.iter().any(|c| c.method == "eth_getLogs") {
+            self.split_logs(pool, chain, calls, &mut remote, &mut answers, now, deadline)
+                .await;
+            if remote.is_empty() {
+                return finish(answers);
+            }
+        }
         let cache = match pool.config.cache.enabled && !served.cache.internal {
             true => self.inner.caches.chain(&chain.name),
             false => None,
@@ -819,6 +886,62 @@ impl Detour {
                 self.forward(chain, calls, remote, answers, now, deadline, served)
                     .await
             }
+        }
+    }
+
+    /// The chain's finalized block, where detour follows the chain and has read it.
+    fn finalized_block(&self, chain: &str) -> Option<u64> {
+        self.inner.filters.tracker(chain)?.finalized()
+    }
+
+    /// Answers the `eth_getLogs` calls at `remote` that are wider than the chain's narrowest
+    /// upstream range, in chunks (see [`crate::failover::getlogs`]); they leave `remote`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    async fn split_logs(
+        &self,
+        pool: &Pool,
+        chain: &Chain,
+        calls: &[&Call<'_>],
+        remote: &mut Indices,
+        answers: &mut PerCall<Option<CallResult>>,
+        now: Instant,
+        deadline: Instant,
+    ) {
+        let mut k = 0;
+        while k < remote.len() {
+            let c = calls[remote[k]];
+            let plan = (c.method == "eth_getLogs")
+                .then(|| {
+                    let finalized = self.finalized_block(&chain.name);
+                    let head = chain.state.head();
+                    crate::failover::getlogs::plan(c.params, head, finalized, chain.logs_range)
+                })
+                .flatten();
+            let Some(plan) = plan else {
+                k += 1;
+                continue;
+            };
+            let answer = crate::failover::getlogs::run(
+                &self.inner.forwarder,
+                &self.inner.metrics,
+                chain,
+                plan,
+                chain.logs_range,
+                now,
+                deadline,
+                pool.config.client.max_response_bytes,
+            )
+            .await;
+            let outcome = match answer {
+                CallResult::Result(_) => Outcome::Ok,
+                CallResult::Error(_) => Outcome::RpcError,
+            };
+            chain
+                .metrics
+                .call(&self.inner.metrics, &chain.name, &c.method, outcome);
+            answers[remote[k]] = Some(answer);
+            remote.remove(k);
         }
     }
 

@@ -275,6 +275,20 @@ pub static RULES: &[Rule] = &[
         -32000,
         "response size exceeded"
     ),
+    rule!(
+        Msg("query returned more than"),
+        T(Unsupported),
+        "geth-based providers with other caps",
+        -32005,
+        "query returned more than 20000 results. Try with this block range [0x10, 0x20]."
+    ),
+    rule!(
+        Msg("too many logs"),
+        T(Unsupported),
+        "nodes capping log answers",
+        -32000,
+        "too many logs, narrow the range"
+    ),
     // --- Provider trouble: rate limits and quotas. ---
     rule!(
         Code(-32005),
@@ -580,6 +594,26 @@ pub static RULES: &[Rule] = &[
         "Resource unavailable"
     ),
 ];
+
+/// How upstreams say an `eth_getLogs` range was too wide, or its answer too large (lowercase
+/// substrings of the message): each is also provider trouble above, so another upstream is
+/// asked first; when every one says so, the range is halved.
+pub const RANGE_REJECTED: &[&str] = &[
+    "block range",
+    "range is too large",
+    "range too large",
+    "range too wide",
+    "more than 10000 results",
+    "query returned more than",
+    "response size",
+    "too many logs",
+];
+
+/// Whether an error message says an `eth_getLogs` range was too wide or its answer too large.
+pub fn range_rejected(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    RANGE_REJECTED.iter().any(|w| lower.contains(w))
+}
 
 /// Classifies an upstream's JSON-RPC error by its code and message.
 pub fn classify(code: i64, message: &str) -> Class {

@@ -210,6 +210,7 @@ pub struct Metrics {
     failovers: Family<[(&'static str, String); 1], Counter>,
     hedges: Family<[(&'static str, String); 1], Counter>,
     reloads: Family<[(&'static str, &'static str); 1], Counter>,
+    logs_chunks: Family<[(&'static str, String); 2], Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -234,6 +235,7 @@ impl Metrics {
         let failovers = Family::default();
         let hedges = Family::default();
         let reloads = Family::default();
+        let logs_chunks = Family::default();
         registry.register(
             "requests",
             "Client JSON-RPC calls by chain, method and outcome (ok, rpc_error, failed, denied)",
@@ -267,6 +269,11 @@ impl Metrics {
             hedges.clone(),
         );
         registry.register(
+            "getlogs_chunks",
+            "Chunks a wide eth_getLogs was split into, by chain and kind (range: the chain's narrowest upstream range; halved: a chunk every upstream rejected as too wide or too large, asked again in halves)",
+            logs_chunks.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Configuration reloads by result (ok, error)",
             reloads.clone(),
@@ -289,6 +296,7 @@ impl Metrics {
             failovers,
             hedges,
             reloads,
+            logs_chunks,
         }
     }
 
@@ -299,6 +307,16 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Counts an `eth_getLogs` chunk asked for (`halved`: after a rejection of a wider one).
+    pub fn logs_chunk(&self, chain: &str, halved: bool) {
+        self.logs_chunks
+            .get_or_create(&[
+                ("chain", chain.to_owned()),
+                ("kind", if halved { "halved" } else { "range" }.to_owned()),
+            ])
+            .inc();
     }
 
     /// Counts a configuration reload.

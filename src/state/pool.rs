@@ -74,7 +74,12 @@ pub struct Chain {
     pub filters_emulated: bool,
     /// Blocks below the head that count as final where the chain has no `finalized` tag.
     pub finality_depth: u64,
+    /// The widest `eth_getLogs` range every upstream accepts: wider requests are split.
+    pub logs_range: u64,
 }
+
+/// The `eth_getLogs` block range an upstream accepts unless configured otherwise.
+pub const DEFAULT_LOGS_RANGE: u64 = 10_000;
 
 /// Chain-wide live state.
 #[derive(Debug, Default)]
@@ -280,6 +285,13 @@ impl Pool {
                 finality_depth: cc
                     .finality_depth
                     .unwrap_or(config.tracker.reorg_depth as u64),
+                logs_range: cc
+                    .upstreams
+                    .iter()
+                    .map(|u| u.max_logs_range.unwrap_or(DEFAULT_LOGS_RANGE))
+                    .min()
+                    .unwrap_or(DEFAULT_LOGS_RANGE)
+                    .max(1),
             });
         }
         let tls = match &config.server.tls {

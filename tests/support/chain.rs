@@ -190,6 +190,10 @@ struct View {
     ws_refused: bool,
     /// WebSocket: bumped to close every open connection.
     ws_generation: u64,
+    /// `eth_getLogs` ranges wider than this many blocks are refused with this message.
+    logs_limit: Option<(u64, String)>,
+    /// The block ranges of the `eth_getLogs` range queries answered.
+    logs_ranges: Vec<(u64, u64)>,
 }
 
 /// One upstream serving a [`SimChain`].
@@ -297,6 +301,16 @@ impl SimUpstream {
         self.view.lock().unwrap().down = down;
     }
 
+    /// Refuses `eth_getLogs` ranges wider than `blocks` with `message` (`None`: no limit).
+    pub fn set_logs_limit(&self, limit: Option<(u64, &str)>) {
+        self.view.lock().unwrap().logs_limit = limit.map(|(n, m)| (n, m.to_owned()));
+    }
+
+    /// The block ranges of the `eth_getLogs` range queries answered (refused ones included).
+    pub fn logs_ranges(&self) -> Vec<(u64, u64)> {
+        self.view.lock().unwrap().logs_ranges.clone()
+    }
+
     /// Methods called so far (health probes excluded).
     pub fn methods(&self) -> Vec<String> {
         self.view.lock().unwrap().methods.clone()
@@ -316,7 +330,7 @@ async fn handle(
         .map_err(std::io::Error::other)?
         .to_bytes();
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let (down, lag) = {
+    let (down, lag, logs_limit) = {
         let mut v = view.lock().unwrap();
         if !probe {
             let calls = match &parsed {
@@ -328,7 +342,7 @@ async fn handle(
                     .push(c["method"].as_str().unwrap_or_default().to_owned());
             }
         }
-        (v.down, v.lag)
+        (v.down, v.lag, v.logs_limit.clone())
     };
     if down {
         let mut resp = Response::new(Full::new(Bytes::from_static(b"down")));
@@ -383,6 +397,13 @@ async fn handle(
                 } else {
                     let from = by_tag(&q["fromBlock"]).unwrap_or(visible);
                     let to = by_tag(&q["toBlock"]).unwrap_or(visible).min(visible);
+                    view.lock().unwrap().logs_ranges.push((from, to));
+                    if let Some((n, message)) = &logs_limit {
+                        if to >= from && to - from + 1 > *n {
+                            return json!({"jsonrpc":"2.0","id":call["id"],
+                                "error":{"code":-32005,"message":message}});
+                        }
+                    }
                     for n in from..=to {
                         out.extend(logs_of(&s.blocks[n as usize], n));
                     }
