@@ -36,6 +36,10 @@ pub struct Config {
     /// The response cache and merged in-flight reads.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// `[compute_units]`: what a call of a method costs, in compute units, overriding the
+    /// built-in weights for every upstream (e.g. `eth_getLogs = 255`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub compute_units: BTreeMap<String, u32>,
     /// Client API keys (`[[api_keys]]`); when any is configured, every RPC request (and
     /// `/status`, `/metrics`) needs one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -425,6 +429,15 @@ pub struct ChainConfig {
     /// `reorg_depth` (64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finality_depth: Option<u64>,
+    /// A call about state more than this many blocks below the head (or at a block hash the
+    /// chain tracker does not hold) goes to archive upstreams first; other calls prefer the
+    /// non-archive ones. Default 128 (what a full node keeps).
+    #[serde(default = "default_archive_depth")]
+    pub archive_depth: u64,
+}
+
+fn default_archive_depth() -> u64 {
+    128
 }
 
 fn default_max_attempts() -> usize {
@@ -610,6 +623,22 @@ pub struct UpstreamConfig {
     /// chunks of the chain's narrowest upstream range. Default 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_logs_range: Option<u64>,
+    /// Calls per second this upstream may be sent (each call of a batch counts, and health
+    /// probes too), over a sliding one-second window. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rps: Option<u32>,
+    /// Compute units per second this upstream may be sent (each call costs its method's
+    /// weight), over a sliding one-second window. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_units_per_second: Option<u32>,
+    /// This upstream's own method weights, over `[compute_units]` and the built-in ones.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub compute_units: BTreeMap<String, u32>,
+    /// Whether this upstream keeps old state (an archive node). Unset: learned from its
+    /// answers to calls about old state (an answer: archive; "missing trie node" and the like:
+    /// not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<bool>,
     /// Per-attempt timeout for this upstream. Default: `client.attempt_timeout`.
     #[serde(
         default,

@@ -73,6 +73,14 @@ impl Config {
         if self.chains.is_empty() {
             bad("chains".into(), "no chain is configured".into());
         }
+        for m in self.compute_units.keys() {
+            if m.is_empty() || m.contains('*') {
+                bad(
+                    "compute_units".into(),
+                    format!("\"{m}\" is not a method name"),
+                );
+            }
+        }
         for (i, c) in self.api_keys.iter().enumerate() {
             let at = format!("api_keys[{i}]");
             if c.name.is_empty() || c.name.chars().any(char::is_control) {
@@ -243,6 +251,23 @@ impl Config {
                 }
                 if up.max_logs_range == Some(0) {
                     bad(format!("{at}.max_logs_range"), "must be at least 1".into());
+                }
+                if up.max_rps == Some(0) {
+                    bad(format!("{at}.max_rps"), "must be at least 1".into());
+                }
+                if up.compute_units_per_second == Some(0) {
+                    bad(
+                        format!("{at}.compute_units_per_second"),
+                        "must be at least 1".into(),
+                    );
+                }
+                for m in up.compute_units.keys() {
+                    if m.is_empty() || m.contains('*') {
+                        bad(
+                            format!("{at}.compute_units"),
+                            format!("\"{m}\" is not a method name"),
+                        );
+                    }
                 }
                 if up.max_batch_len == Some(0) {
                     bad(format!("{at}.max_batch_len"), "must be at least 1".into());

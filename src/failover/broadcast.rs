@@ -5,16 +5,18 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::client::forward::{Failure, Forwarder};
-use crate::method::block;
+use crate::method::block::{self, Archive};
 use crate::rpc::classify::Class;
 use crate::rpc::error::{self, AttemptNote};
 use crate::rpc::jsonrpc::Call;
+use crate::state::metrics::Metrics;
 use crate::state::pool::Chain;
+use crate::state::quota::Take;
 use crate::state::upstream::now_us;
 
 use super::attempt::{read_reply, send, upstream_body, Got};
 use super::health::describe_rpc_error;
-use super::retry::{pick, CallResult, Indices, PerCall, Report};
+use super::retry::{pick, CallResult, Indices, PerCall, Report, Throttled};
 
 /// `broadcast_raw_transactions`: one raw transaction goes to the selected upstream and, at the
 /// same time, to the best usable upstream of every other region. The first success (a result,
@@ -23,13 +25,27 @@ use super::retry::{pick, CallResult, Indices, PerCall, Report};
 /// is returned. Batches take the ordinary path.
 pub(super) async fn broadcast(
     fwd: &Forwarder,
+    metrics: &Metrics,
     chain: &Chain,
     call: &Call<'_>,
     deadline: Instant,
 ) -> (PerCall<CallResult>, Report) {
     let mut report = Report::default();
     let mut exclude = Indices::new();
-    let Some(primary) = pick(chain, block::need(call), &mut exclude, &[], now_us()) else {
+    let mut throttled = Throttled::default();
+    let primary = pick(
+        metrics,
+        chain,
+        block::need(call),
+        Archive::Recent,
+        &mut exclude,
+        &[],
+        now_us(),
+        &[call],
+        &[0],
+        &mut throttled,
+    );
+    let Some(primary) = primary else {
         let failed = error::all_failed(&[], false);
         return (smallvec::smallvec![CallResult::Error(failed)], report);
     };
@@ -50,6 +66,11 @@ pub(super) async fn broadcast(
                     .partial_cmp(&(ub.tier, ub.cost()))
                     .unwrap_or(std::cmp::Ordering::Equal)
             });
+        // Only where its quota has room: a send it would refuse helps no one.
+        let best = best.filter(|&i| {
+            let up = &chain.upstreams[i];
+            up.take_quota(now, 1, up.costs.of(&call.method)) == Take::Go
+        });
         targets.extend(best);
     }
     let body = upstream_body(&[call], &[0]);

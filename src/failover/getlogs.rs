@@ -141,7 +141,7 @@ pub async fn run(
             out.extend_from_slice(inner);
             if out.len() > max_bytes {
                 return CallResult::Error(Bytes::from(jsonrpc::error_object(
-                    -32005,
+                    jsonrpc::LIMIT_EXCEEDED,
                     "the logs of this range exceed client.max_response_bytes; ask for a narrower range",
                     None,
                 )));

@@ -67,6 +67,7 @@ pub(super) fn record_health(
             if let Some(cd) = state.eject(now, elapsed, *retry_after) {
                 tracing::warn!(chain = &*chain.name, upstream = &*up.name, cooldown = ?cd, "upstream rate limited (HTTP 429)");
             }
+            lower_budget(chain, up, now, *retry_after);
             Some(f.to_string())
         }
         Some(f @ Failure::Status(s, _))
@@ -90,6 +91,7 @@ pub(super) fn record_health(
             if let Some(cd) = state.eject(now, elapsed, None) {
                 tracing::warn!(chain = &*chain.name, upstream = &*up.name, cooldown = ?cd, "upstream rate limited (JSON-RPC error)");
             }
+            lower_budget(chain, up, now, None);
             Some("rate limited (JSON-RPC error)".to_string())
         }
         None if answered == 0 && unhealthy > 0 => {
@@ -113,6 +115,17 @@ pub(super) fn record_health(
         chain.update_region(ui, now);
     }
     outcome
+}
+
+/// A rate limit lowers the upstream's budget for a while (see [`crate::state::quota`]).
+fn lower_budget(chain: &Chain, up: &Upstream, now: u64, retry_after: Option<std::time::Duration>) {
+    let s = &up.state;
+    let attempts = s.successes.load(std::sync::atomic::Ordering::Relaxed)
+        + s.failures.load(std::sync::atomic::Ordering::Relaxed);
+    if let Some(rps) = s.quota.rate_limited(now, retry_after, up.limits, attempts) {
+        tracing::warn!(chain = &*chain.name, upstream = &*up.name, max_rps = rps, hold = ?retry_after.unwrap_or(crate::state::quota::LEARN_HOLD),
+            "upstream rate limited: its budget is lowered for a while");
+    }
 }
 
 pub(super) fn describe_rpc_error(up: &Upstream, error: &[u8]) -> String {

@@ -41,7 +41,7 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::client::forward::{Failure, Forwarder};
-use crate::method::block::{self, Need};
+use crate::method::block::{self, Archive, Need};
 use crate::method::kind;
 use crate::rpc::classify::{Class, Penalty};
 use crate::rpc::error::{self, AttemptNote};
@@ -49,6 +49,7 @@ use crate::rpc::jsonrpc::Call;
 use crate::select::balance::{self, Want};
 use crate::state::metrics::{AttemptOutcome, Metrics};
 use crate::state::pool::Chain;
+use crate::state::quota::Take;
 use crate::state::upstream::{now_us, us_at, Upstream};
 
 use super::attempt::{attempt, Got};
@@ -128,7 +129,7 @@ pub(crate) async fn failover_from(
     let mut arrived = Some(now);
     if let [call] = calls {
         if chain.broadcast_raw_transactions && call.method == "eth_sendRawTransaction" {
-            return broadcast(fwd, chain, call, deadline).await;
+            return broadcast(fwd, metrics, chain, call, deadline).await;
         }
     }
     let n = calls.len();
@@ -157,6 +158,11 @@ pub(crate) async fn failover_from(
             min_block: 0,
         }
     };
+    // Archive nodes for old state, the others for the rest, on chains that have both.
+    let archive = match chain.archive_routing() {
+        true => archive_need(chain, calls),
+        false => Archive::Any,
+    };
     let mut tried = Indices::new();
     let mut exclude = Indices::new();
     if chain.any_unsupported {
@@ -173,6 +179,7 @@ pub(crate) async fn failover_from(
         }
     }
     let mut avoid_regions = Indices::new();
+    let mut throttled = Throttled::default();
     let mut report = Report::default();
     // Created when a second attempt may run alongside the first (a hedge): a lone attempt
     // is awaited directly, with no set, box or timer.
@@ -201,7 +208,24 @@ pub(crate) async fn failover_from(
             if tried.len() >= chain.max_attempts {
                 break;
             }
-            let Some(ui) = pick(chain, need, &mut exclude, &avoid_regions, us_at(now)) else {
+            let Some(ui) = pick(
+                metrics,
+                chain,
+                need,
+                archive,
+                &mut exclude,
+                &avoid_regions,
+                us_at(now),
+                calls,
+                &pending,
+                &mut throttled,
+            ) else {
+                // Every upstream left is at its quota: wait for room, within the deadline.
+                // Boxed: its timer stays out of this future, which every request builds
+                // (about 70 instructions a request, callgrind), while waiting is rare.
+                if Box::pin(throttled.wait(&mut exclude, deadline)).await {
+                    continue;
+                }
                 break;
             };
             tried.push(ui);
@@ -215,6 +239,7 @@ pub(crate) async fn failover_from(
                     chain,
                     calls,
                     &writes,
+                    archive,
                     done,
                     &mut answers,
                     &mut fallback,
@@ -246,7 +271,7 @@ pub(crate) async fn failover_from(
         tokio::select! {
             biased;
             Some(done) = inflight.next() => {
-                process(metrics, chain, calls, &writes, done, &mut answers, &mut fallback,
+                process(metrics, chain, calls, &writes, archive, done, &mut answers, &mut fallback,
                         &mut report, &mut avoid_regions, &mut need, tried.len() > 1);
                 pending.retain(|i| answers[*i].is_none());
                 if inflight.is_empty() {
@@ -255,7 +280,7 @@ pub(crate) async fn failover_from(
                     // What failed was the hedge of an attempt that is still stalled: fail
                     // over to the next upstream now rather than after another hedge delay.
                     let now = Instant::now();
-                    if let Some(ui) = pick(chain, need, &mut exclude, &avoid_regions, us_at(now)) {
+                    if let Some(ui) = pick(metrics, chain, need, archive, &mut exclude, &avoid_regions, us_at(now), calls, &pending, &mut throttled) {
                         tried.push(ui);
                         inflight.push(launch(fwd, metrics, chain, ui, calls, &writes, &pending, now, deadline));
                         newest = Some((now, ui));
@@ -269,7 +294,7 @@ pub(crate) async fn failover_from(
                     avoid_regions.push(region);
                 }
                 let now = Instant::now();
-                match pick(chain, need, &mut exclude, &avoid_regions, us_at(now)) {
+                match pick(metrics, chain, need, archive, &mut exclude, &avoid_regions, us_at(now), calls, &pending, &mut throttled) {
                     Some(ui) => {
                         tried.push(ui);
                         report.hedges += 1;
@@ -310,7 +335,13 @@ pub(crate) async fn failover_from(
             }
         }
         let timed_out = Instant::now() >= deadline;
-        let failed = error::all_failed(&report.failures, timed_out);
+        let failed = if tried.is_empty() && !throttled.list.is_empty() {
+            report.failures = throttled.notes(chain, now_us());
+            error::over_quota(&report.failures)
+        } else {
+            report.failures.extend(throttled.notes(chain, now_us()));
+            error::all_failed(&report.failures, timed_out)
+        };
         for &i in &pending {
             answers[i] = Some(match fallback[i].take() {
                 Some(a) => a,
@@ -328,14 +359,96 @@ pub(crate) async fn failover_from(
     (out, report)
 }
 
-/// Selects the next upstream and takes its admission (one trial at a time while half-open);
-/// `now` in [`now_us`] microseconds.
+/// Where the calls' state is read: old if any call's is.
+#[inline(never)]
+fn archive_need(chain: &Chain, calls: &[&Call<'_>]) -> Archive {
+    let head = chain.state.head();
+    let old = calls
+        .iter()
+        .any(|c| block::archive_need(c, head, chain.archive_depth) == Archive::Old);
+    if old {
+        Archive::Old
+    } else {
+        Archive::Recent
+    }
+}
+
+/// Upstreams a request skipped because their quota had no room, and when the first of them
+/// has room again.
+#[derive(Debug, Default)]
+pub(super) struct Throttled {
+    /// The upstreams skipped (in `exclude` too, until the request waits for room).
+    list: Indices,
+    /// When the first has room (µs, [`now_us`]); `u64::MAX`: none ever will (too large).
+    room_at: u64,
+}
+
+impl Throttled {
+    /// Waits until an upstream skipped for its quota has room, if that comes before
+    /// `deadline`, and takes the skipped ones out of `exclude`. `false`: waiting is no use.
+    async fn wait(&mut self, exclude: &mut Indices, deadline: Instant) -> bool {
+        if self.list.is_empty() || self.room_at == u64::MAX {
+            return false;
+        }
+        let now = Instant::now();
+        let wait = Duration::from_micros(self.room_at.saturating_sub(us_at(now)));
+        if now + wait >= deadline {
+            return false;
+        }
+        tokio::time::sleep(wait).await;
+        exclude.retain(|i| !self.list.contains(i));
+        self.list.clear();
+        true
+    }
+
+    /// Why the skipped upstreams were not tried, for the error.
+    fn notes(&self, chain: &Chain, now: u64) -> Vec<AttemptNote> {
+        self.list
+            .iter()
+            .map(|&i| {
+                let up = &chain.upstreams[i];
+                let u = up.state.quota.usage(now, up.limits);
+                let mut reason = String::from("over its quota (");
+                if let Some(r) = u.max_rps {
+                    reason.push_str(&format!("{} of {r} calls per second", u.calls));
+                }
+                if let Some(c) = u.compute_units_per_second {
+                    if u.max_rps.is_some() {
+                        reason.push_str(", ");
+                    }
+                    reason.push_str(&format!(
+                        "{} of {c} compute units per second",
+                        u.compute_units
+                    ));
+                }
+                if u.lowered {
+                    reason.push_str(", lowered after a 429");
+                }
+                reason.push(')');
+                AttemptNote {
+                    upstream: up.name.clone(),
+                    reason,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Selects the next upstream, takes its admission (one trial at a time while half-open) and
+/// room in its quota for the `pending` calls (an upstream without room is skipped and noted in
+/// `throttled`); `now` in [`now_us`] microseconds.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn pick(
+    metrics: &Metrics,
     chain: &Chain,
     need: Need,
+    archive: Archive,
     exclude: &mut Indices,
     avoid_regions: &[usize],
     now: u64,
+    calls: &[&Call<'_>],
+    pending: &[usize],
+    throttled: &mut Throttled,
 ) -> Option<usize> {
     loop {
         let want = Want {
@@ -343,17 +456,39 @@ pub(super) fn pick(
             latest: need.latest,
             min_block: need.min_block,
             avoid_regions,
+            archive,
         };
         let ui = balance::select(chain, now, &want)?;
         exclude.push(ui);
         let up = &chain.upstreams[ui];
-        if up.state.admit(now, up.timeout) {
-            return Some(ui);
+        if !up.state.admit(now, up.timeout) {
+            tracing::trace!(
+                upstream = &*up.name,
+                "half-open: a trial request is already in flight"
+            );
+            continue;
         }
-        tracing::trace!(
-            upstream = &*up.name,
-            "half-open: a trial request is already in flight"
-        );
+        let cu = pending.iter().map(|&i| up.costs.of(&calls[i].method)).sum();
+        match up.take_quota(now, pending.len() as u32, cu) {
+            Take::Go => {
+                up.metrics
+                    .compute_units(metrics, &chain.name, &up.name, u64::from(cu));
+                return Some(ui);
+            }
+            Take::Wait(at) => {
+                if throttled.list.is_empty() || at < throttled.room_at {
+                    throttled.room_at = at;
+                }
+                throttled.list.push(ui);
+            }
+            Take::Never => {
+                if throttled.list.is_empty() {
+                    throttled.room_at = u64::MAX;
+                }
+                throttled.list.push(ui);
+            }
+        }
+        up.metrics.throttled(metrics, &chain.name, &up.name);
     }
 }
 
@@ -476,6 +611,7 @@ fn process(
     chain: &Chain,
     calls: &[&Call<'_>],
     writes: &[bool],
+    archive: Archive,
     done: Done,
     answers: &mut [Option<CallResult>],
     fallback: &mut [Option<CallResult>],
@@ -564,6 +700,13 @@ fn process(
                             }
                             answered += 1;
                             settled += 1;
+                            if archive == Archive::Old
+                                && up.archive.is_none()
+                                && block::reads_state(method)
+                            {
+                                // It answered about old state: it keeps it.
+                                up.state.learn_archive(true);
+                            }
                             let r = if method == "eth_blockNumber" {
                                 block_number(chain, ui, r, now)
                             } else {
@@ -587,6 +730,9 @@ fn process(
                         }
                         Got::Error(e, Class::Trouble(penalty)) => {
                             unhealthy += usize::from(penalty == Penalty::Unhealthy);
+                            if penalty == Penalty::Unhealthy && up.archive.is_none() {
+                                learn_pruned(chain, up, &e);
+                            }
                             rate_limited |= penalty == Penalty::RateLimited;
                             if penalty == Penalty::NotYet {
                                 // Whoever has no higher head than this one likely lacks the
@@ -660,6 +806,22 @@ fn process(
     }
     if settled > 0 {
         report.answered_by.push(up.name.clone());
+    }
+}
+
+/// An upstream that says the state asked for is gone is not an archive node: from now on the
+/// chain routes old state elsewhere first.
+#[cold]
+fn learn_pruned(chain: &Chain, up: &Upstream, error: &[u8]) {
+    let e = crate::rpc::error::RpcError::from_object(error);
+    if crate::rpc::classify::state_missing(&e.message) && up.keeps_old_state() != Some(false) {
+        tracing::info!(
+            chain = &*chain.name,
+            upstream = &*up.name,
+            "upstream does not keep old state: calls about old state go to others first"
+        );
+        up.state.learn_archive(false);
+        chain.state.archive_learned();
     }
 }
 

@@ -26,6 +26,70 @@ impl Need {
     }
 }
 
+/// Which upstreams a call about state should go to, on a chain with archive upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Archive {
+    /// No preference (the chain has no upstream known to keep old state).
+    #[default]
+    Any,
+    /// Recent state, blocks, receipts, logs: upstreams that are not archive nodes first, so
+    /// archive quota is not spent on them.
+    Recent,
+    /// State older than the chain's `archive_depth`, or at a block hash: archive nodes first.
+    Old,
+}
+
+/// Methods that read the state at a block (what a full node keeps only for recent blocks;
+/// blocks, receipts and logs it keeps for good). Traces re-execute, so they need it too.
+pub fn reads_state(method: &str) -> bool {
+    matches!(
+        method,
+        "eth_getBalance"
+            | "eth_getCode"
+            | "eth_getStorageAt"
+            | "eth_getTransactionCount"
+            | "eth_call"
+            | "eth_getProof"
+            | "eth_estimateGas"
+            | "eth_createAccessList"
+    ) || method.starts_with("debug_trace")
+        || method.starts_with("trace_")
+}
+
+/// Where a call's state is read (see [`Archive`]): `head` is the chain head and `depth` its
+/// `archive_depth`. A trace of a transaction (no block parameter) or a block named by hash is
+/// of unknown age: an archive node answers it whatever its age, so it counts as old.
+pub fn archive_need(call: &Call<'_>, head: Option<u64>, depth: u64) -> Archive {
+    if !reads_state(&call.method) {
+        return Archive::Recent;
+    }
+    let tag_text = block_param(&call.method).and_then(|pos| {
+        let params = call.params?;
+        match jsonscan::element(params.get(), pos) {
+            Some(tag) => tag.map(str::to_owned),
+            None => serde_json::from_str::<Vec<&RawValue>>(params.get())
+                .ok()?
+                .get(pos)
+                .map(|t| t.get().to_owned()),
+        }
+    });
+    let Some(text) = tag_text else {
+        return match block_param(&call.method) {
+            // A trace of a transaction or call by hash: its age is not known.
+            None if !call.method.starts_with("eth_") => Archive::Old,
+            _ => Archive::Recent,
+        };
+    };
+    match tag(&text) {
+        Tag::Number(n) => match head {
+            Some(h) if h.saturating_sub(n) > depth => Archive::Old,
+            _ => Archive::Recent,
+        },
+        Tag::Hash => Archive::Old,
+        _ => Archive::Recent,
+    }
+}
+
 /// Where a method takes its block parameter (index into `params`), for methods that take one.
 pub fn block_param(method: &str) -> Option<usize> {
     Some(match method {

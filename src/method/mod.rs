@@ -2,5 +2,6 @@
 //! the policy that says which methods a chain serves.
 
 pub mod block;
+pub mod cost;
 pub mod kind;
 pub mod policy;

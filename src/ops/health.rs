@@ -51,8 +51,25 @@ pub async fn run(pool: Weak<ArcSwap<Pool>>, fwd: Forwarder) {
         let now = now_us();
         for (ci, chain) in current.chains.iter().enumerate() {
             for i in 0..chain.upstreams.len() {
+                let upstream = &chain.upstreams[i];
+                let s = &upstream.state;
+                s.quota
+                    .sample(now, s.successes.load(Relaxed) + s.failures.load(Relaxed));
                 if let Some(job) = due(chain, i, now) {
                     let up = &chain.upstreams[i].state;
+                    // Probes count against the upstream's quota: with no room, live traffic
+                    // is keeping it busy (and reporting its head) anyway.
+                    let (calls, cu) = match job.chain_check {
+                        true => (
+                            2,
+                            upstream.costs.of("eth_blockNumber") + upstream.costs.of("eth_chainId"),
+                        ),
+                        false => (1, upstream.costs.of("eth_blockNumber")),
+                    };
+                    if upstream.take_quota(now, calls, cu) != crate::state::quota::Take::Go {
+                        up.probe_at.store(now, Relaxed);
+                        continue;
+                    }
                     up.probing.store(true, Relaxed);
                     up.probe_at.store(now, Relaxed);
                     if job.chain_check {

@@ -40,6 +40,13 @@ fn upstream_json(chain: &Chain, i: usize, now: u64) -> Value {
         "successes": s.successes.load(std::sync::atomic::Ordering::Relaxed),
         "failures": s.failures.load(std::sync::atomic::Ordering::Relaxed),
         "last_error": s.last_error(),
+        "quota": up.state.quota.active(up.limits).then(|| s.quota.usage(now, up.limits)),
+        "archive": up.keeps_old_state(),
+        "archive_from": match (up.archive, up.keeps_old_state()) {
+            (Some(_), _) => Some("config"),
+            (None, Some(_)) => Some("learned"),
+            (None, None) => None,
+        },
     })
 }
 

@@ -262,6 +262,20 @@ pub static RULES: &[Rule] = &[
         "block range is too large"
     ),
     rule!(
+        Msg("range too large"),
+        T(Unsupported),
+        "nodes and gateways capping eth_getLogs",
+        -32005,
+        "eth_getLogs range too large (max 2000 blocks)"
+    ),
+    rule!(
+        Msg("range too wide"),
+        T(Unsupported),
+        "nodes and gateways capping eth_getLogs",
+        -32000,
+        "range too wide, max 5000 blocks"
+    ),
+    rule!(
         Msg("more than 10000 results"),
         T(Unsupported),
         "infura",
@@ -613,6 +627,21 @@ pub const RANGE_REJECTED: &[&str] = &[
 pub fn range_rejected(message: &str) -> bool {
     let lower = message.to_ascii_lowercase();
     RANGE_REJECTED.iter().any(|w| lower.contains(w))
+}
+
+/// Wordings (lower case) of a node saying it no longer has the state a call asked about: it
+/// is not an archive node (these rules are also in [`RULES`], as provider trouble).
+pub const STATE_MISSING: &[&str] = &[
+    "missing trie node",
+    "historical state",
+    "state histories",
+    "pruned",
+];
+
+/// Whether an error message says the node no longer has old state.
+pub fn state_missing(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    STATE_MISSING.iter().any(|w| lower.contains(w))
 }
 
 /// Classifies an upstream's JSON-RPC error by its code and message.

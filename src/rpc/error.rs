@@ -9,7 +9,7 @@ use std::fmt;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::rpc::jsonrpc::{self, INTERNAL_ERROR};
+use crate::rpc::jsonrpc::{self, INTERNAL_ERROR, LIMIT_EXCEEDED};
 
 /// One failed attempt, for the client's error and the logs.
 #[derive(Debug, Clone)]
@@ -43,6 +43,23 @@ pub fn all_failed(notes: &[AttemptNote], timed_out: bool) -> Bytes {
     }
     Bytes::from(jsonrpc::error_object(
         INTERNAL_ERROR,
+        &message,
+        Some(&attempts_data(notes)),
+    ))
+}
+
+/// The error object for calls that found every upstream at its quota (`max_rps`,
+/// `compute_units_per_second`) until their deadline: `-32005` (EIP-1474's "limit exceeded").
+pub fn over_quota(notes: &[AttemptNote]) -> Bytes {
+    let mut message = String::from("limit exceeded: every upstream is at its quota");
+    for (i, n) in notes.iter().enumerate() {
+        message.push_str(if i == 0 { ": " } else { "; " });
+        message.push_str(&n.upstream);
+        message.push_str(": ");
+        message.push_str(&n.reason);
+    }
+    Bytes::from(jsonrpc::error_object(
+        LIMIT_EXCEEDED,
         &message,
         Some(&attempts_data(notes)),
     ))

@@ -31,6 +31,9 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;
 /// EIP-1474 "resource not found"; detour uses it for an unknown chain path.
 pub const RESOURCE_NOT_FOUND: i64 = -32001;
+/// EIP-1474 "limit exceeded"; detour uses it when every upstream is at its quota, or an
+/// answer would exceed a configured size.
+pub const LIMIT_EXCEEDED: i64 = -32005;
 
 /// One JSON value exactly as it was received, borrowed from the body it was parsed from.
 ///

@@ -19,12 +19,17 @@
 //!    - last, when every untried upstream is cooling down, the one that recovers soonest:
 //!      failing without trying is never better.
 //!
+//!    A chain with archive upstreams (`archive = true`, or learned) first tries, under the
+//!    strict step, archive nodes for calls about old state (then upstreams not known to be
+//!    pruned) and the other upstreams for everything else, before the steps above.
+//!
 //!    An upstream on the wrong chain (quarantined) is never chosen; one whose hostname never
 //!    resolved is chosen only in that last step.
 //!
 //! We do not reuse tower's balancer: it needs `&mut self` over a discovered set, while here many
 //! requests select concurrently from one shared, immutable snapshot whose state is atomics.
 
+use crate::method::block::Archive;
 use crate::state::pool::{Chain, Tier};
 
 /// Random probes within a tier (at most twice its size) before falling back to a scan.
@@ -41,6 +46,8 @@ pub struct Want<'a> {
     pub min_block: u64,
     /// Regions (indices in [`Chain::regions`]) to avoid: where an attempt failed or stalled.
     pub avoid_regions: &'a [usize],
+    /// Archive nodes first (old state), or others first (anything else).
+    pub archive: Archive,
 }
 
 /// Picks the upstream (an index into `chain.upstreams`) for the next attempt, or `None` when
@@ -55,6 +62,11 @@ pub fn select(chain: &Chain, now: u64, want: &Want<'_>) -> Option<usize> {
     let elsewhere = |i: usize| !want.avoid_regions.contains(&chain.upstreams[i].region_id);
 
     let strict = |i: usize| base(i) && fresh(i) && healthy_region(i) && elsewhere(i);
+    if want.archive != Archive::Any {
+        if let Some(i) = archive_first(chain, now, want.archive, &strict) {
+            return Some(i);
+        }
+    }
     if let Some(i) = over_tiers(chain, now, &strict) {
         return Some(i);
     }
@@ -95,6 +107,24 @@ pub fn select(chain: &Chain, now: u64, want: &Want<'_>) -> Option<usize> {
                 chain.upstreams[i].tier,
             )
         })
+}
+
+/// The archive preference's first steps: old state to upstreams known to keep it, then to
+/// those not known not to; anything else to upstreams not known to be archive nodes.
+#[inline(never)]
+fn archive_first(
+    chain: &Chain,
+    now: u64,
+    archive: Archive,
+    strict: &impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let keeps = |i: usize| chain.upstreams[i].keeps_old_state();
+    match archive {
+        Archive::Old => over_tiers(chain, now, &|i| strict(i) && keeps(i) == Some(true))
+            .or_else(|| over_tiers(chain, now, &|i| strict(i) && keeps(i).is_none())),
+        Archive::Recent => over_tiers(chain, now, &|i| strict(i) && keeps(i) != Some(true)),
+        Archive::Any => None,
+    }
 }
 
 fn over_tiers(chain: &Chain, now: u64, ok: &impl Fn(usize) -> bool) -> Option<usize> {

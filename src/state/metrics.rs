@@ -211,6 +211,8 @@ pub struct Metrics {
     hedges: Family<[(&'static str, String); 1], Counter>,
     reloads: Family<[(&'static str, &'static str); 1], Counter>,
     logs_chunks: Family<[(&'static str, String); 2], Counter>,
+    compute_units: Family<Labels2, Counter>,
+    throttled: Family<Labels2, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -236,6 +238,8 @@ impl Metrics {
         let hedges = Family::default();
         let reloads = Family::default();
         let logs_chunks = Family::default();
+        let compute_units = Family::<Labels2, Counter>::default();
+        let throttled = Family::<Labels2, Counter>::default();
         registry.register(
             "requests",
             "Client JSON-RPC calls by chain, method and outcome (ok, rpc_error, failed, denied)",
@@ -274,6 +278,16 @@ impl Metrics {
             logs_chunks.clone(),
         );
         registry.register(
+            "upstream_compute_units",
+            "Compute units sent to each upstream (each call at its method's weight: the built-in table under [compute_units] and the upstream's own; health probes count against quotas but not here)",
+            compute_units.clone(),
+        );
+        registry.register(
+            "upstream_throttled",
+            "Times an upstream was skipped because its quota (max_rps, compute_units_per_second, or a budget lowered after a 429) had no room",
+            throttled.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Configuration reloads by result (ok, error)",
             reloads.clone(),
@@ -297,6 +311,8 @@ impl Metrics {
             hedges,
             reloads,
             logs_chunks,
+            compute_units,
+            throttled,
         }
     }
 
@@ -399,9 +415,43 @@ impl ChainMetrics {
 pub struct UpstreamMetrics {
     outcomes: [OnceLock<Counter>; 7],
     latency: OnceLock<Histogram>,
+    compute_units: OnceLock<Counter>,
+    throttled: OnceLock<Counter>,
 }
 
 impl UpstreamMetrics {
+    /// Counts the compute units of an attempt sent to the upstream.
+    #[inline]
+    pub fn compute_units(&self, m: &Metrics, chain: &str, upstream: &str, cu: u64) {
+        if cu == 0 {
+            return;
+        }
+        self.compute_units
+            .get_or_init(|| {
+                m.compute_units
+                    .get_or_create(&[
+                        ("chain", chain.to_owned()),
+                        ("upstream", upstream.to_owned()),
+                    ])
+                    .clone()
+            })
+            .inc_by(cu);
+    }
+
+    /// Counts a skip of the upstream for its quota.
+    pub fn throttled(&self, m: &Metrics, chain: &str, upstream: &str) {
+        self.throttled
+            .get_or_init(|| {
+                m.throttled
+                    .get_or_create(&[
+                        ("chain", chain.to_owned()),
+                        ("upstream", upstream.to_owned()),
+                    ])
+                    .clone()
+            })
+            .inc();
+    }
+
     /// Counts one attempt, with its duration when it got an answer.
     pub fn attempt(
         &self,
@@ -454,6 +504,7 @@ const STATES: &[&str] = &[
     "wrong_chain",
     "unresolvable",
     "cooling_down",
+    "at_quota",
     "half_open",
     "lagging",
     "stale",

@@ -4,6 +4,7 @@
 
 pub mod metrics;
 pub mod pool;
+pub mod quota;
 pub mod ratelimit;
 pub mod status;
 pub mod upstream;

@@ -76,6 +76,10 @@ pub struct Chain {
     pub finality_depth: u64,
     /// The widest `eth_getLogs` range every upstream accepts: wider requests are split.
     pub logs_range: u64,
+    /// Calls about state older than this many blocks go to archive upstreams first.
+    pub archive_depth: u64,
+    /// Some upstream is configured `archive = true`.
+    pub archive_configured: bool,
 }
 
 /// The `eth_getLogs` block range an upstream accepts unless configured otherwise.
@@ -99,9 +103,17 @@ pub struct ChainState {
     /// The chain's block time as observed from its head rising (µs, an average over about the
     /// last 10 rises; 0: not known yet).
     block_time_us: AtomicU64,
+    /// Some upstream was learned not to keep old state: calls are routed by the age of the
+    /// state they read.
+    archive_learned: AtomicBool,
 }
 
 impl ChainState {
+    /// Some upstream was learned not to keep old state.
+    pub fn archive_learned(&self) {
+        self.archive_learned.store(true, Relaxed);
+    }
+
     /// The chain head, once an upstream reported one.
     #[inline]
     pub fn head(&self) -> Option<u64> {
@@ -237,12 +249,14 @@ impl Pool {
                             .find(|u| u.config.name == uc.name && u.config.url == uc.url)
                     })
                     .map(|u| u.state.clone());
-                let up =
+                let mut up =
                     Upstream::new(uc, config.client.attempt_timeout, state).map_err(|why| {
                         ConfigError {
                             problems: vec![(format!("chains.{name}.upstreams[{i}]"), why)],
                         }
                     })?;
+                up.costs =
+                    crate::method::cost::Costs::new(&config.compute_units, &uc.compute_units);
                 upstreams.push(up);
             }
             upstreams.sort_by_key(|u| u.tier);
@@ -292,6 +306,8 @@ impl Pool {
                     .min()
                     .unwrap_or(DEFAULT_LOGS_RANGE)
                     .max(1),
+                archive_depth: cc.archive_depth,
+                archive_configured: cc.upstreams.iter().any(|u| u.archive == Some(true)),
             });
         }
         let tls = match &config.server.tls {
@@ -394,6 +410,13 @@ fn tiers(upstreams: &[Arc<Upstream>]) -> Vec<Tier> {
 }
 
 impl Chain {
+    /// Whether calls are routed by the age of the state they read: some upstream is
+    /// configured as an archive node, or was learned not to be one.
+    #[inline]
+    pub fn archive_routing(&self) -> bool {
+        self.archive_configured || self.state.archive_learned.load(Relaxed)
+    }
+
     /// Whether a call of `method` may reach a second upstream after the first may have seen
     /// it (hedges, retries after a timeout): known reads, and methods `methods.reads` declares.
     #[inline]

@@ -6,7 +6,8 @@ use crate::state::pool::Chain;
 ///
 /// `cordoned` (by an operator) and `wrong_chain` serve nothing; `unresolvable` serves only as
 /// a last resort; `cooling_down` serves only when nothing else
-/// can; `half_open` admits one trial request; `lagging`, `stale` and `degraded_region` serve
+/// can; `half_open` admits one trial request; `at_quota` has used its budget for the last
+/// second (skipped until it has room); `lagging`, `stale` and `degraded_region` serve
 /// only after the healthy upstreams of the chain.
 pub fn states(chain: &Chain, i: usize, now: u64) -> Vec<&'static str> {
     let up = &chain.upstreams[i];
@@ -25,6 +26,15 @@ pub fn states(chain: &Chain, i: usize, now: u64) -> Vec<&'static str> {
         out.push("cooling_down");
     } else if s.half_open(now) {
         out.push("half_open");
+    }
+    if s.quota.active(up.limits) {
+        let u = s.quota.usage(now, up.limits);
+        if u.max_rps.is_some_and(|r| u.calls >= r)
+            || u.compute_units_per_second
+                .is_some_and(|c| u.compute_units >= c)
+        {
+            out.push("at_quota");
+        }
     }
     if let Some((head, chain_head)) = s.head().zip(chain.state.head()).filter(|(h, c)| h < c) {
         if chain_head - head > chain.max_lag() {

@@ -91,6 +91,12 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Glob patterns of methods it does not serve.
     pub unsupported_methods: Vec<String>,
+    /// Its configured quota (`max_rps`, `compute_units_per_second`).
+    pub limits: crate::state::quota::Limits,
+    /// What each call costs here, in compute units.
+    pub costs: crate::method::cost::Costs,
+    /// `archive` as configured (unset: learned, see [`LiveState::archive_seen`]).
+    pub archive: Option<bool>,
     /// The configuration this was built from, to recognise it across reloads.
     pub config: UpstreamConfig,
     /// Live state, shared across reloads while the upstream is unchanged.
@@ -142,11 +148,32 @@ impl Upstream {
             max_batch_len: config.max_batch_len,
             timeout: config.timeout.unwrap_or(default_timeout),
             unsupported_methods: config.unsupported_methods.clone(),
+            limits: crate::state::quota::Limits {
+                max_rps: config.max_rps,
+                cu_per_second: config.compute_units_per_second,
+            },
+            costs: crate::method::cost::Costs::new(&Default::default(), &config.compute_units),
+            archive: config.archive,
             config: config.clone(),
             state,
             metrics: Default::default(),
             endpoint,
         })
+    }
+
+    /// Whether it keeps old state: as configured, else as learned (`None`: not known).
+    pub fn keeps_old_state(&self) -> Option<bool> {
+        self.archive.or(match self.state.archive_seen() {
+            ARCHIVE_YES => Some(true),
+            ARCHIVE_NO => Some(false),
+            _ => None,
+        })
+    }
+
+    /// Takes room in its quota for `calls` calls costing `cu` compute units at `now`.
+    #[inline]
+    pub fn take_quota(&self, now: u64, calls: u32, cu: u32) -> crate::state::quota::Take {
+        self.state.quota.take(now, calls, cu, self.limits)
     }
 
     /// `text` with every secret of this upstream replaced by `***`.
@@ -342,7 +369,19 @@ pub struct LiveState {
     last_error: Mutex<Option<String>>,
     /// Idle keep-alive connections (plain-HTTP upstreams; see [`crate::client::idle`]).
     pub(crate) idle: Arc<crate::client::idle::IdleConns>,
+    /// What it was sent in the last second, against its quota (see [`crate::state::quota`]).
+    pub quota: crate::state::quota::Quota,
+    /// Whether it keeps old state, as learned from its answers: [`ARCHIVE_UNKNOWN`],
+    /// [`ARCHIVE_YES`] or [`ARCHIVE_NO`].
+    archive: AtomicU8,
 }
+
+/// Not known whether the upstream keeps old state.
+pub const ARCHIVE_UNKNOWN: u8 = 0;
+/// It answered a call about old state.
+pub const ARCHIVE_YES: u8 = 1;
+/// It said it no longer has old state ("missing trie node", "pruned", …).
+pub const ARCHIVE_NO: u8 = 2;
 
 impl Default for LiveState {
     fn default() -> Self {
@@ -378,11 +417,31 @@ impl Default for LiveState {
             recent_failures: Window::default(),
             last_error: Mutex::new(None),
             idle: Default::default(),
+            quota: Default::default(),
+            archive: AtomicU8::new(ARCHIVE_UNKNOWN),
         }
     }
 }
 
 impl LiveState {
+    /// Whether it keeps old state, as learned ([`ARCHIVE_UNKNOWN`], …).
+    pub fn archive_seen(&self) -> u8 {
+        self.archive.load(Relaxed)
+    }
+
+    /// Learns whether it keeps old state: `true` after an answer about old state, `false`
+    /// after it said that state is gone.
+    pub fn learn_archive(&self, keeps_old_state: bool) {
+        let v = if keeps_old_state {
+            ARCHIVE_YES
+        } else {
+            ARCHIVE_NO
+        };
+        if self.archive.load(Relaxed) != v {
+            self.archive.store(v, Relaxed);
+        }
+    }
+
     /// Counts a request in flight until the guard drops (also when the request is cancelled).
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);

@@ -78,7 +78,13 @@ struct State {
     chain_id: u64,
     /// `eth_blockNumber` probes are answered with this (default 100).
     head: u64,
+    /// When each HTTP request arrived, probes included: how many calls it carried and its
+    /// first call's method.
+    arrivals: Vec<Arrival>,
 }
+
+/// When a request arrived at a mock, how many calls it carried, its first call's method.
+pub type Arrival = (std::time::Instant, usize, String);
 
 /// A mock JSON-RPC upstream.
 pub struct Mock {
@@ -196,6 +202,12 @@ impl Mock {
         self.state.lock().unwrap().headers.clone()
     }
 
+    /// When each HTTP request (probes included) arrived, how many calls it carried and its
+    /// first call's method.
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.state.lock().unwrap().arrivals.clone()
+    }
+
     pub fn hits(&self) -> usize {
         self.state.lock().unwrap().bodies.len()
     }
@@ -225,6 +237,7 @@ async fn handle(
     default: Reply,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let arrived = std::time::Instant::now();
     let headers = req.headers().clone();
     let body = req
         .into_body()
@@ -238,6 +251,12 @@ async fn handle(
         Value::Array(v) => (v.clone(), true),
         v => (vec![v.clone()], false),
     };
+    let first = calls[0]["method"].as_str().unwrap_or("").to_owned();
+    state
+        .lock()
+        .unwrap()
+        .arrivals
+        .push((arrived, calls.len(), first));
     if headers.contains_key("x-detour-probe") {
         let method = calls[0]["method"].as_str().unwrap_or("").to_owned();
         let reply = {
