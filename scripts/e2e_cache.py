@@ -9,7 +9,11 @@ small counting forwarder, so the calls that reach the node are counted there.
   3. a reorg (anvil_reorg): once detour's tracker has seen it, no answer from before the reorg
      is served for the replaced blocks (by number or as the latest block), while the blocks
      below the fork are still answered from the cache. The time from the reorg to detour
-     seeing it is reported.
+     seeing it is reported;
+  4. a wide eth_getLogs against a node limited to a small range: the forwarder refuses ranges
+     wider than 20 blocks as providers do ("block range is too large"); detour halves the
+     rejected range until the node accepts, and returns every log, in order, as the node has
+     them.
 
 The node is followed over its WebSocket (anvil serves it on its HTTP port), as a dApp backend's
 node would be. Loopback only; every wait is bounded.
@@ -87,6 +91,24 @@ if not poll(lambda: node("eth_chainId"), 30):
 
 counts = {}
 counts_lock = threading.Lock()
+LOGS_LIMIT = 20  # the widest eth_getLogs range the forwarder lets through
+refused = {"getLogs": 0}
+
+
+def too_wide(calls):
+    """A refusal as a provider words it, for an eth_getLogs range over LOGS_LIMIT blocks."""
+    if not isinstance(calls, dict) or calls.get("method") != "eth_getLogs":
+        return None
+    f = (calls.get("params") or [{}])[0]
+    try:
+        span = int(f["toBlock"], 16) - int(f["fromBlock"], 16) + 1
+    except (KeyError, ValueError, TypeError):
+        return None
+    if span <= LOGS_LIMIT:
+        return None
+    refused["getLogs"] += 1
+    return json.dumps({"jsonrpc": "2.0", "id": calls.get("id"), "error": {
+        "code": -32005, "message": f"block range is too large, max {LOGS_LIMIT}"}}).encode()
 
 
 class Forward(http.server.BaseHTTPRequestHandler):
@@ -94,17 +116,20 @@ class Forward(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        out = None
         if "x-detour-probe" not in self.headers:
             try:
                 calls = json.loads(body)
                 for c in calls if isinstance(calls, list) else [calls]:
                     with counts_lock:
                         counts[c.get("method")] = counts.get(c.get("method"), 0) + 1
+                out = too_wide(calls)
             except ValueError:
                 pass
-        req = urllib.request.Request(f"http://127.0.0.1:{NODE}/", body, {"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            out = r.read()
+        if out is None:
+            req = urllib.request.Request(f"http://127.0.0.1:{NODE}/", body, {"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                out = r.read()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(out)))
@@ -249,4 +274,37 @@ while time.time() < end:
     if latest["hash"] in {old_hash[n] for n in heights if n > head - 3}:
         fail(f"the latest block served is a replaced one: {latest['hash']}")
 log(f"ok: {rounds} rounds over 2 s after the reorg: replaced blocks never served, the rest from the cache")
-print(json.dumps({"reads": 400, "reached_node": asked, "reorg_seen_ms": round(seen_ms)}))
+
+# --- 4. a wide eth_getLogs against a node that accepts 20 blocks at most ----------------------
+# A contract whose every call logs one event (topic: the caller): CALLER PUSH1 32 PUSH1 0 LOG1.
+INIT = "0x663360206000a10060005260076019f3"
+tx = node("eth_sendTransaction", [{"from": DEV0, "data": INIT}])
+if not isinstance(tx, str):
+    fail(f"deploying the log emitter: {tx}")
+if not poll(lambda: node("eth_getTransactionReceipt", [tx]), 10):
+    fail("the log emitter was not mined")
+emitter = node("eth_getTransactionReceipt", [tx])["contractAddress"]
+first = int(node("eth_blockNumber"), 16) + 1
+for i in range(30):
+    node("eth_sendTransaction", [{"from": DEV0, "to": emitter}])  # mined at once, one log
+    node("anvil_mine", [hex(1 + i % 7)])  # spread over about 130 blocks
+last = int(node("eth_blockNumber"), 16)
+flt = {"fromBlock": hex(first), "toBlock": hex(last), "address": emitter}
+want = node("eth_getLogs", [flt])
+if len(want) != 30:
+    fail(f"the node has {len(want)} logs, want 30")
+refused_before, chunks_before = refused["getLogs"], counts.get("eth_getLogs", 0)
+got, _ = via("eth_getLogs", [flt])
+if isinstance(got, dict):
+    fail(f"eth_getLogs over {last - first + 1} blocks through detour: {got}")
+if got != want:
+    fail(f"eth_getLogs through detour: {len(got)} logs, the node has {len(want)} "
+         f"(first differing: {next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)})")
+logs_asked = counts.get("eth_getLogs", 0) - chunks_before
+halved = metric('detour_getlogs_chunks_total{chain="anvil",kind="halved"}')
+log(f"ok: eth_getLogs over {last - first + 1} blocks, node limited to {LOGS_LIMIT}: all 30 logs in "
+    f"order; {refused['getLogs'] - refused_before} ranges refused, {logs_asked} asked, {halved:.0f} halved chunks")
+if halved < 2:
+    fail("detour did not halve the refused range")
+print(json.dumps({"reads": 400, "reached_node": asked, "reorg_seen_ms": round(seen_ms),
+                  "getlogs_blocks": last - first + 1, "getlogs_asked": logs_asked}))
