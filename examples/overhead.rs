@@ -9,12 +9,15 @@
 //! # the response cache: every call answered from it, or every call a miss
 //! cargo run --release --example overhead -- --cache hit
 //! cargo run --release --example overhead -- --cache miss
+//! cargo run --release --example overhead -- --quota
 //! ```
 //!
 //! `--cache off` (the default) measures the proxied path with `[cache] enabled = false`;
 //! `--cache hit` sends the same `eth_call` at `latest` every time, answered from the cache once
 //! detour follows the chain (the mock serves a block whose head never moves); `--cache miss`
 //! gives every request other call data, so every lookup misses and every answer is stored.
+//! `--quota` gives the upstream `max_rps` and `compute_units_per_second` far above the load:
+//! every send takes room in both, none ever waits (the cost of an active quota).
 //!
 //! The mock upstream and the client run in this process (one thread each); detour runs as its own
 //! process (the release binary, `DETOUR_BIN` to override), so its CPU time can be read from
@@ -44,6 +47,7 @@ fn main() {
     let mut workers = 0usize;
     let mut detour_cpus: Option<String> = None;
     let mut cache = Cache::Off;
+    let mut quota = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().and_then(|v| v.parse().ok()).expect("a number");
@@ -52,6 +56,7 @@ fn main() {
             "--rounds" => rounds = value(),
             "--workers" => workers = value(),
             "--detour-cpus" => detour_cpus = args.next(),
+            "--quota" => quota = true,
             "--cache" => {
                 cache = match args.next().as_deref() {
                     Some("off") => Cache::Off,
@@ -60,11 +65,11 @@ fn main() {
                     other => panic!("--cache takes off, hit or miss, not {other:?}"),
                 }
             }
-            other => panic!("unknown argument {other} (use --requests N --rounds N --workers N --detour-cpus LIST --cache off|hit|miss)"),
+            other => panic!("unknown argument {other} (use --requests N --rounds N --workers N --detour-cpus LIST --cache off|hit|miss --quota)"),
         }
     }
     let upstream = start_mock();
-    let mut detour = start_detour(upstream, workers, detour_cpus.as_deref(), cache);
+    let mut detour = start_detour(upstream, workers, detour_cpus.as_deref(), cache, quota);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -355,7 +360,13 @@ struct Detour {
     addr: SocketAddr,
 }
 
-fn start_detour(upstream: SocketAddr, workers: usize, cpus: Option<&str>, cache: Cache) -> Detour {
+fn start_detour(
+    upstream: SocketAddr,
+    workers: usize,
+    cpus: Option<&str>,
+    cache: Cache,
+    quota: bool,
+) -> Detour {
     let bin = std::env::var("DETOUR_BIN").unwrap_or_else(|_| "target/release/detour".into());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -367,8 +378,14 @@ fn start_detour(upstream: SocketAddr, workers: usize, cpus: Option<&str>, cache:
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"{addr}\"\nworker_threads = {workers}\n[cache]\nenabled = {}\n[chains.bench]\nchain_id = 1\n[[chains.bench.upstreams]]\nname = \"mock\"\nurl = \"http://{upstream}\"\n",
-            cache != Cache::Off
+            "[server]\nlisten = \"{addr}\"\nworker_threads = {workers}\n[cache]\nenabled = {}\n[chains.bench]\nchain_id = 1\n[[chains.bench.upstreams]]\nname = \"mock\"\nurl = \"http://{upstream}\"\n{}",
+            cache != Cache::Off,
+            // Quotas far above the load: every send takes room in them, none waits.
+            if quota {
+                "max_rps = 1000000000\ncompute_units_per_second = 4000000000\n"
+            } else {
+                ""
+            }
         ),
     )
     .unwrap();
