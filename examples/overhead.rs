@@ -10,12 +10,14 @@
 //! cargo run --release --example overhead -- --cache hit
 //! cargo run --release --example overhead -- --cache miss
 //! cargo run --release --example overhead -- --quota
+//! cargo run --release --example overhead -- --redis redis://127.0.0.1:6379
 //! ```
 //!
 //! `--cache off` (the default) measures the proxied path with `[cache] enabled = false`;
 //! `--cache hit` sends the same `eth_call` at `latest` every time, answered from the cache once
 //! detour follows the chain (the mock serves a block whose head never moves); `--cache miss`
 //! gives every request other call data, so every lookup misses and every answer is stored.
+//! `--redis URL` shares state through that Redis (`[shared]`), as replicas would.
 //! `--quota` gives the upstream `max_rps` and `compute_units_per_second` far above the load:
 //! every send takes room in both, none ever waits (the cost of an active quota).
 //!
@@ -48,6 +50,7 @@ fn main() {
     let mut detour_cpus: Option<String> = None;
     let mut cache = Cache::Off;
     let mut quota = false;
+    let mut redis: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().and_then(|v| v.parse().ok()).expect("a number");
@@ -57,6 +60,7 @@ fn main() {
             "--workers" => workers = value(),
             "--detour-cpus" => detour_cpus = args.next(),
             "--quota" => quota = true,
+            "--redis" => redis = args.next(),
             "--cache" => {
                 cache = match args.next().as_deref() {
                     Some("off") => Cache::Off,
@@ -65,11 +69,18 @@ fn main() {
                     other => panic!("--cache takes off, hit or miss, not {other:?}"),
                 }
             }
-            other => panic!("unknown argument {other} (use --requests N --rounds N --workers N --detour-cpus LIST --cache off|hit|miss --quota)"),
+            other => panic!("unknown argument {other} (use --requests N --rounds N --workers N --detour-cpus LIST --cache off|hit|miss --quota --redis URL)"),
         }
     }
     let upstream = start_mock();
-    let mut detour = start_detour(upstream, workers, detour_cpus.as_deref(), cache, quota);
+    let mut detour = start_detour(
+        upstream,
+        workers,
+        detour_cpus.as_deref(),
+        cache,
+        quota,
+        redis.as_deref(),
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -366,6 +377,7 @@ fn start_detour(
     cpus: Option<&str>,
     cache: Cache,
     quota: bool,
+    redis: Option<&str>,
 ) -> Detour {
     let bin = std::env::var("DETOUR_BIN").unwrap_or_else(|_| "target/release/detour".into());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -378,7 +390,8 @@ fn start_detour(
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"{addr}\"\nworker_threads = {workers}\n[cache]\nenabled = {}\n[chains.bench]\nchain_id = 1\n[[chains.bench.upstreams]]\nname = \"mock\"\nurl = \"http://{upstream}\"\n{}",
+            "[server]\nlisten = \"{addr}\"\nworker_threads = {workers}\n{}[cache]\nenabled = {}\n[chains.bench]\nchain_id = 1\n[[chains.bench.upstreams]]\nname = \"mock\"\nurl = \"http://{upstream}\"\n{}",
+            redis.map_or(String::new(), |url| format!("[shared]\nredis_url = \"{url}\"\n")),
             cache != Cache::Off,
             // Quotas far above the load: every send takes room in them, none waits.
             if quota {

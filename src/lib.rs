@@ -43,6 +43,8 @@
 //!   upstreams, hyper + rustls for HTTPS and HTTP/2, WebSocket connections to upstreams
 //!   ([`client::ws`]), the caching resolver ([`client::dns`]), and what an upstream is to the
 //!   client ([`client::endpoint`]).
+//! - [`shared`]: state shared with other replicas through Redis (`[shared] redis_url`,
+//!   optional), failing open to the replica's own state.
 //! - [`state`]: what lives between requests: each upstream's lock-free live state
 //!   ([`state::upstream`]), the pool snapshot behind `ArcSwap` with the chain's head and regions
 //!   ([`state::pool`]), the states `/status` reports ([`state::status`]), client rate limiters
@@ -95,6 +97,7 @@ pub mod proxy;
 pub mod rpc;
 pub mod select;
 pub mod server;
+pub mod shared;
 pub mod state;
 
 pub use config::{Config, ConfigError, Source};

@@ -9,9 +9,8 @@ fn repo(path: &str) -> String {
     std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
-#[test]
-fn the_kubernetes_example_config_is_valid() {
-    let yaml = repo("deploy/kubernetes/sidecar.yaml");
+/// The detour.toml embedded in a Kubernetes example, as the pod reads it.
+fn embedded_config(yaml: &str) -> detour::Config {
     let start = yaml.find("# --- detour.toml (begin) ---").unwrap();
     let end = yaml.find("# --- detour.toml (end) ---").unwrap();
     let toml: String = yaml[start..end]
@@ -20,11 +19,43 @@ fn the_kubernetes_example_config_is_valid() {
         .map(|l| l.strip_prefix("    ").unwrap_or(l))
         .collect::<Vec<_>>()
         .join("\n");
-    // The Secret's values, as the pod would have them (this test binary runs alone).
-    for k in ["INFURA_KEY", "ALCHEMY_KEY", "DETOUR_ADMIN_TOKEN"] {
+    // The Secret's values, as the pod would have them (this test binary's tests set the same).
+    for k in [
+        "INFURA_KEY",
+        "ALCHEMY_KEY",
+        "DETOUR_ADMIN_TOKEN",
+        "REDIS_PASSWORD",
+    ] {
         std::env::set_var(k, "test-value-1234");
     }
-    let config = detour::Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    detour::Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"))
+}
+
+#[test]
+fn the_replicas_example_shares_state_through_its_redis() {
+    let yaml = repo("deploy/kubernetes/replicas.yaml");
+    let config = embedded_config(&yaml);
+    let url = config.shared.redis_url.as_deref().unwrap();
+    assert_eq!(url, "redis://:test-value-1234@detour-redis:6379/0");
+    assert_eq!(config.chains["mainnet"].upstreams.len(), 3);
+    // Three replicas of detour, a Redis, and the Services naming them.
+    assert!(yaml.contains("name: detour\nspec:\n  replicas: 3"));
+    assert!(yaml.contains("name: detour-redis\nspec:\n  replicas: 1"));
+    assert!(yaml.contains("kind: Service\nmetadata:\n  name: detour-redis"));
+    // The password stays a secret: the proxy built from it never shows it.
+    let proxy = detour::Detour::new(config).unwrap();
+    let status = proxy.status().to_string();
+    assert!(
+        status.contains("redis://***@detour-redis:6379/0"),
+        "{status}"
+    );
+    assert!(!status.contains("test-value-1234"));
+}
+
+#[test]
+fn the_kubernetes_example_config_is_valid() {
+    let yaml = repo("deploy/kubernetes/sidecar.yaml");
+    let config = embedded_config(&yaml);
     assert_eq!(config.chains["mainnet"].upstreams.len(), 3);
     assert!(config.admin.listen.unwrap().ip().is_loopback());
     assert!(!config.server.shutdown_delay.is_zero());

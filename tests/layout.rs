@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 /// The folders from the bottom up: each may use those before it.
 const ORDER: &[&str] = &[
-    "config", "rpc", "method", "client", "state", "select", "failover", "follow", "cache", "ops",
-    "proxy", "server",
+    "config", "rpc", "method", "client", "shared", "state", "select", "failover", "follow",
+    "cache", "ops", "proxy", "server",
 ];
 
 /// Items the crate root re-exports, and the folder each comes from.

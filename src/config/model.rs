@@ -36,6 +36,9 @@ pub struct Config {
     /// The response cache and merged in-flight reads.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// `[shared]`: state shared with other replicas through Redis (unset: none).
+    #[serde(default)]
+    pub shared: SharedConfig,
     /// `[compute_units]`: what a call of a method costs, in compute units, overriding the
     /// built-in weights for every upstream (e.g. `eth_getLogs = 255`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -141,6 +144,35 @@ impl Default for CacheConfig {
             merge_wait: Duration::from_secs(1),
             finalized_interval: Duration::from_secs(30),
             methods: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[shared]`: what several replicas share through a Redis (or Valkey) server.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` (TLS). Unset: nothing is
+    /// shared. The password is a secret: never logged or shown.
+    #[serde(
+        deserialize_with = "super::load::expand_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub redis_url: Option<String>,
+    /// Prefix of every key, so several deployments can share one server.
+    pub prefix: String,
+    /// The most a Redis operation on the request path may take; past it (or while Redis is
+    /// unreachable) the request is served with this replica's own state.
+    #[serde(with = "duration")]
+    pub op_timeout: Duration,
+}
+
+impl Default for SharedConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            prefix: "detour".into(),
+            op_timeout: Duration::from_millis(5),
         }
     }
 }

@@ -73,6 +73,29 @@ impl Config {
         if self.chains.is_empty() {
             bad("chains".into(), "no chain is configured".into());
         }
+        if let Some(url) = &self.shared.redis_url {
+            if let Err(why) = check_redis_url(url) {
+                bad("shared.redis_url".into(), why);
+            }
+        }
+        if self.shared.prefix.is_empty()
+            || self
+                .shared
+                .prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            bad(
+                "shared.prefix".into(),
+                "must be non-empty, without spaces or control characters".into(),
+            );
+        }
+        if self.shared.op_timeout.is_zero() {
+            bad(
+                "shared.op_timeout".into(),
+                "must be greater than zero".into(),
+            );
+        }
         for m in self.compute_units.keys() {
             if m.is_empty() || m.contains('*') {
                 bad(
@@ -362,6 +385,23 @@ fn check_chain_name(name: &str) -> Result<(), String> {
     }
     if RESERVED.contains(&name) {
         return Err(format!("\"{name}\" is reserved for detour's own endpoints"));
+    }
+    Ok(())
+}
+
+/// A `[shared] redis_url`: its scheme and host (the URL itself, with its password, is never
+/// part of the error).
+fn check_redis_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("must start with redis:// or rediss://".into());
+    };
+    if scheme != "redis" && scheme != "rediss" {
+        return Err(format!("scheme {scheme:?} is not redis or rediss"));
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() {
+        return Err("names no host".into());
     }
     Ok(())
 }

@@ -87,6 +87,10 @@ struct Inner {
     notifications: Arc<std::sync::atomic::AtomicU64>,
     /// Turns `true` at shutdown: WebSocket connections close (1001).
     closing: tokio::sync::watch::Sender<bool>,
+    /// State shared with other replicas through Redis, when `[shared]` names one.
+    shared: Arc<arc_swap::ArcSwapOption<crate::shared::Shared>>,
+    /// [`share_verdicts`] runs (only while `[shared]` names a Redis).
+    sharing_verdicts: AtomicBool,
 }
 
 /// The tracker's way to the upstreams: [`Detour::request`], through the failover loop.
@@ -183,6 +187,123 @@ impl Source for Upstreams {
     }
 }
 
+/// `eth_blockNumber` answers never below what any replica answered: each is raised to the
+/// highest any replica sharing the Redis served for the chain (and raises it). Without Redis
+/// (down, slow), the replica's own answers stand, as without `[shared]`.
+#[inline(never)]
+async fn share_block_number(
+    shared: &Arc<crate::shared::Shared>,
+    chain: &Chain,
+    calls: &[&Call<'_>],
+    got: &mut PerCall<CallResult>,
+) {
+    for (c, answer) in calls.iter().zip(got.iter_mut()) {
+        if c.method != "eth_blockNumber" {
+            continue;
+        }
+        let CallResult::Result(r) = answer else {
+            continue;
+        };
+        let Some(n) = std::str::from_utf8(r)
+            .ok()
+            .and_then(|t| t.strip_prefix('"')?.strip_suffix('"'))
+            .and_then(crate::method::block::parse_quantity)
+        else {
+            continue;
+        };
+        let Some(highest) = shared.raise_block(chain.chain_id, n).await else {
+            return;
+        };
+        if highest > n {
+            chain.state.monotonic_block(highest);
+            *answer = CallResult::Result(Bytes::from(format!("\"0x{highest:x}\"")));
+        }
+    }
+}
+
+/// How often this replica's ejections and recoveries are looked for, to tell the others.
+const VERDICT_SCAN: std::time::Duration = std::time::Duration::from_millis(100);
+/// The longest cool-down another replica's verdict can set here.
+const REMOTE_COOLDOWN_MAX_MS: u64 = 5 * 60 * 1000;
+
+/// Tells the other replicas (through [`crate::shared::Shared::publish`]) when one of this
+/// replica's upstreams is ejected (a cool-down of its own) and when it recovers (an answer
+/// lifted that cool-down). Polls the live state every [`VERDICT_SCAN`], so the request path
+/// does nothing for it; runs while the proxy lives, idle while `[shared]` names no Redis.
+async fn share_verdicts(inner: std::sync::Weak<Inner>) {
+    // Per (chain id, upstream): the cool-down end last told (µs).
+    let mut told: std::collections::HashMap<(u64, Arc<str>), u64> = Default::default();
+    loop {
+        tokio::time::sleep(VERDICT_SCAN).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let Some(shared) = inner.shared.load_full() else {
+            // `[shared]` was removed by a reload: a later one starts this again.
+            inner.sharing_verdicts.store(false, Relaxed);
+            return;
+        };
+        let pool = inner.pool.load();
+        let (now, unix) = (crate::state::upstream::now_us(), unix_ms());
+        for chain in &pool.chains {
+            for up in &chain.upstreams {
+                let s = &up.state;
+                let until = s.cooldown_end();
+                let key = (chain.chain_id, up.name.clone());
+                let last = told.get(&key).copied().unwrap_or(0);
+                let verdict = |until_unix_ms| crate::shared::Verdict {
+                    chain_id: chain.chain_id,
+                    upstream: up.name.to_string(),
+                    until_unix_ms,
+                    from: shared.replica().to_owned(),
+                };
+                if until > now && until != s.remote_until() && until != last {
+                    shared.publish(verdict(unix + (until - now) / 1000));
+                    told.insert(key, until);
+                } else if last != 0 && until == 0 {
+                    shared.publish(verdict(0));
+                    told.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// Applies the other replicas' verdicts to this one's upstreams (same chain id and name).
+fn verdict_sink(inner: std::sync::Weak<Inner>) -> crate::shared::VerdictSink {
+    Arc::new(move |v: crate::shared::Verdict| {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let pool = inner.pool.load();
+        let found = pool
+            .chains
+            .iter()
+            .filter(|c| c.chain_id == v.chain_id)
+            .flat_map(|c| c.upstreams.iter().map(move |u| (c, u)))
+            .find(|(_, u)| *u.name == *v.upstream);
+        let Some((chain, up)) = found else {
+            return;
+        };
+        if v.until_unix_ms == 0 {
+            up.state.remote_recovered();
+            tracing::info!(chain = &*chain.name, upstream = &*up.name, replica = %v.from,
+                "another replica saw the upstream recover");
+            return;
+        }
+        let left = v
+            .until_unix_ms
+            .saturating_sub(unix_ms())
+            .min(REMOTE_COOLDOWN_MAX_MS);
+        if left > 0 {
+            let now = crate::state::upstream::now_us();
+            up.state.remote_eject(now + left * 1000);
+            tracing::info!(chain = &*chain.name, upstream = &*up.name, replica = %v.from, cooldown_ms = left,
+                "another replica ejected the upstream: cooling it down here too");
+        }
+    })
+}
+
 /// Counts a JSON-RPC request in flight until dropped.
 struct RequestSlot<'a>(&'a std::sync::atomic::AtomicUsize);
 
@@ -204,6 +325,9 @@ impl Detour {
         let tls = crate::config::tls::upstream_config(config.client.ca_file.as_deref())
             .map_err(|(at, why)| ConfigError::one(at, why))?;
         let forwarder = Forwarder::new(&config.client, resolver, tls);
+        let shared = crate::shared::Shared::new(&config.shared)
+            .map_err(|why| ConfigError::one("shared.redis_url", why))?;
+        let shared = Arc::new(arc_swap::ArcSwapOption::new(shared));
         let pool = Arc::new(ArcSwap::from_pointee(Pool::new(config, None)?));
         let detour = Detour {
             inner: Arc::new_cyclic(|weak| {
@@ -218,9 +342,14 @@ impl Detour {
                 let caches = Arc::new(crate::cache::Caches::default());
                 caches.update(&pool.load());
                 let cache_metrics = crate::cache::metrics::CacheMetrics(Arc::downgrade(&caches));
+                let shared_metrics = crate::shared::metrics::SharedMetrics(Arc::downgrade(&shared));
                 let metrics = Metrics::new(
                     Arc::downgrade(&pool),
-                    vec![Box::new(follow), Box::new(cache_metrics)],
+                    vec![
+                        Box::new(follow),
+                        Box::new(cache_metrics),
+                        Box::new(shared_metrics),
+                    ],
                 );
                 Inner {
                     pool,
@@ -235,6 +364,8 @@ impl Detour {
                     websockets,
                     notifications,
                     closing: tokio::sync::watch::Sender::new(false),
+                    shared,
+                    sharing_verdicts: AtomicBool::new(false),
                 }
             }),
         };
@@ -253,6 +384,21 @@ impl Detour {
         }
         let weak = Arc::downgrade(&self.inner.pool);
         tokio::spawn(crate::ops::health::run(weak, self.inner.forwarder.clone()));
+        if let Some(shared) = self.inner.shared.load_full() {
+            self.start_sharing(&shared);
+        }
+    }
+
+    /// Connects to Redis and starts telling and hearing upstream verdicts (in a runtime).
+    fn start_sharing(&self, shared: &Arc<crate::shared::Shared>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        shared.start();
+        shared.subscribe(verdict_sink(Arc::downgrade(&self.inner)));
+        if !self.inner.sharing_verdicts.swap(true, Relaxed) {
+            tokio::spawn(share_verdicts(Arc::downgrade(&self.inner)));
+        }
     }
 
     /// The filters and subscriptions' registry.
@@ -387,6 +533,9 @@ impl Detour {
             status["last_reload"] = last;
         }
         status["draining"] = self.inner.draining.load(Relaxed).into();
+        if let Some(shared) = self.inner.shared.load_full() {
+            status["shared"] = shared.status();
+        }
         status
     }
 
@@ -419,6 +568,16 @@ impl Detour {
             up.state.set_cordoned(false);
         }
         self.inner.caches.update(&next);
+        if next.config.shared != current.config.shared {
+            // Validated with the rest: a URL that does not parse was refused above.
+            let shared = crate::shared::Shared::new(&next.config.shared)
+                .ok()
+                .flatten();
+            self.inner.shared.store(shared.clone());
+            if let Some(s) = &shared {
+                self.start_sharing(s);
+            }
+        }
         self.inner.pool.store(Arc::new(next));
         if !restart_needed.is_empty() {
             tracing::warn!(settings = ?restart_needed, "these settings changed but apply only after a restart");
@@ -726,7 +885,11 @@ impl Detour {
         deadline: Instant,
         served: &mut Served,
     ) -> PerCall<CallResult> {
-        if !calls.iter().any(|c| c.method == "eth_getLogs") {
+        let shared = match pool.config.shared.redis_url.is_some() {
+            true => self.inner.shared.load_full(),
+            false => None,
+        };
+        if shared.is_none() && !calls.iter().any(|c| c.method == "eth_getLogs") {
             return self
                 .answer_each(pool, chain, calls, now, deadline, served)
                 .await;
@@ -734,8 +897,15 @@ impl Detour {
         let mut got = self
             .answer_each(pool, chain, calls, now, deadline, served)
             .await;
-        self.narrow_rejected_logs(pool, chain, calls, &mut got, now, deadline)
-            .await;
+        if calls.iter().any(|c| c.method == "eth_getLogs") {
+            self.narrow_rejected_logs(pool, chain, calls, &mut got, now, deadline)
+                .await;
+        }
+        if let Some(shared) = &shared {
+            if calls.iter().any(|c| c.method == "eth_blockNumber") {
+                share_block_number(shared, chain, calls, &mut got).await;
+            }
+        }
         got
     }
 

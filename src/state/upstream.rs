@@ -374,6 +374,9 @@ pub struct LiveState {
     /// Whether it keeps old state, as learned from its answers: [`ARCHIVE_UNKNOWN`],
     /// [`ARCHIVE_YES`] or [`ARCHIVE_NO`].
     archive: AtomicU8,
+    /// The cool-down another replica's verdict set (µs; 0: none), told apart from this
+    /// replica's own.
+    remote_until: AtomicU64,
 }
 
 /// Not known whether the upstream keeps old state.
@@ -419,11 +422,35 @@ impl Default for LiveState {
             idle: Default::default(),
             quota: Default::default(),
             archive: AtomicU8::new(ARCHIVE_UNKNOWN),
+            remote_until: AtomicU64::new(0),
         }
     }
 }
 
 impl LiveState {
+    /// Another replica ejected it until `until` (µs): cool it down here too (a longer
+    /// cool-down of this replica's own stands).
+    pub fn remote_eject(&self, until: u64) {
+        self.remote_until.store(until, Relaxed);
+        self.cooldown_until.fetch_max(until, Relaxed);
+        // Only good probes from now on bring it back here early.
+        self.probe_successes.store(0, Relaxed);
+    }
+
+    /// Another replica saw it recover: a cool-down that came from a verdict of another
+    /// replica ends (this replica's own stands until its own probes or answers lift it).
+    pub fn remote_recovered(&self) {
+        let r = self.remote_until.swap(0, Relaxed);
+        if r != 0 {
+            let _ = self.cooldown_until.compare_exchange(r, 0, Relaxed, Relaxed);
+        }
+    }
+
+    /// The cool-down end another replica's verdict set (µs; 0: none).
+    pub fn remote_until(&self) -> u64 {
+        self.remote_until.load(Relaxed)
+    }
+
     /// Whether it keeps old state, as learned ([`ARCHIVE_UNKNOWN`], …).
     pub fn archive_seen(&self) -> u8 {
         self.archive.load(Relaxed)

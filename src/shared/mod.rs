@@ -1,0 +1,429 @@
+//! State shared by detour replicas through Redis (`[shared] redis_url`), or a compatible
+//! server such as Valkey. Optional: without it nothing here runs and nothing changes.
+//!
+//! Shared now: the highest `eth_blockNumber` answered per chain, so a client moved between
+//! replicas never sees the head go back (see [`Shared::raise_block`]); and upstream verdicts:
+//! an upstream one replica ejected (refused connections, a 429 with its `Retry-After`,
+//! rejected credentials) is cooled down by the others too, and its recovery lifts that
+//! (see [`Verdict`]). Each replica still probes on its own; latency estimates are not shared.
+//!
+//! It fails open and never stalls a request: every operation on the request path has
+//! `op_timeout` (5 ms by default), and while Redis is unreachable (an error, or three
+//! operations in a row past their time) none is attempted at all: requests are served with the
+//! replica's own state, as without Redis, while a background check pings Redis every
+//! [`RECHECK`] and brings sharing back when it answers. Each transition is logged once, and
+//! shown in `/status` and the metrics. The URL's password is a secret like upstream keys: it
+//! is never logged, shown or part of an error.
+
+pub mod metrics;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::SharedConfig;
+
+/// How often an unreachable Redis is asked again.
+pub const RECHECK: Duration = Duration::from_millis(500);
+/// Operations in a row past their time that count as Redis being unreachable.
+const SLOW_IN_A_ROW: u32 = 3;
+
+/// Raises the shared highest block to ARGV[1] if higher (refreshing its expiry), and returns
+/// the highest: one round trip, atomic on the server.
+const RAISE: &str = r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local n = tonumber(ARGV[1])
+if n > cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', 86400)
+  return n
+end
+return cur
+";
+
+/// An upstream verdict, as replicas tell each other (JSON on the `<prefix>:verdicts` channel).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Verdict {
+    /// The chain's id.
+    pub chain_id: u64,
+    /// The upstream's configured name.
+    pub upstream: String,
+    /// Ejected until this time (Unix ms); 0: it recovered.
+    pub until_unix_ms: u64,
+    /// The replica that reached it.
+    pub from: String,
+}
+
+/// What a replica does with the verdicts of the others.
+pub type VerdictSink = Arc<dyn Fn(Verdict) + Send + Sync>;
+
+/// The connection to Redis and what this replica knows of it.
+pub struct Shared {
+    prefix: String,
+    /// This replica's id in verdicts (random per process).
+    replica: String,
+    client: redis::Client,
+    op_timeout: Duration,
+    /// The URL with its password masked.
+    display: String,
+    /// Texts never to show (the password, the user name).
+    secrets: Vec<String>,
+    /// Made by [`Shared::start`] (it needs a Tokio runtime); it reconnects by itself.
+    conn: std::sync::OnceLock<ConnectionManager>,
+    response_timeout: Duration,
+    raise: redis::Script,
+    /// Redis answered lately: operations are attempted.
+    up: AtomicBool,
+    /// A background check is running.
+    checking: AtomicBool,
+    /// Operations in a row that ran out of time.
+    slow: AtomicU32,
+    ops: AtomicU64,
+    errors: AtomicU64,
+    timeouts: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("redis", &self.display)
+            .field("prefix", &self.prefix)
+            .field("up", &self.up.load(Relaxed))
+            .finish()
+    }
+}
+
+impl Shared {
+    /// The connection for `config`, when it names a Redis (`None`: nothing is shared). Made
+    /// without connecting, outside a runtime too; [`Shared::start`] connects.
+    pub fn new(config: &SharedConfig) -> Result<Option<Arc<Shared>>, String> {
+        let Some(url) = config.redis_url.as_deref() else {
+            return Ok(None);
+        };
+        let (display, secrets) = redact_url(url);
+        let client = redis::Client::open(url).map_err(|e| {
+            format!(
+                "shared.redis_url {display}: {}",
+                scrub(&e.to_string(), &secrets)
+            )
+        })?;
+        Ok(Some(Arc::new(Shared {
+            prefix: config.prefix.clone(),
+            replica: format!("{:016x}", fastrand::u64(..)),
+            client,
+            op_timeout: config.op_timeout,
+            display,
+            secrets,
+            conn: std::sync::OnceLock::new(),
+            response_timeout: config.op_timeout.max(Duration::from_millis(100)),
+            raise: redis::Script::new(RAISE),
+            up: AtomicBool::new(false),
+            checking: AtomicBool::new(false),
+            slow: AtomicU32::new(0),
+            ops: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        })))
+    }
+
+    /// Connects in the background (inside a Tokio runtime).
+    pub fn start(self: &Arc<Self>) {
+        if self.conn.get().is_none() {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_response_timeout(Some(self.response_timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(RECHECK);
+            match ConnectionManager::new_lazy_with_config(self.client.clone(), config) {
+                Ok(conn) => {
+                    let _ = self.conn.set(conn);
+                }
+                Err(e) => {
+                    let why = scrub(&e.to_string(), &self.secrets);
+                    tracing::warn!(redis = %self.display, reason = %why, "shared state unavailable");
+                    *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                    return;
+                }
+            }
+        }
+        self.recheck();
+    }
+
+    /// The connection, once [`Shared::start`] made it.
+    fn conn(&self) -> Option<ConnectionManager> {
+        self.conn.get().cloned()
+    }
+
+    /// Whether Redis answers: operations are attempted.
+    pub fn available(&self) -> bool {
+        self.up.load(Relaxed)
+    }
+
+    /// The URL as shown (password masked).
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// Raises the highest `eth_blockNumber` answered on chain `chain_id` by any replica to `n`,
+    /// and returns that highest, or `None` when Redis is unavailable or too slow (the caller
+    /// answers from its own state).
+    pub async fn raise_block(self: &Arc<Self>, chain_id: u64, n: u64) -> Option<u64> {
+        let key = format!("{}:chain:{chain_id}:block", self.prefix);
+        let mut conn = self.conn()?;
+        let mut call = self.raise.key(key);
+        call.arg(n);
+        self.op(call.invoke_async::<u64>(&mut conn)).await
+    }
+
+    /// This replica's id in verdicts.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    fn verdicts_channel(&self) -> String {
+        format!("{}:verdicts", self.prefix)
+    }
+
+    /// Tells the other replicas of a verdict, in the background (nothing when Redis is
+    /// unavailable: each replica still finds out by itself).
+    pub fn publish(self: &Arc<Self>, verdict: Verdict) {
+        if !self.up.load(Relaxed) {
+            return;
+        }
+        let Ok(text) = serde_json::to_string(&verdict) else {
+            return;
+        };
+        let Some(mut conn) = self.conn() else {
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let channel = me.verdicts_channel();
+            let _ = me
+                .op(redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(text)
+                    .query_async::<i64>(&mut conn))
+                .await;
+        });
+    }
+
+    /// Hands every verdict another replica publishes to `sink`, for as long as this lives:
+    /// a subscription of its own, made again whenever it breaks.
+    pub fn subscribe(self: &Arc<Self>, sink: VerdictSink) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            loop {
+                let Some(me) = weak.upgrade() else {
+                    return;
+                };
+                let (client, channel) = (me.client.clone(), me.verdicts_channel());
+                let replica = me.replica.clone();
+                drop(me);
+                let subscribed = tokio::time::timeout(Duration::from_secs(1), async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    Ok::<_, redis::RedisError>(pubsub)
+                })
+                .await;
+                if let Ok(Ok(pubsub)) = subscribed {
+                    let mut messages = pubsub.into_on_message();
+                    while let Some(msg) = messages.next().await {
+                        if weak.strong_count() == 0 {
+                            return;
+                        }
+                        let Ok(v) = serde_json::from_slice::<Verdict>(msg.get_payload_bytes())
+                        else {
+                            continue;
+                        };
+                        if v.from != replica {
+                            sink(v);
+                        }
+                    }
+                }
+                tokio::time::sleep(RECHECK).await;
+            }
+        });
+    }
+
+    /// Runs one operation within `op_timeout`, unless Redis is known to be unavailable.
+    async fn op<T>(
+        self: &Arc<Self>,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        if !self.up.load(Relaxed) {
+            self.recheck();
+            return None;
+        }
+        self.ops.fetch_add(1, Relaxed);
+        match tokio::time::timeout(self.op_timeout, fut).await {
+            Ok(Ok(v)) => {
+                if self.slow.load(Relaxed) != 0 {
+                    self.slow.store(0, Relaxed);
+                }
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                self.errors.fetch_add(1, Relaxed);
+                self.went_down(&e.to_string());
+                None
+            }
+            Err(_) => {
+                self.timeouts.fetch_add(1, Relaxed);
+                if self.slow.fetch_add(1, Relaxed) + 1 >= SLOW_IN_A_ROW {
+                    self.went_down(&format!(
+                        "{SLOW_IN_A_ROW} operations in a row took over {:?}",
+                        self.op_timeout
+                    ));
+                }
+                None
+            }
+        }
+    }
+
+    fn went_down(self: &Arc<Self>, why: &str) {
+        let why = scrub(why, &self.secrets);
+        if self.up.swap(false, Relaxed) {
+            tracing::warn!(redis = %self.display, reason = %why,
+                "shared state unavailable: serving with this replica's own state until Redis answers again");
+        }
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        self.recheck();
+    }
+
+    /// Starts the background check that pings Redis until it answers (one at a time).
+    fn recheck(self: &Arc<Self>) {
+        if self.checking.swap(true, Relaxed) {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            self.checking.store(false, Relaxed);
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(check(weak));
+    }
+
+    /// What `/status` shows.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "redis": self.display,
+            "prefix": self.prefix,
+            "replica": self.replica,
+            "state": if self.up.load(Relaxed) { "up" } else { "down" },
+            "op_timeout_ms": self.op_timeout.as_secs_f64() * 1000.0,
+            "operations": self.ops.load(Relaxed),
+            "errors": self.errors.load(Relaxed),
+            "timeouts": self.timeouts.load(Relaxed),
+            "last_error": self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        })
+    }
+}
+
+/// Pings Redis every [`RECHECK`] until it answers, then marks it up (logged once).
+async fn check(shared: Weak<Shared>) {
+    let mut first = true;
+    loop {
+        let Some(s) = shared.upgrade() else {
+            return;
+        };
+        let Some(mut conn) = s.conn() else {
+            s.checking.store(false, Relaxed);
+            return;
+        };
+        let pinged = tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await;
+        match pinged {
+            Ok(Ok(_)) => {
+                s.slow.store(0, Relaxed);
+                s.checking.store(false, Relaxed);
+                if !s.up.swap(true, Relaxed) {
+                    tracing::info!(redis = %s.display, "shared state available: Redis answers");
+                }
+                return;
+            }
+            Ok(Err(e)) => {
+                let why = scrub(&e.to_string(), &s.secrets);
+                if first && s.last_error.lock().map(|l| l.is_none()).unwrap_or(true) {
+                    tracing::warn!(redis = %s.display, reason = %why,
+                        "shared state unavailable: serving with this replica's own state until Redis answers");
+                }
+                *s.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            }
+            Err(_) => {
+                *s.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some("no answer to PING within 1 s".into());
+            }
+        }
+        first = false;
+        drop(s);
+        tokio::time::sleep(RECHECK).await;
+    }
+}
+
+/// The URL with its password masked, and the texts to keep out of messages.
+fn redact_url(url: &str) -> (String, Vec<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return ("(unparsable URL)".into(), vec![url.to_owned()]);
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let (user, password) = userinfo.split_once(':').unwrap_or(("", userinfo));
+            let mut secrets = vec![];
+            if !password.is_empty() {
+                secrets.push(password.to_owned());
+            }
+            let shown = if user.is_empty() {
+                format!("{scheme}://***@{host}{path}")
+            } else {
+                format!("{scheme}://{user}:***@{host}{path}")
+            };
+            (shown, secrets)
+        }
+        None => (url.to_owned(), vec![]),
+    }
+}
+
+/// `text` with every secret replaced by `***`.
+fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_owned();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        out = out.replace(s.as_str(), "***");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked() {
+        let (shown, secrets) = redact_url("redis://app:s3cret@10.0.0.5:6380/2");
+        assert_eq!(shown, "redis://app:***@10.0.0.5:6380/2");
+        assert_eq!(secrets, vec!["s3cret".to_string()]);
+        let (shown, secrets) = redact_url("rediss://:pw@cache.internal");
+        assert_eq!(shown, "rediss://***@cache.internal");
+        assert_eq!(secrets, vec!["pw".to_string()]);
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379").0,
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            scrub("auth failed for s3cret", &["s3cret".into()]),
+            "auth failed for ***"
+        );
+    }
+}
