@@ -325,3 +325,25 @@ async fn an_upstream_one_replica_ejects_is_avoided_by_the_others() {
         r.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_reset_is_not_held_up_by_the_old_highest_block() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let (old, fresh) = (Mock::start("old").await, Mock::start("fresh").await);
+    set_head(&old, 50_000);
+    set_head(&fresh, 12);
+    let first = replica(&redis.url(), &old).await;
+    shared_up(&first).await;
+    assert_eq!(block_number(&first).await, 50_000);
+    first.stop().await;
+    // The dev chain was restarted: a new replica on it answers its own head, far below the
+    // one Redis holds, and from then on that is the shared one.
+    let second = replica(&redis.url(), &fresh).await;
+    shared_up(&second).await;
+    assert_eq!(block_number(&second).await, 12);
+    set_head(&fresh, 13);
+    assert_eq!(block_number(&second).await, 13);
+    second.stop().await;
+}

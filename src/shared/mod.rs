@@ -32,16 +32,21 @@ pub const RECHECK: Duration = Duration::from_millis(500);
 const SLOW_IN_A_ROW: u32 = 3;
 
 /// Raises the shared highest block to ARGV[1] if higher (refreshing its expiry), and returns
-/// the highest: one round trip, atomic on the server.
+/// the highest: one round trip, atomic on the server. A stored block more than ARGV[2] above
+/// the answer is from before a chain reset (a dev chain restarted): the answer replaces it.
 const RAISE: &str = r"
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local n = tonumber(ARGV[1])
-if n > cur then
+if n > cur or cur > n + tonumber(ARGV[2]) then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', 86400)
   return n
 end
 return cur
 ";
+
+/// How far the shared highest block may be above a replica's answer before it counts as
+/// left from a chain reset rather than a replica ahead.
+pub const RESET_GAP: u64 = 1024;
 
 /// An upstream verdict, as replicas tell each other (JSON on the `<prefix>:verdicts` channel).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -175,7 +180,7 @@ impl Shared {
         let key = format!("{}:chain:{chain_id}:block", self.prefix);
         let mut conn = self.conn()?;
         let mut call = self.raise.key(key);
-        call.arg(n);
+        call.arg(n).arg(RESET_GAP);
         self.op(call.invoke_async::<u64>(&mut conn)).await
     }
 
