@@ -245,13 +245,8 @@ impl<'a> Ctx<'a> {
 
 /// Whether an error object says the range was too wide or the answer too large.
 fn rejected(error: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Error<'a> {
-        #[serde(borrow, default)]
-        message: std::borrow::Cow<'a, str>,
-    }
-    serde_json::from_slice::<Error<'_>>(error)
-        .is_ok_and(|e| crate::rpc::classify::range_rejected(&e.message))
+    let e = crate::rpc::error::RpcError::from_object(error);
+    crate::rpc::classify::range_rejected(&e.message)
 }
 
 #[cfg(test)]

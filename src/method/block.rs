@@ -63,24 +63,17 @@ pub fn archive_need(call: &Call<'_>, head: Option<u64>, depth: u64) -> Archive {
     if !reads_state(&call.method) {
         return Archive::Recent;
     }
-    let tag_text = block_param(&call.method).and_then(|pos| {
-        let params = call.params?;
-        match jsonscan::element(params.get(), pos) {
-            Some(tag) => tag.map(str::to_owned),
-            None => serde_json::from_str::<Vec<&RawValue>>(params.get())
-                .ok()?
-                .get(pos)
-                .map(|t| t.get().to_owned()),
-        }
-    });
-    let Some(text) = tag_text else {
-        return match block_param(&call.method) {
-            // A trace of a transaction or call by hash: its age is not known.
-            None if !call.method.starts_with("eth_") => Archive::Old,
-            _ => Archive::Recent,
+    let Some(pos) = block_param(&call.method) else {
+        // A trace of a transaction or call by hash: its age is not known.
+        return match call.method.starts_with("eth_") {
+            true => Archive::Recent,
+            false => Archive::Old,
         };
     };
-    match tag(&text) {
+    let Some(text) = call.params.and_then(|p| param_at(p.get(), pos).flatten()) else {
+        return Archive::Recent;
+    };
+    match tag(text) {
         Tag::Number(n) => match head {
             Some(h) if h.saturating_sub(n) > depth => Archive::Old,
             _ => Archive::Recent,
@@ -131,17 +124,21 @@ pub fn need(call: &Call<'_>) -> Need {
     let Some(params) = call.params else {
         return LATEST;
     };
-    let tag = match jsonscan::element(params.get(), pos) {
-        Some(tag) => tag,
+    match param_at(params.get(), pos) {
+        Some(Some(tag)) => tag_need(tag),
+        _ => LATEST,
+    }
+}
+
+/// The JSON text of element `pos` of a params array: `Some(None)` when the array is shorter,
+/// `None` when the params cannot be read.
+fn param_at(params: &str, pos: usize) -> Option<Option<&str>> {
+    match jsonscan::element(params, pos) {
+        Some(tag) => Some(tag),
         // Params the scanner gives up on (an escaped key, say): serde_json reads them.
-        None => match serde_json::from_str::<Vec<&RawValue>>(params.get()) {
-            Ok(list) => list.get(pos).map(|t| t.get()),
-            Err(_) => return LATEST,
-        },
-    };
-    match tag {
-        Some(tag) => tag_need(tag),
-        None => LATEST,
+        None => serde_json::from_str::<Vec<&RawValue>>(params)
+            .ok()
+            .map(|list| list.get(pos).map(|t| t.get())),
     }
 }
 
