@@ -89,10 +89,15 @@ impl Drop for Redis {
 
 /// A replica whose one upstream answers `eth_blockNumber` with `head`.
 async fn replica(redis_url: &str, upstream: &Mock) -> Proxy {
+    replica_with(redis_url, upstream, "[cache]\nenabled = false\n", "").await
+}
+
+/// A replica with `top` (tables above the chains) and `chain` (the chain's own settings).
+async fn replica_with(redis_url: &str, upstream: &Mock, top: &str, chain: &str) -> Proxy {
     let toml = format!(
-        "[shared]\nredis_url = \"{redis_url}\"\nprefix = \"t{}\"\n[cache]\nenabled = false\n{}",
+        "[shared]\nredis_url = \"{redis_url}\"\nprefix = \"t{}\"\n{top}{}",
         std::process::id(),
-        chain_config("", &[("node", &upstream.url(), "")])
+        chain_config(chain, &[("node", &upstream.url(), "")])
     );
     Proxy::start(&toml).await
 }
@@ -346,4 +351,70 @@ async fn a_chain_reset_is_not_held_up_by_the_old_highest_block() {
     set_head(&fresh, 13);
     assert_eq!(block_number(&second).await, 13);
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_across_three_replicas() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let node = Mock::start("node").await;
+    set_head(&node, 100);
+    // 20 requests per second, 10 at once: per client, across the cluster.
+    let limit = "[server.rate_limit]\nper_second = 20\nburst = 10\n[cache]\nenabled = false\n";
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let r = replica_with(&redis.url(), &node, limit, "").await;
+        shared_up(&r).await;
+        replicas.push(r);
+    }
+    // Three clients from the same address alternate between the replicas for 2 s, as fast
+    // as they can: each replica alone would admit 10 + 20/s, 150 in all.
+    let urls: Vec<String> = replicas.iter().map(|r| r.url("/mainnet")).collect();
+    let started = Instant::now();
+    let until = started + Duration::from_millis(2000);
+    let mut clients = Vec::new();
+    for c in 0..3 {
+        let urls = urls.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut limited, mut i) = (0u32, 0u32, c);
+            while Instant::now() < until {
+                let body = r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}"#;
+                let (status, _, text) =
+                    support::http_request("POST", &urls[i % urls.len()], body).await;
+                match status {
+                    200 => ok += 1,
+                    429 => limited += 1,
+                    _ => panic!("{status}: {text}"),
+                }
+                i += 1;
+            }
+            (ok, limited)
+        }));
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for c in clients {
+        let (o, l) = c.await.unwrap();
+        ok += o;
+        limited += l;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let allowed = 10.0 + 20.0 * secs;
+    assert!(limited > 0, "nothing was limited ({ok} admitted)");
+    assert!(
+        f64::from(ok) <= allowed + 3.0,
+        "{ok} admitted in {secs:.2} s across three replicas; the cluster's limit is {allowed:.0}"
+    );
+    assert!(
+        f64::from(ok) >= 0.6 * allowed,
+        "only {ok} admitted in {secs:.2} s of {allowed:.0} allowed ({limited} limited)"
+    );
+    // Every replica took part in both.
+    for r in &replicas {
+        let m = r.detour.metrics();
+        assert!(m.contains("detour_shared_operations_total"), "{m}");
+    }
+    for r in replicas {
+        r.stop().await;
+    }
 }

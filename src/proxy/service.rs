@@ -451,7 +451,8 @@ impl Detour {
         };
         if let Some(limits) = &pool.rate_limits {
             let who = access::client_id(client.key.as_deref(), client.peer.map(|p| p.ip()));
-            if let Err(wait) = limits.check(&who) {
+            let shared = self.inner.shared.load_full();
+            if let Err(wait) = limits.admit(&who, shared.as_ref()).await {
                 let data = format!(
                     "{{\"retry_after_seconds\":{}}}",
                     super::response::retry_after_secs(wait)
@@ -1679,7 +1680,9 @@ impl Detour {
             Err(()) => {
                 // Failed attempts count against the address too: no unlimited key guessing.
                 if let (Some(limits), Some(addr)) = (&pool.rate_limits, peer) {
-                    if let Err(wait) = limits.check(&format!("ip:{}", addr.ip())) {
+                    let shared = self.inner.shared.load_full();
+                    let who = format!("ip:{}", addr.ip());
+                    if let Err(wait) = limits.admit(&who, shared.as_ref()).await {
                         return rate_limited(wait).into();
                     }
                 }
@@ -1688,7 +1691,8 @@ impl Detour {
         };
         if let Some(limits) = &pool.rate_limits {
             let who = access::client_id(client.as_deref(), peer.map(|p| p.ip()));
-            if let Err(wait) = limits.check(&who) {
+            let shared = self.inner.shared.load_full();
+            if let Err(wait) = limits.admit(&who, shared.as_ref()).await {
                 return rate_limited(wait).into();
             }
         }

@@ -44,6 +44,29 @@ end
 return cur
 ";
 
+/// One GCRA step for a client's shared rate limit, taking up to ARGV[3] requests at once.
+/// KEYS[1] holds the theoretical arrival time (µs, the server's clock: replicas' clocks never
+/// matter); ARGV[1] is the emission interval (µs per request), ARGV[2] the burst. Returns
+/// `{granted, wait_us}`: `granted` requests were taken (at most the room left), or none, and
+/// then `wait_us` until one can be.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local step = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local room = math.floor((now + burst * step - tat) / step)
+if room <= 0 then
+  return {0, tat + step - burst * step - now}
+end
+local granted = math.min(want, room)
+tat = tat + granted * step
+redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+return {granted, 0}
+";
+
 /// How far the shared highest block may be above a replica's answer before it counts as
 /// left from a chain reset rather than a replica ahead.
 pub const RESET_GAP: u64 = 1024;
@@ -79,6 +102,7 @@ pub struct Shared {
     conn: std::sync::OnceLock<ConnectionManager>,
     response_timeout: Duration,
     raise: redis::Script,
+    gcra: redis::Script,
     /// Redis answered lately: operations are attempted.
     up: AtomicBool,
     /// A background check is running.
@@ -125,6 +149,7 @@ impl Shared {
             conn: std::sync::OnceLock::new(),
             response_timeout: config.op_timeout.max(Duration::from_millis(100)),
             raise: redis::Script::new(RAISE),
+            gcra: redis::Script::new(GCRA),
             up: AtomicBool::new(false),
             checking: AtomicBool::new(false),
             slow: AtomicU32::new(0),
@@ -182,6 +207,29 @@ impl Shared {
         let mut call = self.raise.key(key);
         call.arg(n).arg(RESET_GAP);
         self.op(call.invoke_async::<u64>(&mut conn)).await
+    }
+
+    /// Takes up to `want` requests from `client`'s cluster-wide budget of `per_second` with
+    /// `burst` (an atomic GCRA step on the server): `Ok(n)`, `n` ≥ 1 taken, or `Err(wait)` until
+    /// one can be. `None` when Redis is unavailable or too slow (the replica's own limit
+    /// stands).
+    pub async fn take_requests(
+        self: &Arc<Self>,
+        client: &str,
+        per_second: u32,
+        burst: u32,
+        want: u32,
+    ) -> Option<Result<u32, Duration>> {
+        let mut conn = self.conn()?;
+        let step = 1_000_000u64.div_ceil(u64::from(per_second.max(1)));
+        let mut call = self.gcra.key(format!("{}:ratelimit:{client}", self.prefix));
+        call.arg(step).arg(burst.max(1)).arg(want.max(1));
+        let (granted, wait_us) = self.op(call.invoke_async::<(u32, u64)>(&mut conn)).await?;
+        Some(if granted > 0 {
+            Ok(granted)
+        } else {
+            Err(Duration::from_micros(wait_us.max(1)))
+        })
     }
 
     /// This replica's id in verdicts.
