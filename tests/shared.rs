@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::chain::{sim_config, SimChain, SimUpstream};
 use support::{chain_config, Mock, Proxy, Reply};
 
 /// A `redis-server` on a free loopback port, killed when dropped.
@@ -73,6 +74,33 @@ impl Redis {
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The keys matching `pattern` (one `KEYS` command, read as RESP).
+    async fn keys(&self, pattern: &str) -> Vec<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let cmd = format!("*2\r\n$4\r\nKEYS\r\n${}\r\n{pattern}\r\n", pattern.len());
+        s.write_all(cmd.as_bytes()).await.unwrap();
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        // The whole answer: `*n` then `n` pairs of `$len` and the key.
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            let lines: Vec<&str> = text.split("\r\n").collect();
+            let want: usize = lines[0].trim_start_matches('*').parse().unwrap_or(0);
+            if n == 0 || lines.len() > 2 * want + 1 {
+                return lines
+                    .iter()
+                    .skip(1)
+                    .filter(|l| !l.starts_with('$') && !l.is_empty())
+                    .map(|l| l.to_string())
+                    .collect();
+            }
+        }
     }
 
     fn kill(&mut self) {
@@ -415,6 +443,100 @@ async fn a_rate_limit_holds_across_three_replicas() {
         assert!(m.contains("detour_shared_operations_total"), "{m}");
     }
     for r in replicas {
+        r.stop().await;
+    }
+}
+
+/// A replica of the simulated chain through its own upstream, with the cache on.
+async fn cached_replica(redis_url: &str, up: &SimUpstream) -> Proxy {
+    let shared = format!(
+        "[shared]\nredis_url = \"{redis_url}\"\nprefix = \"c{}\"\n",
+        std::process::id()
+    );
+    let r = Proxy::start(&sim_config(&shared, &[up])).await;
+    shared_up(&r).await;
+    support::eventually("the chain head is known", || {
+        r.detour.pool().chains[0].state.head().is_some()
+    })
+    .await;
+    r
+}
+
+async fn get_block(proxy: &Proxy, params: &str) -> String {
+    let body =
+        format!(r#"{{"jsonrpc":"2.0","id":7,"method":"eth_getBlockByNumber","params":{params}}}"#);
+    let (status, text) = proxy.post("/mainnet", &body).await;
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+fn asked(up: &SimUpstream, method: &str) -> usize {
+    up.methods().iter().filter(|m| *m == method).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_replica_serves_a_final_block_from_the_shared_cache() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let chain = SimChain::new(200, 1);
+    let ups = [
+        SimUpstream::start(&chain).await,
+        SimUpstream::start(&chain).await,
+        SimUpstream::start(&chain).await,
+    ];
+    let a = cached_replica(&redis.url(), &ups[0]).await;
+    let b = cached_replica(&redis.url(), &ups[1]).await;
+    // Block 10 is final (head 200, finality depth 64); block 190 is not.
+    let (fin, recent) = (r#"["0xa",false]"#, r#"["0xbe",false]"#);
+    // Asked once on each of two replicas: asked twice across the cluster, so shared (a read
+    // asked once, an indexer's scan, is not).
+    let first = get_block(&a, fin).await;
+    let _ = get_block(&b, fin).await;
+    let _ = get_block(&a, recent).await;
+    let _ = get_block(&b, recent).await;
+    let prefix = format!("c{}:cache:1:*", std::process::id());
+    let until = Instant::now() + Duration::from_secs(5);
+    while redis.keys(&prefix).await.is_empty() {
+        assert!(Instant::now() < until, "nothing reached the shared cache");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        redis.keys(&prefix).await.len(),
+        1,
+        "only the final block is shared"
+    );
+    // A replica started now, with an empty cache of its own.
+    let c = cached_replica(&redis.url(), &ups[2]).await;
+    let before = asked(&ups[2], "eth_getBlockByNumber");
+    let cold = get_block(&c, fin).await;
+    assert_eq!(
+        cold, first,
+        "the same answer, byte for byte, with the client's id"
+    );
+    assert_eq!(
+        asked(&ups[2], "eth_getBlockByNumber"),
+        before,
+        "the cold replica's upstream was not asked"
+    );
+    let v: Value = serde_json::from_str(&cold).unwrap();
+    assert_eq!(v["result"]["hash"], chain.hash_at(10));
+    // Now in its own cache too: a second read does not reach Redis's copy again.
+    let _ = get_block(&c, fin).await;
+    assert_eq!(asked(&ups[2], "eth_getBlockByNumber"), before);
+    let status = c.detour.status();
+    assert_eq!(status["chains"][0]["cache"]["shared_hits"], 1, "{status}");
+    assert!(c.detour.metrics().contains(
+        r#"detour_cache_requests_total{chain="mainnet",method="eth_getBlockByNumber",result="shared"} 1"#
+    ));
+    // The recent block is not shared: the cold replica asks its upstream.
+    let _ = get_block(&c, recent).await;
+    assert_eq!(asked(&ups[2], "eth_getBlockByNumber"), before + 1);
+    // Without Redis, the cold replica's next new read simply goes upstream.
+    drop(redis);
+    let _ = get_block(&c, r#"["0xb",false]"#).await;
+    assert_eq!(asked(&ups[2], "eth_getBlockByNumber"), before + 2);
+    for r in [a, b, c] {
         r.stop().await;
     }
 }

@@ -45,13 +45,13 @@ impl Collector for CacheMetrics {
             let s = &cache.stats;
             saved.push((
                 vec![("chain", chain)],
-                s.total(Count::Hit) + s.total(Count::Merged),
+                s.total(Count::Hit) + s.total(Count::Merged) + s.total(Count::Shared),
             ));
         }
         write(
             &mut encoder,
             "cache_requests",
-            "Cacheable client calls by chain, method and result (hit: from the cache; merged: the answer of an identical read in flight; miss: asked upstream; bypass: Cache-Control: no-cache)",
+            "Cacheable client calls by chain, method and result (hit: from the cache; shared: from the cache shared by replicas through Redis; merged: the answer of an identical read in flight; miss: asked upstream; bypass: Cache-Control: no-cache)",
             MetricType::Counter,
             &requests,
         )?;
@@ -79,7 +79,7 @@ impl Collector for CacheMetrics {
         write(
             &mut encoder,
             "cache_upstream_calls_saved",
-            "Client calls answered without an upstream call of their own (cache hits and merged reads), by chain",
+            "Client calls answered without an upstream call of their own (cache hits, shared cache hits and merged reads), by chain",
             MetricType::Counter,
             &saved,
         )?;

@@ -82,6 +82,16 @@ impl<'a> KeyRef<'a> {
         bytes
     }
 
+    /// The key's name in the cache shared by replicas: 128 bits of hash, in hex (the value
+    /// holds the key in full, compared on every read, so a collision is only a miss).
+    fn shared_id(&self) -> String {
+        let mut h = foldhash::fast::FixedState::with_seed(0x7368_6172_6564).build_hasher();
+        h.write(self.method.as_bytes());
+        h.write_u8(0);
+        h.write(self.params.as_bytes());
+        format!("{:016x}{:016x}", self.hash, h.finish())
+    }
+
     fn to_key(&self) -> Key {
         Key {
             hash: self.hash,
@@ -167,7 +177,7 @@ pub struct Stats {
 }
 
 /// The counts kept per method.
-const COUNTS: usize = 6;
+const COUNTS: usize = 7;
 
 /// A count kept per method.
 #[derive(Debug, Clone, Copy)]
@@ -184,6 +194,8 @@ pub enum Count {
     EvictedSize = 4,
     /// Evicted because a reorg replaced its block (or following the chain stopped).
     EvictedReorg = 5,
+    /// Not in this replica's cache; answered from the one shared through Redis.
+    Shared = 6,
 }
 
 impl Count {
@@ -195,6 +207,7 @@ impl Count {
         (Count::Bypass, "bypass"),
         (Count::EvictedSize, "size"),
         (Count::EvictedReorg, "reorg"),
+        (Count::Shared, "shared"),
     ];
 }
 
@@ -209,6 +222,12 @@ impl Stats {
 
     fn add(&self, slot: usize, count: Count) {
         self.by_method[slot][count as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A read counted as `from` turned out to be `to`.
+    fn recount(&self, slot: usize, from: Count, to: Count) {
+        self.by_method[slot][from as usize].fetch_sub(1, Relaxed);
+        self.add(slot, to);
     }
 
     /// The non-zero counts of `count`, as (method label, value).
@@ -276,6 +295,43 @@ struct Marker {
 
 /// Reads in flight, by their key's hash.
 type Flights = HashMap<u64, SmallVec<[Marker; 1]>, PassBuild>;
+
+/// The first bytes of a value in the cache shared by replicas (its format's version).
+const SHARED_MAGIC: &[u8] = b"detour-cache-1\n";
+
+/// A value for the cache shared by replicas: [`SHARED_MAGIC`], the key's length (4 bytes,
+/// little-endian) and the key (method, 0, params), the block hash's length (1 byte) and the
+/// hash (empty where not known), then the result.
+fn encode_shared(key: &KeyRef<'_>, hash: &str, result: &[u8]) -> Vec<u8> {
+    let k = key.bytes::<256>();
+    let hash = if hash.len() <= 255 { hash } else { "" };
+    let mut v =
+        Vec::with_capacity(SHARED_MAGIC.len() + 4 + k.len() + 1 + hash.len() + result.len());
+    v.extend_from_slice(SHARED_MAGIC);
+    v.extend_from_slice(&(k.len() as u32).to_le_bytes());
+    v.extend_from_slice(&k);
+    v.push(hash.len() as u8);
+    v.extend_from_slice(hash.as_bytes());
+    v.extend_from_slice(result);
+    v
+}
+
+/// The key, block hash and result of a shared value; `None` if it is not one.
+fn decode_shared(value: &[u8]) -> Option<(&[u8], &str, &[u8])> {
+    let rest = value.strip_prefix(SHARED_MAGIC)?;
+    let (len, rest) = rest.split_first_chunk::<4>()?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if rest.len() < len + 1 {
+        return None;
+    }
+    let (key, rest) = rest.split_at(len);
+    let (&hlen, rest) = rest.split_first()?;
+    if rest.len() < hlen as usize {
+        return None;
+    }
+    let (hash, result) = rest.split_at(hlen as usize);
+    Some((key, std::str::from_utf8(hash).ok()?, result))
+}
 
 /// Slots of the admission filter (a power of two).
 const SEEN_SLOTS: usize = 1 << 14;
@@ -395,6 +451,19 @@ pub struct Ticket<'a> {
     epoch: u64,
     /// Its marker among the reads in flight, if it has one (not with a bypass).
     flight: Option<u64>,
+    /// Its answer may be final: worth a look in the cache shared by replicas.
+    may_be_final: bool,
+    /// The cache shared by replicas, when its answer is to go there too.
+    share: Option<Share>,
+}
+
+/// Where a final answer is shared.
+struct Share {
+    shared: Arc<crate::shared::Shared>,
+    /// Lookups that missed it there lately (it is shared from the second on).
+    asked: u64,
+    ttl: Duration,
+    max_bytes: u64,
 }
 
 impl Drop for Ticket<'_> {
@@ -407,6 +476,79 @@ impl Drop for Ticket<'_> {
 }
 
 impl Ticket<'_> {
+    /// The name of its answer in the cache shared by replicas, when the answer may be final
+    /// (nothing else is shared).
+    pub fn shared_id(&self) -> Option<String> {
+        self.may_be_final.then(|| self.key.shared_id())
+    }
+
+    /// Its answer goes to the cache shared by replicas too, if final; `asked`: lookups that
+    /// missed it there lately.
+    pub fn share(
+        &mut self,
+        shared: Arc<crate::shared::Shared>,
+        asked: u64,
+        config: &crate::config::SharedConfig,
+    ) {
+        self.share = Some(Share {
+            shared,
+            asked,
+            ttl: config.cache_ttl,
+            max_bytes: config.cache_max_entry_bytes,
+        });
+    }
+
+    /// The answer the cache shared by replicas holds for this read (`value`, as
+    /// [`Ticket::shared_id`] named it), when it is this very read's (its key in full) and
+    /// final here too (at or below this replica's final block, of the block this replica
+    /// has at that height where it knows it): it is cached here and given to the reads
+    /// waiting for it (the ticket is then spent: drop it). `None`: ask upstream.
+    pub fn from_shared(&mut self, value: &[u8], ctx: &Ctx<'_>) -> Option<Bytes> {
+        let (height, result) = self.check_shared(value, ctx)?;
+        let result = Bytes::copy_from_slice(result);
+        if let Some(id) = self.flight.take() {
+            self.cache.land(self.key.hash, id, Some(&result));
+        }
+        let slot = method_slot(self.key.method);
+        self.cache.stats.recount(slot, Count::Miss, Count::Shared);
+        let entry = Entry {
+            result: result.clone(),
+            life: Life::Final,
+            height,
+        };
+        self.cache.store.insert(self.key.to_key(), entry);
+        Some(result)
+    }
+
+    /// The block height and result of a shared value, if it holds here.
+    fn check_shared<'v>(&self, value: &'v [u8], ctx: &Ctx<'_>) -> Option<(u64, &'v [u8])> {
+        let (key, hash, result) = decode_shared(value)?;
+        if !self.key.is(key) || result == b"null" {
+            return None;
+        }
+        let cache = &self.cache;
+        let final_height = cache.final_height(ctx, cache.current_head(ctx))?;
+        let height = match self.rule {
+            Rule::At(n) => n,
+            Rule::BlockAt(_) | Rule::ByHash => {
+                let (number, named) = crate::method::block::named_block(self.key.method, result)?;
+                if !named.eq_ignore_ascii_case(hash)
+                    || matches!(self.rule, Rule::BlockAt(n) if n != number)
+                {
+                    return None;
+                }
+                number
+            }
+            Rule::Never | Rule::Head => return None,
+        };
+        let here = cache.tracker.get().and_then(|t| t.hash_at(height));
+        let same_block = match (&here, hash.is_empty()) {
+            (Some(h), false) => h.eq_ignore_ascii_case(hash),
+            _ => true,
+        };
+        (height <= final_height && same_block).then_some((height, result))
+    }
+
     /// Offers the upstream's answer (`Ok`: a `result`; `Err`: an error, not cached) to the
     /// cache and to the reads waiting for it.
     pub fn complete(mut self, answer: Result<&Bytes, ()>, ctx: &Ctx<'_>) {
@@ -488,6 +630,7 @@ impl ChainCache {
             "entries": entries,
             "hits": s.total(Count::Hit),
             "merged": s.total(Count::Merged),
+            "shared_hits": s.total(Count::Shared),
             "misses": s.total(Count::Miss),
             "evicted_for_room": s.total(Count::EvictedSize),
             "evicted_by_reorgs": s.total(Count::EvictedReorg),
@@ -649,6 +792,11 @@ impl ChainCache {
         if !bypass {
             self.stats.add(slot, Count::Miss);
         }
+        let may_be_final = match rule {
+            Rule::At(_) | Rule::ByHash => true,
+            Rule::BlockAt(n) => self.final_height(ctx, followed).is_some_and(|f| n <= f),
+            Rule::Never | Rule::Head => false,
+        };
         Lookup::Miss(Ticket {
             cache: me,
             key,
@@ -656,6 +804,8 @@ impl ChainCache {
             gen,
             epoch,
             flight,
+            may_be_final,
+            share: None,
         })
     }
 
@@ -694,12 +844,22 @@ impl ChainCache {
 
     /// Caches `result`, if its ticket's rule allows it now.
     fn offer(&self, ticket: &Ticket<'_>, result: &Bytes, ctx: &Ctx<'_>) {
-        if result.as_ref() == b"null" || !self.seen_before(ticket.key.hash) {
+        if result.as_ref() == b"null" {
+            return;
+        }
+        let admitted = self.seen_before(ticket.key.hash);
+        // Shared when final and asked for twice, here or across the replicas.
+        let share = ticket
+            .share
+            .as_ref()
+            .filter(|s| (admitted || s.asked >= 2) && result.len() as u64 <= s.max_bytes);
+        if !admitted && share.is_none() {
             return;
         }
         let followed = self.current_head(ctx);
         let final_height = self.final_height(ctx, followed);
         let is_final = |n: u64| final_height.is_some_and(|f| n <= f);
+        let mut named_hash = None;
         let (life, height) = match ticket.rule {
             Rule::Never => return,
             Rule::Head => match followed {
@@ -721,6 +881,7 @@ impl ChainCache {
                         return;
                     }
                 }
+                named_hash = Some(hash);
                 if is_final(number) {
                     (Life::Final, number)
                 } else {
@@ -739,6 +900,20 @@ impl ChainCache {
                 }
             }
         };
+        if let (Life::Final, Some(share)) = (life, share) {
+            // With the hash of the block it depends on, where known, checked by every reader.
+            let tracked = match named_hash {
+                Some(_) => None,
+                None => self.tracker.get().and_then(|t| t.hash_at(height)),
+            };
+            let hash = named_hash.or(tracked.as_deref()).unwrap_or("");
+            let value = encode_shared(&ticket.key, hash, result);
+            let id = ticket.key.shared_id();
+            share.shared.store(self.chain_id, &id, value, share.ttl);
+        }
+        if !admitted {
+            return;
+        }
         // A copy of its own: the answer may be a slice of a larger buffer, which the cache must
         // not keep alive (its size is what the cache counts).
         let entry = Entry {
@@ -820,5 +995,31 @@ impl Observer for ChainCache {
                     .add(method_slot(key.method()), Count::EvictedReorg);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_values_carry_key_and_hash_and_bad_ones_are_refused() {
+        let params = serde_json::value::RawValue::from_string(r#"["0xa",false]"#.into()).unwrap();
+        let key = KeyRef::new("eth_getBlockByNumber", Some(Raw::from(&*params)));
+        let result = br#"{"number":"0xa","hash":"0xab"}"#;
+        let v = encode_shared(&key, "0xab", result);
+        let (k, hash, r) = decode_shared(&v).unwrap();
+        assert!(key.is(k));
+        assert_eq!((hash, r), ("0xab", &result[..]));
+        // Another key's value is told apart by its key, in full.
+        let other = KeyRef::new("eth_getBlockByNumber", None);
+        assert!(!other.is(k));
+        assert_ne!(key.shared_id(), other.shared_id());
+        assert_eq!(key.shared_id().len(), 32);
+        // Truncated or foreign values are not read.
+        for cut in [0, 5, SHARED_MAGIC.len() + 2, SHARED_MAGIC.len() + 6] {
+            assert!(decode_shared(&v[..cut]).is_none(), "cut at {cut}");
+        }
+        assert!(decode_shared(b"{\"result\":1}").is_none());
     }
 }

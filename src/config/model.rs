@@ -165,6 +165,14 @@ pub struct SharedConfig {
     /// unreachable) the request is served with this replica's own state.
     #[serde(with = "duration")]
     pub op_timeout: Duration,
+    /// Final cached answers go to Redis too, so every replica serves them (with `[cache]`).
+    pub cache: bool,
+    /// How long Redis keeps a shared cached answer.
+    #[serde(with = "duration")]
+    pub cache_ttl: Duration,
+    /// Answers larger than this stay in the replica's own cache only (a large value would
+    /// not come back within `op_timeout`).
+    pub cache_max_entry_bytes: u64,
 }
 
 impl Default for SharedConfig {
@@ -173,6 +181,9 @@ impl Default for SharedConfig {
             redis_url: None,
             prefix: "detour".into(),
             op_timeout: Duration::from_millis(5),
+            cache: true,
+            cache_ttl: Duration::from_secs(86_400),
+            cache_max_entry_bytes: 256 * 1024,
         }
     }
 }

@@ -96,6 +96,9 @@ impl Config {
                 "must be greater than zero".into(),
             );
         }
+        if self.shared.cache_ttl < Duration::from_secs(1) {
+            bad("shared.cache_ttl".into(), "must be at least 1s".into());
+        }
         for m in self.compute_units.keys() {
             if m.is_empty() || m.contains('*') {
                 bad(

@@ -1171,6 +1171,23 @@ impl Detour {
                 remote.remove(k);
             }
         }
+        if !tickets.is_empty() && pool.config.shared.cache {
+            if let Some(shared) = self.shared_now() {
+                // Boxed: only with a Redis, so the usual path's future stays small.
+                tickets = Box::pin(self.answer_shared(
+                    &shared,
+                    pool,
+                    chain,
+                    calls,
+                    tickets,
+                    &mut remote,
+                    &mut answers,
+                    &ctx,
+                    served,
+                ))
+                .await;
+            }
+        }
         if !waiting.is_empty() {
             // Rare: boxed, so the usual path's future stays small.
             return Box::pin(self.answer_merged(
@@ -1197,6 +1214,77 @@ impl Detour {
             answers[i] = Some(a);
         }
         finish(answers)
+    }
+
+    /// Redis, when `[shared]` names one and it answers lately.
+    fn shared_now(&self) -> Option<Arc<crate::shared::Shared>> {
+        self.inner
+            .shared
+            .load()
+            .as_ref()
+            .filter(|s| s.available())
+            .cloned()
+    }
+
+    /// Looks the calls that missed this replica's cache up in the cache shared by replicas
+    /// (only those whose answer may be final; one round trip each, at once, within
+    /// `op_timeout`): those found there are answered (and taken out of `remote`); the
+    /// tickets of the others are returned, to go upstream, marked to share their answer.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    async fn answer_shared<'c>(
+        &self,
+        shared: &Arc<crate::shared::Shared>,
+        pool: &Pool,
+        chain: &Chain,
+        calls: &[&Call<'_>],
+        tickets: smallvec::SmallVec<[(usize, Ticket<'c>); 1]>,
+        remote: &mut Indices,
+        answers: &mut PerCall<Option<CallResult>>,
+        ctx: &CacheCtx<'_>,
+        served: &mut Served,
+    ) -> smallvec::SmallVec<[(usize, Ticket<'c>); 1]> {
+        use crate::shared::Stored;
+        let ids: Vec<Option<String>> = tickets.iter().map(|(_, t)| t.shared_id()).collect();
+        let bypass = served.cache.bypass;
+        let found = futures_util::future::join_all(ids.iter().map(|id| async move {
+            match id {
+                // A fresh answer was asked for: it replaces the shared one.
+                Some(_) if bypass => Some(Stored::Missing(2)),
+                Some(id) => shared.cached(chain.chain_id, id).await,
+                None => None,
+            }
+        }))
+        .await;
+        let mut left = smallvec::SmallVec::new();
+        for ((i, mut ticket), stored) in tickets.into_iter().zip(found) {
+            let asked = match stored {
+                Some(Stored::Found(value)) => match ticket.from_shared(&value, ctx) {
+                    Some(result) => {
+                        let m = &self.inner.metrics;
+                        chain
+                            .metrics
+                            .call(m, &chain.name, &calls[i].method, Outcome::Ok);
+                        served.cache.hits += 1;
+                        served.cache.misses -= 1;
+                        answers[i] = Some(CallResult::Result(result));
+                        if let Some(k) = remote.iter().position(|&r| r == i) {
+                            remote.remove(k);
+                        }
+                        continue;
+                    }
+                    // Not good here (another block at that height): replaced by ours.
+                    None => 2,
+                },
+                Some(Stored::Missing(asked)) => asked,
+                None => 0,
+            };
+            if asked > 0 {
+                ticket.share(shared.clone(), asked, &pool.config.shared);
+            }
+            left.push((i, ticket));
+        }
+        left
     }
 
     /// [`Detour::answer_cached`] when some calls wait for identical reads in flight: those

@@ -67,6 +67,30 @@ redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.ceil((tat - now)
 return {granted, 0}
 ";
 
+/// Looks a shared cached answer up (KEYS[1]): its value, or, when there is none, how many
+/// lookups have missed it lately (KEYS[2], counted for [`ASKED_FOR`] seconds), this one
+/// included: an answer is shared once a second lookup misses it, so reads made once (an
+/// indexer's scan) cost Redis no memory.
+const CACHE_GET: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+local n = redis.call('INCR', KEYS[2])
+if n == 1 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
+return n
+";
+
+/// How long (s) Redis counts the lookups that missed a shared cached answer.
+pub const ASKED_FOR: u64 = 300;
+
+/// What Redis holds for a cached answer.
+#[derive(Debug)]
+pub enum Stored {
+    /// The stored value.
+    Found(Vec<u8>),
+    /// None; lookups that missed it lately, this one included.
+    Missing(u64),
+}
+
 /// How far the shared highest block may be above a replica's answer before it counts as
 /// left from a chain reset rather than a replica ahead.
 pub const RESET_GAP: u64 = 1024;
@@ -103,6 +127,7 @@ pub struct Shared {
     response_timeout: Duration,
     raise: redis::Script,
     gcra: redis::Script,
+    cache_get: redis::Script,
     /// Redis answered lately: operations are attempted.
     up: AtomicBool,
     /// A background check is running.
@@ -150,6 +175,7 @@ impl Shared {
             response_timeout: config.op_timeout.max(Duration::from_millis(100)),
             raise: redis::Script::new(RAISE),
             gcra: redis::Script::new(GCRA),
+            cache_get: redis::Script::new(CACHE_GET),
             up: AtomicBool::new(false),
             checking: AtomicBool::new(false),
             slow: AtomicU32::new(0),
@@ -232,6 +258,53 @@ impl Shared {
         })
     }
 
+    fn cache_key(&self, chain_id: u64, id: &str) -> String {
+        format!("{}:cache:{chain_id}:{id}", self.prefix)
+    }
+
+    /// The cached answer stored as `id` for chain `chain_id`, or how often it was missed;
+    /// `None` when Redis is unavailable or too slow (the read goes upstream).
+    pub async fn cached(self: &Arc<Self>, chain_id: u64, id: &str) -> Option<Stored> {
+        let mut conn = self.conn()?;
+        let mut call = self.cache_get.key(self.cache_key(chain_id, id));
+        call.key(format!("{}:asked:{chain_id}:{id}", self.prefix))
+            .arg(ASKED_FOR);
+        match self
+            .op(call.invoke_async::<redis::Value>(&mut conn))
+            .await?
+        {
+            redis::Value::BulkString(v) => Some(Stored::Found(v)),
+            redis::Value::Int(n) => Some(Stored::Missing(n.max(0) as u64)),
+            _ => None,
+        }
+    }
+
+    /// Stores a cached answer as `id` for chain `chain_id`, kept `ttl`, in the background.
+    pub fn store(self: &Arc<Self>, chain_id: u64, id: &str, value: Vec<u8>, ttl: Duration) {
+        if !self.up.load(Relaxed) {
+            return;
+        }
+        let Some(mut conn) = self.conn() else {
+            return;
+        };
+        let (me, key) = (self.clone(), self.cache_key(chain_id, id));
+        // Off the request path: it may take longer than `op_timeout`.
+        tokio::spawn(async move {
+            let limit = me.response_timeout;
+            let _ = me
+                .op_within(
+                    limit,
+                    redis::cmd("SET")
+                        .arg(key)
+                        .arg(value)
+                        .arg("EX")
+                        .arg(ttl.as_secs().max(1))
+                        .query_async::<()>(&mut conn),
+                )
+                .await;
+        });
+    }
+
     /// This replica's id in verdicts.
     pub fn replica(&self) -> &str {
         &self.replica
@@ -309,12 +382,21 @@ impl Shared {
         self: &Arc<Self>,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Option<T> {
+        self.op_within(self.op_timeout, fut).await
+    }
+
+    /// Runs one operation within `limit`, unless Redis is known to be unavailable.
+    async fn op_within<T>(
+        self: &Arc<Self>,
+        limit: Duration,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
         if !self.up.load(Relaxed) {
             self.recheck();
             return None;
         }
         self.ops.fetch_add(1, Relaxed);
-        match tokio::time::timeout(self.op_timeout, fut).await {
+        match tokio::time::timeout(limit, fut).await {
             Ok(Ok(v)) => {
                 if self.slow.load(Relaxed) != 0 {
                     self.slow.store(0, Relaxed);
@@ -330,8 +412,7 @@ impl Shared {
                 self.timeouts.fetch_add(1, Relaxed);
                 if self.slow.fetch_add(1, Relaxed) + 1 >= SLOW_IN_A_ROW {
                     self.went_down(&format!(
-                        "{SLOW_IN_A_ROW} operations in a row took over {:?}",
-                        self.op_timeout
+                        "{SLOW_IN_A_ROW} operations in a row took over {limit:?}"
                     ));
                 }
                 None
