@@ -7,25 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{chain_config, Arrival, Mock, Proxy, Reply};
-
-/// The most calls (of `method`, or all) that arrived within any span of `window`.
-fn busiest(arrivals: &[Arrival], method: Option<&str>, window: Duration) -> usize {
-    let of: Vec<&Arrival> = arrivals
-        .iter()
-        .filter(|a| method.is_none_or(|m| a.2 == m))
-        .collect();
-    (0..of.len())
-        .map(|i| {
-            of[i..]
-                .iter()
-                .take_while(|a| a.0.duration_since(of[i].0) < window)
-                .map(|a| a.1)
-                .sum()
-        })
-        .max()
-        .unwrap_or(0)
-}
+use support::{busiest, chain_config, Arrival, Mock, Proxy, Reply};
 
 fn total(mock: &Mock) -> usize {
     mock.arrivals().iter().map(|a| a.1).sum()

@@ -428,6 +428,7 @@ async fn a_rate_limit_holds_across_three_replicas() {
     }
     let secs = started.elapsed().as_secs_f64();
     let allowed = 10.0 + 20.0 * secs;
+    eprintln!("admitted {ok}, limited {limited} in {secs:.2} s (cluster limit {allowed:.0})");
     assert!(limited > 0, "nothing was limited ({ok} admitted)");
     assert!(
         f64::from(ok) <= allowed + 3.0,
@@ -537,6 +538,84 @@ async fn a_cold_replica_serves_a_final_block_from_the_shared_cache() {
     let _ = get_block(&c, r#"["0xb",false]"#).await;
     assert_eq!(asked(&ups[2], "eth_getBlockByNumber"), before + 2);
     for r in [a, b, c] {
+        r.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_budget_is_spent_across_three_replicas() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let node = Mock::start("node").await;
+    set_head(&node, 100);
+    let toml = format!(
+        "[shared]\nredis_url = \"{}\"\nprefix = \"q{}\"\n[cache]\nenabled = false\n{}",
+        redis.url(),
+        std::process::id(),
+        chain_config("", &[("node", &node.url(), "max_rps = 30")])
+    );
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let r = Proxy::start(&toml).await;
+        shared_up(&r).await;
+        replicas.push(r);
+    }
+    // The replicas learn of each other (each asks nothing yet: a third each).
+    support::eventually("each replica has its part of the budget", || {
+        replicas.iter().all(|r| {
+            let share = r.upstream_status("node")["quota"]["share"].as_f64();
+            share.is_some_and(|s| s < 0.5)
+        })
+    })
+    .await;
+    let load_from = Instant::now();
+    // Uneven load: two clients on the first replica, one on the second, none on the third.
+    let call = r#"{"jsonrpc":"2.0","id":7,"method":"eth_call","params":[{"to":"0x01"},"latest"]}"#;
+    let run = Duration::from_millis(2500);
+    let mut clients = Vec::new();
+    for url in [
+        replicas[0].url("/mainnet"),
+        replicas[0].url("/mainnet"),
+        replicas[1].url("/mainnet"),
+    ] {
+        clients.push(tokio::spawn(async move {
+            let until = Instant::now() + run;
+            let mut served = 0;
+            while Instant::now() < until {
+                let (status, _, text) = support::http_request("POST", &url, call).await;
+                assert_eq!(status, 200, "{text}");
+                assert!(text.contains("\"result\""), "{text}");
+                served += 1;
+            }
+            served
+        }));
+    }
+    let mut served = 0;
+    for c in clients {
+        served += c.await.unwrap();
+    }
+    let arrivals: Vec<_> = node
+        .arrivals()
+        .into_iter()
+        .filter(|a| a.0 >= load_from)
+        .collect();
+    let busiest = support::busiest(&arrivals, None, Duration::from_millis(950));
+    eprintln!("busiest second: {busiest} calls; served: {served} in 2.5 s");
+    // Each replica alone would send 30 a second: 90. Parts follow demand within 200 ms.
+    assert!(
+        busiest <= 33,
+        "the upstream saw {busiest} calls within a second across three replicas (max_rps 30)"
+    );
+    assert!(
+        served >= 40,
+        "only {served} calls served in 2.5 s of a 30/s budget"
+    );
+    let first = replicas[0].upstream_status("node")["quota"]["share"]
+        .as_f64()
+        .unwrap();
+    assert!(first > 0.4, "the busiest replica has {first} of the budget");
+    for r in replicas {
         r.stop().await;
     }
 }

@@ -233,8 +233,20 @@ const REMOTE_COOLDOWN_MAX_MS: u64 = 5 * 60 * 1000;
 async fn share_verdicts(inner: std::sync::Weak<Inner>) {
     // Per (chain id, upstream): the cool-down end last told (µs).
     let mut told: std::collections::HashMap<(u64, Arc<str>), u64> = Default::default();
+    let mut budgets = Budgets::default();
+    let mut ticks = 0u64;
     loop {
         tokio::time::sleep(VERDICT_SCAN).await;
+        ticks += 1;
+        if ticks % 2 == 0 {
+            if let Some(inner) = inner.upgrade() {
+                if let Some(shared) = inner.shared.load_full() {
+                    let pool = inner.pool.load_full();
+                    drop(inner);
+                    budgets.share(&pool, &shared).await;
+                }
+            }
+        }
         let Some(inner) = inner.upgrade() else {
             return;
         };
@@ -264,6 +276,82 @@ async fn share_verdicts(inner: std::sync::Weak<Inner>) {
                     shared.publish(verdict(0));
                     told.remove(&key);
                 }
+            }
+        }
+    }
+}
+
+/// What this replica asked of each upstream's budget when it last told the others, and its
+/// parts of it over the last second, by (chain id, upstream).
+#[derive(Default)]
+struct Budgets(std::collections::HashMap<(u64, Arc<str>), Budget>);
+
+#[derive(Default)]
+struct Budget {
+    /// Calls or compute units sent, and requests that waited (lifetime), when last told.
+    sent: u64,
+    waits: u64,
+    /// When (µs).
+    at: u64,
+    /// The parts computed lately (when, µs; millionths), oldest first.
+    parts: std::collections::VecDeque<(u64, u32)>,
+}
+
+impl Budgets {
+    /// Tells the other replicas how this one used each upstream's budget since the last time
+    /// (per second, and whether requests waited for room), and sets its part of the budget
+    /// from what all of them told ([`crate::state::quota::fair_part`]). Budgets in compute
+    /// units are shared by compute units, others by calls.
+    ///
+    /// A part in force is the smallest of those computed over the last [`SHARE_LIFE`]: a part
+    /// shrinks at once, and grows only once the others' larger parts of the last second are
+    /// out of their window, so what all replicas sent within any second stays within the
+    /// parts of one moment, which add up to the whole.
+    async fn share(&mut self, pool: &Pool, shared: &Arc<crate::shared::Shared>) {
+        use crate::state::quota::{SHARE_LIFE, WHOLE};
+        if !shared.available() {
+            return;
+        }
+        for chain in &pool.chains {
+            for up in chain.upstreams.iter().filter(|u| u.limits.any()) {
+                let now = crate::state::upstream::now_us();
+                let (calls, cu, waits) = up.state.quota.used();
+                let (sent, limit) = match (up.limits.cu_per_second, up.limits.max_rps) {
+                    (Some(cus), _) => (cu, cus),
+                    (None, Some(rps)) => (calls, rps),
+                    (None, None) => continue,
+                };
+                let budget = self
+                    .0
+                    .entry((chain.chain_id, up.name.clone()))
+                    .or_insert_with(|| Budget {
+                        sent,
+                        waits,
+                        at: now,
+                        parts: Default::default(),
+                    });
+                let span = now.saturating_sub(budget.at).max(1);
+                let mine = crate::shared::BudgetUse {
+                    used: sent.saturating_sub(budget.sent).saturating_mul(1_000_000) / span,
+                    wants_more: waits > budget.waits || up.state.quota.waiting(now),
+                };
+                (budget.sent, budget.waits, budget.at) = (sent, waits, now);
+                let Some(told) = shared
+                    .share_budget(chain.chain_id, &up.name, mine, SHARE_LIFE)
+                    .await
+                else {
+                    return;
+                };
+                let told: Vec<(u64, bool)> = told.iter().map(|u| (u.used, u.wants_more)).collect();
+                let part = crate::state::quota::fair_part(&told, u64::from(limit));
+                let life = SHARE_LIFE.as_micros() as u64;
+                budget.parts.push_back((now, part.max(1)));
+                while budget.parts.front().is_some_and(|&(t, _)| t + life < now) {
+                    budget.parts.pop_front();
+                }
+                let in_force = budget.parts.iter().map(|&(_, p)| p).min().unwrap_or(WHOLE);
+                let until = crate::state::upstream::now_us() + life;
+                up.state.quota.set_share(in_force, until);
             }
         }
     }

@@ -79,6 +79,38 @@ if n == 1 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
 return n
 ";
 
+/// Records what this replica (ARGV[1]) tells of an upstream's budget (ARGV[2]: what it
+/// used, per second, and whether it wanted more) in the budget's hash (KEYS[1]), with the
+/// server's time, and returns what every replica that told within ARGV[3] ms said, as
+/// `{replica, text, …}` (the others are dropped).
+const BUDGET: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. string.format('%d', now))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local at = string.match(all[i + 1], ' (%d+)$')
+  if at and now - tonumber(at) <= tonumber(ARGV[3]) then
+    out[#out + 1] = all[i]
+    out[#out + 1] = all[i + 1]
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return out
+";
+
+/// What a replica tells the others of its use of an upstream's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetUse {
+    /// Calls or compute units it sent lately, per second.
+    pub used: u64,
+    /// It had requests wait for room in its part: it would use more.
+    pub wants_more: bool,
+}
+
 /// How long (s) Redis counts the lookups that missed a shared cached answer.
 pub const ASKED_FOR: u64 = 300;
 
@@ -128,6 +160,7 @@ pub struct Shared {
     raise: redis::Script,
     gcra: redis::Script,
     cache_get: redis::Script,
+    budget: redis::Script,
     /// Redis answered lately: operations are attempted.
     up: AtomicBool,
     /// A background check is running.
@@ -176,6 +209,7 @@ impl Shared {
             raise: redis::Script::new(RAISE),
             gcra: redis::Script::new(GCRA),
             cache_get: redis::Script::new(CACHE_GET),
+            budget: redis::Script::new(BUDGET),
             up: AtomicBool::new(false),
             checking: AtomicBool::new(false),
             slow: AtomicU32::new(0),
@@ -303,6 +337,43 @@ impl Shared {
                 )
                 .await;
         });
+    }
+
+    /// Tells the other replicas how this one uses upstream `upstream`'s budget on chain
+    /// `chain_id`, and learns how each of those that told within `fresh` does (this one
+    /// first). Off the request path.
+    pub async fn share_budget(
+        self: &Arc<Self>,
+        chain_id: u64,
+        upstream: &str,
+        mine: BudgetUse,
+        fresh: Duration,
+    ) -> Option<Vec<BudgetUse>> {
+        let mut conn = self.conn()?;
+        let mut call = self
+            .budget
+            .key(format!("{}:budget:{chain_id}:{upstream}", self.prefix));
+        call.arg(&self.replica)
+            .arg(format!("{} {}", mine.used, u8::from(mine.wants_more)))
+            .arg(fresh.as_millis() as u64);
+        let limit = self.response_timeout;
+        let told = self
+            .op_within(limit, call.invoke_async::<Vec<(String, String)>>(&mut conn))
+            .await?;
+        let mut all = vec![mine];
+        for (replica, text) in told {
+            let mut words = text.split(' ');
+            let (Some(used), Some(more)) = (words.next(), words.next()) else {
+                continue;
+            };
+            if replica != self.replica {
+                all.push(BudgetUse {
+                    used: used.parse().unwrap_or(0),
+                    wants_more: more == "1",
+                });
+            }
+        }
+        Some(all)
     }
 
     /// This replica's id in verdicts.

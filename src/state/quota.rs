@@ -15,6 +15,15 @@
 //! (else [`LEARN_HOLD`]), then doubled every [`RECOVER_STEP`] until it is back at the limit it
 //! came from. This works for upstreams with no configured quota too (a free endpoint that
 //! rate-limits without saying how much): their recent rate is sampled by the health task.
+//!
+//! Replicas sharing a Redis (`[shared]`) spend one budget between them: each replica tells
+//! the others, every [`SHARE_EVERY`], how much of the upstream's budget it used and whether it
+//! had requests wait for more, and enforces its part of the configured limits (see
+//! [`fair_part`] and [`Quota::set_share`]): replicas that use little get what they use and
+//! some room to grow, those that want more split the rest evenly. The parts add up to the
+//! limit, so the cluster never spends more than it; the request path reads one more atomic
+//! and never waits for Redis. When the parts are not renewed (Redis unavailable), each replica
+//! goes back to the whole budget after [`SHARE_LIFE`], as without `[shared]`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -32,6 +41,12 @@ pub const LEARN_HOLD: Duration = Duration::from_secs(30);
 pub const RECOVER_STEP: Duration = Duration::from_secs(10);
 /// One learned limit per this span: the 429s of requests in flight together are one signal.
 const LEARN_ONCE_US: u64 = WINDOW_US;
+/// How often replicas tell each other what they ask of an upstream's budget.
+pub const SHARE_EVERY: Duration = Duration::from_millis(200);
+/// A replica's part of a budget holds this long unless renewed.
+pub const SHARE_LIFE: Duration = Duration::from_secs(1);
+/// A part of a budget, in millionths.
+pub const WHOLE: u32 = 1_000_000;
 
 /// An upstream's configured limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,7 +76,7 @@ pub enum Take {
 }
 
 /// What was sent in the last second and the limits in force, for `/status`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Usage {
     /// Calls sent in the last second.
     pub calls: u64,
@@ -75,6 +90,8 @@ pub struct Usage {
     pub compute_units_per_second: Option<u64>,
     /// A 429 lowered the budget; these are its limits until it recovers.
     pub lowered: bool,
+    /// This replica's part of the configured budget, shared with other replicas (1: all).
+    pub share: f64,
 }
 
 /// An upstream's quota state (part of its live state, so it outlives reloads).
@@ -90,6 +107,18 @@ pub struct Quota {
     /// Lifetime attempts and when they were last sampled, for `recent_rps`.
     sampled: AtomicU64,
     sampled_at: AtomicU64,
+    /// This replica's part of the budget, in millionths of it, while other replicas share it
+    /// (0: the whole budget).
+    share: AtomicU32,
+    /// Until when `share` holds (µs).
+    share_until: AtomicU64,
+    /// Calls and compute units sent within a configured budget, and requests that waited for
+    /// room (lifetime): what replicas share the budget by.
+    sent_calls: AtomicU64,
+    sent_cu: AtomicU64,
+    waits: AtomicU64,
+    /// The latest room a waiting request was told of (µs): requests wait until then.
+    waiting_until: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -192,12 +221,56 @@ impl Quota {
         limits.any() || self.learned.load(Relaxed)
     }
 
+    /// The configured limits, scaled to this replica's part of them while it shares them with
+    /// other replicas (at least 1 where one is set).
+    fn part(&self, now: u64, limits: Limits) -> Limits {
+        let share = self.share.load(Relaxed);
+        if share == 0 || share >= WHOLE || now > self.share_until.load(Relaxed) {
+            return limits;
+        }
+        let scale = |v: u32| ((u64::from(v) * u64::from(share) / u64::from(WHOLE)) as u32).max(1);
+        Limits {
+            max_rps: limits.max_rps.map(scale),
+            cu_per_second: limits.cu_per_second.map(scale),
+        }
+    }
+
+    /// Sets this replica's part of the budget, `share` millionths of it, until `until` (µs);
+    /// [`WHOLE`] or more: all of it.
+    pub fn set_share(&self, share: u32, until: u64) {
+        self.share_until.store(until, Relaxed);
+        self.share.store(share.min(WHOLE), Relaxed);
+    }
+
+    /// Calls and compute units sent within the configured budget so far, and requests that
+    /// waited for room (lifetime counts).
+    pub fn used(&self) -> (u64, u64, u64) {
+        (
+            self.sent_calls.load(Relaxed),
+            self.sent_cu.load(Relaxed),
+            self.waits.load(Relaxed),
+        )
+    }
+
+    /// Whether requests may be waiting for room at `now`.
+    pub fn waiting(&self, now: u64) -> bool {
+        now < self.waiting_until.load(Relaxed)
+    }
+
+    /// A request is told to wait for room until `at`.
+    fn wait(&self, at: u64) -> Take {
+        self.waits.fetch_add(1, Relaxed);
+        self.waiting_until.fetch_max(at, Relaxed);
+        Take::Wait(at)
+    }
+
     /// Takes room for `calls` calls costing `cu` compute units at `now` (µs), if the budget
     /// has it.
-    pub fn take(&self, now: u64, calls: u32, cu: u32, limits: Limits) -> Take {
-        if !self.active(limits) {
+    pub fn take(&self, now: u64, calls: u32, cu: u32, configured: Limits) -> Take {
+        if !self.active(configured) {
             return Take::Go;
         }
+        let limits = self.part(now, configured);
         let mut log = self.lock();
         log.expire(now);
         let (rps, cus, learned) = log.limits(now, limits);
@@ -211,15 +284,19 @@ impl Quota {
         let too_big = |limit: Option<u64>, v: u64| limit.is_some_and(|l| v > l);
         if too_big(rps, calls) || too_big(cus, cu) {
             // Larger than a lowered budget may fit once it recovers; never over a configured one.
-            return match too_big(limits.max_rps.map(u64::from), calls)
-                || too_big(limits.cu_per_second.map(u64::from), cu)
+            return match too_big(configured.max_rps.map(u64::from), calls)
+                || too_big(configured.cu_per_second.map(u64::from), cu)
             {
                 true => Take::Never,
-                false => Take::Wait(now + RECOVER_STEP.as_micros() as u64),
+                false => self.wait(now + RECOVER_STEP.as_micros() as u64),
             };
         }
         if rps.is_some_and(|r| log.calls + calls > r) || cus.is_some_and(|b| log.cu + cu > b) {
-            return Take::Wait(log.room_at(calls, cu, rps, cus).max(now + 1));
+            return self.wait(log.room_at(calls, cu, rps, cus).max(now + 1));
+        }
+        if configured.any() {
+            self.sent_calls.fetch_add(calls, Relaxed);
+            self.sent_cu.fetch_add(cu, Relaxed);
         }
         let slot = now / SLOT_US;
         let (calls, cu) = (calls as u32, cu as u32);
@@ -246,6 +323,7 @@ impl Quota {
         limits: Limits,
         attempts: u64,
     ) -> Option<u64> {
+        let limits = self.part(now, limits);
         let mut log = self.lock();
         if log.learned.is_some_and(|l| now < l.at + LEARN_ONCE_US) {
             return None;
@@ -279,6 +357,13 @@ impl Quota {
 
     /// What the last second held and the limits in force at `now`.
     pub fn usage(&self, now: u64, limits: Limits) -> Usage {
+        let part = self.part(now, limits);
+        let share = if part == limits {
+            1.0
+        } else {
+            f64::from(self.share.load(Relaxed)) / f64::from(WHOLE)
+        };
+        let limits = part;
         let mut log = self.lock();
         log.expire(now);
         let (max_rps, compute_units_per_second, lowered) = log.limits(now, limits);
@@ -288,6 +373,7 @@ impl Quota {
             max_rps,
             compute_units_per_second,
             lowered,
+            share,
         }
     }
 
@@ -323,6 +409,36 @@ impl Quota {
         self.sampled_at.store(now, Relaxed);
         self.sampled.store(attempts, Relaxed);
     }
+}
+
+/// This replica's part of a budget of `limit` (per second), in millionths, from what each
+/// replica sharing it told (`(used per second, wants more)`, this replica's first): max-min
+/// fair. A replica that did not want more needs what it used and a quarter more (and 1), to
+/// grow; the limit is shared out evenly, no replica given more than it needs, those that want
+/// more splitting what is left; what no one needs is split evenly on top. The parts add up to
+/// at most the whole.
+pub fn fair_part(told: &[(u64, bool)], limit: u64) -> u32 {
+    let n = told.len();
+    if n <= 1 || limit == 0 {
+        return WHOLE;
+    }
+    let needs: Vec<u64> = told
+        .iter()
+        .map(|&(used, more)| match more {
+            true => u64::MAX,
+            false => used.saturating_add(used / 4).saturating_add(1),
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| needs[i]);
+    let (mut left, mut given) = (limit, vec![0u64; n]);
+    for (k, &i) in order.iter().enumerate() {
+        let give = needs[i].min(left / (n - k) as u64);
+        given[i] = give;
+        left -= give;
+    }
+    let mine = given[0] + left / n as u64;
+    (u128::from(mine) * u128::from(WHOLE) / u128::from(limit)).min(u128::from(WHOLE)) as u32
 }
 
 #[cfg(test)]
@@ -407,6 +523,60 @@ mod tests {
         assert_eq!(q.usage(after + 20 * S, l).max_rps, Some(80));
         let back = q.usage(after + 30 * S, l);
         assert_eq!((back.max_rps, back.lowered), (Some(100), false));
+    }
+
+    #[test]
+    fn a_shared_budget_is_spent_in_parts_until_they_lapse() {
+        let q = Quota::default();
+        let l = rps(100);
+        q.set_share(WHOLE / 4, S);
+        for t in 0..25 {
+            assert_eq!(q.take(t, 1, 0, l), Take::Go);
+        }
+        assert!(matches!(q.take(30, 1, 0, l), Take::Wait(_)));
+        // A batch over the part but within the whole budget waits; over the whole, never.
+        assert!(matches!(q.take(40, 50, 0, l), Take::Wait(_)));
+        assert_eq!(q.take(40, 101, 0, l), Take::Never);
+        let u = q.usage(50, l);
+        assert_eq!((u.max_rps, u.share), (Some(25), 0.25));
+        assert_eq!(q.used(), (25, 0, 2));
+        // Not renewed: the whole budget again.
+        assert_eq!(q.take(S + 1, 1, 0, l), Take::Go);
+        assert_eq!(q.usage(S + 1, l).max_rps, Some(100));
+        // A tiny part is still one call a second.
+        q.set_share(1, 3 * S);
+        assert_eq!(q.usage(2 * S, l).max_rps, Some(1));
+    }
+
+    #[test]
+    fn parts_are_max_min_fair_and_add_up_to_at_most_the_whole() {
+        let part = |told: &[(u64, bool)], limit| f64::from(fair_part(told, limit)) / 1e6;
+        // Alone: all of it. Three idle: a third each.
+        assert_eq!(part(&[(5, true)], 30), 1.0);
+        assert!((part(&[(0, false), (0, false), (0, false)], 30) - 1.0 / 3.0).abs() < 0.01);
+        // Two want more, one idle: the idle one keeps a little, the others split the rest.
+        let told = [(10, true), (10, true), (0, false)];
+        assert!((part(&told, 30) - 14.0 / 30.0).abs() < 0.01);
+        let idle = [(0, false), (10, true), (10, true)];
+        assert!((part(&idle, 30) - 1.0 / 30.0).abs() < 0.01);
+        // One uses little and does not want more: it keeps what it uses and a quarter more.
+        let told = [(8, false), (20, true)];
+        assert!((part(&told, 30) - 11.0 / 30.0).abs() < 0.01);
+        // Every mix adds up to at most the whole.
+        for told in [
+            vec![(3, false), (40, true), (0, false), (7, true)],
+            vec![(100, false), (100, false)],
+            vec![(1, true); 7],
+        ] {
+            let sum: u64 = (0..told.len())
+                .map(|i| {
+                    let mut t = told.clone();
+                    t.swap(0, i);
+                    u64::from(fair_part(&t, 30))
+                })
+                .sum();
+            assert!(sum <= u64::from(WHOLE), "{told:?}: {sum}");
+        }
     }
 
     #[test]

@@ -554,3 +554,22 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The most calls (of `method`, or all) that arrived within any span of `window`.
+#[allow(dead_code)]
+pub fn busiest(arrivals: &[Arrival], method: Option<&str>, window: Duration) -> usize {
+    let of: Vec<&Arrival> = arrivals
+        .iter()
+        .filter(|a| method.is_none_or(|m| a.2 == m))
+        .collect();
+    (0..of.len())
+        .map(|i| {
+            of[i..]
+                .iter()
+                .take_while(|a| a.0.duration_since(of[i].0) < window)
+                .map(|a| a.1)
+                .sum()
+        })
+        .max()
+        .unwrap_or(0)
+}
