@@ -619,3 +619,55 @@ async fn an_upstream_budget_is_spent_across_three_replicas() {
         r.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_one_replica_finds_on_another_chain_is_checked_by_the_others_at_once() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let (x, y) = (Mock::start("x").await, Mock::start("y").await);
+    let config = |chain_check: &str| {
+        format!(
+            "[shared]\nredis_url = \"{}\"\nprefix = \"w{}\"\n[cache]\nenabled = false\n{}",
+            redis.url(),
+            std::process::id(),
+            chain_config(
+                &format!("health = {{ chain_check_interval = \"{chain_check}\" }}"),
+                &[("x", &x.url(), ""), ("y", &y.url(), "tier = 1")],
+            )
+        )
+    };
+    // Replica 0 checks chain ids every 200 ms; replica 1 every 5 minutes.
+    let watcher = Proxy::start(&config("200ms")).await;
+    let other = Proxy::start(&config("5m")).await;
+    for r in [&watcher, &other] {
+        shared_up(r).await;
+        support::eventually("x's chain id is checked", || {
+            r.upstream_status("x")["chain_check"] == "verified"
+        })
+        .await;
+    }
+    // x is now a node of another chain (a provider that swapped the node behind its URL).
+    x.set_chain_id(5);
+    support::eventually("the watcher quarantines x", || {
+        watcher.upstream_status("x")["chain_check"] == "wrong"
+    })
+    .await;
+    let found = Instant::now();
+    // The other replica checks x's chain id itself at once, not in 5 minutes.
+    support::eventually("the other replica finds x on another chain too", || {
+        other.upstream_status("x")["reported_chain_id"] == 5
+    })
+    .await;
+    let took = found.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let call = r#"[{"to":"0x01"},"latest"]"#;
+    for _ in 0..5 {
+        assert_eq!(
+            other.call("/mainnet", "eth_call", call).await["result"],
+            "y"
+        );
+    }
+    watcher.stop().await;
+    other.stop().await;
+}

@@ -234,6 +234,8 @@ async fn share_verdicts(inner: std::sync::Weak<Inner>) {
     // Per (chain id, upstream): the cool-down end last told (µs).
     let mut told: std::collections::HashMap<(u64, Arc<str>), u64> = Default::default();
     let mut budgets = Budgets::default();
+    // Upstreams told to be on another chain.
+    let mut wrong_chain: std::collections::HashSet<(u64, Arc<str>)> = Default::default();
     let mut ticks = 0u64;
     loop {
         tokio::time::sleep(VERDICT_SCAN).await;
@@ -263,17 +265,31 @@ async fn share_verdicts(inner: std::sync::Weak<Inner>) {
                 let until = s.cooldown_end();
                 let key = (chain.chain_id, up.name.clone());
                 let last = told.get(&key).copied().unwrap_or(0);
-                let verdict = |until_unix_ms| crate::shared::Verdict {
+                let verdict = |until_unix_ms, wrong_chain| crate::shared::Verdict {
                     chain_id: chain.chain_id,
                     upstream: up.name.to_string(),
                     until_unix_ms,
                     from: shared.replica().to_owned(),
+                    wrong_chain,
                 };
+                // On another chain: told once, as a cool-down until its next chain check here.
+                let wrong = s.chain_check() == crate::state::upstream::CHAIN_WRONG;
+                let wrong_key = (chain.chain_id, up.name.clone());
+                if wrong != wrong_chain.contains(&wrong_key) {
+                    if wrong {
+                        let ms = chain.health.chain_check_interval.as_millis() as u64;
+                        shared.publish(verdict(unix + ms, true));
+                        wrong_chain.insert(wrong_key);
+                    } else {
+                        shared.publish(verdict(0, false));
+                        wrong_chain.remove(&wrong_key);
+                    }
+                }
                 if until > now && until != s.remote_until() && until != last {
-                    shared.publish(verdict(unix + (until - now) / 1000));
+                    shared.publish(verdict(unix + (until - now) / 1000, false));
                     told.insert(key, until);
                 } else if last != 0 && until == 0 {
-                    shared.publish(verdict(0));
+                    shared.publish(verdict(0, false));
                     told.remove(&key);
                 }
             }
@@ -378,6 +394,11 @@ fn verdict_sink(inner: std::sync::Weak<Inner>) -> crate::shared::VerdictSink {
             tracing::info!(chain = &*chain.name, upstream = &*up.name, replica = %v.from,
                 "another replica saw the upstream recover");
             return;
+        }
+        if v.wrong_chain {
+            up.state.recheck_chain();
+            tracing::warn!(chain = &*chain.name, upstream = &*up.name, replica = %v.from,
+                "another replica found the upstream on another chain: checking its chain id here now");
         }
         let left = v
             .until_unix_ms

@@ -4,8 +4,11 @@
 //! Shared now: the highest `eth_blockNumber` answered per chain, so a client moved between
 //! replicas never sees the head go back (see [`Shared::raise_block`]); and upstream verdicts:
 //! an upstream one replica ejected (refused connections, a 429 with its `Retry-After`,
-//! rejected credentials) is cooled down by the others too, and its recovery lifts that
-//! (see [`Verdict`]). Each replica still probes on its own; latency estimates are not shared.
+//! rejected credentials) is cooled down by the others too, and its recovery lifts that; one
+//! found on another chain is checked again by the others at once (see [`Verdict`]). Client
+//! rate limits hold across replicas ([`Shared::take_requests`]), upstream quotas are split
+//! between them ([`Shared::share_budget`]), and final cached answers are shared
+//! ([`Shared::cached`], [`Shared::store`]). Each replica still probes on its own; latency estimates are not shared.
 //!
 //! It fails open and never stalls a request: every operation on the request path has
 //! `op_timeout` (5 ms by default), and while Redis is unreachable (an error, or three
@@ -138,6 +141,9 @@ pub struct Verdict {
     pub until_unix_ms: u64,
     /// The replica that reached it.
     pub from: String,
+    /// It answered with another chain's id: the others check its chain id again at once.
+    #[serde(default)]
+    pub wrong_chain: bool,
 }
 
 /// What a replica does with the verdicts of the others.

@@ -437,6 +437,15 @@ impl LiveState {
         self.probe_successes.store(0, Relaxed);
     }
 
+    /// Another replica found it on another chain: its chain id is checked again at the next
+    /// health tick (this replica quarantines it only on its own check).
+    pub fn recheck_chain(&self) {
+        if self.chain_check.load(Relaxed) == CHAIN_OK {
+            // As if never checked: due now.
+            self.chain_checked_us.store(0, Relaxed);
+        }
+    }
+
     /// Another replica saw it recover: a cool-down that came from a verdict of another
     /// replica ends (this replica's own stands until its own probes or answers lift it).
     pub fn remote_recovered(&self) {
