@@ -11,6 +11,7 @@
 //! cargo run --release --example overhead -- --cache miss
 //! cargo run --release --example overhead -- --quota
 //! cargo run --release --example overhead -- --redis redis://127.0.0.1:6379
+//! cargo run --release --example overhead -- --block-number --redis redis://127.0.0.1:6379
 //! ```
 //!
 //! `--cache off` (the default) measures the proxied path with `[cache] enabled = false`;
@@ -18,6 +19,8 @@
 //! detour follows the chain (the mock serves a block whose head never moves); `--cache miss`
 //! gives every request other call data, so every lookup misses and every answer is stored.
 //! `--redis URL` shares state through that Redis (`[shared]`), as replicas would.
+//! `--block-number` sends `eth_blockNumber` instead of `eth_call` (with `--redis`, each answer
+//! takes one round trip to Redis: the shared highest block).
 //! `--quota` gives the upstream `max_rps` and `compute_units_per_second` far above the load:
 //! every send takes room in both, none ever waits (the cost of an active quota).
 //!
@@ -42,6 +45,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 const BODY: &str = r#"{"jsonrpc":"2.0","id":7,"method":"eth_call","params":[{"to":"0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48","data":"0x70a08231000000000000000000000000f39fd6e51aad88f6f4ce6ab8827279cfffb92266"},"latest"]}"#;
+const BLOCK_NUMBER: &str = r#"{"jsonrpc":"2.0","id":7,"method":"eth_blockNumber","params":[]}"#;
 
 fn main() {
     let mut requests = 10_000usize;
@@ -51,6 +55,7 @@ fn main() {
     let mut cache = Cache::Off;
     let mut quota = false;
     let mut redis: Option<String> = None;
+    let mut block_number = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().and_then(|v| v.parse().ok()).expect("a number");
@@ -61,6 +66,7 @@ fn main() {
             "--detour-cpus" => detour_cpus = args.next(),
             "--quota" => quota = true,
             "--redis" => redis = args.next(),
+            "--block-number" => block_number = true,
             "--cache" => {
                 cache = match args.next().as_deref() {
                     Some("off") => Cache::Off,
@@ -69,7 +75,7 @@ fn main() {
                     other => panic!("--cache takes off, hit or miss, not {other:?}"),
                 }
             }
-            other => panic!("unknown argument {other} (use --requests N --rounds N --workers N --detour-cpus LIST --cache off|hit|miss --quota --redis URL)"),
+            other => panic!("unknown argument {other} (use --requests N --rounds N --workers N --detour-cpus LIST --cache off|hit|miss --quota --redis URL --block-number)"),
         }
     }
     let upstream = start_mock();
@@ -92,6 +98,7 @@ fn main() {
         requests,
         rounds,
         cache,
+        block_number,
     ));
     let rss = process::memory_kib(detour.child.id(), "VmHWM:");
     // SIGTERM: detour shuts down gracefully (and tools such as callgrind get to write output).
@@ -181,9 +188,12 @@ async fn measure(
     requests: usize,
     rounds: usize,
     cache: Cache,
+    block_number: bool,
 ) -> Report {
     let mut direct = Conn::open(upstream, "/", Cache::Off).await;
     let mut proxied = Conn::open(proxy, "/bench", cache).await;
+    direct.block_number = block_number;
+    proxied.block_number = block_number;
     if cache == Cache::Hit {
         // Until detour follows the chain (it starts once the reads come often enough) and
         // answers from the cache.
@@ -240,6 +250,8 @@ struct Conn {
     addr: SocketAddr,
     cache: Cache,
     sent: u64,
+    /// `eth_blockNumber` rather than `eth_call`.
+    block_number: bool,
 }
 
 impl Conn {
@@ -256,6 +268,7 @@ impl Conn {
             addr,
             cache,
             sent: 0,
+            block_number: false,
         }
     }
 
@@ -263,6 +276,7 @@ impl Conn {
     async fn once(&mut self) -> bool {
         self.sent += 1;
         let body = match self.cache {
+            _ if self.block_number => Bytes::from_static(BLOCK_NUMBER.as_bytes()),
             // Other call data each time: a key the cache has not seen.
             Cache::Miss => Bytes::from(BODY.replace("f39fd6e5", &format!("{:08x}", self.sent))),
             _ => Bytes::from_static(BODY.as_bytes()),
@@ -280,7 +294,8 @@ impl Conn {
             .is_some_and(|v| v == "hit");
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert!(
-            body.len() > 500 && body.starts_with(b"{\"jsonrpc\":\"2.0\",\"id\":7,\"result\""),
+            (body.len() > 500 || self.block_number)
+                && body.starts_with(b"{\"jsonrpc\":\"2.0\",\"id\":7,\"result\""),
             "{body:?}"
         );
         hit

@@ -9,6 +9,7 @@
 #   CACHE=miss bash scripts/instructions-per-request.sh          # every lookup a miss
 #   QUOTA=1 bash scripts/instructions-per-request.sh             # the upstream has quotas
 #   REDIS=redis://127.0.0.1:6379 bash scripts/instructions-per-request.sh   # [shared] Redis
+#   BLOCK_NUMBER=1 bash scripts/instructions-per-request.sh  # eth_blockNumber, not eth_call
 #
 # CACHE (off by default) is the overhead harness's --cache: off, hit or miss.
 set -euo pipefail
@@ -25,7 +26,7 @@ WRAP
 chmod +x "$WORK/wrap.sh"
 total() { grep -E '^totals:' "$WORK/cg.$1.out" | awk '{print $2}'; }
 for n in 2000 6000; do
-  CG_TAG=$n DETOUR_BIN="$WORK/wrap.sh" target/release/examples/overhead --workers 1 --requests "$n" --rounds 1 --cache "${CACHE:-off}" ${QUOTA:+--quota} ${REDIS:+--redis "$REDIS"} >/dev/null 2>&1
+  CG_TAG=$n DETOUR_BIN="$WORK/wrap.sh" target/release/examples/overhead --workers 1 --requests "$n" --rounds 1 --cache "${CACHE:-off}" ${QUOTA:+--quota} ${REDIS:+--redis "$REDIS"} ${BLOCK_NUMBER:+--block-number} >/dev/null 2>&1
 done
 a=$(total 2000); b=$(total 6000)
 echo "instructions: $a (2 000 requests), $b (6 000 requests)"
