@@ -1,8 +1,10 @@
 //! State shared by replicas through a real Redis (Debian's `redis-server`, started on a
 //! loopback port by each test and stopped at its end): three replicas never answer
-//! `eth_blockNumber` below what another answered; Redis killed under load fails no request, and
-//! sharing comes back with it; the URL's password never shows. Without `redis-server` on the
-//! machine these tests say so and pass (`.ci/run` installs it).
+//! `eth_blockNumber` below what another answered; a client rate limit and an upstream's quota
+//! hold across replicas; a cold replica serves final answers from the shared cache; upstream
+//! verdicts (ejections, another chain) reach the others; Redis killed under load fails no
+//! request, and sharing comes back with it; the URL's password never shows. Without
+//! `redis-server` on the machine these tests say so and pass (`.ci/run` installs it).
 
 mod support;
 
