@@ -593,10 +593,22 @@ async fn an_upstream_budget_is_spent_across_three_replicas() {
             served
         }));
     }
+    // Under load, the loaded replicas hold most of the budget.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let first = replicas[0].upstream_status("node")["quota"]["share"]
+        .as_f64()
+        .unwrap();
+    let idle = replicas[2].upstream_status("node")["quota"]["share"]
+        .as_f64()
+        .unwrap();
     let mut served = 0;
     for c in clients {
         served += c.await.unwrap();
     }
+    assert!(
+        first > 0.4 && idle < 0.1,
+        "parts under load: {first} for the busiest replica, {idle} for the idle one"
+    );
     let arrivals: Vec<_> = node
         .arrivals()
         .into_iter()
@@ -610,13 +622,9 @@ async fn an_upstream_budget_is_spent_across_three_replicas() {
         "the upstream saw {busiest} calls within a second across three replicas (max_rps 30)"
     );
     assert!(
-        served >= 40,
+        served >= 30,
         "only {served} calls served in 2.5 s of a 30/s budget"
     );
-    let first = replicas[0].upstream_status("node")["quota"]["share"]
-        .as_f64()
-        .unwrap();
-    assert!(first > 0.4, "the busiest replica has {first} of the budget");
     for r in replicas {
         r.stop().await;
     }
