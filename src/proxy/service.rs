@@ -187,9 +187,13 @@ impl Source for Upstreams {
     }
 }
 
-/// `eth_blockNumber` answers never below what any replica answered: each is raised to the
-/// highest any replica sharing the Redis served for the chain (and raises it). Without Redis
-/// (down, slow), the replica's own answers stand, as without `[shared]`.
+/// `eth_blockNumber` answers never below what any replica answered. Answers are already at
+/// least the highest this replica knows any replica answered (the others' raises reach it by
+/// pub/sub, see [`Listener`]); an answer above that (a head seen here first), or far below it
+/// (a chain reset), raises the shared highest in Redis before it is served, in one atomic
+/// round trip that also tells the others. So only the first answer of each new head pays the
+/// round trip. Without Redis (down, slow), the replica's own answers stand, as without
+/// `[shared]`.
 #[inline(never)]
 async fn share_block_number(
     shared: &Arc<crate::shared::Shared>,
@@ -211,8 +215,16 @@ async fn share_block_number(
         else {
             continue;
         };
-        let Some(highest) = shared.raise_block(chain.chain_id, n).await else {
-            return;
+        let known = chain.state.shared_block();
+        let highest = if n <= known && known <= n + crate::shared::RESET_GAP {
+            known
+        } else {
+            let Some(highest) = shared.raise_block(chain.chain_id, n).await else {
+                return;
+            };
+            let reset = highest == n && known > n;
+            chain.state.learn_shared_block(highest, reset);
+            highest
         };
         if highest > n {
             chain.state.monotonic_block(highest);
@@ -373,10 +385,13 @@ impl Budgets {
     }
 }
 
-/// Applies the other replicas' verdicts to this one's upstreams (same chain id and name).
-fn verdict_sink(inner: std::sync::Weak<Inner>) -> crate::shared::VerdictSink {
-    Arc::new(move |v: crate::shared::Verdict| {
-        let Some(inner) = inner.upgrade() else {
+/// What the other replicas tell this one, applied to its chains and upstreams (same chain id
+/// and upstream name).
+struct Listener(std::sync::Weak<Inner>);
+
+impl crate::shared::Listener for Listener {
+    fn verdict(&self, v: crate::shared::Verdict) {
+        let Some(inner) = self.0.upgrade() else {
             return;
         };
         let pool = inner.pool.load();
@@ -410,7 +425,28 @@ fn verdict_sink(inner: std::sync::Weak<Inner>) -> crate::shared::VerdictSink {
             tracing::info!(chain = &*chain.name, upstream = &*up.name, replica = %v.from, cooldown_ms = left,
                 "another replica ejected the upstream: cooling it down here too");
         }
-    })
+    }
+
+    fn highest_block(&self, chain_id: u64, n: u64) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        for chain in inner.pool.load().chains.iter() {
+            if chain.chain_id == chain_id {
+                let known = chain.state.shared_block();
+                let reset = known > n.saturating_add(crate::shared::RESET_GAP);
+                chain.state.learn_shared_block(n, reset);
+            }
+        }
+    }
+
+    fn resubscribed(&self) {
+        if let Some(inner) = self.0.upgrade() {
+            for chain in inner.pool.load().chains.iter() {
+                chain.state.forget_shared_block();
+            }
+        }
+    }
 }
 
 /// Counts a JSON-RPC request in flight until dropped.
@@ -504,7 +540,7 @@ impl Detour {
             return;
         }
         shared.start();
-        shared.subscribe(verdict_sink(Arc::downgrade(&self.inner)));
+        shared.subscribe(Arc::new(Listener(Arc::downgrade(&self.inner))));
         if !self.inner.sharing_verdicts.swap(true, Relaxed) {
             tokio::spawn(share_verdicts(Arc::downgrade(&self.inner)));
         }

@@ -34,14 +34,16 @@ pub const RECHECK: Duration = Duration::from_millis(500);
 /// Operations in a row past their time that count as Redis being unreachable.
 const SLOW_IN_A_ROW: u32 = 3;
 
-/// Raises the shared highest block to ARGV[1] if higher (refreshing its expiry), and returns
-/// the highest: one round trip, atomic on the server. A stored block more than ARGV[2] above
-/// the answer is from before a chain reset (a dev chain restarted): the answer replaces it.
+/// Raises the shared highest block to ARGV[1] if higher (refreshing its expiry), tells every
+/// replica on channel ARGV[3] (`<chain id> <block>`, chain id ARGV[4]), and returns the
+/// highest: one round trip, atomic on the server. A stored block more than ARGV[2] above the
+/// answer is from before a chain reset (a dev chain restarted): the answer replaces it.
 const RAISE: &str = r"
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local n = tonumber(ARGV[1])
 if n > cur or cur > n + tonumber(ARGV[2]) then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', 86400)
+  redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[1])
   return n
 end
 return cur
@@ -146,8 +148,15 @@ pub struct Verdict {
     pub wrong_chain: bool,
 }
 
-/// What a replica does with the verdicts of the others.
-pub type VerdictSink = Arc<dyn Fn(Verdict) + Send + Sync>;
+/// What a replica does with what the others tell it (through pub/sub).
+pub trait Listener: Send + Sync {
+    /// Another replica's upstream verdict.
+    fn verdict(&self, verdict: Verdict);
+    /// The highest block any replica answered on chain `chain_id` is now `n`.
+    fn highest_block(&self, chain_id: u64, n: u64);
+    /// The subscription was made again: messages may have been lost meanwhile.
+    fn resubscribed(&self);
+}
 
 /// The connection to Redis and what this replica knows of it.
 pub struct Shared {
@@ -271,7 +280,10 @@ impl Shared {
         let key = format!("{}:chain:{chain_id}:block", self.prefix);
         let mut conn = self.conn()?;
         let mut call = self.raise.key(key);
-        call.arg(n).arg(RESET_GAP);
+        call.arg(n)
+            .arg(RESET_GAP)
+            .arg(self.blocks_channel())
+            .arg(chain_id);
         self.op(call.invoke_async::<u64>(&mut conn)).await
     }
 
@@ -391,6 +403,10 @@ impl Shared {
         format!("{}:verdicts", self.prefix)
     }
 
+    fn blocks_channel(&self) -> String {
+        format!("{}:blocks", self.prefix)
+    }
+
     /// Tells the other replicas of a verdict, in the background (nothing when Redis is
     /// unavailable: each replica still finds out by itself).
     pub fn publish(self: &Arc<Self>, verdict: Verdict) {
@@ -415,9 +431,9 @@ impl Shared {
         });
     }
 
-    /// Hands every verdict another replica publishes to `sink`, for as long as this lives:
-    /// a subscription of its own, made again whenever it breaks.
-    pub fn subscribe(self: &Arc<Self>, sink: VerdictSink) {
+    /// Hands what other replicas publish (verdicts, highest blocks) to `listener`, for as long
+    /// as this lives: a subscription of its own, made again whenever it breaks.
+    pub fn subscribe(self: &Arc<Self>, listener: Arc<dyn Listener>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             use futures_util::StreamExt;
@@ -425,30 +441,43 @@ impl Shared {
                 let Some(me) = weak.upgrade() else {
                     return;
                 };
-                let (client, channel) = (me.client.clone(), me.verdicts_channel());
+                let client = me.client.clone();
+                let (verdicts, blocks) = (me.verdicts_channel(), me.blocks_channel());
                 let replica = me.replica.clone();
                 drop(me);
                 let subscribed = tokio::time::timeout(Duration::from_secs(1), async {
                     let mut pubsub = client.get_async_pubsub().await?;
-                    pubsub.subscribe(&channel).await?;
+                    pubsub.subscribe(&[&verdicts, &blocks]).await?;
                     Ok::<_, redis::RedisError>(pubsub)
                 })
                 .await;
                 if let Ok(Ok(pubsub)) = subscribed {
+                    listener.resubscribed();
                     let mut messages = pubsub.into_on_message();
                     while let Some(msg) = messages.next().await {
                         if weak.strong_count() == 0 {
                             return;
                         }
-                        let Ok(v) = serde_json::from_slice::<Verdict>(msg.get_payload_bytes())
-                        else {
+                        let payload = msg.get_payload_bytes();
+                        if msg.get_channel_name() == blocks {
+                            let text = std::str::from_utf8(payload).unwrap_or("");
+                            let mut words = text.split(' ').map(str::parse::<u64>);
+                            if let (Some(Ok(chain_id)), Some(Ok(n))) = (words.next(), words.next())
+                            {
+                                listener.highest_block(chain_id, n);
+                            }
+                            continue;
+                        }
+                        let Ok(v) = serde_json::from_slice::<Verdict>(payload) else {
                             continue;
                         };
                         if v.from != replica {
-                            sink(v);
+                            listener.verdict(v);
                         }
                     }
                 }
+                // Lost: what was learned may be stale until subscribed again.
+                listener.resubscribed();
                 tokio::time::sleep(RECHECK).await;
             }
         });

@@ -93,6 +93,9 @@ pub struct ChainState {
     head: AtomicU64,
     /// The highest block number answered to `eth_blockNumber` (answers never go backwards).
     served_block: AtomicU64,
+    /// The highest block number answered by any replica sharing a Redis, as far as this one
+    /// knows (its own raises and the others', told by pub/sub; 0: not known).
+    shared_block: AtomicU64,
     /// Last client request (µs), to probe an idle chain slowly.
     last_traffic_us: AtomicU64,
     /// Some upstream's known head is below the chain head: requests must look at which block
@@ -182,6 +185,27 @@ impl ChainState {
     /// The highest block number answered to `eth_blockNumber` (0: none yet).
     pub fn served_block(&self) -> u64 {
         self.served_block.load(Relaxed)
+    }
+
+    /// The highest block number any replica answered, as far as this one knows (0: not known).
+    pub fn shared_block(&self) -> u64 {
+        self.shared_block.load(Relaxed)
+    }
+
+    /// Any replica's highest answered block is `n` (told by Redis): answers here never go
+    /// below it. `reset`: the chain was reset (a dev chain restarted), `n` replaces it.
+    pub fn learn_shared_block(&self, n: u64, reset: bool) {
+        if reset {
+            self.shared_block.store(n, Relaxed);
+        } else {
+            self.shared_block.fetch_max(n, Relaxed);
+            self.served_block.fetch_max(n, Relaxed);
+        }
+    }
+
+    /// What is known of the other replicas' answers may be stale (messages were lost).
+    pub fn forget_shared_block(&self) {
+        self.shared_block.store(0, Relaxed);
     }
 
     /// The block number to answer to `eth_blockNumber` given an upstream's answer `block`: the
