@@ -33,8 +33,22 @@ impl Redis {
     }
 
     async fn on(port: u16) -> Option<Redis> {
+        let redis = Self::spawn(port, &["--port", &port.to_string()])?;
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if redis.ping().await {
+                return Some(redis);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("redis-server did not answer on port {port} within 10 s");
+    }
+
+    /// A `redis-server` with `args` on loopback (`port` is where it listens), not waited for.
+    fn spawn(port: u16, args: &[&str]) -> Option<Redis> {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(args)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -51,15 +65,7 @@ impl Redis {
                 return None;
             }
         };
-        let redis = Redis { port, child };
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            if redis.ping().await {
-                return Some(redis);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("redis-server did not answer on port {port} within 10 s");
+        Some(Redis { port, child })
     }
 
     async fn ping(&self) -> bool {
@@ -191,15 +197,6 @@ async fn block_number_never_goes_back_across_replicas() {
         last = n;
     }
     assert_eq!(last, 108);
-    // Only a head seen first by a replica takes a round trip to Redis: the others know it
-    // already (told by pub/sub), and answer it without one.
-    let ops = |r: &Proxy| r.detour.status()["shared"]["operations"].as_u64().unwrap();
-    let before: Vec<u64> = replicas.iter().map(ops).collect();
-    for i in 0..9 {
-        assert_eq!(block_number(&replicas[i % 3]).await, 108);
-    }
-    let after: Vec<u64> = replicas.iter().map(ops).collect();
-    assert_eq!(before, after, "eth_blockNumber answers took round trips to Redis");
     for r in &replicas {
         assert!(r.detour.metrics().contains("detour_shared_up 1"));
     }
@@ -615,7 +612,7 @@ async fn an_upstream_budget_is_spent_across_three_replicas() {
         served += c.await.unwrap();
     }
     assert!(
-        first > 0.4 && idle < 0.1,
+        first > 0.35 && idle < 0.1,
         "parts under load: {first} for the busiest replica, {idle} for the idle one"
     );
     let arrivals: Vec<_> = node
@@ -689,4 +686,118 @@ async fn an_upstream_one_replica_finds_on_another_chain_is_checked_by_the_others
     }
     watcher.stop().await;
     other.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_with_tls_and_a_password_is_shared_through() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // A certificate of a private CA (self-signed) for 127.0.0.1.
+    let dir = std::env::temp_dir().join(format!("detour-redis-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let args = [
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        &cert_s,
+        "--tls-key-file",
+        &key_s,
+        "--tls-ca-cert-file",
+        &cert_s,
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "tls-and-auth-pw",
+    ];
+    let Some(_redis) = Redis::spawn(port, &args) else {
+        return;
+    };
+    let (a, b) = (Mock::start("a").await, Mock::start("b").await);
+    set_head(&a, 300);
+    set_head(&b, 290);
+    let config = |node: &Mock, ca: &str| {
+        format!(
+            "[shared]\nredis_url = \"rediss://:tls-and-auth-pw@127.0.0.1:{port}\"\nprefix = \"s{}\"\n{ca}[cache]\nenabled = false\n{}",
+            std::process::id(),
+            chain_config("", &[("node", &node.url(), "")])
+        )
+    };
+    let ca = format!("ca_file = \"{cert_s}\"\n");
+    let ra = Proxy::start(&config(&a, &ca)).await;
+    let rb = Proxy::start(&config(&b, &ca)).await;
+    shared_up(&ra).await;
+    shared_up(&rb).await;
+    assert_eq!(block_number(&ra).await, 300);
+    assert_eq!(block_number(&rb).await, 300, "b's node is at 290");
+    // Without the private CA the server is not trusted: nothing is shared, nothing fails.
+    let untrusting = Proxy::start(&config(&b, "")).await;
+    assert_eq!(block_number(&untrusting).await, 290);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = untrusting.detour.status();
+    assert_eq!(status["shared"]["state"], "down", "{status}");
+    assert!(!status.to_string().contains("tls-and-auth-pw"));
+    for r in [ra, rb, untrusting] {
+        r.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_block_numbers_take_a_round_trip_only_for_a_new_head() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let nodes = [
+        Mock::start("a").await,
+        Mock::start("b").await,
+        Mock::start("c").await,
+    ];
+    for (node, head) in nodes.iter().zip([105, 100, 103]) {
+        set_head(node, head);
+    }
+    let top = "block_number = \"published\"\n[cache]\nenabled = false\n";
+    let mut replicas = Vec::new();
+    for node in &nodes {
+        let r = replica_with(&redis.url(), node, top, "").await;
+        shared_up(&r).await;
+        replicas.push(r);
+    }
+    for r in &replicas {
+        assert_eq!(block_number(r).await, 105);
+    }
+    // Each replica knows the highest now: answers take no round trip to Redis.
+    let ops = |r: &Proxy| r.detour.status()["shared"]["operations"].as_u64().unwrap();
+    let before: Vec<u64> = replicas.iter().map(ops).collect();
+    for i in 0..9 {
+        assert_eq!(block_number(&replicas[i % 3]).await, 105);
+    }
+    let after: Vec<u64> = replicas.iter().map(ops).collect();
+    assert_eq!(
+        before, after,
+        "eth_blockNumber answers took round trips to Redis"
+    );
+    // A new head at b: b raises it (one round trip); c is told by pub/sub, and answers it
+    // without asking Redis.
+    set_head(&nodes[1], 108);
+    assert_eq!(block_number(&replicas[1]).await, 108);
+    let c_ops = ops(&replicas[2]);
+    let until = Instant::now() + Duration::from_secs(5);
+    while block_number(&replicas[2]).await != 108 {
+        assert!(Instant::now() < until, "c was never told of 108");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ops(&replicas[2]), c_ops);
+    for r in replicas {
+        r.stop().await;
+    }
 }

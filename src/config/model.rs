@@ -173,6 +173,12 @@ pub struct SharedConfig {
     /// Answers larger than this stay in the replica's own cache only (a large value would
     /// not come back within `op_timeout`).
     pub cache_max_entry_bytes: u64,
+    /// How `eth_blockNumber` answers are kept from going back across replicas.
+    pub block_number: SharedBlockNumber,
+    /// A PEM file of the root certificates a `rediss://` server is checked against, instead
+    /// of the public (webpki) roots (a private CA). Read at start and at reloads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for SharedConfig {
@@ -184,8 +190,23 @@ impl Default for SharedConfig {
             cache: true,
             cache_ttl: Duration::from_secs(86_400),
             cache_max_entry_bytes: 256 * 1024,
+            block_number: SharedBlockNumber::Strict,
+            ca_file: None,
         }
     }
+}
+
+/// `[shared] block_number`: how `eth_blockNumber` answers are kept from going back across
+/// replicas.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedBlockNumber {
+    /// Every answer is raised to the shared highest in Redis before it is served (one round
+    /// trip each): never lower than any replica's earlier answer.
+    Strict,
+    /// Answers are raised to the highest this replica was told of (pub/sub); only a head seen
+    /// here first takes a round trip. Lower only within pub/sub's delivery time.
+    Published,
 }
 
 /// A method's cache policy, as `[cache.methods]` sets it.

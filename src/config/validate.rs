@@ -96,6 +96,18 @@ impl Config {
                 "must be greater than zero".into(),
             );
         }
+        if self.shared.ca_file.is_some()
+            && !self
+                .shared
+                .redis_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://"))
+        {
+            bad(
+                "shared.ca_file".into(),
+                "is only used with a rediss:// redis_url (TLS)".into(),
+            );
+        }
         if self.shared.cache_ttl < Duration::from_secs(1) {
             bad("shared.cache_ttl".into(), "must be at least 1s".into());
         }

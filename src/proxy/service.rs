@@ -187,16 +187,17 @@ impl Source for Upstreams {
     }
 }
 
-/// `eth_blockNumber` answers never below what any replica answered. Answers are already at
-/// least the highest this replica knows any replica answered (the others' raises reach it by
-/// pub/sub, see [`Listener`]); an answer above that (a head seen here first), or far below it
-/// (a chain reset), raises the shared highest in Redis before it is served, in one atomic
-/// round trip that also tells the others. So only the first answer of each new head pays the
-/// round trip. Without Redis (down, slow), the replica's own answers stand, as without
-/// `[shared]`.
+/// `eth_blockNumber` answers never below what any replica answered. `Strict` (the default):
+/// each answer raises the shared highest in Redis, and is raised to it, before it is served
+/// (one atomic round trip). `Published`: answers are already at least the highest this
+/// replica was told any replica answered (the others' raises reach it by pub/sub, see
+/// [`Listener`]); only an answer above that (a head seen here first), or far below it (a
+/// chain reset), takes the round trip, which also tells the others. Without Redis (down,
+/// slow), the replica's own answers stand, as without `[shared]`.
 #[inline(never)]
 async fn share_block_number(
     shared: &Arc<crate::shared::Shared>,
+    mode: crate::config::SharedBlockNumber,
     chain: &Chain,
     calls: &[&Call<'_>],
     got: &mut PerCall<CallResult>,
@@ -216,7 +217,8 @@ async fn share_block_number(
             continue;
         };
         let known = chain.state.shared_block();
-        let highest = if n <= known && known <= n + crate::shared::RESET_GAP {
+        let published = mode == crate::config::SharedBlockNumber::Published;
+        let highest = if published && n <= known && known <= n + crate::shared::RESET_GAP {
             known
         } else {
             let Some(highest) = shared.raise_block(chain.chain_id, n).await else {
@@ -716,12 +718,15 @@ impl Detour {
         self.inner.caches.update(&next);
         if next.config.shared != current.config.shared {
             // Validated with the rest: a URL that does not parse was refused above.
-            let shared = crate::shared::Shared::new(&next.config.shared)
-                .ok()
-                .flatten();
-            self.inner.shared.store(shared.clone());
-            if let Some(s) = &shared {
-                self.start_sharing(s);
+            match crate::shared::Shared::new(&next.config.shared) {
+                Ok(shared) => {
+                    self.inner.shared.store(shared.clone());
+                    if let Some(s) = &shared {
+                        self.start_sharing(s);
+                    }
+                }
+                Err(why) => tracing::error!(reason = %why,
+                    "[shared] not changed: the new settings cannot be used"),
             }
         }
         self.inner.pool.store(Arc::new(next));
@@ -1049,7 +1054,8 @@ impl Detour {
         }
         if let Some(shared) = &shared {
             if calls.iter().any(|c| c.method == "eth_blockNumber") {
-                share_block_number(shared, chain, calls, &mut got).await;
+                let mode = pool.config.shared.block_number;
+                share_block_number(shared, mode, chain, calls, &mut got).await;
             }
         }
         got

@@ -206,7 +206,19 @@ impl Shared {
             return Ok(None);
         };
         let (display, secrets) = redact_url(url);
-        let client = redis::Client::open(url).map_err(|e| {
+        let opened = match &config.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("shared.ca_file {}: {e}", path.display()))?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(url, certs)
+            }
+            None => redis::Client::open(url),
+        };
+        let client = opened.map_err(|e| {
             format!(
                 "shared.redis_url {display}: {}",
                 scrub(&e.to_string(), &secrets)
