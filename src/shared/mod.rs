@@ -161,6 +161,8 @@ pub trait Listener: Send + Sync {
 /// The connection to Redis and what this replica knows of it.
 pub struct Shared {
     prefix: String,
+    /// The channel new highest blocks are published on.
+    blocks: String,
     /// This replica's id in verdicts (random per process).
     replica: String,
     client: redis::Client,
@@ -226,6 +228,7 @@ impl Shared {
         })?;
         Ok(Some(Arc::new(Shared {
             prefix: config.prefix.clone(),
+            blocks: format!("{}:blocks", config.prefix),
             replica: format!("{:016x}", fastrand::u64(..)),
             client,
             op_timeout: config.op_timeout,
@@ -415,8 +418,8 @@ impl Shared {
         format!("{}:verdicts", self.prefix)
     }
 
-    fn blocks_channel(&self) -> String {
-        format!("{}:blocks", self.prefix)
+    fn blocks_channel(&self) -> &str {
+        &self.blocks
     }
 
     /// Tells the other replicas of a verdict, in the background (nothing when Redis is
@@ -454,7 +457,7 @@ impl Shared {
                     return;
                 };
                 let client = me.client.clone();
-                let (verdicts, blocks) = (me.verdicts_channel(), me.blocks_channel());
+                let (verdicts, blocks) = (me.verdicts_channel(), me.blocks.clone());
                 let replica = me.replica.clone();
                 drop(me);
                 let subscribed = tokio::time::timeout(Duration::from_secs(1), async {
