@@ -173,6 +173,7 @@ pub struct Shared {
     secrets: Vec<String>,
     /// Made by [`Shared::start`] (it needs a Tokio runtime); it reconnects by itself.
     conn: std::sync::OnceLock<ConnectionManager>,
+    /// The time budget of operations off the request path.
     response_timeout: Duration,
     raise: redis::Script,
     gcra: redis::Script,
@@ -255,7 +256,7 @@ impl Shared {
         if self.conn.get().is_none() {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(1)))
-                .set_response_timeout(Some(self.response_timeout))
+                .set_response_timeout(None)
                 .set_number_of_retries(1)
                 .set_max_delay(RECHECK);
             match ConnectionManager::new_lazy_with_config(self.client.clone(), config) {
