@@ -287,6 +287,9 @@ async fn an_unreachable_redis_changes_nothing_and_its_password_never_shows() {
         !proxy.detour.status()["shared"]["last_error"].is_null()
     })
     .await;
+    // Ready all along: Redis is optional.
+    let (ready, _, _) = support::http_request("GET", &proxy.url("/readyz"), "").await;
+    assert_eq!(ready, 200);
     let status = proxy.detour.status().to_string();
     assert!(status.contains("redis://app:***@127.0.0.1"), "{status}");
     assert!(!status.contains("hunter2secret"));
