@@ -10,7 +10,8 @@
 # runs while A is killed: every read must succeed (failover to B/C, no client-visible error).
 # Then the health scenarios (e2e_health.py), filters and WebSocket subscriptions watched by ethers
 # and viem through node failures and a reorg (e2e_subscriptions.cjs), the response cache
-# (e2e_cache.py) and the status page (e2e_status_page.py).
+# (e2e_cache.py), three replicas sharing a Redis (e2e_shared.py) and the status page
+# (e2e_status_page.py).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -221,7 +222,11 @@ log "ok: filters and subscriptions"
 python3 scripts/e2e_cache.py "$ANVIL" "$DETOUR" "$WORK" "$CAST" || fail "response cache"
 log "ok: response cache"
 
+# --- three replicas sharing a real Redis: block number, Redis killed, a shared rate limit ----
+python3 scripts/e2e_shared.py "$ANVIL" "$DETOUR" "$WORK" "$CAST" || fail "shared state"
+log "ok: shared state"
+
 # --- the status page in headless Chromium --------------------------------------------------
 python3 scripts/e2e_status_page.py "$ANVIL" "$DETOUR" "$WORK" || fail "status page"
 log "ok: status page"
-echo "e2e: 17 passed, 0 failed"
+echo "e2e: 18 passed, 0 failed"
