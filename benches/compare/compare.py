@@ -17,6 +17,10 @@ Phases (each bounded by time):
   open loop    oha at a fixed rate with --latency-correction (coordinated omission), eth_call
   memory       1 000 keep-alive connections, first sending at half the open-loop rate in all
                (oha -c 1000), then all busy at once (wrk -c1000); peak RSS (VmHWM, VmRSS sampled)
+  shapes       mainnet-shaped large answers (a header with withdrawals, a block with full
+               transactions, a block's receipts, a wide eth_getLogs, a batch of 50 mixed calls),
+               closed loop at 64 connections with both wrk (C) and oha (hyper): requests/s and
+               proxy CPU per request
 """
 
 import argparse
@@ -45,6 +49,28 @@ BODIES = {
 CACHE_METHODS = ["eth_call", "eth_getBlockByNumber", "eth_call_unique"]
 CACHE_SHORT = {"eth_call": "call 500 B, hits", "eth_getBlockByNumber": "block 14 KB, hits", "eth_call_unique": "call 500 B, 0% hits"}
 SHORT = {"eth_blockNumber": "blockNumber", "eth_call": "call 500 B", "eth_getBlockByNumber": "block 14 KB"}
+
+
+def _batch50():
+    calls = []
+    for i in range(50):
+        if i % 5 == 0:
+            calls.append({"jsonrpc": "2.0", "id": i, "method": "eth_getBlockByNumber", "params": ["0x1500000", False]})
+        elif i % 5 == 1:
+            calls.append({"jsonrpc": "2.0", "id": i, "method": "eth_blockNumber", "params": []})
+        else:
+            calls.append({"jsonrpc": "2.0", "id": i, "method": "eth_call", "params": [{"to": "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48", "data": "0x06fdde03"}, "latest"]})
+    return json.dumps(calls, separators=(",", ":"))
+
+
+# The large, mainnet-shaped answers (see mock.rs): name → (label, request body).
+SHAPES = {
+    "header": ("header 200 tx + 16 withdrawals", '{"jsonrpc":"2.0","id":1,"method":"eth_getBlockByNumber","params":["0x1500001",false]}'),
+    "full_block": ("block, 200 full tx", '{"jsonrpc":"2.0","id":1,"method":"eth_getBlockByNumber","params":["0x1500000",true]}'),
+    "receipts": ("eth_getBlockReceipts, 600 logs", '{"jsonrpc":"2.0","id":1,"method":"eth_getBlockReceipts","params":["0x1500000"]}'),
+    "logs": ("eth_getLogs, 1 900 logs", '{"jsonrpc":"2.0","id":1,"method":"eth_getLogs","params":[{"fromBlock":"0x14ff000","toBlock":"0x1500000"}]}'),
+    "batch50": ("batch of 50 mixed calls", _batch50()),
+}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -120,6 +146,7 @@ class Bench:
         self.args = args
         self.work = tempfile.mkdtemp(prefix="detour-compare.")
         self.procs = []
+        self.shape_bytes = {}
         ncpu = len(os.sched_getaffinity(0))
         if ncpu >= 2:
             cpus = sorted(os.sched_getaffinity(0))
@@ -210,6 +237,10 @@ http {{
             proxy_pass http://mock;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            # Large answers: buffered in memory and passed on as they come, never spooled to
+            # a temporary file (the default beyond 64 KB, which would slow nginx down).
+            proxy_buffers 32 16k;
+            proxy_max_temp_file_size 0;
         }}
     }}
 }}
@@ -268,13 +299,16 @@ url = "http://{self.mock_addr}"
 
     # --- load generators ---------------------------------------------------------------
 
-    def wrk(self, target, method, conns, seconds):
+    def wrk(self, target, method, conns, seconds, body=None):
         cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s", "-s", os.path.join(HERE, "wrk.lua"), target.url]
         pids = target.pids()
         before = cpu_ticks(pids)
+        env = dict(os.environ, METHOD=method)
+        if body is not None:
+            env["BODY"] = body
         out = subprocess.run(
             self.pinned(self.load_cpu, cmd),
-            env=dict(os.environ, METHOD=method),
+            env=env,
             capture_output=True,
             text=True,
             timeout=seconds + 30,
@@ -290,11 +324,13 @@ url = "http://{self.mock_addr}"
         r.update(cpu_us_per_req(before, after, r["requests"]))
         return r
 
-    def oha(self, target, method, rate, seconds, conns=32):
+    def oha(self, target, method, rate, seconds, conns=32, body=None):
+        """oha at `rate` (open loop, latency corrected), or as fast as it can with `rate` None."""
+        paced = ["-q", str(rate), "--latency-correction"] if rate else []
         cmd = [
             self.args.oha_bin, "--no-tui", "--output-format", "json", "--worker-threads", "1",
-            "-z", f"{seconds}s", "-q", str(rate), "--latency-correction", "-c", str(conns),
-            "-m", "POST", "-T", "application/json", "-d", BODIES[method], target.url,
+            "-z", f"{seconds}s", *paced, "-c", str(conns),
+            "-m", "POST", "-T", "application/json", "-d", body or BODIES[method], target.url,
         ]
         pids = target.pids()
         before = cpu_ticks(pids)
@@ -363,7 +399,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each sequential/closed-loop run")
     ap.add_argument("--rate", default="auto", help="open-loop requests/s (auto: half the slower proxy's closed-loop eth_call rate, or 2000 without that phase)")
     ap.add_argument("--quick", action="store_true", help="1 round of 1 s runs: checks that everything works")
-    ap.add_argument("--phases", default="seq,closed,open,memory,cache", help="comma-separated subset of seq,closed,open,memory,cache")
+    ap.add_argument("--phases", default="seq,closed,open,memory,cache,shapes", help="comma-separated subset of seq,closed,open,memory,cache,shapes")
     ap.add_argument("--json", help="also write every measurement to this file")
     ap.add_argument("--detour-bin", default=os.path.join(ROOT, "target/release/detour"))
     ap.add_argument("--mock-bin", default=os.path.join(ROOT, "target/release/examples/compare-mock"))
@@ -374,7 +410,7 @@ def main():
         args.rounds, args.seconds = 1, 1.0
     secs = max(1, round(args.seconds))
     phases = set(args.phases.split(","))
-    if not phases <= {"seq", "closed", "open", "memory", "cache"}:
+    if not phases <= {"seq", "closed", "open", "memory", "cache", "shapes"}:
         die(f"unknown phase in --phases {args.phases}")
     for tool in [args.detour_bin, args.mock_bin, args.nginx_bin, args.oha_bin, shutil.which("wrk") or "wrk"]:
         if not (os.path.isfile(tool) and os.access(tool, os.X_OK)):
@@ -389,7 +425,7 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
 
     b = Bench(args)
-    results = {"seq": {}, "closed": {}, "open": {}, "memory": {}, "cache": {}}
+    results = {"seq": {}, "closed": {}, "open": {}, "memory": {}, "cache": {}, "shapes": {}}
     try:
         direct = b.start_mock()
         nginx = b.start_nginx()
@@ -405,6 +441,13 @@ def main():
                 got = post(t.url, BODIES[m])[1]
                 if got != want:
                     die(f"{t.name} changed the {m} answer: {got[:120]!r} vs {want[:120]!r}")
+        for name, (_, body) in SHAPES.items() if "shapes" in phases else []:
+            want = post(direct.url, body, timeout=10)[1]
+            for t in (nginx, detour, floor):
+                got = post(t.url, body, timeout=10)[1]
+                if got != want:
+                    die(f"{t.name} changed the {name} answer ({len(got)} vs {len(want)} bytes)")
+            b.shape_bytes[name] = len(want)
         print(f"mock {b.mock_addr}; load generator on CPU {b.load_cpu}, servers on CPU {b.server_cpu}", file=sys.stderr)
         for t in targets:  # warm-up: connections, caches, detour's latency estimate
             b.wrk(t, "eth_call", 8, 1)
@@ -441,6 +484,16 @@ def main():
         mem_rate = max(500, rate // 2 // 500 * 500)
         for t in (nginx, detour, floor) if "memory" in phases else []:
             results["memory"][t.name] = b.memory(t, secs + 2, mem_rate)
+
+        for r in range(args.rounds) if "shapes" in phases else []:
+            print(f"large answers round {r + 1}/{args.rounds}", file=sys.stderr)
+            for name, (_, body) in SHAPES.items():
+                for t in rotate(r):
+                    if t is direct:
+                        continue
+                    shape = results["shapes"].setdefault(name, {}).setdefault(t.name, {"wrk": [], "oha": []})
+                    shape["wrk"].append(b.wrk(t, "shape", 64, secs, body=body))
+                    shape["oha"].append(b.oha(t, "shape", None, secs, conns=64, body=body))
 
         if "cache" in phases:
             # The response cache: detour with the cache on against the same build with it off.
@@ -490,6 +543,8 @@ def report(b, args, res, rate, secs, mem_rate):
         report_memory(res, mem_rate)
     if res["cache"]:
         report_cache(res)
+    if res["shapes"]:
+        report_shapes(res, b.shape_bytes)
     report_targets(res, added, cpu_ratio, rps_ratio)
 
 
@@ -573,6 +628,21 @@ def report_cache(res):
         print(f"- {CACHE_SHORT[m]}: CPU {fmt_list(cpu)} (median {med(cpu):.2f}), throughput {fmt_list(rps)} (median {med(rps):.2f})")
 
 
+def report_shapes(res, sizes):
+    print("\n### Large, mainnet-shaped answers, closed loop, 64 connections (wrk and oha)\n")
+    print("Proxy CPU per request (user + sys) and requests/s; detour/nginx is the median of the")
+    print("per-round ratios.\n")
+    print("| answer | bytes | load generator | nginx CPU | detour CPU | floor CPU | detour/nginx CPU | detour/nginx requests/s |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for name, (label, _) in SHAPES.items():
+        for gen in ("wrk", "oha"):
+            rows = {n: res["shapes"][name][n][gen] for n in ("nginx", "detour", "floor")}
+            c = {n: med([x["cpu_us_per_req"] for x in rows[n]]) for n in rows}
+            cpu = med([d["cpu_us_per_req"] / max(1e-9, g["cpu_us_per_req"]) for d, g in zip(rows["detour"], rows["nginx"])])
+            rps = med([d["rps"] / max(1e-9, g["rps"]) for d, g in zip(rows["detour"], rows["nginx"])])
+            print(f"| {label} | {sizes.get(name, 0)} | {gen} | {c['nginx']:.1f} µs | {c['detour']:.1f} µs | {c['floor']:.1f} µs | {cpu:.2f} | {rps:.2f} |")
+
+
 def report_targets(res, added, cpu_ratio, rps_ratio):
     print("\n### Targets (detour against nginx in this run)\n")
 
@@ -602,6 +672,11 @@ def report_targets(res, added, cpu_ratio, rps_ratio):
         check("cache hit throughput, eth_call, ≥ 2× proxied", t, t >= 2.0)
         c = ratio("eth_call_unique", "cpu_us_per_req")
         check("cache on, 0% hits, CPU per request ≤ 1.05× cache off", c, c <= 1.05)
+    for name, (label, _) in SHAPES.items() if res["shapes"] else []:
+        for gen in ("wrk", "oha"):
+            d, g = res["shapes"][name]["detour"][gen], res["shapes"][name]["nginx"][gen]
+            c = med([x["cpu_us_per_req"] / max(1e-9, y["cpu_us_per_req"]) for x, y in zip(d, g)])
+            check(f"CPU per request, {label} ({gen}), ≤ 1.0× nginx", c, c <= 1.0)
     print("- selection flat from 3 to 1 000 upstreams: `cargo bench --bench select`")
 
 

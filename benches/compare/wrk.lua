@@ -20,6 +20,9 @@ if method == "eth_call_unique" then
     n = n + 1
     return wrk.format(nil, nil, nil, string.format(template, n))
   end
+elseif os.getenv("BODY") then
+  -- A body given whole (the large answers' requests, a batch).
+  wrk.body = os.getenv("BODY")
 else
   wrk.body = assert(bodies[method], "unknown METHOD " .. method)
 end
