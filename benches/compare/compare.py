@@ -262,7 +262,7 @@ http {{
 [server]
 listen = "127.0.0.1:{port}"
 worker_threads = 1
-access_log = false
+access_log = {"true" if self.args.access_log == "on" else "false"}
 
 [cache]
 enabled = {"true" if cache else "false"}
@@ -278,7 +278,7 @@ url = "http://{self.mock_addr}"
             self.pinned(self.server_cpu, [self.args.detour_bin, "--config", conf]),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=dict(os.environ, RUST_LOG="warn"),
+            env=dict(os.environ, RUST_LOG="info" if self.args.access_log == "on" else "warn"),
         )
         return Target(name, f"http://127.0.0.1:{port}/bench", p, lambda: [p.pid])
 
@@ -401,6 +401,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="1 round of 1 s runs: checks that everything works")
     ap.add_argument("--phases", default="seq,closed,open,memory,cache,shapes", help="comma-separated subset of seq,closed,open,memory,cache,shapes")
     ap.add_argument("--json", help="also write every measurement to this file")
+    ap.add_argument("--access-log", choices=["on", "off"], default="off", help="detour's access log (on is detour's default; off matches nginx's access_log off)")
     ap.add_argument("--detour-bin", default=os.path.join(ROOT, "target/release/detour"))
     ap.add_argument("--mock-bin", default=os.path.join(ROOT, "target/release/examples/compare-mock"))
     ap.add_argument("--nginx-bin", default=shutil.which("nginx") or "/usr/sbin/nginx")
@@ -523,7 +524,7 @@ def report(b, args, res, rate, secs, mem_rate):
     names = ["direct", "nginx", "detour", "floor"]
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
     ver = subprocess.run([args.nginx_bin, "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
-    print(f"\n## detour vs nginx {ver} vs direct — {args.rounds} round(s), {secs} s per run, {cpu}, {os.cpu_count()} CPUs")
+    print(f"\n## detour vs nginx {ver} vs direct — {args.rounds} round(s), {secs} s per run, {cpu}, {os.cpu_count()} CPUs, detour's access log {args.access_log}")
     print("Medians over rounds; [per-round detour/nginx ratios]. Latency in µs. `floor`: the")
     print("smallest proxy on what detour's HTTP/1 path is built from (Tokio current-thread,")
     print("httparse, one upstream connection per client; no JSON-RPC work, no timeouts), to show")
