@@ -163,27 +163,32 @@ async fn block_number(proxy: &Proxy) -> u64 {
     u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn block_number_never_goes_back_across_replicas() {
-    let Some(redis) = Redis::start().await else {
-        return;
-    };
+/// Three replicas with `top` under `[shared]`, each before its own node, the nodes at heights
+/// 105, 100 and 103; every replica has reached Redis.
+async fn three_at_heights(redis: &Redis, top: &str) -> ([Mock; 3], Vec<Proxy>) {
     let nodes = [
         Mock::start("a").await,
         Mock::start("b").await,
         Mock::start("c").await,
     ];
-    // Each replica's own node is at another height.
     for (node, head) in nodes.iter().zip([105, 100, 103]) {
         set_head(node, head);
     }
     let mut replicas = Vec::new();
     for node in &nodes {
-        replicas.push(replica(&redis.url(), node).await);
+        let r = replica_with(&redis.url(), node, top, "").await;
+        shared_up(&r).await;
+        replicas.push(r);
     }
-    for r in &replicas {
-        shared_up(r).await;
-    }
+    (nodes, replicas)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_number_never_goes_back_across_replicas() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let (nodes, replicas) = three_at_heights(&redis, "[cache]\nenabled = false\n").await;
     // A client moved from replica to replica: never lower than an earlier answer.
     assert_eq!(block_number(&replicas[0]).await, 105);
     assert_eq!(block_number(&replicas[1]).await, 105, "b's node is at 100");
@@ -760,21 +765,8 @@ async fn published_block_numbers_take_a_round_trip_only_for_a_new_head() {
     let Some(redis) = Redis::start().await else {
         return;
     };
-    let nodes = [
-        Mock::start("a").await,
-        Mock::start("b").await,
-        Mock::start("c").await,
-    ];
-    for (node, head) in nodes.iter().zip([105, 100, 103]) {
-        set_head(node, head);
-    }
     let top = "block_number = \"published\"\n[cache]\nenabled = false\n";
-    let mut replicas = Vec::new();
-    for node in &nodes {
-        let r = replica_with(&redis.url(), node, top, "").await;
-        shared_up(&r).await;
-        replicas.push(r);
-    }
+    let (nodes, replicas) = three_at_heights(&redis, top).await;
     for r in &replicas {
         assert_eq!(block_number(r).await, 105);
     }
