@@ -460,6 +460,8 @@ pub struct Ticket<'a> {
 /// Where a final answer is shared.
 struct Share {
     shared: Arc<crate::shared::Shared>,
+    /// The answer's name there ([`Ticket::shared_id`]).
+    id: String,
     /// Lookups that missed it there lately (it is shared from the second on).
     asked: u64,
     ttl: Duration,
@@ -482,16 +484,18 @@ impl Ticket<'_> {
         self.may_be_final.then(|| self.key.shared_id())
     }
 
-    /// Its answer goes to the cache shared by replicas too, if final; `asked`: lookups that
-    /// missed it there lately.
+    /// Its answer goes to the cache shared by replicas too, if final, as `id` (its
+    /// [`Ticket::shared_id`]); `asked`: lookups that missed it there lately.
     pub fn share(
         &mut self,
         shared: Arc<crate::shared::Shared>,
+        id: String,
         asked: u64,
         config: &crate::config::SharedConfig,
     ) {
         self.share = Some(Share {
             shared,
+            id,
             asked,
             ttl: config.cache_ttl,
             max_bytes: config.cache_max_entry_bytes,
@@ -908,8 +912,9 @@ impl ChainCache {
             };
             let hash = named_hash.or(tracked.as_deref()).unwrap_or("");
             let value = encode_shared(&ticket.key, hash, result);
-            let id = ticket.key.shared_id();
-            share.shared.store(self.chain_id, &id, value, share.ttl);
+            share
+                .shared
+                .store(self.chain_id, &share.id, value, share.ttl);
         }
         if !admitted {
             return;

@@ -1408,7 +1408,7 @@ impl Detour {
         }))
         .await;
         let mut left = smallvec::SmallVec::new();
-        for ((i, mut ticket), stored) in tickets.into_iter().zip(found) {
+        for (((i, mut ticket), stored), id) in tickets.into_iter().zip(found).zip(ids) {
             let asked = match stored {
                 Some(Stored::Found(value)) => match ticket.from_shared(&value, ctx) {
                     Some(result) => {
@@ -1430,8 +1430,8 @@ impl Detour {
                 Some(Stored::Missing(asked)) => asked,
                 None => 0,
             };
-            if asked > 0 {
-                ticket.share(shared.clone(), asked, &pool.config.shared);
+            if let (true, Some(id)) = (asked > 0, id) {
+                ticket.share(shared.clone(), id, asked, &pool.config.shared);
             }
             left.push((i, ticket));
         }
