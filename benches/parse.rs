@@ -5,6 +5,10 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use detour::rpc::jsonrpc::{self, Entry, Parsed};
 
+/// The compare benchmark's mainnet-shaped answers (issue 19).
+#[path = "compare/shapes.rs"]
+mod shapes;
+
 const CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"eth_call","params":[{"from":"0x0000000000000000000000000000000000000000","to":"0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48","data":"0x70a08231000000000000000000000000f39fd6e51aad88f6f4ce6ab8827279cfffb92266"},"latest"]}"#;
 
 fn batch(n: usize) -> String {
@@ -56,6 +60,21 @@ fn bench(c: &mut Criterion) {
     g.bench_function("UTF-8 check alone (14 KB block)", |b| {
         b.iter(|| black_box(simdutf8::basic::from_utf8(black_box(block.as_bytes())).is_ok()))
     });
+    // The large mainnet-shaped answers: the scanner validates every byte of each result.
+    for (name, result) in [
+        ("header 17 KB", shapes::header()),
+        ("full block 200 KB", shapes::full_block()),
+        ("receipts 585 KB", shapes::receipts()),
+        ("logs 1.2 MB", shapes::logs()),
+    ] {
+        let answer = format!(r#"{{"jsonrpc":"2.0","id":0,"result":{result}}}"#);
+        g.throughput(Throughput::Bytes(answer.len() as u64));
+        g.bench_function(format!("parse answer ({name})"), |b| {
+            b.iter(|| {
+                black_box(jsonrpc::parse_upstream(black_box(answer.as_bytes())).map(|v| v.len()))
+            })
+        });
+    }
     g.throughput(Throughput::Elements(1));
     let Parsed::Single(Entry::Call(call)) = jsonrpc::parse(CALL.as_bytes(), 10) else {
         unreachable!()
