@@ -111,111 +111,22 @@ impl<'a> Scanner<'a> {
         self.peek()
     }
 
-    /// One value, after any whitespace: its text.
+    /// One value, after any whitespace: its text. Arrays and objects are walked without
+    /// recursion, one bit per open container on a small stack, which is what makes a
+    /// multi-megabyte `result` cheap to check (issue 19).
     pub(crate) fn value(&mut self, depth: u32) -> Option<&'a str> {
         self.ws();
         let start = self.at;
-        match self.peek()? {
-            b'"' => {
-                self.string(true)?;
-            }
-            b'{' => {
-                self.object(depth, &[], &mut [])?;
-            }
-            b'[' => {
-                self.array(depth, |s, d| s.value(d).map(drop))?;
-            }
-            b't' => self.literal("true")?,
-            b'f' => self.literal("false")?,
-            b'n' => self.literal("null")?,
-            b'-' | b'0'..=b'9' => self.number()?,
-            _ => return None,
-        }
+        self.at = skip_value(self.bytes(), start, depth)?;
         self.text.get(start..self.at)
-    }
-
-    fn literal(&mut self, word: &str) -> Option<()> {
-        let end = self.at + word.len();
-        (self.text.get(self.at..end)? == word).then(|| self.at = end)
-    }
-
-    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
-    fn number(&mut self) -> Option<()> {
-        let b = self.bytes();
-        let digits = |at: &mut usize| {
-            let from = *at;
-            while b.get(*at).is_some_and(u8::is_ascii_digit) {
-                *at += 1;
-            }
-            *at > from
-        };
-        let mut at = self.at;
-        if b.get(at) == Some(&b'-') {
-            at += 1;
-        }
-        match b.get(at)? {
-            b'0' => {
-                at += 1;
-                // A leading zero is a number on its own ("01" is not JSON).
-                if b.get(at).is_some_and(u8::is_ascii_digit) {
-                    return None;
-                }
-            }
-            b'1'..=b'9' => {
-                digits(&mut at);
-            }
-            _ => return None,
-        }
-        if b.get(at) == Some(&b'.') {
-            at += 1;
-            if !digits(&mut at) {
-                return None;
-            }
-        }
-        if let Some(b'e' | b'E') = b.get(at) {
-            at += 1;
-            if let Some(b'+' | b'-') = b.get(at) {
-                at += 1;
-            }
-            if !digits(&mut at) {
-                return None;
-            }
-        }
-        self.at = at;
-        Some(())
     }
 
     /// A string, at its opening quote; escapes are allowed only when `escapes` is set (then
     /// they are checked, not decoded). Returns the content between the quotes.
     fn string(&mut self, escapes: bool) -> Option<&'a str> {
-        let b = self.bytes();
         let open = self.at;
-        let mut at = open + 1;
-        loop {
-            let stop = find_special(b, at)?;
-            match b[stop] {
-                b'"' => {
-                    self.at = stop + 1;
-                    return self.text.get(open + 1..stop);
-                }
-                b'\\' if escapes => {
-                    // `\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`, or `\u` and 4 hex digits.
-                    at = match *b.get(stop + 1)? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => stop + 2,
-                        b'u' => {
-                            let hex = b.get(stop + 2..stop + 6)?;
-                            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                                return None;
-                            }
-                            stop + 6
-                        }
-                        _ => return None,
-                    };
-                }
-                // A control character, or an escape where none may be.
-                _ => return None,
-            }
-        }
+        self.at = string_end(self.bytes(), open, escapes)?;
+        self.text.get(open + 1..self.at - 1)
     }
 
     /// An array, at `[`: `element` reads each element (after any whitespace is fine).
@@ -280,6 +191,173 @@ impl<'a> Scanner<'a> {
                 _ => return None,
             }
         }
+    }
+}
+
+/// Whitespace from `at` on: where the next byte that is not whitespace is.
+#[inline(always)]
+fn skip_ws(b: &[u8], mut at: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(at) {
+        at += 1;
+    }
+    at
+}
+
+/// The end of the string whose opening quote is at `open` (just past its closing quote);
+/// escapes are allowed only when `escapes` is set (then they are checked, not decoded).
+#[inline(always)]
+fn string_end(b: &[u8], open: usize, escapes: bool) -> Option<usize> {
+    let mut at = open + 1;
+    loop {
+        let stop = find_special(b, at)?;
+        match b[stop] {
+            b'"' => return Some(stop + 1),
+            b'\\' if escapes => {
+                // `\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`, or `\u` and 4 hex digits.
+                at = match *b.get(stop + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => stop + 2,
+                    b'u' => {
+                        let hex = b.get(stop + 2..stop + 6)?;
+                        if !hex.iter().all(u8::is_ascii_hexdigit) {
+                            return None;
+                        }
+                        stop + 6
+                    }
+                    _ => return None,
+                };
+            }
+            // A control character, or an escape where none may be.
+            _ => return None,
+        }
+    }
+}
+
+/// The end of the number at `at`:
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+fn number_end(b: &[u8], mut at: usize) -> Option<usize> {
+    let digits = |at: &mut usize| {
+        let from = *at;
+        while b.get(*at).is_some_and(u8::is_ascii_digit) {
+            *at += 1;
+        }
+        *at > from
+    };
+    if b.get(at) == Some(&b'-') {
+        at += 1;
+    }
+    match b.get(at)? {
+        b'0' => {
+            at += 1;
+            // A leading zero is a number on its own ("01" is not JSON).
+            if b.get(at).is_some_and(u8::is_ascii_digit) {
+                return None;
+            }
+        }
+        b'1'..=b'9' => {
+            digits(&mut at);
+        }
+        _ => return None,
+    }
+    if b.get(at) == Some(&b'.') {
+        at += 1;
+        if !digits(&mut at) {
+            return None;
+        }
+    }
+    if let Some(b'e' | b'E') = b.get(at) {
+        at += 1;
+        if let Some(b'+' | b'-') = b.get(at) {
+            at += 1;
+        }
+        if !digits(&mut at) {
+            return None;
+        }
+    }
+    Some(at)
+}
+
+/// The end of the literal `word` at `at`.
+#[inline(always)]
+fn literal_end(b: &[u8], at: usize, word: &[u8]) -> Option<usize> {
+    let end = at + word.len();
+    (b.get(at..end)? == word).then_some(end)
+}
+
+/// After `{` or `,` in an object: the member's name and its colon; where its value starts
+/// (whitespace not skipped). Names may hold escapes: nothing compares them here.
+#[inline(always)]
+fn member_name(b: &[u8], at: usize) -> Option<usize> {
+    let at = skip_ws(b, at);
+    if *b.get(at)? != b'"' {
+        return None;
+    }
+    let at = skip_ws(b, string_end(b, at, true)?);
+    (*b.get(at)? == b':').then_some(at + 1)
+}
+
+/// Checks the one JSON value at `at` (no whitespace before it) and returns where it ends:
+/// what `Scanner::value` does, with no recursion. `depth` is how deep the value is; containers
+/// nest at most [`MAX_DEPTH`] deep, counting from 0.
+fn skip_value(b: &[u8], mut at: usize, depth: u32) -> Option<usize> {
+    // Open containers, innermost in bit 0: 1 for an object, 0 for an array. MAX_DEPTH is 64,
+    // so they fit in one word.
+    let mut stack: u64 = 0;
+    let mut open: u32 = 0;
+    'value: loop {
+        // A value starts at `at`.
+        match *b.get(at)? {
+            b'"' => at = string_end(b, at, true)?,
+            c @ (b'{' | b'[') => {
+                if depth + open >= MAX_DEPTH {
+                    return None;
+                }
+                let object = c == b'{';
+                let inside = skip_ws(b, at + 1);
+                if *b.get(inside)? == c + 2 {
+                    // `{}` or `[]` (`}` and `]` are two past `{` and `[` in ASCII).
+                    at = inside + 1;
+                } else {
+                    stack = (stack << 1) | u64::from(object);
+                    open += 1;
+                    at = if object {
+                        skip_ws(b, member_name(b, inside)?)
+                    } else {
+                        inside
+                    };
+                    continue 'value;
+                }
+            }
+            b't' => at = literal_end(b, at, b"true")?,
+            b'f' => at = literal_end(b, at, b"false")?,
+            b'n' => at = literal_end(b, at, b"null")?,
+            b'-' | b'0'..=b'9' => at = number_end(b, at)?,
+            _ => return None,
+        }
+        // A value ended at `at`: a comma and the next one, or the end of containers.
+        while open > 0 {
+            at = skip_ws(b, at);
+            let object = stack & 1 == 1;
+            match *b.get(at)? {
+                b',' => {
+                    at = skip_ws(
+                        b,
+                        if object {
+                            member_name(b, at + 1)?
+                        } else {
+                            at + 1
+                        },
+                    );
+                    continue 'value;
+                }
+                b'}' if object => {}
+                b']' if !object => {}
+                _ => return None,
+            }
+            at += 1;
+            stack >>= 1;
+            open -= 1;
+        }
+        return Some(at);
     }
 }
 
