@@ -325,11 +325,15 @@ struct Budget {
     at: u64,
     /// The parts computed lately (when, µs; millionths), oldest first.
     parts: std::collections::VecDeque<(u64, u32)>,
+    /// What each tick measured lately (when, µs; used per second; requests waited), oldest
+    /// first.
+    uses: std::collections::VecDeque<(u64, u64, bool)>,
 }
 
 impl Budgets {
-    /// Tells the other replicas how this one used each upstream's budget since the last time
-    /// (per second, and whether requests waited for room), and sets its part of the budget
+    /// Tells the other replicas how this one used each upstream's budget over the last second
+    /// (the most it sent per second between two ticks, and whether requests waited for room),
+    /// and sets its part of the budget
     /// from what all of them told ([`crate::state::quota::fair_part`]). Budgets in compute
     /// units are shared by compute units, others by calls.
     ///
@@ -358,14 +362,25 @@ impl Budgets {
                         sent,
                         waits,
                         at: now,
-                        parts: Default::default(),
+                        ..Default::default()
                     });
                 let span = now.saturating_sub(budget.at).max(1);
-                let mine = crate::shared::BudgetUse {
-                    used: sent.saturating_sub(budget.sent).saturating_mul(1_000_000) / span,
-                    wants_more: waits > budget.waits || up.state.quota.waiting(now),
-                };
+                let used = sent.saturating_sub(budget.sent).saturating_mul(1_000_000) / span;
+                let wants = waits > budget.waits || up.state.quota.waiting(now);
                 (budget.sent, budget.waits, budget.at) = (sent, waits, now);
+                // What this replica tells is its demand over the last second, not over the
+                // last tick alone: a client that pauses for one tick (or a replica that was
+                // not scheduled for one) would otherwise tell of no use, get a part of almost
+                // nothing, and keep it for a second (parts grow only after SHARE_LIFE).
+                let life = SHARE_LIFE.as_micros() as u64;
+                budget.uses.push_back((now, used, wants));
+                while budget.uses.front().is_some_and(|&(t, ..)| t + life < now) {
+                    budget.uses.pop_front();
+                }
+                let mine = crate::shared::BudgetUse {
+                    used: budget.uses.iter().map(|&(_, u, _)| u).max().unwrap_or(0),
+                    wants_more: budget.uses.iter().any(|&(.., w)| w),
+                };
                 let Some(told) = shared
                     .share_budget(chain.chain_id, &up.name, mine, SHARE_LIFE)
                     .await
@@ -374,7 +389,6 @@ impl Budgets {
                 };
                 let told: Vec<(u64, bool)> = told.iter().map(|u| (u.used, u.wants_more)).collect();
                 let part = crate::state::quota::fair_part(&told, u64::from(limit));
-                let life = SHARE_LIFE.as_micros() as u64;
                 budget.parts.push_back((now, part.max(1)));
                 while budget.parts.front().is_some_and(|&(t, _)| t + life < now) {
                     budget.parts.pop_front();

@@ -17,8 +17,8 @@
 //! rate-limits without saying how much): their recent rate is sampled by the health task.
 //!
 //! Replicas sharing a Redis (`[shared]`) spend one budget between them: each replica tells
-//! the others, every [`SHARE_EVERY`], how much of the upstream's budget it used and whether it
-//! had requests wait for more, and enforces its part of the configured limits (see
+//! the others, every [`SHARE_EVERY`], how much of the upstream's budget it used over the last
+//! second and whether it had requests wait for more, and enforces its part of the configured limits (see
 //! [`fair_part`] and [`Quota::set_share`]): replicas that use little get what they use and
 //! some room to grow, those that want more split the rest evenly. The parts add up to the
 //! limit, so the cluster never spends more than it; the request path reads one more atomic
