@@ -41,7 +41,33 @@ enum LogFormat {
     Json,
 }
 
+/// glibc's allocator serves a block of more than 128 KiB (a threshold it raises, one freed
+/// block at a time, up to 32 MiB) with its own `mmap` and hands it back with `munmap` when it is
+/// freed, and gives the top of a heap back once more than twice that is free there. Every
+/// large answer (a block with its transactions is 200 KB, receipts and logs are megabytes) was
+/// read into fresh pages, which the kernel zeroed on the first touch: a tenth of the CPU a
+/// full block cost through detour went to `clear_page`. Blocks up to 16 MiB now come from the
+/// heaps and are reused, and up to 32 MiB of free heap is kept; the memory an answer takes
+/// while it is served is unchanged. `MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_` in
+/// the environment still win (other allocators are not touched).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: mallopt only sets a parameter of the allocator; it is called before any
+        // thread is started.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20) };
+    }
+    if std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_none() {
+        // SAFETY: as above.
+        unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20) };
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let source = Source::discover(cli.config.as_deref());
     if let Some(Command::Check) = cli.command {
