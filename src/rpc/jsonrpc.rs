@@ -528,7 +528,9 @@ fn parse_upstream_with_serde(
 /// The members of a response object, at `{` in `s`.
 fn response_members<'a>(s: &mut Scanner<'a>, depth: u32) -> Option<RawResponse<'a>> {
     let mut found = [None; 3];
-    s.object(depth, &["id", "result", "error"], &mut found)?;
+    // The result, often megabytes of objects, is checked for structure only: it is forwarded
+    // byte for byte, and a cut answer is still caught (issue 19).
+    s.object_loose(depth, &["id", "result", "error"], &mut found, 1)?;
     let [id, result, error] = found.map(|v| v.map(Raw));
     Some(RawResponse { id, result, error })
 }

@@ -146,20 +146,59 @@ impl<'a> Scanner<'a> {
         keys: &[&str],
         found: &mut [Option<&'a str>],
     ) -> Option<()> {
+        self.fields(depth, keys, found, None)
+    }
+
+    /// [`Scanner::object`], where the member `keys[loose]`, when it is an array or an object,
+    /// is checked for structure only (see [`skip_container_loose`]): an upstream's `result`.
+    pub(crate) fn object_loose(
+        &mut self,
+        depth: u32,
+        keys: &[&str],
+        found: &mut [Option<&'a str>],
+        loose: usize,
+    ) -> Option<()> {
+        self.fields(depth, keys, found, Some(loose))
+    }
+
+    fn fields(
+        &mut self,
+        depth: u32,
+        keys: &[&str],
+        found: &mut [Option<&'a str>],
+        loose: Option<usize>,
+    ) -> Option<()> {
         self.sequence(b'{', b'}', depth, |s, depth| {
             if s.next_byte()? != b'"' {
                 return None;
             }
             let key = s.string(false)?;
             s.eat(b':')?;
-            let value = s.value(depth)?;
-            if let Some(k) = keys.iter().position(|k| *k == key) {
+            let k = keys.iter().position(|k| *k == key);
+            let value = if k.is_some() && k == loose {
+                s.value_loose(depth)?
+            } else {
+                s.value(depth)?
+            };
+            if let Some(k) = k {
                 if found[k].replace(value).is_some() {
                     return None;
                 }
             }
             Some(())
         })
+    }
+
+    /// [`Scanner::value`], but an array or an object is checked for structure only (see
+    /// [`skip_container_loose`]).
+    pub(crate) fn value_loose(&mut self, depth: u32) -> Option<&'a str> {
+        self.ws();
+        let start = self.at;
+        self.at = match self.peek()? {
+            b'{' | b'[' => skip_container_loose(self.bytes(), start, depth)?,
+            _ => skip_value(self.bytes(), start, depth)?,
+        };
+        self.text.get(start..self.at)
     }
 
     /// `open`, then items separated by commas (each read by `item` one level deeper), then
@@ -361,6 +400,106 @@ fn skip_value(b: &[u8], mut at: usize, depth: u32) -> Option<usize> {
     }
 }
 
+/// Where the array or object at `at` ends, checked for structure only: UTF-8 (already, as
+/// `b` is a `&str`'s bytes), strings closed and free of control characters, brackets balanced
+/// and matched, nesting at most [`MAX_DEPTH`] deep counting from `depth`. What sits between
+/// the strings and brackets (commas, colons, numbers, literals) is not checked. Meant for an
+/// upstream's `result` (issue 19): the bytes are forwarded as they came, and a truncated or
+/// cut answer is still caught (a proper prefix of a container never closes it). 64 bytes are
+/// classified at a time; a value with a backslash inside a string (an escape) is handed to
+/// [`skip_value`], which checks escapes exactly.
+#[cfg(target_arch = "x86_64")]
+fn skip_container_loose(b: &[u8], start: usize, depth: u32) -> Option<usize> {
+    use std::arch::x86_64::*;
+    // Open containers, innermost in bit 0: 1 for an object, 0 for an array.
+    let mut stack: u64 = 0;
+    let mut open: u32 = 0;
+    // All ones when the previous block ended inside a string.
+    let mut carry: u64 = 0;
+    let mut i = start;
+    let mut tail = [b' '; 64];
+    while i < b.len() {
+        let block: &[u8; 64] = match b.get(i..i + 64) {
+            Some(s) => s.try_into().ok()?,
+            None => {
+                // The last few bytes, padded with spaces (which are nothing to this scan).
+                let rest = &b[i..];
+                tail[..rest.len()].copy_from_slice(rest);
+                &tail
+            }
+        };
+        let (mut quote, mut odd, mut bracket) = (0u64, 0u64, 0u64);
+        for k in 0..4 {
+            // SAFETY: SSE2 is part of the x86_64 baseline; the load reads 16 bytes inside
+            // `block` and needs no alignment.
+            let (q, o, br) = unsafe {
+                let v = _mm_loadu_si128(block.as_ptr().add(16 * k).cast());
+                let q = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+                let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+                let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+                // `[` and `{`, `]` and `}` differ only in bit 0x20.
+                let folded = _mm_or_si128(v, _mm_set1_epi8(0x20));
+                let br = _mm_or_si128(
+                    _mm_cmpeq_epi8(folded, _mm_set1_epi8(b'{' as i8)),
+                    _mm_cmpeq_epi8(folded, _mm_set1_epi8(b'}' as i8)),
+                );
+                (
+                    _mm_movemask_epi8(q) as u32 as u64,
+                    _mm_movemask_epi8(_mm_or_si128(backslash, control)) as u32 as u64,
+                    _mm_movemask_epi8(br) as u32 as u64,
+                )
+            };
+            quote |= q << (16 * k);
+            odd |= o << (16 * k);
+            bracket |= br << (16 * k);
+        }
+        // Inside a string: from an opening quote up to (not including) its closing one.
+        let mut inside = quote;
+        for s in [1, 2, 4, 8, 16, 32] {
+            inside ^= inside << s;
+        }
+        inside ^= carry;
+        if odd & inside != 0 {
+            // An escape (the quotes after it may not be what they seem) or a control
+            // character in a string: the exact walk decides.
+            return skip_value(b, start, depth);
+        }
+        let mut brackets = bracket & !inside;
+        while brackets != 0 {
+            let at = i + brackets.trailing_zeros() as usize;
+            brackets &= brackets - 1;
+            match b[at] {
+                c @ (b'{' | b'[') => {
+                    if depth + open >= MAX_DEPTH {
+                        return None;
+                    }
+                    stack = (stack << 1) | u64::from(c == b'{');
+                    open += 1;
+                }
+                c => {
+                    if open == 0 || (stack & 1 == 1) != (c == b'}') {
+                        return None;
+                    }
+                    stack >>= 1;
+                    open -= 1;
+                    if open == 0 {
+                        return Some(at + 1);
+                    }
+                }
+            }
+        }
+        carry = 0u64.wrapping_sub(inside >> 63);
+        i += 64;
+    }
+    None
+}
+
+/// Where the array or object at `at` ends; elsewhere than on x86_64, checked exactly.
+#[cfg(not(target_arch = "x86_64"))]
+fn skip_container_loose(b: &[u8], start: usize, depth: u32) -> Option<usize> {
+    skip_value(b, start, depth)
+}
+
 /// The members named in `keys` of the object that is all of `text` (but whitespace).
 #[cfg(test)]
 fn members<'a, const N: usize>(text: &'a str, keys: &[&str; N]) -> Option<[Option<&'a str>; N]> {
@@ -491,6 +630,67 @@ mod tests {
         assert_eq!(scan_value(&shallow), serde_value(&shallow));
     }
 
+    /// The structural check's view: one value, then only whitespace.
+    fn loose_value(text: &str) -> Option<&str> {
+        let mut s = Scanner::new(text);
+        let v = s.value_loose(0)?;
+        s.end()?;
+        Some(v)
+    }
+
+    #[test]
+    fn the_structural_check_catches_cut_and_unbalanced_answers_at_every_offset() {
+        // Strings, brackets in strings, escapes and control characters before, across and
+        // after the 64-byte blocks, and in the padded tail.
+        for n in 0..140 {
+            let pad = "x".repeat(n);
+            let ok = format!(r#"{{"a":"{pad}","b":["]","}}{{",{{"c":[1,2,{{}}]}}],"d":"{pad}"}}"#);
+            assert_eq!(loose_value(&ok), serde_value(&ok), "{ok:?}");
+            assert!(loose_value(&ok).is_some(), "{ok:?}");
+            for cut in 1..ok.len() {
+                assert_eq!(loose_value(&ok[..cut]), None, "{:?}", &ok[..cut]);
+            }
+            let escaped = format!(r#"[{{"a":"{pad}\"]\\","b":"\u00e9"}}]"#);
+            assert_eq!(loose_value(&escaped), serde_value(&escaped), "{escaped:?}");
+            assert!(loose_value(&escaped).is_some(), "{escaped:?}");
+            for bad in [
+                format!("[\"{pad}\u{1}\"]"),
+                format!("[\"{pad}\\q\"]"),
+                format!("[{{\"{pad}\":1]}}"),
+                format!("{{\"{pad}\":[1}}]"),
+                format!("[[\"{pad}\"]"),
+                format!("[\"{pad}]"),
+            ] {
+                assert_eq!(loose_value(&bad), None, "{bad:?}");
+            }
+        }
+        let deep = format!("{}{}", "[".repeat(70), "]".repeat(70));
+        assert_eq!(loose_value(&deep), None);
+        let shallow = format!("{}{}", "[".repeat(60), "]".repeat(60));
+        assert_eq!(loose_value(&shallow), serde_value(&shallow));
+        // What it does not check: the grammar between strings and brackets.
+        assert_eq!(loose_value("[1 2]"), Some("[1 2]"));
+        assert_eq!(scan_value("[1 2]"), None);
+        // Scalars are checked exactly.
+        assert_eq!(loose_value("tru"), None);
+        assert_eq!(loose_value(" \"0x1\" "), Some("\"0x1\""));
+    }
+
+    #[test]
+    fn an_upstream_result_is_checked_for_structure_and_the_rest_exactly() {
+        let mut found = [None; 2];
+        let text = r#"{"id":1,"result":{"a" "b"}}"#;
+        Scanner::new(text)
+            .object_loose(0, &["id", "result"], &mut found, 1)
+            .unwrap();
+        assert_eq!(found, [Some("1"), Some(r#"{"a" "b"}"#)]);
+        let text = r#"{"id":1 2,"result":{}}"#;
+        assert_eq!(
+            Scanner::new(text).object_loose(0, &["id", "result"], &mut found, 1),
+            None
+        );
+    }
+
     #[test]
     fn members_and_elements() {
         let m = members(
@@ -574,6 +774,25 @@ mod tests {
             fn where_the_scanner_answers_serde_agrees(text in jsonish()) {
                 if let Some(v) = scan_value(&text) {
                     prop_assert_eq!(Some(v), serde_value(&text));
+                }
+            }
+
+            #[test]
+            fn where_the_exact_walk_answers_the_structural_check_agrees(text in jsonish()) {
+                if let Some(v) = scan_value(&text) {
+                    prop_assert_eq!(Some(v), loose_value(&text));
+                }
+            }
+
+            #[test]
+            fn well_formed_values_pass_the_structural_check_and_no_cut_one_does(text in value()) {
+                prop_assert_eq!(loose_value(&text), serde_value(&text));
+                if text.starts_with(['[', '{']) {
+                    for cut in 1..text.len() {
+                        if text.is_char_boundary(cut) {
+                            prop_assert_eq!(loose_value(&text[..cut]), None);
+                        }
+                    }
                 }
             }
 
