@@ -18,6 +18,11 @@
 //! Where it answers, the answer is what serde_json would have given: the differential tests
 //! at the bottom check that on random and hand-made bodies.
 //!
+//! One exception to that: [`Scanner::object_loose`] and [`Scanner::value_loose`] check an
+//! array or object (an upstream's `result`) for structure only, 64 bytes at a time (see
+//! `skip_container_loose`): they accept a superset of what the exact walk accepts, with the
+//! same end, and reject every text cut short.
+//!
 //! The input is a `&str`, so UTF-8 is already checked; strings may hold any character but `"`,
 //! `\` (except in valid escapes) and control characters, as RFC 8259 says.
 
