@@ -807,4 +807,17 @@ mod tests {
         let f = error_fields(Raw::from(&*e)).unwrap();
         assert_eq!((f.code, f.message.as_ref()), (-32000, "execution reverted"));
     }
+
+    #[test]
+    fn an_upstream_result_cut_short_is_not_an_answer_wherever_it_is_cut() {
+        let whole = r#"{"jsonrpc":"2.0","id":3,"result":{"hash":"0xab","transactions":[{"input":"0x","v":"0x1"},{"logs":[]}],"uncles":[]}}"#;
+        assert!(parse_upstream(whole.as_bytes()).is_some());
+        let result_at = whole.find(r#""result":"#).unwrap() + 9;
+        for cut in result_at + 1..whole.len() - 1 {
+            // Closed again by the envelope's own brace, or not at all: never an answer.
+            for body in [whole[..cut].to_string(), format!("{}}}", &whole[..cut])] {
+                assert!(parse_upstream(body.as_bytes()).is_none(), "{body}");
+            }
+        }
+    }
 }
