@@ -1,6 +1,8 @@
 //! The `detour` binary: CLI → config → bind → serve until SIGINT/SIGTERM; reload on SIGHUP,
 //! on a change of the config file, and on `POST /admin/reload` (admin listener).
 
+mod logwriter;
+
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -105,7 +107,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(source, config, cli.listen))
+    let code = runtime.block_on(run(source, config, cli.listen));
+    logwriter::flush();
+    code
 }
 
 async fn run(source: Source, config: Config, listen_override: Option<SocketAddr>) -> ExitCode {
@@ -254,7 +258,7 @@ fn init_logging(format: Option<LogFormat>) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(logwriter::stderr());
     if json {
         builder.json().init();
     } else {
