@@ -1,8 +1,6 @@
 //! The `detour` binary: CLI → config → bind → serve until SIGINT/SIGTERM; reload on SIGHUP,
 //! on a change of the config file, and on `POST /admin/reload` (admin listener).
 
-mod logwriter;
-
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use detour::ops::logwriter;
 use detour::proxy::admin::{self, Admin, Loader};
 use detour::{Config, Detour, Source};
 

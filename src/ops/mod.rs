@@ -1,4 +1,6 @@
-//! Operating the proxy: background health probes and the `/status` document.
+//! Operating the proxy: background health probes, the `/status` document, and where log lines
+//! go.
 
 pub mod health;
+pub mod logwriter;
 pub mod status;

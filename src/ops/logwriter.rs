@@ -1,12 +1,12 @@
-//! Where the `detour` binary's log lines go: stderr, with access-log lines gathered and written
-//! a batch at a time.
+//! Where the `detour` binary's log lines go (a `tracing-subscriber` writer; embedders may use
+//! it too): stderr, with access-log lines gathered and written a batch at a time.
 //!
-//! An access-log line per request, each its own `write(2)`, cost about 3 µs of kernel time a
-//! request (README, "The access log's cost"). Access lines are appended to a buffer instead,
-//! written when it holds [`FLUSH_AT`] bytes, every [`FLUSH_EVERY`] by a small thread, before any
-//! other log line (so lines stay in order), and when the process ends. Every other line (start-up,
-//! warnings, errors) is written at once, as before. What a crash can lose: the access lines of the
-//! last [`FLUSH_EVERY`] at most.
+//! An access-log line per request, each its own `write(2)`, is a system call per request (and,
+//! to a pipe or journald, a wake-up of the reader). Access lines are appended to a buffer
+//! instead, written when it holds 32 KiB, every 100 ms by a small thread, before any other log
+//! line (so lines stay in order), and when the process ends. Every other line (start-up,
+//! warnings, errors) is written at once, as before. What a crash can lose: the access lines of
+//! the last 100 ms at most.
 
 use std::io::Write;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -28,6 +28,8 @@ pub struct Sink<W: Write> {
 }
 
 impl<W: Write> Sink<W> {
+    /// A sink that writes to `out`; give it to `tracing_subscriber::fmt().with_writer` as a
+    /// `&'static` (see [`stderr`]).
     pub fn new(out: W) -> Sink<W> {
         Sink {
             inner: Mutex::new((Vec::new(), out)),
