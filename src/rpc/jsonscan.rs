@@ -544,12 +544,20 @@ mod tests {
             .map(RawValue::get)
     }
 
-    /// The scanner's view: one value, then only whitespace.
-    fn scan_value(text: &str) -> Option<&str> {
+    /// One value read by `read`, then only whitespace.
+    fn whole<'a>(
+        text: &'a str,
+        read: fn(&mut Scanner<'a>, u32) -> Option<&'a str>,
+    ) -> Option<&'a str> {
         let mut s = Scanner::new(text);
-        let v = s.value(0)?;
+        let v = read(&mut s, 0)?;
         s.end()?;
         Some(v)
+    }
+
+    /// The scanner's view: one value, then only whitespace.
+    fn scan_value(text: &str) -> Option<&str> {
+        whole(text, Scanner::value)
     }
 
     #[test]
@@ -637,10 +645,7 @@ mod tests {
 
     /// The structural check's view: one value, then only whitespace.
     fn loose_value(text: &str) -> Option<&str> {
-        let mut s = Scanner::new(text);
-        let v = s.value_loose(0)?;
-        s.end()?;
-        Some(v)
+        whole(text, Scanner::value_loose)
     }
 
     #[test]
