@@ -38,12 +38,27 @@ fn special_mask(chunk: &[u8; 16]) -> u32 {
     // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64 CPU has these instructions;
     // the load reads exactly the 16 bytes of `chunk` and needs no alignment.
     unsafe {
-        let v = _mm_loadu_si128(chunk.as_ptr().cast());
+        let (quote, odd) = string_bytes(_mm_loadu_si128(chunk.as_ptr().cast()));
+        _mm_movemask_epi8(_mm_or_si128(quote, odd)) as u32
+    }
+}
+
+/// The bytes of `v` that matter inside a string: `"`, and `\\` or a control character (below
+/// 0x20), each as 0xff in its lane.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn string_bytes(
+    v: std::arch::x86_64::__m128i,
+) -> (std::arch::x86_64::__m128i, std::arch::x86_64::__m128i) {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64 CPU has these instructions;
+    // they work on registers only.
+    unsafe {
         let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
         let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
         // Below 0x20 exactly when its unsigned minimum with 0x1f is the byte itself.
         let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
-        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+        (quote, _mm_or_si128(backslash, control))
     }
 }
 
@@ -439,9 +454,7 @@ fn skip_container_loose(b: &[u8], start: usize, depth: u32) -> Option<usize> {
             // `block` and needs no alignment.
             let (q, o, br) = unsafe {
                 let v = _mm_loadu_si128(block.as_ptr().add(16 * k).cast());
-                let q = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
-                let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
-                let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+                let (q, o) = string_bytes(v);
                 // `[` and `{`, `]` and `}` differ only in bit 0x20.
                 let folded = _mm_or_si128(v, _mm_set1_epi8(0x20));
                 let br = _mm_or_si128(
@@ -450,7 +463,7 @@ fn skip_container_loose(b: &[u8], start: usize, depth: u32) -> Option<usize> {
                 );
                 (
                     _mm_movemask_epi8(q) as u32 as u64,
-                    _mm_movemask_epi8(_mm_or_si128(backslash, control)) as u32 as u64,
+                    _mm_movemask_epi8(o) as u32 as u64,
                     _mm_movemask_epi8(br) as u32 as u64,
                 )
             };
