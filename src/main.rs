@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use detour::ops::logwriter;
+use detour::ops::{logline, logwriter};
 use detour::proxy::admin::{self, Admin, Loader};
 use detour::{Config, Detour, Source};
 
@@ -259,7 +259,7 @@ fn init_logging(format: Option<LogFormat>) {
         .with_env_filter(filter)
         .with_writer(logwriter::stderr());
     if json {
-        builder.json().init();
+        builder.json().map_event_format(logline::Json::new).init();
     } else {
         builder.init();
     }

@@ -415,3 +415,60 @@ async fn the_binary_reloads_on_a_file_change_and_on_sighup() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// With JSON logs, the access line is one JSON object with the documented members and types
+/// (the binary writes it itself, not through tracing-subscriber's JSON format).
+#[tokio::test]
+async fn the_json_access_line_is_one_object_with_typed_members() {
+    let m = Mock::start("up").await;
+    let dir = tempdir("json-access");
+    let file = write(
+        &dir,
+        "d.toml",
+        &format!("[chains.mainnet]\nchain_id = 1\n[[chains.mainnet.upstreams]]\nname = \"local\"\nurl = \"{}/KEYPATHSECRET\"\n", m.url()),
+    );
+    let (_child, addr, rx, _) = spawn_serving(&file, "json");
+    let (status, _, _) = support::http_request(
+        "POST",
+        &format!("http://{addr}/mainnet"),
+        r#"[{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"},{"jsonrpc":"2.0","id":2,"method":"eth_blockNumber"},{"jsonrpc":"2.0","id":3,"method":"a\"b\n"}]"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let line = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("no access log line");
+        if line.contains("detour::access") {
+            break line;
+        }
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let ts = v["timestamp"].as_str().unwrap();
+    // 2026-12-04T15:47:36.475173Z
+    assert!(
+        ts.len() == 27 && &ts[4..5] == "-" && &ts[10..11] == "T" && &ts[19..20] == ".",
+        "{ts}"
+    );
+    assert!(ts.ends_with('Z'), "{ts}");
+    assert_eq!(v["level"], "INFO");
+    assert_eq!(v["target"], "detour::access");
+    let f = &v["fields"];
+    assert_eq!(f["message"], "request");
+    assert_eq!(f["chain"], "mainnet");
+    // The method name the client sent is written escaped, newline dropped.
+    assert_eq!(f["methods"], "eth_blockNumber×2,a\"b", "{line}");
+    assert_eq!(f["calls"], 3);
+    assert_eq!(f["status"], 200);
+    assert_eq!(f["upstreams"], "local");
+    assert!(f["attempts"].as_u64().unwrap() >= 1, "{line}");
+    assert!(f["errors"].is_u64() && f["failed"].is_u64(), "{line}");
+    assert!(f["ms"].as_f64().unwrap() >= 0.0, "{line}");
+    assert!(
+        f["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
+    assert_eq!(f["client"], "-");
+    assert!(!line.contains("KEYPATHSECRET"), "{line}");
+}

@@ -101,7 +101,8 @@ pub(crate) fn methods_summary(entries: &[Entry<'_>]) -> String {
         // Method names come from the client: keep them short and printable in a log line.
         out.extend(n.chars().take(64).filter(|c| !c.is_control()));
         if *k > 1 {
-            out.push_str(&format!("×{k}"));
+            out.push('×');
+            out.push_str(itoa::Buffer::new().format(*k));
         }
     }
     out
@@ -114,12 +115,6 @@ pub(crate) fn access_log(
     started: Instant,
     peer: Option<std::net::SocketAddr>,
 ) {
-    let upstreams = served
-        .answered_by
-        .iter()
-        .map(|u| &**u)
-        .collect::<Vec<_>>()
-        .join(",");
     tracing::info!(
         target: "detour::access",
         chain,
@@ -128,7 +123,7 @@ pub(crate) fn access_log(
         status = status.as_u16(),
         errors = served.errors,
         failed = served.failed,
-        upstreams = %upstreams,
+        upstreams = %Upstreams(&served.answered_by),
         attempts = served.attempts,
         // Microsecond precision, written as a log reader expects (0.058, not
         // 0.058412000000000006).
@@ -137,6 +132,21 @@ pub(crate) fn access_log(
         client = served.client.as_deref().unwrap_or("-"),
         "request"
     );
+}
+
+/// The upstreams that answered, comma-separated (written into the line, not gathered first).
+struct Upstreams<'a>(&'a PerCall<Arc<str>>);
+
+impl std::fmt::Display for Upstreams<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, u) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(u)?;
+        }
+        Ok(())
+    }
 }
 
 /// An optional value as its `Display`, or `-` (as access logs write a missing field).
