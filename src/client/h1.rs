@@ -45,9 +45,12 @@ pub(crate) struct Conn {
     /// How much room the next answer's first read gets: one byte more than the last answer
     /// with a `content-length` (head and body), so that a read of an answer as large ends
     /// short and Tokio knows the socket drained without another read (which would cost a
-    /// system call in [`Conn::idle_usable`]); within [`READ_CHUNK`]..=[`KEEP_BUF`]. An upstream
-    /// that answers 14 KB blocks then gets one read per answer instead of two, and no copy of
-    /// the first 8 KiB into a larger buffer.
+    /// system call in [`Conn::idle_usable`]); within [`READ_CHUNK`]..=[`TRUST_AHEAD`]. An
+    /// upstream that answers 14 KB blocks then gets one read per answer instead of two, and no
+    /// copy of the first 8 KiB into a larger buffer; one that answers 165 KB batches gets one
+    /// allocation per answer, not a first read into 64 KiB copied into a larger one. The room
+    /// is taken when a request is sent and goes with the answer (a buffer above [`KEEP_BUF`]
+    /// is never kept by an idle connection).
     expect: usize,
     /// A request of up to [`COPY_MAX`] bytes in one piece; kept between exchanges (its room).
     out: Vec<u8>,
@@ -336,7 +339,7 @@ impl Conn {
                             return Err(Error::Closed { partial: true });
                         }
                     }
-                    self.expect = (head_len + n + 1).clamp(READ_CHUNK, KEEP_BUF);
+                    self.expect = (head_len + n + 1).clamp(READ_CHUNK, TRUST_AHEAD);
                     let mut all = self.buf.split_to(head_len + n);
                     all.advance(head_len);
                     (all.freeze(), reusable)
@@ -869,17 +872,15 @@ mod tests {
             );
             Box::leak(text.into_bytes().into_boxed_slice())
         }
-        let head_len = "HTTP/1.1 200 OK\r\ncontent-length: 14000\r\n\r\n".len();
-        let sizes = [14_000, 2, 14_000, 100_000];
+        let head_len = |n: usize| format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n").len();
+        let sizes = [14_000, 2, 14_000, 100_000, 1_000_000, 2];
         let mut c = serve(sizes.iter().map(|&n| answer(n)).collect()).await;
         assert_eq!(c.expect, READ_CHUNK);
         // Each answer sets the room the next one's first read gets: its own size, within
-        // READ_CHUNK..=KEEP_BUF.
-        for (n, expect) in
-            sizes
-                .into_iter()
-                .zip([head_len + 14_001, READ_CHUNK, head_len + 14_001, KEEP_BUF])
-        {
+        // READ_CHUNK..=TRUST_AHEAD.
+        let expected = sizes.map(|n| (head_len(n) + n + 1).clamp(READ_CHUNK, TRUST_AHEAD));
+        assert_eq!(expected[1], READ_CHUNK);
+        for (n, expect) in sizes.into_iter().zip(expected) {
             let a = post_up_to_1mib(&mut c).await;
             assert_eq!(a.reply.body.len(), n);
             assert_eq!(c.expect, expect, "after {n} bytes");
