@@ -426,11 +426,125 @@ fn skip_value(b: &[u8], mut at: usize, depth: u32) -> Option<usize> {
 /// the strings and brackets (commas, colons, numbers, literals) is not checked. Meant for an
 /// upstream's `result` (issue 19): the bytes are forwarded as they came, and a truncated or
 /// cut answer is still caught (a proper prefix of a container never closes it). 64 bytes are
-/// classified at a time; a value with a backslash inside a string (an escape) is handed to
+/// classified at a time (with AVX2 and carry-less multiplication where the CPU has them, with
+/// SSE2 otherwise); a value with a backslash inside a string (an escape) is handed to
 /// [`skip_value`], which checks escapes exactly.
 #[cfg(target_arch = "x86_64")]
 fn skip_container_loose(b: &[u8], start: usize, depth: u32) -> Option<usize> {
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("pclmulqdq") {
+        // SAFETY: the CPU has both features.
+        return unsafe { skip_container_loose_avx2(b, start, depth) };
+    }
+    skip_container_loose_with(b, start, depth, classify_sse2, prefix_xor_shifts)
+}
+
+/// [`skip_container_loose`] with 32-byte registers and one carry-less multiplication for the
+/// string mask.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,pclmulqdq")]
+fn skip_container_loose_avx2(b: &[u8], start: usize, depth: u32) -> Option<usize> {
+    skip_container_loose_with(
+        b,
+        start,
+        depth,
+        // Closures share this function's target features.
+        |block| classify_avx2(block),
+        |quote| prefix_xor_clmul(quote),
+    )
+}
+
+/// A 64-byte block's bitmasks, one bit per byte: quotes; backslashes and control characters;
+/// brackets (`[`, `]`, `{`, `}`).
+#[cfg(target_arch = "x86_64")]
+type Classes = (u64, u64, u64);
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn classify_sse2(block: &[u8; 64]) -> Classes {
     use std::arch::x86_64::*;
+    let (mut quote, mut odd, mut bracket) = (0u64, 0u64, 0u64);
+    for k in 0..4 {
+        // SAFETY: SSE2 is part of the x86_64 baseline; the load reads 16 bytes inside
+        // `block` and needs no alignment.
+        let (q, o, br) = unsafe {
+            let v = _mm_loadu_si128(block.as_ptr().add(16 * k).cast());
+            let (q, o) = string_bytes(v);
+            // `[` and `{`, `]` and `}` differ only in bit 0x20.
+            let folded = _mm_or_si128(v, _mm_set1_epi8(0x20));
+            let br = _mm_or_si128(
+                _mm_cmpeq_epi8(folded, _mm_set1_epi8(b'{' as i8)),
+                _mm_cmpeq_epi8(folded, _mm_set1_epi8(b'}' as i8)),
+            );
+            (
+                _mm_movemask_epi8(q) as u32 as u64,
+                _mm_movemask_epi8(o) as u32 as u64,
+                _mm_movemask_epi8(br) as u32 as u64,
+            )
+        };
+        quote |= q << (16 * k);
+        odd |= o << (16 * k);
+        bracket |= br << (16 * k);
+    }
+    (quote, odd, bracket)
+}
+
+/// [`classify_sse2`] 32 bytes at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn classify_avx2(block: &[u8; 64]) -> Classes {
+    use std::arch::x86_64::*;
+    let (mut quote, mut odd, mut bracket) = (0u64, 0u64, 0u64);
+    for k in 0..2 {
+        // SAFETY: the load reads 32 bytes inside `block` and needs no alignment.
+        let v = unsafe { _mm256_loadu_si256(block.as_ptr().add(32 * k).cast()) };
+        let q = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'"' as i8));
+        let backslash = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\\' as i8));
+        let control = _mm256_cmpeq_epi8(_mm256_min_epu8(v, _mm256_set1_epi8(0x1f)), v);
+        let folded = _mm256_or_si256(v, _mm256_set1_epi8(0x20));
+        let br = _mm256_or_si256(
+            _mm256_cmpeq_epi8(folded, _mm256_set1_epi8(b'{' as i8)),
+            _mm256_cmpeq_epi8(folded, _mm256_set1_epi8(b'}' as i8)),
+        );
+        quote |= (_mm256_movemask_epi8(q) as u32 as u64) << (32 * k);
+        odd |=
+            (_mm256_movemask_epi8(_mm256_or_si256(backslash, control)) as u32 as u64) << (32 * k);
+        bracket |= (_mm256_movemask_epi8(br) as u32 as u64) << (32 * k);
+    }
+    (quote, odd, bracket)
+}
+
+/// Each bit the XOR of itself and every bit below it (a quote mask to an inside-string mask).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefix_xor_shifts(mut m: u64) -> u64 {
+    for s in [1, 2, 4, 8, 16, 32] {
+        m ^= m << s;
+    }
+    m
+}
+
+/// [`prefix_xor_shifts`] in one instruction: a carry-less multiplication by all ones.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "pclmulqdq")]
+#[inline]
+fn prefix_xor_clmul(m: u64) -> u64 {
+    use std::arch::x86_64::*;
+    let product = _mm_clmulepi64_si128(_mm_set_epi64x(0, m as i64), _mm_set1_epi8(-1), 0);
+    _mm_cvtsi128_si64(product) as u64
+}
+
+/// The scan of [`skip_container_loose`], with the block classification and the prefix XOR
+/// given (inlined into each caller, so each gets its own instructions).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn skip_container_loose_with(
+    b: &[u8],
+    start: usize,
+    depth: u32,
+    classify: impl Fn(&[u8; 64]) -> Classes,
+    prefix_xor: impl Fn(u64) -> u64,
+) -> Option<usize> {
     // Open containers, innermost in bit 0: 1 for an object, 0 for an array.
     let mut stack: u64 = 0;
     let mut open: u32 = 0;
@@ -448,35 +562,9 @@ fn skip_container_loose(b: &[u8], start: usize, depth: u32) -> Option<usize> {
                 &tail
             }
         };
-        let (mut quote, mut odd, mut bracket) = (0u64, 0u64, 0u64);
-        for k in 0..4 {
-            // SAFETY: SSE2 is part of the x86_64 baseline; the load reads 16 bytes inside
-            // `block` and needs no alignment.
-            let (q, o, br) = unsafe {
-                let v = _mm_loadu_si128(block.as_ptr().add(16 * k).cast());
-                let (q, o) = string_bytes(v);
-                // `[` and `{`, `]` and `}` differ only in bit 0x20.
-                let folded = _mm_or_si128(v, _mm_set1_epi8(0x20));
-                let br = _mm_or_si128(
-                    _mm_cmpeq_epi8(folded, _mm_set1_epi8(b'{' as i8)),
-                    _mm_cmpeq_epi8(folded, _mm_set1_epi8(b'}' as i8)),
-                );
-                (
-                    _mm_movemask_epi8(q) as u32 as u64,
-                    _mm_movemask_epi8(o) as u32 as u64,
-                    _mm_movemask_epi8(br) as u32 as u64,
-                )
-            };
-            quote |= q << (16 * k);
-            odd |= o << (16 * k);
-            bracket |= br << (16 * k);
-        }
+        let (quote, odd, bracket) = classify(block);
         // Inside a string: from an opening quote up to (not including) its closing one.
-        let mut inside = quote;
-        for s in [1, 2, 4, 8, 16, 32] {
-            inside ^= inside << s;
-        }
-        inside ^= carry;
+        let inside = prefix_xor(quote) ^ carry;
         if odd & inside != 0 {
             // An escape (the quotes after it may not be what they seem) or a control
             // character in a string: the exact walk decides.
@@ -658,7 +746,55 @@ mod tests {
 
     /// The structural check's view: one value, then only whitespace.
     fn loose_value(text: &str) -> Option<&str> {
+        // Both ways of classifying blocks agree wherever a container starts (the check itself
+        // takes AVX2 where the CPU has it, as this machine's likely does).
+        #[cfg(target_arch = "x86_64")]
+        {
+            let b = text.as_bytes();
+            let start = b
+                .iter()
+                .position(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r'));
+            if let Some(at) = start.filter(|&at| matches!(b[at], b'[' | b'{')) {
+                assert_eq!(
+                    skip_container_loose_with(b, at, 0, classify_sse2, prefix_xor_shifts),
+                    skip_container_loose(b, at, 0),
+                    "{text:?}"
+                );
+            }
+        }
         whole(text, Scanner::value_loose)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_string_mask_is_the_same_by_shifts_and_by_carry_less_multiplication() {
+        if !std::is_x86_feature_detected!("pclmulqdq") {
+            eprintln!("skipped: this CPU has no PCLMULQDQ (the SSE2 path is the one used)");
+            return;
+        }
+        let mut m: u64 = 0x9e37_79b9_7f4a_7c15;
+        for fixed in [
+            0,
+            1,
+            u64::MAX,
+            1 << 63,
+            (1 << 63) | 1,
+            0x0f0f_0000_ffff_0001,
+        ] {
+            // SAFETY: the CPU has PCLMULQDQ (checked above).
+            assert_eq!(unsafe { prefix_xor_clmul(fixed) }, prefix_xor_shifts(fixed));
+        }
+        for _ in 0..10_000 {
+            m ^= m << 13;
+            m ^= m >> 7;
+            m ^= m << 17;
+            // SAFETY: as above.
+            assert_eq!(
+                unsafe { prefix_xor_clmul(m) },
+                prefix_xor_shifts(m),
+                "{m:#x}"
+            );
+        }
     }
 
     #[test]
