@@ -21,7 +21,6 @@
 //! answers carry `date` and `content-length` (none on 1xx, 204 and 304), and on shutdown an idle
 //! connection closes at once while a request in flight finishes with `connection: close`.
 
-use std::future::Future;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -96,22 +95,17 @@ where
     let mut waiting_since = tokio::time::Instant::now();
     loop {
         // Read until the buffer holds a complete request the fast path serves.
+        // A body that has not all been read: the next read must not wait.
+        let mut body_pending = false;
         let (req, client_close) = loop {
             match take_request(&mut conn.buf) {
                 Taken::Request(req, close) => break (req, close),
                 Taken::Other => return End::Handover(conn.into_rewind()),
                 Taken::Body(total) => {
-                    // Room for all of it, and whatever is already in the socket, without
+                    // Room for all of it; what is already in the socket is read below without
                     // waiting: a body still on its way is hyper's to wait for.
                     conn.buf.reserve(total - conn.buf.len());
-                    let mut read = std::pin::pin!(conn.io.read_buf(&mut conn.buf));
-                    let now = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
-                    match now {
-                        Poll::Ready(Ok(n)) if n > 0 => continue,
-                        Poll::Ready(Err(e)) => return End::Closed(Err(e)),
-                        // Not there yet, or closed mid-body: hyper's, as before.
-                        _ => return End::Handover(conn.into_rewind()),
-                    }
+                    body_pending = true;
                 }
                 Taken::Partial => {}
             }
@@ -139,6 +133,8 @@ where
             let read = tokio::select! {
                 biased;
                 read = conn.io.read_buf(&mut conn.buf) => read,
+                // Nothing more has arrived of a body: hyper's, as before.
+                () = std::future::ready(()), if body_pending => return End::Handover(conn.into_rewind()),
                 // Shutdown: an idle connection closes now (one mid-head finishes its head).
                 _ = &mut stopped, if idle => return End::Closed(Ok(())),
                 () = &mut sleep => {
