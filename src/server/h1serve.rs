@@ -53,6 +53,8 @@ const COPY_BODY: usize = 2 * 1024;
 /// read on if the rest has already arrived (a request larger than one read, sent whole: a
 /// batch of 100 calls is some 12 KB); larger ones, and bodies still on their way, go to hyper.
 const READ_AHEAD_BODY: usize = 64 * 1024;
+// A request read ahead never reaches the head limit (which answers 431).
+const _: () = assert!(READ_AHEAD_BODY <= MAX_HEAD);
 /// The buffer for answer heads (and small bodies) is kept between requests up to this size,
 /// so an idle connection holds little.
 const KEEP_OUT: usize = 4 * 1024;
@@ -94,8 +96,8 @@ where
     // an answer, its `ready` time stands for it (the write in between takes microseconds).
     let mut waiting_since = tokio::time::Instant::now();
     loop {
-        // Read until the buffer holds a complete request the fast path serves.
-        // A body that has not all been read: the next read must not wait.
+        // Read until the buffer holds a complete request the fast path serves. While a body
+        // has not all been read, a read must not wait.
         let mut body_pending = false;
         let (req, client_close) = loop {
             match take_request(&mut conn.buf) {
