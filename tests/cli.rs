@@ -232,14 +232,7 @@ async fn serves_logs_and_exits_0(tag: &str, server_toml: &str) -> String {
         (200, r#"{"jsonrpc":"2.0","id":1,"result":"up"}"#)
     );
     // One access-log line for that request: chain, method, upstream, status; no secret.
-    let access = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("no access log line");
-        if line.contains("detour::access") {
-            break line;
-        }
-    };
+    let access = access_line(&rx);
     for want in [
         "mainnet",
         "eth_blockNumber",
@@ -277,6 +270,18 @@ async fn serves_logs_and_exits_0(tag: &str, server_toml: &str) -> String {
     };
     assert_eq!(status.code(), Some(0));
     listening
+}
+
+/// The next access-log line the binary writes (other lines are skipped).
+fn access_line(rx: &std::sync::mpsc::Receiver<String>) -> String {
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("no access log line");
+        if line.contains("detour::access") {
+            return line;
+        }
+    }
 }
 
 /// A running binary, killed when dropped: a test that fails half-way leaves no process behind
@@ -435,14 +440,7 @@ async fn the_json_access_line_is_one_object_with_typed_members() {
     )
     .await;
     assert_eq!(status, 200);
-    let line = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("no access log line");
-        if line.contains("detour::access") {
-            break line;
-        }
-    };
+    let line = access_line(&rx);
     let v: serde_json::Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
     let ts = v["timestamp"].as_str().unwrap();

@@ -21,8 +21,7 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-/// The target of the access-log lines (`proxy::accesslog`).
-const ACCESS: &str = "detour::access";
+use super::ACCESS_TARGET as ACCESS;
 
 /// A JSON event format that writes access lines itself and every other line with `inner`
 /// (`tracing_subscriber::fmt::format().json()`, whose output the access lines match).

@@ -18,8 +18,7 @@ use tracing_subscriber::fmt::MakeWriter;
 const FLUSH_AT: usize = 32 * 1024;
 /// How long an access-log line waits at most.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// The target of the access-log lines (`proxy::accesslog`).
-const ACCESS: &str = "detour::access";
+use super::ACCESS_TARGET as ACCESS;
 
 /// A log destination that holds access lines back: the held bytes and the destination, under
 /// one lock so that lines reach it in the order they were logged.

@@ -7,6 +7,7 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 use crate::failover::retry::PerCall;
+use crate::ops::ACCESS_TARGET;
 use crate::rpc::jsonrpc::Entry;
 use crate::state::pool::Pool;
 
@@ -72,8 +73,7 @@ impl CacheMark {
 
 /// Whether access-log lines are wanted: configured on, and not filtered out by `RUST_LOG`.
 pub(crate) fn access_log_on(pool: &Pool) -> bool {
-    pool.config.server.access_log
-        && tracing::enabled!(target: "detour::access", tracing::Level::INFO)
+    pool.config.server.access_log && tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO)
 }
 
 /// `eth_call`, or for a batch `eth_call×3,eth_getBalance` (at most 5 names, then `…`).
@@ -116,7 +116,7 @@ pub(crate) fn access_log(
     peer: Option<std::net::SocketAddr>,
 ) {
     tracing::info!(
-        target: "detour::access",
+        target: ACCESS_TARGET,
         chain,
         methods = %served.methods,
         calls = served.calls,
