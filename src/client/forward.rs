@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use crate::client::dns::Resolver;
 use crate::client::endpoint::{Endpoint, PlainHttp};
 use crate::client::h1;
+use crate::client::stream::{ResultStream, StreamOffer};
 use crate::client::UpstreamReply;
 use crate::config::ClientConfig;
 
@@ -54,6 +55,27 @@ pub enum Failure {
     TooLarge(usize),
     /// The body is not a JSON-RPC answer to what was sent.
     Malformed(&'static str),
+}
+
+/// What an exchange gave: a whole answer, or the start of a streamed result.
+#[derive(Debug)]
+pub(crate) enum Sent {
+    Reply(UpstreamReply),
+    Streaming(Box<ResultStream>),
+}
+
+impl Sent {
+    /// The whole answer; an exchange offered no stream never streams.
+    fn into_reply(self) -> UpstreamReply {
+        match self {
+            Sent::Reply(reply) => reply,
+            Sent::Streaming(_) => UpstreamReply {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                headers: HeaderMap::new(),
+                body: Bytes::new(),
+            },
+        }
+    }
 }
 
 /// A body that must not be sent twice reuses only a pooled connection used this recently:
@@ -180,7 +202,25 @@ impl Forwarder {
         timeout: Duration,
         repeatable: bool,
     ) -> Result<UpstreamReply, Failure> {
-        self.exchange(up, body, None, started, started + timeout, repeatable)
+        let sent = self
+            .exchange(up, body, None, started, started + timeout, repeatable, None)
+            .await?;
+        Ok(sent.into_reply())
+    }
+
+    /// [`Forwarder::send_from`] for a single call (sent with id `id`) that offers to stream
+    /// a large answer's result (see [`crate::client::stream`]).
+    pub(crate) async fn send_offered(
+        &self,
+        up: &Endpoint,
+        body: Bytes,
+        started: tokio::time::Instant,
+        timeout: Duration,
+        repeatable: bool,
+        offer: (&StreamOffer, usize),
+    ) -> Result<Sent, Failure> {
+        let deadline = started + timeout;
+        self.exchange(up, body, None, started, deadline, repeatable, Some(offer))
             .await
     }
 
@@ -194,12 +234,15 @@ impl Forwarder {
         what: &'static str,
     ) -> Result<UpstreamReply, Failure> {
         let now = tokio::time::Instant::now();
-        self.exchange(up, body, Some(what), now, now + timeout, true)
-            .await
+        let sent = self
+            .exchange(up, body, Some(what), now, now + timeout, true, None)
+            .await?;
+        Ok(sent.into_reply())
     }
 
     /// One exchange that started at `started` and must end by `deadline` (else
-    /// [`Failure::Timeout`]).
+    /// [`Failure::Timeout`]). Only plain-HTTP upstreams take an `offer` to stream.
+    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
         up: &Endpoint,
@@ -208,13 +251,15 @@ impl Forwarder {
         started: tokio::time::Instant,
         deadline: tokio::time::Instant,
         repeatable: bool,
-    ) -> Result<UpstreamReply, Failure> {
+        offer: Option<(&StreamOffer, usize)>,
+    ) -> Result<Sent, Failure> {
         match &up.plain {
             // Timed by the connection's own lazy timer (see `h1::Conn::exchange`).
             Some(plain) => {
                 let started = started.into_std();
-                let exchange =
-                    self.exchange_plain(up, plain, &body, probe, started, deadline, repeatable);
+                let exchange = self.exchange_plain(
+                    up, plain, &body, probe, started, deadline, repeatable, offer,
+                );
                 exchange.await
             }
             // Boxed: its state would make every request's future (which is moved a few times
@@ -222,7 +267,7 @@ impl Forwarder {
             None => {
                 let exchange = Box::pin(self.exchange_hyper(up, body, probe));
                 match tokio::time::timeout_at(deadline, exchange).await {
-                    Ok(result) => result,
+                    Ok(result) => result.map(Sent::Reply),
                     Err(_) => Err(Failure::Timeout),
                 }
             }
@@ -295,7 +340,12 @@ impl Forwarder {
         started: std::time::Instant,
         deadline: tokio::time::Instant,
         repeatable: bool,
-    ) -> Result<UpstreamReply, Failure> {
+        offer: Option<(&StreamOffer, usize)>,
+    ) -> Result<Sent, Failure> {
+        let h1_offer = offer.map(|(o, id)| h1::Offer {
+            min_bytes: o.min_bytes,
+            id,
+        });
         let reused = if repeatable {
             up.idle.checkout(started, self.pool_idle_timeout)
         } else {
@@ -310,7 +360,14 @@ impl Forwarder {
         };
         let extra = probe.map(|what| (PROBE_HEADER, what));
         let mut result = conn
-            .exchange(&plain.head, extra, body, self.max_response_bytes, deadline)
+            .exchange(
+                &plain.head,
+                extra,
+                body,
+                self.max_response_bytes,
+                deadline,
+                h1_offer,
+            )
             .await;
         let stale = match &result {
             Err(h1::Error::NotSent(_)) => true,
@@ -329,16 +386,36 @@ impl Forwarder {
                 .await
                 .map_err(|_| Failure::Timeout)??;
             result = conn
-                .exchange(&plain.head, extra, body, self.max_response_bytes, deadline)
+                .exchange(
+                    &plain.head,
+                    extra,
+                    body,
+                    self.max_response_bytes,
+                    deadline,
+                    h1_offer,
+                )
                 .await;
         }
         match result {
-            Ok(h1::Exchanged { reply, reusable }) => {
+            Ok(h1::Exchanged {
+                stream: Some(begun),
+                ..
+            }) => {
+                let Some((offer, _)) = offer else {
+                    return Err(Failure::Malformed("an answer streamed without an offer"));
+                };
+                let limit = self.max_response_bytes;
+                let stream = ResultStream::new(conn, begun, limit, offer.deadline, up.name.clone());
+                Ok(Sent::Streaming(Box::new(stream)))
+            }
+            Ok(h1::Exchanged {
+                reply, reusable, ..
+            }) => {
                 if reusable {
                     let (max_idle, idle_timeout) = (self.pool_max_idle, self.pool_idle_timeout);
                     up.idle.put(conn, started, max_idle, idle_timeout);
                 }
-                Ok(reply)
+                Ok(Sent::Reply(reply))
             }
             Err(h1::Error::TooLarge) => Err(Failure::TooLarge(self.max_response_bytes)),
             Err(h1::Error::TimedOut) => Err(Failure::Timeout),

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::client::UpstreamReply;
+use crate::rpc::stream::{result_start, Start};
 
 /// Response heads larger than this are refused.
 const MAX_HEAD: usize = 64 * 1024;
@@ -36,6 +37,10 @@ const TRUST_AHEAD: usize = 2 << 20;
 /// go as they are with `writev`. On loopback a `writev` of two pieces cost the kernel about
 /// 190 ns more than one `write` of the same 250 bytes, and copying 4 KiB costs less than that.
 const COPY_MAX: usize = 4 * 1024;
+/// Reads of a streamed answer get this much room: pieces this large go to the client.
+const STREAM_READ: usize = 64 * 1024;
+/// An envelope whose result has not started within this many bytes is not streamed.
+const PREFIX_MAX: usize = 4 * 1024;
 
 /// One keep-alive HTTP/1.1 connection.
 pub(crate) struct Conn {
@@ -64,6 +69,55 @@ pub(crate) struct Conn {
 pub(crate) struct Exchanged {
     pub reply: UpstreamReply,
     pub reusable: bool,
+    /// The answer's result is streamed (see [`Offer`]): the body is empty, the rest of the
+    /// answer is still to be read off the connection, which cannot be reused.
+    pub stream: Option<Begun>,
+}
+
+/// A request's offer to stream its answer's `result` (one call, sent with id `id`): taken by
+/// a 2xx answer that declares at least `min_bytes` (or, without a declared length, has sent
+/// that many) and whose envelope says that a result follows (`rpc::stream::result_start`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Offer {
+    pub min_bytes: usize,
+    pub id: usize,
+}
+
+/// The start of an answer whose result is streamed.
+#[derive(Debug)]
+pub(crate) struct Begun {
+    /// The body from the result's first byte, as far as it has arrived.
+    pub first: Bytes,
+    /// What is left of the body.
+    pub left: Left,
+    /// Body bytes read so far (for `client.max_response_bytes`).
+    pub read: usize,
+}
+
+/// What is left of a body read a piece at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Left {
+    /// This many bytes (`content-length`).
+    Length(usize),
+    /// A chunked body, at this point of its framing.
+    Chunk(ChunkAt),
+    /// Up to the connection's close.
+    UntilClose,
+    /// Nothing.
+    Done,
+}
+
+/// Where a chunked body's decoding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChunkAt {
+    /// At a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes before its end.
+    Data(usize),
+    /// At the CRLF after a chunk's data.
+    DataEnd,
+    /// Among the trailer fields (this many bytes of them so far).
+    Trailers(usize),
 }
 
 /// Why an exchange failed.
@@ -177,6 +231,7 @@ impl Conn {
     /// Registering a timer for each exchange and removing it after cost about 5% of a proxied
     /// request's instructions. An idle connection's timer may still fire once, at its old
     /// deadline, and wake the task that last used it for nothing.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn exchange(
         &mut self,
         head: &[u8],
@@ -184,6 +239,7 @@ impl Conn {
         body: &[u8],
         limit: usize,
         deadline: Instant,
+        offer: Option<Offer>,
     ) -> Result<Exchanged, Error> {
         let mut timer = match self.timer.take() {
             Some(mut timer) => {
@@ -195,7 +251,7 @@ impl Conn {
             None => Box::pin(tokio::time::sleep_until(deadline)),
         };
         let result = {
-            let work = self.exchange_untimed(head, extra_header, body, limit);
+            let work = self.exchange_untimed(head, extra_header, body, limit, offer);
             tokio::pin!(work);
             loop {
                 tokio::select! {
@@ -221,6 +277,7 @@ impl Conn {
         extra_header: Option<(&str, &str)>,
         body: &[u8],
         limit: usize,
+        offer: Option<Offer>,
     ) -> Result<Exchanged, Error> {
         // The variable part of the head, on the stack (probe names and values are short
         // constants).
@@ -260,7 +317,7 @@ impl Conn {
             ])
             .await?;
         }
-        self.read_answer(limit).await
+        self.read_answer(limit, offer).await
     }
 
     async fn write_all(&mut self, mut bufs: &mut [IoSlice<'_>]) -> Result<(), Error> {
@@ -295,7 +352,11 @@ impl Conn {
         }
     }
 
-    async fn read_answer(&mut self, limit: usize) -> Result<Exchanged, Error> {
+    async fn read_answer(
+        &mut self,
+        limit: usize,
+        offer: Option<Offer>,
+    ) -> Result<Exchanged, Error> {
         self.make_room();
         let mut got_any = false;
         loop {
@@ -317,6 +378,25 @@ impl Conn {
                 // 100 Continue, 103 Early Hints: the real answer follows.
                 self.buf.advance(head_len);
                 continue;
+            }
+            if let (Some(offer), true) = (offer, status.is_success()) {
+                let left = match framing {
+                    Framing::Length(n) if n > limit => return Err(Error::TooLarge),
+                    Framing::Length(n) if n >= offer.min_bytes => Some(Left::Length(n)),
+                    Framing::Chunked => Some(Left::Chunk(ChunkAt::Size)),
+                    Framing::UntilClose => Some(Left::UntilClose),
+                    _ => None,
+                };
+                if let Some(left) = left {
+                    self.buf.advance(head_len);
+                    let reusable = reusable && left != Left::UntilClose;
+                    let reply = UpstreamReply {
+                        status,
+                        headers,
+                        body: Bytes::new(),
+                    };
+                    return self.read_offered(reply, left, reusable, offer, limit).await;
+                }
             }
             let (body, reusable) = match framing {
                 Framing::Empty => {
@@ -373,7 +453,162 @@ impl Conn {
                     body,
                 },
                 reusable,
+                stream: None,
             });
+        }
+    }
+
+    /// Reads the body of an answer offered to stream (its head consumed): pieces are
+    /// gathered until the envelope shows a result and the answer is known to be large (then
+    /// the stream begins), or the envelope shows it will not stream, or the body ends.
+    async fn read_offered(
+        &mut self,
+        mut reply: UpstreamReply,
+        mut left: Left,
+        reusable: bool,
+        offer: Offer,
+        limit: usize,
+    ) -> Result<Exchanged, Error> {
+        let large = matches!(left, Left::Length(_));
+        let mut got = BytesMut::new();
+        let mut streamable = true;
+        loop {
+            if streamable {
+                match result_start(&got, offer.id) {
+                    Start::At(at) if large || got.len() >= offer.min_bytes => {
+                        let read = got.len();
+                        let first = got.split_off(at).freeze();
+                        return Ok(Exchanged {
+                            reply,
+                            reusable: false,
+                            stream: Some(Begun { first, left, read }),
+                        });
+                    }
+                    Start::At(_) => {}
+                    Start::Undecided if got.len() <= PREFIX_MAX => {}
+                    Start::Undecided | Start::No => streamable = false,
+                }
+            }
+            let Some(piece) = std::future::poll_fn(|cx| self.poll_piece(&mut left, cx)).await?
+            else {
+                break;
+            };
+            if got.len() + piece.len() > limit {
+                return Err(Error::TooLarge);
+            }
+            if got.is_empty() {
+                if let Left::Length(n) = left {
+                    got.reserve(piece.len() + n.min(TRUST_AHEAD));
+                }
+            }
+            got.extend_from_slice(&piece);
+        }
+        let reusable = reusable && self.buf.is_empty();
+        if self.buf.capacity() > KEEP_BUF {
+            self.buf = BytesMut::new();
+        }
+        reply.body = got.freeze();
+        Ok(Exchanged {
+            reply,
+            reusable,
+            stream: None,
+        })
+    }
+
+    /// The next piece of a body read a piece at a time (`None` at its end); `left` says what
+    /// is left of it and moves on. A piece is a slice of what was read, not a copy.
+    pub(crate) fn poll_piece(
+        &mut self,
+        left: &mut Left,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, Error>> {
+        loop {
+            let have = self.buf.len();
+            // What the buffer holds for this step, or `None` to read more.
+            let step: Option<Option<Bytes>> = match left {
+                Left::Done | Left::Length(0) => {
+                    *left = Left::Done;
+                    return Poll::Ready(Ok(None));
+                }
+                Left::Length(n) | Left::Chunk(ChunkAt::Data(n)) if have > 0 => {
+                    let take = have.min(*n);
+                    *n -= take;
+                    if *left == Left::Chunk(ChunkAt::Data(0)) {
+                        *left = Left::Chunk(ChunkAt::DataEnd);
+                    }
+                    Some(Some(self.buf.split_to(take).freeze()))
+                }
+                Left::UntilClose if have > 0 => Some(Some(self.buf.split().freeze())),
+                Left::Chunk(ChunkAt::Size) => match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((size_len, size))) => {
+                        self.buf.advance(size_len);
+                        *left = match usize::try_from(size) {
+                            Ok(0) => Left::Chunk(ChunkAt::Trailers(0)),
+                            Ok(size) => Left::Chunk(ChunkAt::Data(size)),
+                            Err(_) => return Poll::Ready(Err(Error::TooLarge)),
+                        };
+                        continue;
+                    }
+                    Ok(httparse::Status::Partial) if have <= MAX_HEAD => None,
+                    _ => return Poll::Ready(Err(Error::Malformed("invalid chunk size".into()))),
+                },
+                Left::Chunk(ChunkAt::DataEnd) if have >= 2 => {
+                    if &self.buf[..2] != b"\r\n" {
+                        return Poll::Ready(Err(Error::Malformed(
+                            "chunk not followed by CRLF".into(),
+                        )));
+                    }
+                    self.buf.advance(2);
+                    *left = Left::Chunk(ChunkAt::Size);
+                    continue;
+                }
+                Left::Chunk(ChunkAt::Trailers(seen)) => {
+                    match self.buf.windows(2).position(|w| w == b"\r\n") {
+                        Some(0) => {
+                            self.buf.advance(2);
+                            *left = Left::Done;
+                            return Poll::Ready(Ok(None));
+                        }
+                        Some(line) if *seen + line + 2 <= MAX_HEAD => {
+                            *seen += line + 2;
+                            self.buf.advance(line + 2);
+                            continue;
+                        }
+                        None if *seen + have <= MAX_HEAD => None,
+                        _ => {
+                            return Poll::Ready(Err(Error::Malformed("trailers too large".into())))
+                        }
+                    }
+                }
+                _ => None,
+            };
+            if let Some(piece) = step {
+                return Poll::Ready(Ok(piece));
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK {
+                self.buf.reserve(STREAM_READ);
+            }
+            let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
+            match std::task::ready!(std::future::Future::poll(read, cx)) {
+                Ok(0) if *left == Left::UntilClose => {
+                    *left = Left::Done;
+                    return Poll::Ready(Ok(None));
+                }
+                Ok(0) => return Poll::Ready(Err(Error::Closed { partial: true })),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(Error::Io(e))),
+            }
+        }
+    }
+
+    /// The connection's timer, for a stream that outlives the exchange (made if it has none).
+    pub(crate) fn take_timer(&mut self, deadline: Instant) -> Pin<Box<Sleep>> {
+        match self.timer.take() {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
         }
     }
 
@@ -700,18 +935,20 @@ mod tests {
         let mut c = serve_after(vec![ms(0), ms(600), ms(5000)]).await;
         // Arms the timer for 300 ms from now.
         let a = c
-            .exchange(head, None, b"{}", 100, Instant::now() + ms(300))
+            .exchange(head, None, b"{}", 100, Instant::now() + ms(300), None)
             .await;
         assert_eq!(a.unwrap().reply.body.as_ref(), b"{}");
         // Answered after 600 ms: the timer fires at 300 ms for the first exchange's deadline
         // and must be armed again for this one's.
         let a = c
-            .exchange(head, None, b"{}", 100, Instant::now() + ms(3000))
+            .exchange(head, None, b"{}", 100, Instant::now() + ms(3000), None)
             .await;
         assert_eq!(a.unwrap().reply.body.as_ref(), b"{}");
         // An earlier deadline than the timer's (3 s): it must end at its own, 200 ms.
         let started = Instant::now();
-        let a = c.exchange(head, None, b"{}", 100, started + ms(200)).await;
+        let a = c
+            .exchange(head, None, b"{}", 100, started + ms(200), None)
+            .await;
         assert!(matches!(a, Err(Error::TimedOut)), "{a:?}");
         assert!(started.elapsed() < ms(2000), "{:?}", started.elapsed());
     }
@@ -767,7 +1004,9 @@ mod tests {
     /// A small request whose answer may be up to 1 MiB.
     async fn post_up_to_1mib(c: &mut Conn) -> Exchanged {
         let head = b"POST / HTTP/1.1\r\nhost: x\r\n";
-        c.exchange(head, None, b"{}", 1 << 20, far()).await.unwrap()
+        c.exchange(head, None, b"{}", 1 << 20, far(), None)
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
@@ -796,7 +1035,10 @@ mod tests {
             (10, Some(("x-detour-probe", "head"))),
         ] {
             let body: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
-            let a = c.exchange(head, probe, &body, 100, far()).await.unwrap();
+            let a = c
+                .exchange(head, probe, &body, 100, far(), None)
+                .await
+                .unwrap();
             assert_eq!(&a.reply.body[..], b"{}");
             let mut want = head.to_vec();
             if let Some((k, v)) = probe {
@@ -826,22 +1068,140 @@ mod tests {
         ])
         .await;
         let head = b"POST / HTTP/1.1\r\nhost: x\r\n";
-        let a = c.exchange(head, None, b"{}", 1000, far()).await.unwrap();
-        assert_eq!(
-            (a.reply.status, &a.reply.body[..], a.reusable),
-            (StatusCode::OK, &b"{\"a\":\"b c\"}"[..], true)
-        );
-        assert!(c.idle_usable());
         let a = c
-            .exchange(head, Some(("x-detour-probe", "head")), b"{}", 1000, far())
+            .exchange(head, None, b"{}", 1000, far(), None)
             .await
             .unwrap();
         assert_eq!(
             (a.reply.status, &a.reply.body[..], a.reusable),
             (StatusCode::OK, &b"{\"a\":\"b c\"}"[..], true)
         );
-        let a = c.exchange(head, None, b"{}", 1000, far()).await.unwrap();
+        assert!(c.idle_usable());
+        let a = c
+            .exchange(
+                head,
+                Some(("x-detour-probe", "head")),
+                b"{}",
+                1000,
+                far(),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (a.reply.status, &a.reply.body[..], a.reusable),
+            (StatusCode::OK, &b"{\"a\":\"b c\"}"[..], true)
+        );
+        let a = c
+            .exchange(head, None, b"{}", 1000, far(), None)
+            .await
+            .unwrap();
         assert_eq!((&a.reply.body[..], a.reusable), (&b"[]"[..], false));
+    }
+
+    #[tokio::test]
+    async fn offered_answers_are_read_whole_or_begin_a_stream() {
+        fn leak(s: String) -> &'static [u8] {
+            Box::leak(s.into_bytes().into_boxed_slice())
+        }
+        fn chunked(body: &str, size: usize) -> String {
+            let mut out = String::from("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+            for piece in body.as_bytes().chunks(size) {
+                let piece = std::str::from_utf8(piece).unwrap();
+                out += &format!("{:x}\r\n{piece}\r\n", piece.len());
+            }
+            out + "0\r\nx-trailer: t\r\n\r\n"
+        }
+        let error = r#"{"jsonrpc":"2.0","id":0,"error":{"code":1,"message":"not streamed"}}"#;
+        let result = format!("[{}]", r#""0xabcdef","#.repeat(20) + "1");
+        let answer = format!(r#"{{"jsonrpc":"2.0","id":0,"result":{result}}}"#);
+        let mut c = serve(vec![
+            // Small: read whole, the connection reusable.
+            leak(chunked(r#"{"id":0,"result":[1]}"#, 5)),
+            // Large, but an error: whole.
+            leak(format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{error}",
+                error.len()
+            )),
+            // Large results, declared and chunked: the stream begins.
+            leak(format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            )),
+        ])
+        .await;
+        let head = b"POST / HTTP/1.1\r\nhost: x\r\n";
+        let offer = Some(Offer {
+            min_bytes: 60,
+            id: 0,
+        });
+        let a = c
+            .exchange(head, None, b"{}", 1000, far(), offer)
+            .await
+            .unwrap();
+        assert!(a.stream.is_none());
+        assert_eq!(
+            (&a.reply.body[..], a.reusable),
+            (&br#"{"id":0,"result":[1]}"#[..], true)
+        );
+        let a = c
+            .exchange(head, None, b"{}", 1000, far(), offer)
+            .await
+            .unwrap();
+        assert!(a.stream.is_none());
+        assert_eq!((&a.reply.body[..], a.reusable), (error.as_bytes(), true));
+        for framing in ["length", "chunked"] {
+            if framing == "chunked" {
+                c = serve(vec![leak(chunked(&answer, 9))]).await;
+            }
+            let a = c
+                .exchange(head, None, b"{}", 1000, far(), offer)
+                .await
+                .unwrap();
+            assert!(!a.reusable);
+            let Some(Begun {
+                first, mut left, ..
+            }) = a.stream
+            else {
+                panic!("{framing}: not streamed")
+            };
+            let mut rest = first.to_vec();
+            while let Some(piece) = std::future::poll_fn(|cx| c.poll_piece(&mut left, cx))
+                .await
+                .unwrap()
+            {
+                rest.extend_from_slice(&piece);
+            }
+            assert_eq!(
+                String::from_utf8(rest).unwrap(),
+                format!("{result}}}"),
+                "{framing}"
+            );
+            assert_eq!(left, Left::Done);
+        }
+        // Too large for the limit, declared: refused before any of it is read.
+        let big = "HTTP/1.1 200 OK\r\ncontent-length: 5000\r\n\r\n";
+        let mut c = serve(vec![leak(big.to_string())]).await;
+        let r = c.exchange(head, None, b"{}", 1000, far(), offer).await;
+        assert!(matches!(r, Err(Error::TooLarge)), "{r:?}");
+        // A chunked body cut short.
+        let cut = chunked(&answer, 9);
+        let mut c = serve(vec![leak(cut[..cut.len() / 2].to_string())]).await;
+        let a = c
+            .exchange(head, None, b"{}", 1000, far(), offer)
+            .await
+            .unwrap();
+        let mut left = a.stream.unwrap().left;
+        let end = loop {
+            match std::future::poll_fn(|cx| c.poll_piece(&mut left, cx)).await {
+                Ok(Some(_)) => {}
+                other => break other,
+            }
+        };
+        assert!(
+            matches!(end, Err(Error::Closed { partial: true })),
+            "{end:?}"
+        );
     }
 
     #[tokio::test]
@@ -913,7 +1273,7 @@ mod tests {
         let mut c = Conn::new(TcpStream::connect(addr).await.unwrap());
         let head = b"POST / HTTP/1.1\r\nhost: x\r\n";
         let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(200);
-        let r = c.exchange(head, None, b"{}", 200 << 20, soon).await;
+        let r = c.exchange(head, None, b"{}", 200 << 20, soon, None).await;
         assert!(r.is_err());
         assert!(
             c.buffer_capacity() <= TRUST_AHEAD + KEEP_BUF,
@@ -922,7 +1282,10 @@ mod tests {
         );
         // Bodies that do arrive grow the buffer as they come, and are read whole.
         let mut c = serve(vec![answer_of(300_000)]).await;
-        let a = c.exchange(head, None, b"{}", 1 << 20, far()).await.unwrap();
+        let a = c
+            .exchange(head, None, b"{}", 1 << 20, far(), None)
+            .await
+            .unwrap();
         assert_eq!(a.reply.body.len(), 300_000);
     }
 
@@ -940,17 +1303,17 @@ mod tests {
         ])
         .await;
         assert!(matches!(
-            c.exchange(head, None, b"{}", 10, far()).await,
+            c.exchange(head, None, b"{}", 10, far(), None).await,
             Err(Error::TooLarge)
         ));
         let mut c = serve(vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n"]).await;
         assert!(matches!(
-            c.exchange(head, None, b"{}", 10, far()).await,
+            c.exchange(head, None, b"{}", 10, far(), None).await,
             Err(Error::TooLarge)
         ));
         let mut c = serve(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"a\""]).await;
         assert!(matches!(
-            c.exchange(head, None, b"{}", 100, far()).await,
+            c.exchange(head, None, b"{}", 100, far(), None).await,
             Err(Error::Closed { partial: true })
         ));
         let mut c = serve(vec![
@@ -958,12 +1321,12 @@ mod tests {
         ])
         .await;
         assert!(matches!(
-            c.exchange(head, None, b"{}", 100, far()).await,
+            c.exchange(head, None, b"{}", 100, far(), None).await,
             Err(Error::Malformed(_))
         ));
         let mut c = serve(vec![]).await;
         assert!(matches!(
-            c.exchange(head, None, b"{}", 100, far()).await,
+            c.exchange(head, None, b"{}", 100, far(), None).await,
             Err(Error::Closed { partial: false }) | Err(Error::Io(_))
         ));
         // Content-Length is digits only.
@@ -980,7 +1343,7 @@ mod tests {
             let mut c = serve(vec![Box::leak(answer.into_bytes().into_boxed_slice())]).await;
             assert!(
                 matches!(
-                    c.exchange(head, None, b"{}", 100, far()).await,
+                    c.exchange(head, None, b"{}", 100, far(), None).await,
                     Err(Error::Malformed(_))
                 ),
                 "content-length {bad:?}"
@@ -1004,12 +1367,15 @@ mod tests {
         }
         let mut c = serve(vec![Box::leak(endless.into_boxed_slice())]).await;
         assert!(matches!(
-            c.exchange(head, None, b"{}", 1 << 20, far()).await,
+            c.exchange(head, None, b"{}", 1 << 20, far(), None).await,
             Err(Error::Malformed(m)) if m.contains("trailers")
         ));
         // A body delimited by the close.
         let mut c = serve(vec![b"HTTP/1.1 200 OK\r\n\r\n{\"until\":\"close\"}"]).await;
-        let a = c.exchange(head, None, b"{}", 100, far()).await.unwrap();
+        let a = c
+            .exchange(head, None, b"{}", 100, far(), None)
+            .await
+            .unwrap();
         assert_eq!(
             (&a.reply.body[..], a.reusable),
             (&b"{\"until\":\"close\"}"[..], false)

@@ -415,6 +415,13 @@ pub struct ClientConfig {
     pub attempt_timeout: Duration,
     /// Largest upstream response body accepted; larger ones fail over. Default 128 MiB.
     pub max_response_bytes: usize,
+    /// A single call's answer at least this large, from a plain-`http://` upstream to an
+    /// HTTP/1.1 client, is streamed: its result goes to the client as it arrives (chunked),
+    /// once the upstream's envelope has said a result follows, instead of after the whole
+    /// answer. Failover is decided on everything before that; an upstream that breaks off
+    /// after it cuts the client's connection (the client sees an incomplete answer, never a
+    /// short valid one). Streamed answers are not cached. 0: never stream. Default 4 MiB.
+    pub stream_min_bytes: usize,
     /// Idle keep-alive connections are closed after this. Default `90s`.
     #[serde(with = "duration")]
     pub pool_idle_timeout: Duration,
@@ -452,6 +459,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(3),
             attempt_timeout: Duration::from_secs(5),
             max_response_bytes: 128 * 1024 * 1024,
+            stream_min_bytes: 4 * 1024 * 1024,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 1024,
             dns_refresh: Duration::from_secs(30),

@@ -9,11 +9,12 @@ use http::StatusCode;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
-use crate::client::forward::{self, Failure, Forwarder};
+use crate::client::forward::{self, Failure, Forwarder, Sent};
+use crate::client::stream::{StreamOffer, STREAMED};
 use crate::client::UpstreamReply;
 use crate::rpc::classify::{self, Class, Penalty};
 use crate::rpc::jsonrpc::{self, Call};
-use crate::state::upstream::Upstream;
+use crate::state::upstream::{now_us, Upstream};
 
 use super::retry::PerCall;
 
@@ -26,7 +27,9 @@ pub(super) enum Got {
 }
 
 /// Sends one chunk of calls to one upstream, counted in flight, and reads what it said about
-/// each; the answer is due within `timeout` of `started`.
+/// each; the answer is due within `timeout` of `started`. A single call with an `offer` may
+/// have its result streamed: its answer is then [`STREAMED`] (the stream is in the offer).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn attempt(
     fwd: &Forwarder,
     up: &Upstream,
@@ -35,12 +38,38 @@ pub(super) async fn attempt(
     started: Instant,
     timeout: Duration,
     repeatable: bool,
+    offer: Option<&StreamOffer>,
 ) -> Result<PerCall<Got>, Failure> {
     let body = upstream_body(calls, chunk);
     let _in_flight = up.state.start();
-    let reply = fwd
-        .send_from(&up.endpoint, body, started, timeout, repeatable)
-        .await?;
+    let reply = match (offer, chunk) {
+        (Some(offer), &[id]) => {
+            let pair = (offer, id);
+            let sent = fwd.send_offered(&up.endpoint, body, started, timeout, repeatable, pair);
+            match sent.await? {
+                Sent::Reply(reply) => reply,
+                Sent::Streaming(mut stream) => {
+                    // Broken off later: a failure of this upstream's, as a malformed answer.
+                    let state = up.state.clone();
+                    let started = started.into_std();
+                    stream.on_broken(Box::new(move || {
+                        state.record_soft_failure(now_us(), started.elapsed());
+                    }));
+                    if !offer.give(stream) {
+                        // A hedge whose answer began streaming after another attempt's did.
+                        return Err(Failure::Transport(
+                            "another attempt's answer is already streaming".into(),
+                        ));
+                    }
+                    return Ok(smallvec::smallvec![Got::Result(STREAMED)]);
+                }
+            }
+        }
+        _ => {
+            fwd.send_from(&up.endpoint, body, started, timeout, repeatable)
+                .await?
+        }
+    };
     read_reply(&reply, chunk)
 }
 

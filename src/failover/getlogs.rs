@@ -236,6 +236,7 @@ impl<'a> Ctx<'a> {
             &[&call],
             self.now,
             self.deadline,
+            None,
         )
         .await;
         got.pop()

@@ -41,6 +41,7 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::client::forward::{Failure, Forwarder};
+use crate::client::stream::StreamOffer;
 use crate::method::block::{self, Archive, Need};
 use crate::method::kind;
 use crate::rpc::classify::{Class, Penalty};
@@ -112,11 +113,13 @@ pub async fn failover(
     calls: &[&Call<'_>],
     deadline: Instant,
 ) -> (PerCall<CallResult>, Report) {
-    failover_from(fwd, metrics, chain, calls, Instant::now(), deadline).await
+    failover_from(fwd, metrics, chain, calls, Instant::now(), deadline, None).await
 }
 
 /// [`failover`] for calls that arrived at `now` (a clock read taken a moment ago, which the
-/// first attempt takes as its start instead of reading the clock again).
+/// first attempt takes as its start instead of reading the clock again). With an `offer`
+/// (one read call), an attempt may stream a large result: the call's answer is then
+/// [`crate::client::stream::STREAMED`] and the stream is in the offer.
 pub(crate) async fn failover_from(
     fwd: &Forwarder,
     metrics: &Metrics,
@@ -124,6 +127,7 @@ pub(crate) async fn failover_from(
     calls: &[&Call<'_>],
     now: Instant,
     deadline: Instant,
+    offer: Option<&StreamOffer>,
 ) -> (PerCall<CallResult>, Report) {
     // The first pass takes the calls' arrival as "now"; later ones read the clock.
     let mut arrived = Some(now);
@@ -232,8 +236,10 @@ pub(crate) async fn failover_from(
             if !may_hedge(&tried, &exclude, &pending) {
                 // This attempt alone decides: await it right here.
                 let sent = pending.clone();
-                let done =
-                    run_attempt(fwd, metrics, chain, ui, calls, &writes, sent, now, deadline).await;
+                let done = run_attempt(
+                    fwd, metrics, chain, ui, calls, &writes, sent, now, deadline, offer,
+                )
+                .await;
                 process(
                     metrics,
                     chain,
@@ -254,7 +260,7 @@ pub(crate) async fn failover_from(
             inflight
                 .get_or_insert_with(FuturesUnordered::new)
                 .push(launch(
-                    fwd, metrics, chain, ui, calls, &writes, &pending, now, deadline,
+                    fwd, metrics, chain, ui, calls, &writes, &pending, now, deadline, offer,
                 ));
             newest = Some((now, ui));
         }
@@ -282,7 +288,7 @@ pub(crate) async fn failover_from(
                     let now = Instant::now();
                     if let Some(ui) = pick(metrics, chain, need, archive, &mut exclude, &avoid_regions, us_at(now), calls, &pending, &mut throttled) {
                         tried.push(ui);
-                        inflight.push(launch(fwd, metrics, chain, ui, calls, &writes, &pending, now, deadline));
+                        inflight.push(launch(fwd, metrics, chain, ui, calls, &writes, &pending, now, deadline, offer));
                         newest = Some((now, ui));
                     }
                 }
@@ -300,7 +306,7 @@ pub(crate) async fn failover_from(
                         report.hedges += 1;
                         tracing::debug!(chain = &*chain.name, stalled = &*chain.upstreams[stalled].name,
                             hedge = &*chain.upstreams[ui].name, "hedging a slow read");
-                        inflight.push(launch(fwd, metrics, chain, ui, calls, &writes, &pending, now, deadline));
+                        inflight.push(launch(fwd, metrics, chain, ui, calls, &writes, &pending, now, deadline, offer));
                         newest = Some((now, ui));
                     }
                     // Nobody to hedge to: wait for the attempt in flight.
@@ -509,6 +515,7 @@ fn launch<'a>(
     pending: &[usize],
     started: Instant,
     deadline: Instant,
+    offer: Option<&'a StreamOffer>,
 ) -> AttemptFuture<'a> {
     Box::pin(run_attempt(
         fwd,
@@ -520,6 +527,7 @@ fn launch<'a>(
         Indices::from_slice(pending),
         started,
         deadline,
+        offer,
     ))
 }
 
@@ -537,6 +545,7 @@ async fn run_attempt<'a>(
     sent: Indices,
     started: Instant,
     deadline: Instant,
+    offer: Option<&'a StreamOffer>,
 ) -> Done {
     {
         let up = &chain.upstreams[ui];
@@ -553,14 +562,14 @@ async fn run_attempt<'a>(
         let results = if sent.len() <= size {
             // One chunk (the common case): no chunk lists to build.
             let repeatable = sent.iter().all(|&i| !once[i]);
-            let r = attempt(fwd, up, calls, &sent, started, timeout, repeatable).await;
+            let r = attempt(fwd, up, calls, &sent, started, timeout, repeatable, offer).await;
             smallvec::smallvec![(sent, r)]
         } else {
             let chunks: Vec<Indices> = sent.chunks(size).map(Indices::from_slice).collect();
             // Boxed: rare, and it would make the common one-chunk future larger.
             let outcomes = Box::pin(join_all(chunks.iter().map(|chunk| {
                 let repeatable = chunk.iter().all(|&i| chain.may_repeat(&calls[i].method));
-                attempt(fwd, up, calls, chunk, started, timeout, repeatable)
+                attempt(fwd, up, calls, chunk, started, timeout, repeatable, None)
             })))
             .await;
             chunks.into_iter().zip(outcomes).collect()

@@ -41,6 +41,11 @@ pub(crate) struct Served {
     pub(crate) finished: Option<Instant>,
     /// What the cache did for the request.
     pub(crate) cache: CacheMark,
+    /// The client can take a streamed answer (HTTP/1.1 on detour's own server).
+    pub(crate) may_stream: bool,
+    /// The request's offer to stream a large result, when it made one (see
+    /// [`crate::client::stream`]).
+    pub(crate) stream: Option<crate::client::stream::StreamOffer>,
 }
 
 /// What the cache did for a request: the `x-detour-cache` header's value.

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 
 use super::service::{Body, BoxError};
+use crate::client::stream::ResultStream;
 use crate::failover::retry::PerCall;
 use crate::rpc::jsonrpc::{self, INVALID_REQUEST, RESOURCE_NOT_FOUND};
 use crate::state::pool::Pool;
@@ -189,7 +190,19 @@ pub(crate) enum RpcBody {
         id: SmallVec<[u8; 24]>,
         result: Bytes,
     },
+    /// `{"jsonrpc":"2.0","id":<id>,"result":<result>}` of one call whose result is still
+    /// arriving from its upstream (see [`crate::client::stream`]): only the HTTP/1.1 fast
+    /// path, which asks for it, writes one (chunked, as the pieces come).
+    Stream {
+        /// The client's id, as it sent it.
+        id: SmallVec<[u8; 24]>,
+        stream: Box<ResultStream>,
+    },
 }
+
+/// The body of an answer whose streamed result cannot go where it was to go (a path that
+/// does not stream; detour never makes one there).
+const STREAM_LOST: &[u8] = br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Internal error","data":"a streamed answer reached a path that cannot stream it"}}"#;
 
 impl RpcBody {
     /// The body's length in bytes.
@@ -197,6 +210,7 @@ impl RpcBody {
         match self {
             RpcBody::Whole(b) => b.len(),
             RpcBody::Result { id, result } => jsonrpc::result_len_for(id, result.len()),
+            RpcBody::Stream { .. } => STREAM_LOST.len(),
         }
     }
 
@@ -209,6 +223,7 @@ impl RpcBody {
                 jsonrpc::write_result_start(out, id);
                 [result, b"}"]
             }
+            RpcBody::Stream { .. } => [STREAM_LOST, &[]],
         }
     }
 
@@ -219,6 +234,7 @@ impl RpcBody {
             RpcBody::Result { id, result } => {
                 [jsonrpc::RESULT_HEAD, id, jsonrpc::RESULT_MID, result, b"}"]
             }
+            RpcBody::Stream { .. } => [STREAM_LOST, &[], &[], &[], &[]],
         }
     }
 
@@ -227,13 +243,16 @@ impl RpcBody {
         match self {
             RpcBody::Whole(b) => b,
             RpcBody::Result { result, .. } => result,
+            RpcBody::Stream { .. } => STREAM_LOST,
         }
     }
 
     /// The body in one piece.
     pub(crate) fn into_bytes(self) -> Bytes {
-        if let RpcBody::Whole(b) = self {
-            return b;
+        match self {
+            RpcBody::Whole(b) => return b,
+            RpcBody::Stream { .. } => return Bytes::from_static(STREAM_LOST),
+            RpcBody::Result { .. } => {}
         }
         let mut out = Vec::with_capacity(self.len());
         let rest = self.write_start(&mut out);

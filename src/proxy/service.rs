@@ -34,6 +34,7 @@ use crate::cache::store::Ctx as CacheCtx;
 use crate::cache::{Lookup, Ticket};
 use crate::client::dns::Resolver;
 use crate::client::forward::Forwarder;
+use crate::client::stream::StreamOffer;
 use crate::config::{Config, ConfigError, FiltersConfig, TrackerConfig};
 use crate::failover::retry::{failover_from, CallResult, Indices, PerCall};
 use crate::follow::filters::Registry;
@@ -1572,8 +1573,16 @@ impl Detour {
         served: &mut Served,
     ) -> PerCall<CallResult> {
         let m = &self.inner.metrics;
-        let (got, report) =
-            failover_from(&self.inner.forwarder, m, chain, sent, now, deadline).await;
+        let (got, report) = failover_from(
+            &self.inner.forwarder,
+            m,
+            chain,
+            sent,
+            now,
+            deadline,
+            served.stream.as_ref(),
+        )
+        .await;
         chain.metrics.attempts(
             m,
             &chain.name,
@@ -1709,6 +1718,12 @@ impl Detour {
         if access_log_on(pool) {
             served.methods = methods_summary(&entries);
         }
+        let min_bytes = pool.config.client.stream_min_bytes;
+        if let (true, false, [Entry::Call(c)]) = (served.may_stream, batch, &entries[..]) {
+            if min_bytes > 0 && c.id.is_some() && chain.may_repeat(&c.method) {
+                served.stream = Some(StreamOffer::new(min_bytes, deadline));
+            }
+        }
         let mut answers = if calls.is_empty() {
             PerCall::new()
         } else {
@@ -1725,6 +1740,21 @@ impl Detour {
                 let Some(CallResult::Result(result)) = answers.next() else {
                     unreachable!("matched above")
                 };
+                if result.is_empty() {
+                    // STREAMED: the result is on its way, in the offer.
+                    let stream = served.stream.as_ref().and_then(StreamOffer::take);
+                    return Some(match stream {
+                        Some(stream) => RpcBody::Stream {
+                            id: id.get().as_bytes().into(),
+                            stream,
+                        },
+                        None => RpcBody::Whole(error_bytes(
+                            jsonrpc::INTERNAL_ERROR,
+                            "Internal error",
+                            Some("\"a streamed answer was lost\""),
+                        )),
+                    });
+                }
                 return Some(RpcBody::Result {
                     id: id.get().as_bytes().into(),
                     result,
@@ -1802,15 +1832,17 @@ impl Detour {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.answer(req, peer).await.into_response()
+        self.answer(req, peer, false).await.into_response()
     }
 
     /// [`Detour::serve_http`]'s answer, with a JSON-RPC answer kept as a [`ClientReply::Rpc`] (which
-    /// the HTTP/1.1 fast path writes without building a header map).
+    /// the HTTP/1.1 fast path writes without building a header map). `may_stream`: the caller
+    /// writes a streamed result ([`RpcBody::Stream`]) itself.
     pub(crate) async fn answer<B>(
         &self,
         req: Request<B>,
         peer: Option<std::net::SocketAddr>,
+        may_stream: bool,
     ) -> ClientReply
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -1832,7 +1864,9 @@ impl Detour {
             }
             return ClientReply::Http(resp);
         }
-        let reply = self.route_http(req, pool, peer).await;
+        // A browser's answer gets CORS headers through a complete response: not streamed.
+        let may_stream = may_stream && cors.is_none();
+        let reply = self.route_http(req, pool, peer, may_stream).await;
         match cors {
             Some(origin) => {
                 let mut resp = reply.into_response();
@@ -1848,6 +1882,7 @@ impl Detour {
         req: Request<B>,
         pool: Arc<Pool>,
         peer: Option<std::net::SocketAddr>,
+        may_stream: bool,
     ) -> ClientReply
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -2027,6 +2062,7 @@ impl Detour {
         let mut served = Served {
             client,
             peer: peer.map(|p| p.ip()),
+            may_stream,
             ..Served::default()
         };
         served.cache.bypass = fresh;
@@ -2082,7 +2118,9 @@ fn complete(
         let answer = sent.binary_search(&i).ok().and_then(|k| got.get(k));
         ticket.complete(
             match answer {
-                Some(CallResult::Result(r)) => Ok(r),
+                // A streamed result (empty here) is neither cached nor given to reads that
+                // wait for it: those go upstream on their own.
+                Some(CallResult::Result(r)) if !r.is_empty() => Ok(r),
                 _ => Err(()),
             },
             ctx,

@@ -75,7 +75,7 @@ fn special_mask(chunk: &[u8; 16]) -> u32 {
 }
 
 /// Where the first `"`, `\\` or control character at or after `from` is.
-fn find_special(b: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn find_special(b: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while let Some(chunk) = b.get(i..i + 16) {
         let m = special_mask(chunk.try_into().ok()?);

@@ -5,3 +5,4 @@ pub mod classify;
 pub mod error;
 pub mod jsonrpc;
 pub(crate) mod jsonscan;
+pub(crate) mod stream;

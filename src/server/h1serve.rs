@@ -33,9 +33,12 @@ use http::header::{CONNECTION, CONTENT_LENGTH, DATE};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use smallvec::SmallVec;
+
+use crate::rpc::jsonrpc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
+use crate::client::stream::ResultStream;
 use crate::proxy::response::{AnsweredBy, ClientReply, RpcBody, UPSTREAM_HEADER};
 use crate::proxy::service::{Body, Detour};
 
@@ -164,7 +167,7 @@ where
         // Not boxed: the answer's state (4.4 KB) lives in the connection's task, which costs
         // memory on idle connections (3 MiB per 1 000) but saves an allocation and the moves
         // of a box on every request; this path serves nearly all requests.
-        let answer = detour.answer(req, Some(peer));
+        let answer = detour.answer(req, Some(peer), true);
         tokio::pin!(answer);
         // While the answer is prepared, the socket is watched as hyper watches it: a client
         // that hangs up cancels its request (and the upstream attempt); bytes of a pipelined
@@ -237,6 +240,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         cache: Option<&'static str>,
         close: bool,
     ) -> std::io::Result<bool> {
+        if let Some(RpcBody::Stream { id, stream }) = body {
+            return self
+                .stream_result(&id, stream, upstream, cache, close)
+                .await;
+        }
         let status = match body {
             Some(_) => StatusCode::OK,
             None => StatusCode::NO_CONTENT,
@@ -251,6 +259,75 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         }
         let body = body.unwrap_or(RpcBody::Whole(Bytes::new()));
         self.finish(status, &body, close, false).await
+    }
+
+    /// Writes an answer whose result is streamed from its upstream: chunked, each piece as it
+    /// arrives (behind the envelope's start), then the envelope's `}` once the whole answer
+    /// has arrived well-formed. If it does not, the connection is cut without the last chunk,
+    /// so the client sees an incomplete answer (an error), never a short valid one.
+    async fn stream_result(
+        &mut self,
+        id: &[u8],
+        mut stream: Box<ResultStream>,
+        upstream: AnsweredBy,
+        cache: Option<&'static str>,
+        close: bool,
+    ) -> std::io::Result<bool> {
+        self.start(StatusCode::OK);
+        self.header(b"content-type", b"application/json");
+        upstream.with_bytes(|v| self.header(UPSTREAM_HEADER.as_bytes(), v));
+        if let Some(v) = cache {
+            self.header(crate::cache::CACHE_HEADER.as_bytes(), v.as_bytes());
+        }
+        self.header(b"transfer-encoding", b"chunked");
+        if close {
+            self.header(b"connection", b"close");
+        }
+        self.header(b"date", &http_date());
+        self.out.extend_from_slice(b"\r\n");
+        // Written with the first piece: the head, and the envelope's start.
+        let mut start = std::mem::take(&mut self.out);
+        let lead = start.len();
+        jsonrpc::write_result_start(&mut start, id);
+        let first = next_piece(&mut stream).await;
+        let (piece, end): (Bytes, &[u8]) = match first? {
+            Some(piece) => (piece, b"\r\n"),
+            // Cannot happen (a result has at least its first byte): the envelope, whole.
+            None => (Bytes::from_static(b"}"), b"\r\n0\r\n\r\n"),
+        };
+        let mut line = [0u8; 20];
+        let line = chunk_line(&mut line, start.len() - lead + piece.len());
+        let parts = &mut [
+            IoSlice::new(&start[..lead]),
+            IoSlice::new(line),
+            IoSlice::new(&start[lead..]),
+            IoSlice::new(&piece),
+            IoSlice::new(end),
+        ];
+        let written = write_all_vectored(&mut self.io, parts).await;
+        start.clear();
+        self.out = start;
+        written?;
+        if end.len() == 2 {
+            while let Some(piece) = next_piece(&mut stream).await? {
+                let mut line = [0u8; 20];
+                let line = chunk_line(&mut line, piece.len());
+                let parts = &mut [
+                    IoSlice::new(line),
+                    IoSlice::new(&piece),
+                    IoSlice::new(b"\r\n"),
+                ];
+                write_all_vectored(&mut self.io, parts).await?;
+            }
+            self.io.write_all(b"1\r\n}\r\n0\r\n\r\n").await?;
+        }
+        if self.out.capacity() > KEEP_OUT {
+            self.out = Vec::new();
+        }
+        if close {
+            let _ = self.io.shutdown().await;
+        }
+        Ok(!close)
     }
 
     /// Writes the answer; `Ok(false)` when the connection is to close after it.
@@ -344,6 +421,31 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         }
         Ok(!close)
     }
+}
+
+/// The next piece of a streamed result; an error (logged) when the answer broke off.
+async fn next_piece(stream: &mut ResultStream) -> std::io::Result<Option<Bytes>> {
+    match stream.next().await {
+        Some(Ok(piece)) => Ok(Some(piece)),
+        None => Ok(None),
+        Some(Err(why)) => {
+            tracing::warn!(
+                upstream = &*stream.upstream,
+                sent_bytes = stream.sent,
+                "a streamed answer broke off ({why}); the client's connection is cut"
+            );
+            Err(std::io::Error::other(why))
+        }
+    }
+}
+
+/// A chunk's size line (`<hex>\r\n`) in `buf`.
+fn chunk_line(buf: &mut [u8; 20], size: usize) -> &[u8] {
+    let digits = format!("{size:x}");
+    let n = digits.len();
+    buf[..n].copy_from_slice(digits.as_bytes());
+    buf[n..n + 2].copy_from_slice(b"\r\n");
+    &buf[..n + 2]
 }
 
 async fn write_all_vectored<IO: AsyncWrite + Unpin>(

@@ -1,0 +1,191 @@
+//! A large answer's `result`, streamed from a plain-HTTP upstream to the client as it arrives
+//! (issue 19).
+//!
+//! A request offers to stream ([`StreamOffer`]) when it is one read call from an HTTP/1.1
+//! client. An attempt takes the offer when its upstream's answer is a 2xx of at least
+//! `client.stream_min_bytes` (declared, or sent so far of a chunked answer) whose envelope
+//! says a result follows (`rpc::stream::result_start`). Up to that point the attempt is like
+//! any other: errors, other statuses and small answers go through failover as before. From
+//! then on the answer is the client's: the attempt counts as answered, the connection moves
+//! into a [`ResultStream`], and the result's bytes go out as they come, checked by
+//! `rpc::stream::ResultCheck`. If the upstream breaks off, times out or sends something
+//! malformed, the stream ends in an error and the client's connection is cut: the client sees
+//! an incomplete answer, never a valid-looking short one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::time::{Instant, Sleep};
+
+use super::h1::{Begun, Conn, Error, Left};
+use crate::rpc::stream::ResultCheck;
+
+/// The answer that stands for a call's result while it is streamed (the stream is in the
+/// request's [`StreamOffer`]): empty, which no JSON value is. Never cached, never sent.
+pub const STREAMED: Bytes = Bytes::new();
+
+/// A request's offer to stream its answer's result; the attempt that takes it leaves the
+/// stream here.
+#[derive(Debug)]
+pub struct StreamOffer {
+    /// Answers from this size on are streamed.
+    pub(crate) min_bytes: usize,
+    /// The stream must have ended by then (the request's deadline).
+    pub(crate) deadline: Instant,
+    taken: Mutex<Option<Box<ResultStream>>>,
+}
+
+impl StreamOffer {
+    pub(crate) fn new(min_bytes: usize, deadline: Instant) -> StreamOffer {
+        StreamOffer {
+            min_bytes,
+            deadline,
+            taken: Mutex::new(None),
+        }
+    }
+
+    /// Leaves `stream` here; `false` (and the stream dropped, its connection closed) when
+    /// another attempt's stream came first.
+    pub(crate) fn give(&self, stream: Box<ResultStream>) -> bool {
+        let Ok(mut taken) = self.taken.lock() else {
+            return false;
+        };
+        if taken.is_some() {
+            return false;
+        }
+        *taken = Some(stream);
+        true
+    }
+
+    /// The stream an attempt left, if one did.
+    pub(crate) fn take(&self) -> Option<Box<ResultStream>> {
+        self.taken.lock().ok()?.take()
+    }
+}
+
+/// The rest of an upstream's answer, from its result's first byte: yields the result's bytes
+/// as they arrive, checked, and ends once the whole answer has arrived well-formed.
+pub(crate) struct ResultStream {
+    conn: Conn,
+    left: Left,
+    /// What arrived with the envelope, not yet yielded.
+    first: Option<Bytes>,
+    check: ResultCheck,
+    /// Body bytes read so far, against `limit`.
+    read: usize,
+    limit: usize,
+    timer: Pin<Box<Sleep>>,
+    /// The upstream's name, for logs.
+    pub(crate) upstream: Arc<str>,
+    /// Result bytes yielded so far.
+    pub(crate) sent: usize,
+    /// Called once if the upstream breaks the answer off (not when the deadline passes,
+    /// which a slow client may cause).
+    on_broken: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ResultStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultStream")
+            .field("upstream", &self.upstream)
+            .field("left", &self.left)
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResultStream {
+    pub(crate) fn new(
+        mut conn: Conn,
+        begun: Begun,
+        limit: usize,
+        deadline: Instant,
+        upstream: Arc<str>,
+    ) -> ResultStream {
+        let timer = conn.take_timer(deadline);
+        ResultStream {
+            conn,
+            left: begun.left,
+            first: Some(begun.first),
+            check: ResultCheck::new(),
+            read: begun.read,
+            limit,
+            timer,
+            upstream,
+            sent: 0,
+            on_broken: None,
+        }
+    }
+
+    /// Has `f` called if the upstream breaks the answer off.
+    pub(crate) fn on_broken(&mut self, f: Box<dyn FnOnce() + Send + Sync>) {
+        self.on_broken = Some(f);
+    }
+
+    /// The upstream broke the answer off: why, after telling `on_broken`.
+    fn broken(&mut self, why: String) -> Poll<Option<Result<Bytes, String>>> {
+        if let Some(f) = self.on_broken.take() {
+            f();
+        }
+        Poll::Ready(Some(Err(why)))
+    }
+
+    /// The next piece of the result; `None` once the answer has ended well-formed; an error
+    /// (why, naming no URL) when it will not.
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, String>>> {
+        loop {
+            let piece = match self.first.take() {
+                Some(first) => first,
+                None => {
+                    if self.timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(
+                            "the answer did not arrive within the request's deadline".into(),
+                        )));
+                    }
+                    match std::task::ready!(self.conn.poll_piece(&mut self.left, cx)) {
+                        Ok(Some(piece)) => {
+                            self.read += piece.len();
+                            if self.read > self.limit {
+                                return Poll::Ready(Some(Err(format!(
+                                    "the answer is larger than {} bytes (client.max_response_bytes)",
+                                    self.limit
+                                ))));
+                            }
+                            piece
+                        }
+                        Ok(None) => {
+                            return match self.check.finish() {
+                                Ok(()) => Poll::Ready(None),
+                                Err(why) => self.broken(format!("malformed answer: {why}")),
+                            }
+                        }
+                        Err(Error::Closed { .. }) => {
+                            return self
+                                .broken("the upstream closed the connection mid-answer".into())
+                        }
+                        Err(e) => return self.broken(format!("reading failed: {e}")),
+                    }
+                }
+            };
+            match self.check.feed(&piece) {
+                Ok(0) => continue,
+                Ok(n) => {
+                    self.sent += n;
+                    return Poll::Ready(Some(Ok(piece.slice(..n))));
+                }
+                Err(why) => return self.broken(format!("malformed answer: {why}")),
+            }
+        }
+    }
+
+    /// [`ResultStream::poll_next`] as a future.
+    pub(crate) async fn next(&mut self) -> Option<Result<Bytes, String>> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+}
