@@ -395,7 +395,9 @@ impl Conn {
                         headers,
                         body: Bytes::new(),
                     };
-                    return self.read_offered(reply, left, reusable, offer, limit).await;
+                    // Boxed: rare (large or chunked answers), and its state would make every
+                    // exchange's future larger.
+                    return Box::pin(self.read_offered(reply, left, reusable, offer, limit)).await;
                 }
             }
             let (body, reusable) = match framing {

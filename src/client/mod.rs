@@ -7,7 +7,7 @@ pub mod endpoint;
 pub mod forward;
 pub(crate) mod h1;
 pub(crate) mod idle;
-pub mod stream;
+pub(crate) mod stream;
 pub mod ws;
 
 /// What an upstream answered: the status, the headers and the whole body.

@@ -25,12 +25,12 @@ use crate::rpc::stream::ResultCheck;
 
 /// The answer that stands for a call's result while it is streamed (the stream is in the
 /// request's [`StreamOffer`]): empty, which no JSON value is. Never cached, never sent.
-pub const STREAMED: Bytes = Bytes::new();
+pub(crate) const STREAMED: Bytes = Bytes::new();
 
 /// A request's offer to stream its answer's result; the attempt that takes it leaves the
 /// stream here.
 #[derive(Debug)]
-pub struct StreamOffer {
+pub(crate) struct StreamOffer {
     /// Answers from this size on are streamed.
     pub(crate) min_bytes: usize,
     /// The stream must have ended by then (the request's deadline).

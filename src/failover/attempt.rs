@@ -43,7 +43,8 @@ pub(super) async fn attempt(
     let body = upstream_body(calls, chunk);
     let _in_flight = up.state.start();
     let reply = match (offer, chunk) {
-        (Some(offer), &[id]) => {
+        // Only a read streams: a write's answer is small, and must never be in doubt.
+        (Some(offer), &[id]) if repeatable => {
             let pair = (offer, id);
             let sent = fwd.send_offered(&up.endpoint, body, started, timeout, repeatable, pair);
             match sent.await? {

@@ -1720,7 +1720,8 @@ impl Detour {
         }
         let min_bytes = pool.config.client.stream_min_bytes;
         if let (true, false, [Entry::Call(c)]) = (served.may_stream, batch, &entries[..]) {
-            if min_bytes > 0 && c.id.is_some() && chain.may_repeat(&c.method) {
+            // Taken only by a call that may be sent twice (a read): see `attempt`.
+            if min_bytes > 0 && c.id.is_some() {
                 served.stream = Some(StreamOffer::new(min_bytes, deadline));
             }
         }

@@ -241,9 +241,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         close: bool,
     ) -> std::io::Result<bool> {
         if let Some(RpcBody::Stream { id, stream }) = body {
-            return self
-                .stream_result(&id, stream, upstream, cache, close)
-                .await;
+            // Boxed: rare, and its state would make every connection's future larger.
+            return Box::pin(self.stream_result(&id, stream, upstream, cache, close)).await;
         }
         let status = match body {
             Some(_) => StatusCode::OK,
