@@ -573,3 +573,36 @@ pub fn busiest(arrivals: &[Arrival], method: Option<&str>, window: Duration) -> 
         .max()
         .unwrap_or(0)
 }
+
+/// Reads one HTTP/1.1 request (head, then a content-length body) off a bare connection, for
+/// upstreams scripted byte by byte; `None` at the end of the stream.
+#[allow(dead_code)]
+pub async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let mut chunk = [0u8; 4096];
+                let n = tokio::io::AsyncReadExt::read(s, &mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = buf[end + 4..end + 4 + len].to_vec();
+            buf.drain(..end + 4 + len);
+            return Some(body);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::io::AsyncReadExt::read(s, &mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
