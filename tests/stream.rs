@@ -1,4 +1,5 @@
-//! Large answers streamed to the client as they arrive (issue 19, `client.stream_min_bytes`):
+//! Large answers streamed to the client as they arrive (issue 19, `client.stream_min_bytes`),
+//! from plain-HTTP and HTTPS (HTTP/1.1 and HTTP/2) upstreams:
 //! the result reaches the client before the upstream has sent all of it; the client gets
 //! exactly the upstream's bytes behind its own id, whether the upstream framed them with
 //! `content-length` or chunks; an upstream that breaks off or sends something malformed after
@@ -14,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
@@ -58,13 +60,33 @@ struct Upstream {
 
 impl Upstream {
     async fn start(script: Script) -> Upstream {
+        Upstream::start_with(script, None).await
+    }
+
+    /// The same over TLS (HTTP/1.1: no ALPN), at `https://localhost:<port>`.
+    async fn start_tls(script: Script, certs: &Certs) -> Upstream {
+        Upstream::start_with(script, Some(certs.acceptor(&[]))).await
+    }
+
+    async fn start_with(script: Script, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let big_calls = Arc::new(AtomicUsize::new(0));
         let calls = big_calls.clone();
         tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
-                tokio::spawn(serve(s, script.clone(), calls.clone()));
+                let (script, calls) = (script.clone(), calls.clone());
+                match &tls {
+                    None => drop(tokio::spawn(serve(s, script, calls))),
+                    Some(tls) => {
+                        let tls = tls.clone();
+                        tokio::spawn(async move {
+                            if let Ok(s) = tls.accept(s).await {
+                                serve(s, script, calls).await;
+                            }
+                        });
+                    }
+                }
             }
         });
         Upstream { addr, big_calls }
@@ -73,9 +95,17 @@ impl Upstream {
     fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    fn tls_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
 }
 
-async fn serve(mut s: TcpStream, script: Script, big_calls: Arc<AtomicUsize>) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    script: Script,
+    big_calls: Arc<AtomicUsize>,
+) {
     let mut buf = Vec::new();
     while let Some(body) = read_request(&mut s, &mut buf).await {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -153,6 +183,114 @@ async fn serve(mut s: TcpStream, script: Script, big_calls: Arc<AtomicUsize>) {
         if script.chunked && s.write_all(b"0\r\n\r\n").await.is_err() {
             return;
         }
+    }
+}
+
+/// An HTTP/2-over-TLS upstream (hyper's server, ALPN `h2`) answering every call with its
+/// script's body, without a declared length, in 64 KiB frames; `cut_at` resets the stream.
+/// Counts the connections it accepts.
+struct H2Upstream {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl H2Upstream {
+    async fn start(script: Script, certs: &Certs) -> H2Upstream {
+        use hyper::body::Frame;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let tls = certs.acceptor(&[b"h2"]);
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                count.fetch_add(1, SeqCst);
+                let (tls, script) = (tls.clone(), script.clone());
+                tokio::spawn(async move {
+                    let Ok(s) = tls.accept(s).await else { return };
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let script = script.clone();
+                            async move {
+                                let body = http_body_util::BodyExt::collect(req.into_body())
+                                    .await?
+                                    .to_bytes();
+                                let v: serde_json::Value =
+                                    serde_json::from_slice(&body).unwrap_or_default();
+                                let id = v["id"].to_string();
+                                let big = v["method"] == "eth_getBlockReceipts";
+                                let body = match v["method"].as_str() {
+                                    Some("eth_getBlockReceipts") => format!(
+                                        "{}{}{}",
+                                        script.head.replace("{id}", &id),
+                                        script.result,
+                                        script.tail
+                                    ),
+                                    Some("eth_chainId") => {
+                                        format!(r#"{{"jsonrpc":"2.0","id":{id},"result":"0x1"}}"#)
+                                    }
+                                    _ => {
+                                        format!(r#"{{"jsonrpc":"2.0","id":{id},"result":"0x64"}}"#)
+                                    }
+                                };
+                                let (tx, rx) = tokio::sync::mpsc::channel::<
+                                    Result<Frame<bytes::Bytes>, std::io::Error>,
+                                >(4);
+                                tokio::spawn(async move {
+                                    let body = bytes::Bytes::from(body);
+                                    let cut_at = script.cut_at.filter(|_| big);
+                                    let end = cut_at.unwrap_or(body.len()).min(body.len());
+                                    let mut at = 0;
+                                    while at < end {
+                                        let stop = if at < script.gate_after {
+                                            script.gate_after.min(end)
+                                        } else {
+                                            end
+                                        };
+                                        let next = (at + 64 * 1024).min(stop);
+                                        if tx
+                                            .send(Ok(Frame::data(body.slice(at..next))))
+                                            .await
+                                            .is_err()
+                                        {
+                                            return;
+                                        }
+                                        at = next;
+                                        if at == script.gate_after {
+                                            if let Some(gate) = &script.gate {
+                                                gate.notified().await;
+                                            }
+                                        }
+                                    }
+                                    if cut_at.is_some() {
+                                        let _ = tx.send(Err(std::io::Error::other("cut"))).await;
+                                    }
+                                });
+                                let mut rx = rx;
+                                let stream =
+                                    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+                                let mut resp =
+                                    http::Response::new(http_body_util::StreamBody::new(stream));
+                                resp.headers_mut()
+                                    .insert("content-type", "application/json".parse().unwrap());
+                                Ok::<_, hyper::Error>(resp)
+                            }
+                        },
+                    );
+                    let io = hyper_util::rt::TokioIo::new(s);
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, service)
+                    .await;
+                });
+            }
+        });
+        H2Upstream { port, accepted }
+    }
+
+    fn url(&self) -> String {
+        format!("https://localhost:{}", self.port)
     }
 }
 
@@ -281,58 +419,145 @@ async fn read_length(s: &mut TcpStream, head: &str, mut buf: Vec<u8>) -> Vec<u8>
     buf
 }
 
+/// Sends `CALL` through `proxy` and checks that the start of `result` arrives while the
+/// upstream holds the rest back behind `gate`, then that the whole answer does once it opens.
+async fn streams_before_the_gate(proxy: &Proxy, result: &str, gate: &Notify, what: &str) {
+    let (mut s, head, mut body) = send(proxy).await;
+    assert!(head.starts_with("http/1.1 200"), "{what}: {head}");
+    assert!(
+        head.contains("transfer-encoding: chunked"),
+        "{what}: {head}\n{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(!head.contains("content-length"), "{what}: {head}");
+    assert!(head.contains("x-detour-upstream: u0"), "{what}: {head}");
+    // The upstream has sent part of the answer and waits: the client has its start.
+    let start = format!(
+        r#"{{"jsonrpc":"2.0","id":"req-7","result":{}"#,
+        &result[..100]
+    );
+    while body.len() < start.len() + 16 {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut chunk))
+            .await
+            .expect("nothing of the result before the upstream sent all of it")
+            .unwrap();
+        assert!(n > 0, "{what}");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    let first_line = body.windows(2).position(|w| w == b"\r\n").unwrap();
+    assert!(
+        body[first_line + 2..].starts_with(start.as_bytes()),
+        "{what}: {}",
+        String::from_utf8_lossy(&body[..200])
+    );
+    gate.notify_one();
+    let whole = read_chunked(&mut s, body).await.unwrap();
+    assert!(whole == expected(result).as_bytes(), "{what}");
+}
+
+/// A script that holds the answer back after `at` bytes until its gate opens; with `geth`,
+/// chunked and framed as geth frames it (other members first, whitespace around).
+fn gated(result: &Arc<String>, at: usize, geth: bool) -> (Script, Arc<Notify>) {
+    let gate = Arc::new(Notify::new());
+    let mut script = Script::new(result);
+    script.gate_after = at;
+    script.gate = Some(gate.clone());
+    if geth {
+        script.chunked = true;
+        script.head = "{\"id\":{id}, \"jsonrpc\":\"2.0\",\n \"result\": ";
+        script.tail = "\n}\n";
+    }
+    (script, gate)
+}
+
 #[tokio::test]
 async fn a_large_result_reaches_the_client_before_the_upstream_has_sent_it_all() {
     let result = big_result(6 << 20);
     for chunked in [false, true] {
-        let gate = Arc::new(Notify::new());
-        let mut script = Script::new(&result);
-        script.chunked = chunked;
         // A declared length says at once that the answer is large; a chunked answer says
         // so once stream_min_bytes (4 MiB) of it have come.
-        script.gate_after = if chunked { 9 << 19 } else { 1 << 20 };
-        script.gate = Some(gate.clone());
-        if chunked {
-            // As geth frames it, other members first, whitespace around.
-            script.head = "{\"id\":{id}, \"jsonrpc\":\"2.0\",\n \"result\": ";
-            script.tail = "\n}\n";
-        }
+        let at = if chunked { 9 << 19 } else { 1 << 20 };
+        let (script, gate) = gated(&result, at, chunked);
         let up = Upstream::start(script).await;
         let proxy = Proxy::start(&config(&[&up.url()], "")).await;
-        let (mut s, head, mut body) = send(&proxy).await;
-        assert!(head.starts_with("http/1.1 200"), "{head}");
-        assert!(
-            head.contains("transfer-encoding: chunked"),
-            "{head}\n{}",
-            String::from_utf8_lossy(&body)
-        );
-        assert!(!head.contains("content-length"), "{head}");
-        assert!(head.contains("x-detour-upstream: u0"), "{head}");
-        // The upstream has sent part of the answer and waits: the client has its start.
-        let start = format!(
-            r#"{{"jsonrpc":"2.0","id":"req-7","result":{}"#,
-            &result[..100]
-        );
-        while body.len() < start.len() + 16 {
-            let mut chunk = [0u8; 8192];
-            let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut chunk))
-                .await
-                .expect("nothing of the result before the upstream sent all of it")
-                .unwrap();
-            assert!(n > 0);
-            body.extend_from_slice(&chunk[..n]);
-        }
-        let first_line = body.windows(2).position(|w| w == b"\r\n").unwrap();
-        assert!(
-            body[first_line + 2..].starts_with(start.as_bytes()),
-            "{}",
-            String::from_utf8_lossy(&body[..200])
-        );
-        gate.notify_one();
-        let whole = read_chunked(&mut s, body).await.unwrap();
-        assert!(whole == expected(&result).as_bytes(), "chunked={chunked}");
+        streams_before_the_gate(&proxy, &result, &gate, &format!("chunked={chunked}")).await;
         proxy.stop().await;
     }
+}
+
+/// HTTPS upstreams (hosted providers) stream too: over HTTP/1.1 with a declared length or
+/// chunked, and over HTTP/2 (no declared length: once 4 MiB have come).
+#[tokio::test]
+async fn https_upstreams_stream_over_http1_and_http2() {
+    let result = big_result(6 << 20);
+    let certs = certs("stream");
+    let client = format!("ca_file = \"{}\"", certs.cert_file());
+    for chunked in [false, true] {
+        let at = if chunked { 9 << 19 } else { 1 << 20 };
+        let (script, gate) = gated(&result, at, chunked);
+        let up = Upstream::start_tls(script, &certs).await;
+        let proxy = Proxy::start(&config(&[&up.tls_url()], &client)).await;
+        let what = format!("https, HTTP/1.1, chunked={chunked}");
+        streams_before_the_gate(&proxy, &result, &gate, &what).await;
+        proxy.stop().await;
+    }
+    let (script, gate) = gated(&result, 9 << 19, false);
+    let up = H2Upstream::start(script, &certs).await;
+    let proxy = Proxy::start(&config(&[&up.url()], &client)).await;
+    streams_before_the_gate(&proxy, &result, &gate, "https, HTTP/2").await;
+    // The same bytes as with streaming off.
+    let (mut s, head, body) = send(&proxy).await;
+    gate.notify_one();
+    let streamed = read_chunked(&mut s, body).await.unwrap();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    proxy.stop().await;
+    let proxy = Proxy::start(&config(
+        &[&up.url()],
+        &format!("{client}\nstream_min_bytes = 0"),
+    ))
+    .await;
+    // Read whole, the answer comes only after the gate: open it ahead (a stored permit).
+    gate.notify_one();
+    let (mut s, head, body) = send(&proxy).await;
+    let whole = read_length(&mut s, &head, body).await;
+    assert!(streamed == whole, "{head}");
+    proxy.stop().await;
+}
+
+/// An HTTP/2 upstream that resets the stream mid-answer: the client's connection is cut
+/// before the last chunk, the upstream is charged a failure, and the upstream's connection
+/// carries the next calls (only the stream was reset).
+#[tokio::test]
+async fn a_reset_http2_stream_cuts_the_client_and_keeps_the_connection() {
+    let result = big_result(6 << 20);
+    let certs = certs("stream-reset");
+    let client = format!("ca_file = \"{}\"", certs.cert_file());
+    let script = Script {
+        cut_at: Some(5 << 20),
+        ..Script::new(&result)
+    };
+    let up = H2Upstream::start(script, &certs).await;
+    let proxy = Proxy::start(&config(&[&up.url()], &client)).await;
+    let v = proxy.call("/mainnet", "eth_blockNumber", "[]").await;
+    assert_eq!(v["result"], "0x64", "{v}");
+    let connections = up.accepted.load(SeqCst);
+    let (mut s, head, body) = send(&proxy).await;
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let got = read_chunked(&mut s, body).await;
+    assert_eq!(got.unwrap_err(), "connection closed before the last chunk");
+    eventually("the reset answer counted as a failure", || {
+        proxy.upstream_status("u0")["failures"].as_u64() >= Some(1)
+    })
+    .await;
+    let v = proxy.call("/mainnet", "eth_blockNumber", "[]").await;
+    assert_eq!(v["result"], "0x64", "{v}");
+    assert_eq!(
+        up.accepted.load(SeqCst),
+        connections,
+        "the connection carried on"
+    );
+    proxy.stop().await;
 }
 
 #[tokio::test]

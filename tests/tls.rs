@@ -9,31 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use support::{chain_config, eventually, Mock, Proxy, Reply};
-
-struct Certs {
-    dir: std::path::PathBuf,
-    der: rustls_pki_types::CertificateDer<'static>,
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A self-signed certificate for `localhost`, written as PEM to a scratch directory.
-fn certs(tag: &str) -> Certs {
-    let dir = std::env::temp_dir().join(format!("detour-tls-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
-    Certs {
-        dir,
-        der: ck.cert.der().clone(),
-    }
-}
+use support::{certs, chain_config, eventually, Certs, Mock, Proxy, Reply};
 
 fn tls_table(c: &Certs) -> String {
     format!(

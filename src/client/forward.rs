@@ -9,7 +9,7 @@ use std::error::Error as StdError;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
@@ -24,6 +24,7 @@ use crate::client::h1;
 use crate::client::stream::{ResultStream, StreamOffer};
 use crate::client::UpstreamReply;
 use crate::config::ClientConfig;
+use crate::rpc::stream::{result_start, Start};
 
 type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
 
@@ -241,7 +242,7 @@ impl Forwarder {
     }
 
     /// One exchange that started at `started` and must end by `deadline` (else
-    /// [`Failure::Timeout`]). Only plain-HTTP upstreams take an `offer` to stream.
+    /// [`Failure::Timeout`]); with an `offer`, a large answer's result may stream.
     #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
@@ -265,22 +266,24 @@ impl Forwarder {
             // Boxed: its state would make every request's future (which is moved a few times
             // on its way) 400 bytes larger, and a TLS exchange costs far more than a box.
             None => {
-                let exchange = Box::pin(self.exchange_hyper(up, body, probe));
+                let exchange = Box::pin(self.exchange_hyper(up, body, probe, offer));
                 match tokio::time::timeout_at(deadline, exchange).await {
-                    Ok(result) => result.map(Sent::Reply),
+                    Ok(result) => result,
                     Err(_) => Err(Failure::Timeout),
                 }
             }
         }
     }
 
-    /// An exchange through the shared hyper client (HTTPS, HTTP/2).
+    /// An exchange through the shared hyper client (HTTPS, HTTP/2). With an `offer`, a 2xx
+    /// answer may begin a stream (see [`Forwarder::read_hyper_offered`]).
     async fn exchange_hyper(
         &self,
         up: &Endpoint,
         body: Bytes,
         probe: Option<&'static str>,
-    ) -> Result<UpstreamReply, Failure> {
+        offer: Option<(&StreamOffer, usize)>,
+    ) -> Result<Sent, Failure> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
         *req.headers_mut() = up.headers.clone();
@@ -306,6 +309,9 @@ impl Forwarder {
                 return Err(Failure::TooLarge(self.max_response_bytes));
             }
         }
+        if let Some((offer, id)) = offer.filter(|_| parts.status.is_success()) {
+            return self.read_hyper_offered(up, parts, body, offer, id).await;
+        }
         let body = Limited::new(body, self.max_response_bytes)
             .collect()
             .await
@@ -319,11 +325,79 @@ impl Forwarder {
                 }
             })?
             .to_bytes();
-        Ok(UpstreamReply {
+        Ok(Sent::Reply(UpstreamReply {
             status: parts.status,
             headers: parts.headers,
             body,
-        })
+        }))
+    }
+
+    /// Reads the body of a 2xx answer from the hyper client that was offered to stream, as
+    /// `h1::Conn` does for plain-HTTP upstreams: frames are gathered until the envelope shows
+    /// a result and the answer is known to be large (declared, or that much has arrived;
+    /// then the body moves into a [`ResultStream`]), or the envelope shows it will not
+    /// stream, or the body ends (a whole answer).
+    async fn read_hyper_offered(
+        &self,
+        up: &Endpoint,
+        parts: http::response::Parts,
+        mut body: hyper::body::Incoming,
+        offer: &StreamOffer,
+        id: usize,
+    ) -> Result<Sent, Failure> {
+        let limit = self.max_response_bytes;
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let large = declared.is_some_and(|n| n >= offer.min_bytes);
+        let mut got = BytesMut::new();
+        let mut streamable = true;
+        loop {
+            if streamable {
+                match result_start(&got, id) {
+                    Start::At(at) if large || got.len() >= offer.min_bytes => {
+                        let read = got.len();
+                        let first = got.split_off(at).freeze();
+                        let stream = ResultStream::from_hyper(
+                            body,
+                            first,
+                            read,
+                            limit,
+                            offer.deadline,
+                            up.name.clone(),
+                        );
+                        return Ok(Sent::Streaming(Box::new(stream)));
+                    }
+                    Start::At(_) => {}
+                    Start::Undecided if got.len() <= h1::PREFIX_MAX => {}
+                    Start::Undecided | Start::No => streamable = false,
+                }
+            }
+            let Some(frame) = body.frame().await else {
+                break;
+            };
+            let frame = frame.map_err(|e| {
+                Failure::Transport(
+                    up.redact(&format!("reading the response failed: {}", root_cause(&e))),
+                )
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            if got.len() + data.len() > limit {
+                return Err(Failure::TooLarge(limit));
+            }
+            if got.is_empty() {
+                got.reserve(data.len() + declared.unwrap_or(0).min(h1::TRUST_AHEAD));
+            }
+            got.extend_from_slice(&data);
+        }
+        Ok(Sent::Reply(UpstreamReply {
+            status: parts.status,
+            headers: parts.headers,
+            body: got.freeze(),
+        }))
     }
 
     /// Sends `body` to a plain-HTTP upstream on one of its pooled connections (or a new one)

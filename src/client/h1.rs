@@ -32,7 +32,7 @@ const READ_CHUNK: usize = 8 * 1024;
 const KEEP_BUF: usize = 64 * 1024;
 /// How far past what has arrived a declared `Content-Length` is allocated: a peer that
 /// declares 100 MiB and goes silent costs this much, not 100 MiB.
-const TRUST_AHEAD: usize = 2 << 20;
+pub(crate) const TRUST_AHEAD: usize = 2 << 20;
 /// Requests up to this size are copied into one buffer and sent with one `write`; larger ones
 /// go as they are with `writev`. On loopback a `writev` of two pieces cost the kernel about
 /// 190 ns more than one `write` of the same 250 bytes, and copying 4 KiB costs less than that.
@@ -40,7 +40,7 @@ const COPY_MAX: usize = 4 * 1024;
 /// Reads of a streamed answer get this much room: pieces this large go to the client.
 const STREAM_READ: usize = 64 * 1024;
 /// An envelope whose result has not started within this many bytes is not streamed.
-const PREFIX_MAX: usize = 4 * 1024;
+pub(crate) const PREFIX_MAX: usize = 4 * 1024;
 
 /// One keep-alive HTTP/1.1 connection.
 pub(crate) struct Conn {

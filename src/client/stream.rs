@@ -1,4 +1,4 @@
-//! A large answer's `result`, streamed from a plain-HTTP upstream to the client as it arrives
+//! A large answer's `result`, streamed from an upstream to the client as it arrives
 //! (issue 19).
 //!
 //! A request offers to stream ([`StreamOffer`]) when it is one read call from an HTTP/1.1
@@ -6,8 +6,9 @@
 //! `client.stream_min_bytes` (declared, or sent so far of a chunked answer) whose envelope
 //! says a result follows (`rpc::stream::result_start`). Up to that point the attempt is like
 //! any other: errors, other statuses and small answers go through failover as before. From
-//! then on the answer is the client's: the attempt counts as answered, the connection moves
-//! into a [`ResultStream`], and the result's bytes go out as they come, checked by
+//! then on the answer is the client's: the attempt counts as answered, the rest of the body
+//! (a plain-HTTP upstream's connection, or the hyper client's body of an HTTPS answer over
+//! HTTP/1.1 or HTTP/2) moves into a [`ResultStream`], and the result's bytes go out as they come, checked by
 //! `rpc::stream::ResultCheck`. If the upstream breaks off, times out or sends something
 //! malformed, the stream ends in an error and the client's connection is cut: the client sees
 //! an incomplete answer, never a valid-looking short one.
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use hyper::body::Body;
 use tokio::time::{Instant, Sleep};
 
 use super::h1::{Begun, Conn, Error, Left};
@@ -66,11 +68,18 @@ impl StreamOffer {
     }
 }
 
+/// Where the rest of a streamed answer comes from.
+enum Source {
+    /// A plain-HTTP upstream's connection (`client/h1.rs`), and what is left of the body.
+    H1 { conn: Conn, left: Left },
+    /// The body of an answer from the hyper client (HTTPS upstreams, HTTP/1.1 or HTTP/2).
+    Hyper(hyper::body::Incoming),
+}
+
 /// The rest of an upstream's answer, from its result's first byte: yields the result's bytes
 /// as they arrive, checked, and ends once the whole answer has arrived well-formed.
 pub(crate) struct ResultStream {
-    conn: Conn,
-    left: Left,
+    source: Source,
     /// What arrived with the envelope, not yet yielded.
     first: Option<Bytes>,
     check: ResultCheck,
@@ -89,15 +98,27 @@ pub(crate) struct ResultStream {
 
 impl std::fmt::Debug for ResultStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match &self.source {
+            Source::H1 { left, .. } => format!("h1 {left:?}"),
+            Source::Hyper(_) => "hyper".to_string(),
+        };
         f.debug_struct("ResultStream")
             .field("upstream", &self.upstream)
-            .field("left", &self.left)
+            .field("source", &source)
             .field("read", &self.read)
             .finish_non_exhaustive()
     }
 }
 
+/// Why a piece could not be read.
+enum Broken {
+    /// The upstream closed the connection before the body ended.
+    Closed,
+    Other(String),
+}
+
 impl ResultStream {
+    /// The stream of a plain-HTTP upstream's answer, read off `conn` (which is not reused).
     pub(crate) fn new(
         mut conn: Conn,
         begun: Begun,
@@ -106,12 +127,40 @@ impl ResultStream {
         upstream: Arc<str>,
     ) -> ResultStream {
         let timer = conn.take_timer(deadline);
-        ResultStream {
+        let source = Source::H1 {
             conn,
             left: begun.left,
-            first: Some(begun.first),
+        };
+        ResultStream::with(source, begun.first, begun.read, limit, timer, upstream)
+    }
+
+    /// The stream of an answer from the hyper client: `first` is the body from the result's
+    /// first byte as far as it has arrived, `read` the body bytes read so far.
+    pub(crate) fn from_hyper(
+        body: hyper::body::Incoming,
+        first: Bytes,
+        read: usize,
+        limit: usize,
+        deadline: Instant,
+        upstream: Arc<str>,
+    ) -> ResultStream {
+        let timer = Box::pin(tokio::time::sleep_until(deadline));
+        ResultStream::with(Source::Hyper(body), first, read, limit, timer, upstream)
+    }
+
+    fn with(
+        source: Source,
+        first: Bytes,
+        read: usize,
+        limit: usize,
+        timer: Pin<Box<Sleep>>,
+        upstream: Arc<str>,
+    ) -> ResultStream {
+        ResultStream {
+            source,
+            first: Some(first),
             check: ResultCheck::new(),
-            read: begun.read,
+            read,
             limit,
             timer,
             upstream,
@@ -148,7 +197,7 @@ impl ResultStream {
                             "the answer did not arrive within the request's deadline".into(),
                         )));
                     }
-                    match std::task::ready!(self.conn.poll_piece(&mut self.left, cx)) {
+                    match std::task::ready!(self.source.poll_piece(cx)) {
                         Ok(Some(piece)) => {
                             self.read += piece.len();
                             if self.read > self.limit {
@@ -165,11 +214,11 @@ impl ResultStream {
                                 Err(why) => self.broken(format!("malformed answer: {why}")),
                             }
                         }
-                        Err(Error::Closed { .. }) => {
+                        Err(Broken::Closed) => {
                             return self
                                 .broken("the upstream closed the connection mid-answer".into())
                         }
-                        Err(e) => return self.broken(format!("reading failed: {e}")),
+                        Err(Broken::Other(why)) => return self.broken(why),
                     }
                 }
             };
@@ -187,5 +236,34 @@ impl ResultStream {
     /// [`ResultStream::poll_next`] as a future.
     pub(crate) async fn next(&mut self) -> Option<Result<Bytes, String>> {
         std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+}
+
+impl Source {
+    /// The body's next non-empty piece; `None` at its end.
+    fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, Broken>> {
+        match self {
+            Source::H1 { conn, left } => match std::task::ready!(conn.poll_piece(left, cx)) {
+                Ok(piece) => Poll::Ready(Ok(piece)),
+                Err(Error::Closed { .. }) => Poll::Ready(Err(Broken::Closed)),
+                Err(e) => Poll::Ready(Err(Broken::Other(format!("reading failed: {e}")))),
+            },
+            Source::Hyper(body) => loop {
+                let frame = match std::task::ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                    None => return Poll::Ready(Ok(None)),
+                    Some(Ok(frame)) => frame,
+                    Some(Err(e)) if e.is_incomplete_message() => {
+                        return Poll::Ready(Err(Broken::Closed))
+                    }
+                    Some(Err(e)) => {
+                        return Poll::Ready(Err(Broken::Other(format!("reading failed: {e}"))))
+                    }
+                };
+                match frame.into_data() {
+                    Ok(data) if !data.is_empty() => return Poll::Ready(Ok(Some(data))),
+                    _ => {} // an empty piece, or trailers
+                }
+            },
+        }
     }
 }

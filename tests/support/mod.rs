@@ -574,10 +574,64 @@ pub fn busiest(arrivals: &[Arrival], method: Option<&str>, window: Duration) -> 
         .unwrap_or(0)
 }
 
+/// A self-signed certificate for `localhost`, written as PEM (`cert.pem`, `key.pem`) to a
+/// scratch directory that is removed on drop.
+pub struct Certs {
+    pub dir: std::path::PathBuf,
+    pub der: rustls_pki_types::CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[allow(dead_code)]
+pub fn certs(tag: &str) -> Certs {
+    let dir = std::env::temp_dir().join(format!("detour-tls-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    Certs {
+        dir,
+        der: ck.cert.der().clone(),
+        key_der: ck.signing_key.serialize_der(),
+    }
+}
+
+impl Certs {
+    /// The certificate's PEM file, for `client.ca_file`.
+    #[allow(dead_code)]
+    pub fn cert_file(&self) -> String {
+        self.dir.join("cert.pem").display().to_string()
+    }
+
+    /// A TLS acceptor serving this certificate, offering `alpn` (none: HTTP/1.1).
+    #[allow(dead_code)]
+    pub fn acceptor(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![self.der.clone()], key)
+            .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+}
+
 /// Reads one HTTP/1.1 request (head, then a content-length body) off a bare connection, for
 /// upstreams scripted byte by byte; `None` at the end of the stream.
 #[allow(dead_code)]
-pub async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+pub async fn read_request<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> Option<Vec<u8>> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
