@@ -456,6 +456,44 @@ async fn streams_before_the_gate(proxy: &Proxy, result: &str, gate: &Notify, wha
     assert!(whole == expected(result).as_bytes(), "{what}");
 }
 
+/// `detour_streamed_answers_total` for upstream `u0` and `outcome`.
+async fn streamed_answers(proxy: &Proxy, outcome: &str) -> u64 {
+    let (status, _, text) = http_request("GET", &proxy.url("/metrics"), "").await;
+    assert_eq!(status, 200);
+    let line = format!(
+        "detour_streamed_answers_total{{chain=\"mainnet\",upstream=\"u0\",outcome=\"{outcome}\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// A client that goes away mid-answer ends the stream as abandoned: the upstream is not
+/// charged a failure.
+#[tokio::test]
+async fn a_client_that_goes_away_abandons_the_stream() {
+    let result = big_result(6 << 20);
+    let (script, gate) = gated(&result, 1 << 20, false);
+    let up = Upstream::start(script).await;
+    let proxy = Proxy::start(&config(&[&up.url()], "")).await;
+    let (s, head, _) = send(&proxy).await;
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    drop(s);
+    gate.notify_one();
+    let start = std::time::Instant::now();
+    while streamed_answers(&proxy, "abandoned").await == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the stream never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(streamed_answers(&proxy, "complete").await, 0);
+    assert_eq!(streamed_answers(&proxy, "broken").await, 0);
+    assert_eq!(proxy.upstream_status("u0")["failures"].as_u64(), Some(0));
+    proxy.stop().await;
+}
+
 /// A script that holds the answer back after `at` bytes until its gate opens; with `geth`,
 /// chunked and framed as geth frames it (other members first, whitespace around).
 fn gated(result: &Arc<String>, at: usize, geth: bool) -> (Script, Arc<Notify>) {
@@ -569,6 +607,8 @@ async fn the_streamed_answer_is_the_whole_answer_byte_for_byte() {
     let (mut s, head, body) = send(&proxy).await;
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     let streamed = read_chunked(&mut s, body).await.unwrap();
+    assert_eq!(streamed_answers(&proxy, "complete").await, 1);
+    assert_eq!(streamed_answers(&proxy, "broken").await, 0);
     proxy.stop().await;
     let proxy = Proxy::start(&config(&[&up.url()], "stream_min_bytes = 0")).await;
     let (mut s, head, body) = send(&proxy).await;
@@ -619,6 +659,8 @@ async fn an_upstream_that_breaks_off_cuts_the_clients_connection() {
             proxy.upstream_status("u0")["failures"].as_u64() >= Some(1)
         })
         .await;
+        assert_eq!(streamed_answers(&proxy, "broken").await, 1, "{what}");
+        assert_eq!(streamed_answers(&proxy, "complete").await, 0, "{what}");
         proxy.stop().await;
     }
 }

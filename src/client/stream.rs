@@ -49,17 +49,16 @@ impl StreamOffer {
         }
     }
 
-    /// Leaves `stream` here; `false` (and the stream dropped, its connection closed) when
-    /// another attempt's stream came first.
-    pub(crate) fn give(&self, stream: Box<ResultStream>) -> bool {
+    /// Leaves `stream` here; gives it back when another attempt's stream came first.
+    pub(crate) fn give(&self, stream: Box<ResultStream>) -> Result<(), Box<ResultStream>> {
         let Ok(mut taken) = self.taken.lock() else {
-            return false;
+            return Err(stream);
         };
         if taken.is_some() {
-            return false;
+            return Err(stream);
         }
         *taken = Some(stream);
-        true
+        Ok(())
     }
 
     /// The stream an attempt left, if one did.
@@ -91,9 +90,45 @@ pub(crate) struct ResultStream {
     pub(crate) upstream: Arc<str>,
     /// Result bytes yielded so far.
     pub(crate) sent: usize,
-    /// Called once if the upstream breaks the answer off (not when the deadline passes,
-    /// which a slow client may cause).
-    on_broken: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// Told once how the stream ended.
+    on_end: Option<OnEnd>,
+}
+
+/// What is told how a stream ended.
+pub(crate) type OnEnd = Box<dyn FnOnce(StreamEnd) + Send + Sync>;
+
+/// How a streamed answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamEnd {
+    /// The whole answer arrived well-formed.
+    Complete,
+    /// The upstream broke it off: closed mid-answer, sent something malformed, or went over
+    /// `client.max_response_bytes`.
+    Broken,
+    /// The request's deadline passed (the upstream was slow, or the client read slowly).
+    Timeout,
+    /// The stream was dropped before its end: the client went away.
+    Abandoned,
+}
+
+impl StreamEnd {
+    /// Every end, in declaration order (`as usize` indexes it).
+    pub(crate) const ALL: [StreamEnd; 4] = [
+        StreamEnd::Complete,
+        StreamEnd::Broken,
+        StreamEnd::Timeout,
+        StreamEnd::Abandoned,
+    ];
+
+    /// The label of the `detour_streamed_answers_total` metric.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            StreamEnd::Complete => "complete",
+            StreamEnd::Broken => "broken",
+            StreamEnd::Timeout => "timeout",
+            StreamEnd::Abandoned => "abandoned",
+        }
+    }
 }
 
 impl std::fmt::Debug for ResultStream {
@@ -165,20 +200,31 @@ impl ResultStream {
             timer,
             upstream,
             sent: 0,
-            on_broken: None,
+            on_end: None,
         }
     }
 
-    /// Has `f` called if the upstream breaks the answer off.
-    pub(crate) fn on_broken(&mut self, f: Box<dyn FnOnce() + Send + Sync>) {
-        self.on_broken = Some(f);
+    /// Has `f` told how the stream ends (once; [`StreamEnd::Abandoned`] if it is dropped
+    /// first).
+    pub(crate) fn on_end(&mut self, f: OnEnd) {
+        self.on_end = Some(f);
     }
 
-    /// The upstream broke the answer off: why, after telling `on_broken`.
+    /// Forgets what [`ResultStream::on_end`] set: a stream dropped unused is not counted.
+    pub(crate) fn disarm(&mut self) {
+        self.on_end = None;
+    }
+
+    /// Tells `on_end` how the stream ended, the first time.
+    fn end(&mut self, how: StreamEnd) {
+        if let Some(f) = self.on_end.take() {
+            f(how);
+        }
+    }
+
+    /// The upstream broke the answer off: why.
     fn broken(&mut self, why: String) -> Poll<Option<Result<Bytes, String>>> {
-        if let Some(f) = self.on_broken.take() {
-            f();
-        }
+        self.end(StreamEnd::Broken);
         Poll::Ready(Some(Err(why)))
     }
 
@@ -193,6 +239,7 @@ impl ResultStream {
                 Some(first) => first,
                 None => {
                     if self.timer.as_mut().poll(cx).is_ready() {
+                        self.end(StreamEnd::Timeout);
                         return Poll::Ready(Some(Err(
                             "the answer did not arrive within the request's deadline".into(),
                         )));
@@ -201,16 +248,19 @@ impl ResultStream {
                         Ok(Some(piece)) => {
                             self.read += piece.len();
                             if self.read > self.limit {
-                                return Poll::Ready(Some(Err(format!(
+                                return self.broken(format!(
                                     "the answer is larger than {} bytes (client.max_response_bytes)",
                                     self.limit
-                                ))));
+                                ));
                             }
                             piece
                         }
                         Ok(None) => {
                             return match self.check.finish() {
-                                Ok(()) => Poll::Ready(None),
+                                Ok(()) => {
+                                    self.end(StreamEnd::Complete);
+                                    Poll::Ready(None)
+                                }
                                 Err(why) => self.broken(format!("malformed answer: {why}")),
                             }
                         }
@@ -236,6 +286,12 @@ impl ResultStream {
     /// [`ResultStream::poll_next`] as a future.
     pub(crate) async fn next(&mut self) -> Option<Result<Bytes, String>> {
         std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+}
+
+impl Drop for ResultStream {
+    fn drop(&mut self) {
+        self.end(StreamEnd::Abandoned);
     }
 }
 

@@ -10,10 +10,11 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::client::forward::{self, Failure, Forwarder, Sent};
-use crate::client::stream::{StreamOffer, STREAMED};
+use crate::client::stream::{StreamEnd, StreamOffer, STREAMED};
 use crate::client::UpstreamReply;
 use crate::rpc::classify::{self, Class, Penalty};
 use crate::rpc::jsonrpc::{self, Call};
+use crate::state::metrics::Metrics;
 use crate::state::upstream::{now_us, Upstream};
 
 use super::retry::PerCall;
@@ -28,7 +29,8 @@ pub(super) enum Got {
 
 /// Sends one chunk of calls to one upstream, counted in flight, and reads what it said about
 /// each; the answer is due within `timeout` of `started`. A single call with an `offer` may
-/// have its result streamed: its answer is then [`STREAMED`] (the stream is in the offer).
+/// have its result streamed: its answer is then [`STREAMED`] (the stream is in the offer), and
+/// how the stream ends is counted in `metrics` under the chain named with the offer.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn attempt(
     fwd: &Forwarder,
@@ -38,13 +40,13 @@ pub(super) async fn attempt(
     started: Instant,
     timeout: Duration,
     repeatable: bool,
-    offer: Option<&StreamOffer>,
+    offer: Option<(&StreamOffer, &Metrics, &str)>,
 ) -> Result<PerCall<Got>, Failure> {
     let body = upstream_body(calls, chunk);
     let _in_flight = up.state.start();
     let reply = match (offer, chunk) {
         // Only a read streams: a write's answer is small, and must never be in doubt.
-        (Some(offer), &[id]) if repeatable => {
+        (Some((offer, metrics, chain)), &[id]) if repeatable => {
             let pair = (offer, id);
             let sent = fwd.send_offered(&up.endpoint, body, started, timeout, repeatable, pair);
             match sent.await? {
@@ -53,11 +55,16 @@ pub(super) async fn attempt(
                     // Broken off later: a failure of this upstream's, as a malformed answer.
                     let state = up.state.clone();
                     let started = started.into_std();
-                    stream.on_broken(Box::new(move || {
-                        state.record_soft_failure(now_us(), started.elapsed());
+                    let count = metrics.stream_ends(chain, &up.name);
+                    stream.on_end(Box::new(move |how| {
+                        if how == StreamEnd::Broken {
+                            state.record_soft_failure(now_us(), started.elapsed());
+                        }
+                        count(how);
                     }));
-                    if !offer.give(stream) {
+                    if let Err(mut stream) = offer.give(stream) {
                         // A hedge whose answer began streaming after another attempt's did.
+                        stream.disarm();
                         return Err(Failure::Transport(
                             "another attempt's answer is already streaming".into(),
                         ));

@@ -562,6 +562,7 @@ async fn run_attempt<'a>(
         let results = if sent.len() <= size {
             // One chunk (the common case): no chunk lists to build.
             let repeatable = sent.iter().all(|&i| !once[i]);
+            let offer = offer.map(|o| (o, metrics, &*chain.name));
             let r = attempt(fwd, up, calls, &sent, started, timeout, repeatable, offer).await;
             smallvec::smallvec![(sent, r)]
         } else {

@@ -10,6 +10,7 @@
 
 use std::sync::{Arc, OnceLock, Weak};
 
+use crate::client::stream::StreamEnd;
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -213,6 +214,7 @@ pub struct Metrics {
     logs_chunks: Family<[(&'static str, String); 2], Counter>,
     compute_units: Family<Labels2, Counter>,
     throttled: Family<Labels2, Counter>,
+    streamed: Family<Labels3, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -240,6 +242,7 @@ impl Metrics {
         let logs_chunks = Family::default();
         let compute_units = Family::<Labels2, Counter>::default();
         let throttled = Family::<Labels2, Counter>::default();
+        let streamed = Family::<Labels3, Counter>::default();
         registry.register(
             "requests",
             "Client JSON-RPC calls by chain, method and outcome (ok, rpc_error, failed, denied)",
@@ -288,6 +291,11 @@ impl Metrics {
             throttled.clone(),
         );
         registry.register(
+            "streamed_answers",
+            "Large answers streamed to the client as they arrived (client.stream_min_bytes), by chain, upstream and how they ended (complete; broken: the upstream closed mid-answer, sent a malformed answer or went over client.max_response_bytes, and the client's connection was cut; timeout: the request's deadline passed; abandoned: the client went away)",
+            streamed.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Configuration reloads by result (ok, error)",
             reloads.clone(),
@@ -313,6 +321,7 @@ impl Metrics {
             logs_chunks,
             compute_units,
             throttled,
+            streamed,
         }
     }
 
@@ -333,6 +342,27 @@ impl Metrics {
                 ("kind", if halved { "halved" } else { "range" }.to_owned()),
             ])
             .inc();
+    }
+
+    /// What counts how a stream of `upstream`'s answer ends (see the metric's help).
+    pub(crate) fn stream_ends(
+        &self,
+        chain: &str,
+        upstream: &str,
+    ) -> impl Fn(StreamEnd) + Send + Sync + 'static {
+        let counter = |how: StreamEnd| {
+            self.streamed
+                .get_or_create(&[
+                    ("chain", chain.to_owned()),
+                    ("upstream", upstream.to_owned()),
+                    ("outcome", how.label().to_owned()),
+                ])
+                .clone()
+        };
+        let counters = StreamEnd::ALL.map(counter);
+        move |how| {
+            counters[how as usize].inc();
+        }
     }
 
     /// Counts a configuration reload.
