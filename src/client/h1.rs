@@ -38,7 +38,7 @@ pub(crate) const TRUST_AHEAD: usize = 2 << 20;
 /// 190 ns more than one `write` of the same 250 bytes, and copying 4 KiB costs less than that.
 const COPY_MAX: usize = 4 * 1024;
 /// Reads of a streamed answer get this much room: pieces this large go to the client.
-const STREAM_READ: usize = 64 * 1024;
+const STREAM_READ: usize = 256 * 1024;
 /// An envelope whose result has not started within this many bytes is not streamed.
 pub(crate) const PREFIX_MAX: usize = 4 * 1024;
 
