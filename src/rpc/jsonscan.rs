@@ -514,6 +514,73 @@ fn classify_avx2(block: &[u8; 64]) -> Classes {
     (quote, odd, bracket)
 }
 
+/// The bytes that may stand between JSON's strings: whitespace, the quote, brackets, commas,
+/// colons, and what numbers and the literals `true`, `false` and `null` are spelled with.
+pub(crate) const BETWEEN_STRINGS: &[u8] = b" \t\n\r\"[]{},:0123456789-+.eEaflnrstu";
+
+/// Nibble tables for a byte's membership in [`BETWEEN_STRINGS`]: a byte is in the set exactly
+/// when `LOW[byte & 15] & HIGH[byte >> 4]` is not zero (each high nibble that occurs has a bit
+/// of its own).
+const fn between_strings_tables() -> ([u8; 16], [u8; 16]) {
+    let (mut low, mut high) = ([0u8; 16], [0u8; 16]);
+    let mut next_bit = 0;
+    let mut k = 0;
+    while k < BETWEEN_STRINGS.len() {
+        let c = BETWEEN_STRINGS[k];
+        let h = (c >> 4) as usize;
+        if high[h] == 0 {
+            high[h] = 1 << next_bit;
+            next_bit += 1;
+        }
+        low[(c & 15) as usize] |= high[h];
+        k += 1;
+    }
+    (low, high)
+}
+
+const BETWEEN_STRINGS_TABLES: ([u8; 16], [u8; 16]) = between_strings_tables();
+
+/// A 64-byte block's bitmasks for the streamed-result check (`rpc::stream`), one bit per
+/// byte: quotes; backslashes and control characters; brackets; bytes not in
+/// [`BETWEEN_STRINGS`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) fn classify_stream_avx2(block: &[u8; 64]) -> (u64, u64, u64, u64) {
+    use std::arch::x86_64::*;
+    let (low, high) = BETWEEN_STRINGS_TABLES;
+    // SAFETY: each load reads 16 bytes inside a 16-byte array and needs no alignment.
+    let (low, high) = unsafe {
+        (
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(low.as_ptr().cast())),
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(high.as_ptr().cast())),
+        )
+    };
+    let nibble = _mm256_set1_epi8(0x0f);
+    let (mut quote, mut odd, mut bracket, mut foreign) = (0u64, 0u64, 0u64, 0u64);
+    for k in 0..2 {
+        // SAFETY: the load reads 32 bytes inside `block` and needs no alignment.
+        let v = unsafe { _mm256_loadu_si256(block.as_ptr().add(32 * k).cast()) };
+        let q = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'"' as i8));
+        let backslash = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\\' as i8));
+        let control = _mm256_cmpeq_epi8(_mm256_min_epu8(v, _mm256_set1_epi8(0x1f)), v);
+        let folded = _mm256_or_si256(v, _mm256_set1_epi8(0x20));
+        let br = _mm256_or_si256(
+            _mm256_cmpeq_epi8(folded, _mm256_set1_epi8(b'{' as i8)),
+            _mm256_cmpeq_epi8(folded, _mm256_set1_epi8(b'}' as i8)),
+        );
+        let lo = _mm256_shuffle_epi8(low, _mm256_and_si256(v, nibble));
+        let hi = _mm256_shuffle_epi8(high, _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble));
+        let outside = _mm256_cmpeq_epi8(_mm256_and_si256(lo, hi), _mm256_setzero_si256());
+        quote |= (_mm256_movemask_epi8(q) as u32 as u64) << (32 * k);
+        odd |=
+            (_mm256_movemask_epi8(_mm256_or_si256(backslash, control)) as u32 as u64) << (32 * k);
+        bracket |= (_mm256_movemask_epi8(br) as u32 as u64) << (32 * k);
+        foreign |= (_mm256_movemask_epi8(outside) as u32 as u64) << (32 * k);
+    }
+    (quote, odd, bracket, foreign)
+}
+
 /// Each bit the XOR of itself and every bit below it (a quote mask to an inside-string mask).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -528,7 +595,7 @@ fn prefix_xor_shifts(mut m: u64) -> u64 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "pclmulqdq")]
 #[inline]
-fn prefix_xor_clmul(m: u64) -> u64 {
+pub(crate) fn prefix_xor_clmul(m: u64) -> u64 {
     use std::arch::x86_64::*;
     let product = _mm_clmulepi64_si128(_mm_set_epi64x(0, m as i64), _mm_set1_epi8(-1), 0);
     _mm_cvtsi128_si64(product) as u64

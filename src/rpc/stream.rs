@@ -134,6 +134,9 @@ pub(crate) struct ResultCheck {
     /// The start of a UTF-8 sequence cut at the end of the last piece.
     utf8: [u8; 4],
     utf8_len: u8,
+    /// Whether whole blocks may be checked 64 bytes at a time ([`ResultCheck::blocks`]); off
+    /// only in tests, which compare the two.
+    fast: bool,
 }
 
 impl Default for ResultCheck {
@@ -150,6 +153,16 @@ impl ResultCheck {
             open: 0,
             utf8: [0; 4],
             utf8_len: 0,
+            fast: true,
+        }
+    }
+
+    /// A check that walks every byte (to compare with the block scan).
+    #[cfg(test)]
+    fn walk_only() -> ResultCheck {
+        ResultCheck {
+            fast: false,
+            ..ResultCheck::new()
         }
     }
 
@@ -160,7 +173,24 @@ impl ResultCheck {
         self.utf8(piece)?;
         let mut result_len = if self.ended() { 0 } else { piece.len() };
         let mut i = 0;
+        // Up to here the bytes are walked one token at a time (a block the fast scan left).
+        let mut walk_until = 0;
         while i < piece.len() {
+            if self.fast
+                && i >= walk_until
+                && self.open > 0
+                && matches!(self.state, State::Value | State::Text)
+            {
+                let done = self.blocks(piece, i)?;
+                if done < piece.len() {
+                    // A block the scan left (an escape, a control character, a byte that
+                    // does not belong between strings, the result's end), or the piece's
+                    // last bytes: walked below.
+                    walk_until = done + 64;
+                }
+                i = done;
+                continue;
+            }
             match self.state {
                 State::Text => match jsonscan::find_special(piece, i) {
                     None => i = piece.len(),
@@ -256,6 +286,73 @@ impl ResultCheck {
             }
         }
         Ok(result_len)
+    }
+
+    /// Checks the whole 64-byte blocks of `piece` from `from` on, 64 bytes at a time, while
+    /// the check is between tokens or in a string inside the result: up to the first block
+    /// that has something the walk in [`ResultCheck::feed`] must look at (an escape or a
+    /// control character in a string, a byte that does not belong between strings, the
+    /// result's end), which is left as it was. Returns where it stopped.
+    fn blocks(&mut self, piece: &[u8], from: usize) -> Result<usize, &'static str> {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("pclmulqdq") {
+            // SAFETY: the CPU has both features.
+            return unsafe { self.blocks_avx2(piece, from) };
+        }
+        Ok(from)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,pclmulqdq")]
+    fn blocks_avx2(&mut self, piece: &[u8], from: usize) -> Result<usize, &'static str> {
+        let mut i = from;
+        // All ones while inside a string.
+        let mut carry = if self.state == State::Text { !0u64 } else { 0 };
+        'blocks: while let Some(block) = piece.get(i..i + 64) {
+            let Ok(block) = <&[u8; 64]>::try_from(block) else {
+                break;
+            };
+            let (quote, odd, bracket, foreign) = jsonscan::classify_stream_avx2(block);
+            // From an opening quote up to (not including) its closing one.
+            let inside = jsonscan::prefix_xor_clmul(quote) ^ carry;
+            if odd & inside != 0 || foreign & !inside != 0 {
+                break;
+            }
+            let (mut stack, mut open) = (self.stack, self.open);
+            let mut brackets = bracket & !inside;
+            while brackets != 0 {
+                let c = block[brackets.trailing_zeros() as usize];
+                brackets &= brackets - 1;
+                if c == b'{' || c == b'[' {
+                    if open >= MAX_DEPTH {
+                        return Err("nested too deep");
+                    }
+                    stack = (stack << 1) | u128::from(c == b'{');
+                    open += 1;
+                } else {
+                    if open == 0 || (stack & 1 == 1) != (c == b'}') {
+                        return Err("unbalanced brackets");
+                    }
+                    stack >>= 1;
+                    open -= 1;
+                    if open == 0 {
+                        // The result ends in this block: the walk finds where.
+                        break 'blocks;
+                    }
+                }
+            }
+            (self.stack, self.open) = (stack, open);
+            carry = 0u64.wrapping_sub(inside >> 63);
+            i += 64;
+        }
+        if i > from {
+            self.state = if carry != 0 {
+                State::Text
+            } else {
+                State::Value
+            };
+        }
+        Ok(i)
     }
 
     /// Whether the result has ended (what follows is the envelope's end).
@@ -355,7 +452,10 @@ mod tests {
     /// Feeds `text` (a result, then the envelope's end) cut at `cuts`; the result's length
     /// and the verdict.
     fn check(text: &[u8], cuts: &[usize]) -> Result<usize, &'static str> {
-        let mut c = ResultCheck::new();
+        check_with(ResultCheck::new(), text, cuts)
+    }
+
+    fn check_with(mut c: ResultCheck, text: &[u8], cuts: &[usize]) -> Result<usize, &'static str> {
         let mut result = 0;
         let mut from = 0;
         for &cut in cuts.iter().chain([&text.len()]) {
@@ -404,6 +504,58 @@ mod tests {
         assert_eq!(check(deep.as_bytes(), &[]), Ok(256));
     }
 
+    /// The walk and the block scan agree on which bytes may stand between strings.
+    #[test]
+    fn the_walk_and_the_blocks_allow_the_same_bytes_between_strings() {
+        for c in 0..=255u8 {
+            let between = jsonscan::BETWEEN_STRINGS.contains(&c);
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                let (_, _, _, foreign) = unsafe { jsonscan::classify_stream_avx2(&[c; 64]) };
+                assert_eq!(foreign == !0, !between, "byte {c:#x}");
+                assert!(foreign == 0 || foreign == !0, "byte {c:#x}");
+            }
+            if c < 0x80 && !b"\"[]{}".contains(&c) {
+                let text = [b'[', b'1', c, b'1', b']', b'}'];
+                let walked = check_with(ResultCheck::walk_only(), &text, &[]);
+                assert_eq!(
+                    walked != Err("unexpected bytes between values"),
+                    between,
+                    "byte {c:#x}: {walked:?}"
+                );
+            }
+        }
+    }
+
+    /// A result long enough for whole blocks, with the result's end, escapes and errors at
+    /// every offset of a block: the block scan agrees with the walk.
+    #[test]
+    fn the_blocks_agree_with_the_walk_at_every_offset() {
+        let body = r#"{"a":"0x00ff","b":[1,2.5e3,true,null],"c":"caf\u00e9 é"}"#;
+        for spot in ["\"\n\"", r#""\q""#, "]", "}", "[}", "{]", "[[]", "<", "\\"] {
+            for at in 0..130 {
+                let mut text = String::from("[");
+                while text.len() < at {
+                    text.push(' ');
+                }
+                text += spot;
+                for _ in 0..6 {
+                    text.push(',');
+                    text += body;
+                }
+                text += "] }";
+                for cuts in [&[][..], &[64], &[1, 65, 129], &[100]] {
+                    assert_eq!(
+                        check(text.as_bytes(), cuts),
+                        check_with(ResultCheck::walk_only(), text.as_bytes(), cuts),
+                        "{text} cut at {cuts:?}"
+                    );
+                }
+            }
+        }
+    }
+
     fn json_value() -> impl Strategy<Value = serde_json::Value> {
         let leaf = prop_oneof![
             Just(serde_json::Value::Null),
@@ -443,8 +595,33 @@ mod tests {
             let mut cuts = cuts;
             cuts.sort_unstable();
             prop_assert_eq!(check(text.as_bytes(), &cuts), Ok(result.len()));
+            prop_assert_eq!(
+                check_with(ResultCheck::walk_only(), text.as_bytes(), &cuts),
+                Ok(result.len())
+            );
             let short = short % result.len();
             prop_assert!(check(&text.as_bytes()[..short], &cuts).is_err());
+        }
+
+        /// On any mix of JSON's pieces, well-formed or not, cut anywhere, the block scan
+        /// gives what the walk gives: the same result length, or the same error.
+        #[test]
+        fn the_blocks_give_what_the_walk_gives(
+            pieces in prop::collection::vec(prop::sample::select(vec![
+                "[", "]", "{", "}", "\"", ",", ":", " ", "\n", "\\", "\\u00e9", "\\x", "\\\"",
+                "1", "-2.5e3", "true", "null", "é", "\u{1}", "<", "\"0x00ff00ff00ff00ff00ff\"",
+                "\"address\":", "[\"0xabc\",\"0xdef\"]", "{\"a\":[1,2,{\"b\":\"c\"}]}",
+            ]), 0..300),
+            cuts in prop::collection::vec(0usize..4096, 0..6),
+        ) {
+            let text = format!("[{}] }}", pieces.concat());
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            prop_assert_eq!(
+                check(text.as_bytes(), &cuts),
+                check_with(ResultCheck::walk_only(), text.as_bytes(), &cuts),
+                "{}", text
+            );
         }
 
     }
