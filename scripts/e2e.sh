@@ -9,7 +9,8 @@
 # to A (the preferred tier) and their receipts are polled there. Then a steady stream of reads
 # runs while A is killed: every read must succeed (failover to B/C, no client-visible error).
 # Then the health scenarios (e2e_health.py), filters and WebSocket subscriptions watched by ethers
-# and viem through node failures and a reorg (e2e_subscriptions.cjs), the response cache
+# and viem through node failures and a reorg (e2e_subscriptions.cjs), a large answer streamed
+# through a node's death and a cut connection (e2e_stream.cjs), the response cache
 # (e2e_cache.py), three replicas sharing a Redis (e2e_shared.py) and the status page
 # (e2e_status_page.py).
 set -euo pipefail
@@ -217,6 +218,10 @@ log "ok: health scenarios"
 # --- filters and WebSocket subscriptions through node failures and a reorg, ethers and viem ----
 NODE_PATH=$TOOLS/node_modules node scripts/e2e_subscriptions.cjs "$ANVIL" "$DETOUR" "$WORK" || fail "filters and subscriptions"
 log "ok: filters and subscriptions"
+
+# --- a large answer streamed to fetch, ethers and viem; failover before it, a cut inside it --
+NODE_PATH=$TOOLS/node_modules node scripts/e2e_stream.cjs "$ANVIL" "$DETOUR" "$WORK" || fail "streamed answers"
+log "ok: streamed answers"
 
 # --- the response cache: repeated reads counted at the node, read after write, a reorg -------
 python3 scripts/e2e_cache.py "$ANVIL" "$DETOUR" "$WORK" "$CAST" || fail "response cache"
