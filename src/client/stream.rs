@@ -8,8 +8,8 @@
 //! any other: errors, other statuses and small answers go through failover as before. From
 //! then on the answer is the client's: the attempt counts as answered, the rest of the body
 //! (a plain-HTTP upstream's connection, or the hyper client's body of an HTTPS answer over
-//! HTTP/1.1 or HTTP/2) moves into a [`ResultStream`], and the result's bytes go out as they come, checked by
-//! `rpc::stream::ResultCheck`. If the upstream breaks off, times out or sends something
+//! HTTP/1.1 or HTTP/2) moves into a [`ResultStream`], and the result's bytes go out as they
+//! come, checked by `rpc::stream::ResultCheck`. If the upstream breaks off, times out or sends something
 //! malformed, the stream ends in an error and the client's connection is cut: the client sees
 //! an incomplete answer, never a valid-looking short one.
 

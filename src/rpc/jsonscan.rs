@@ -488,39 +488,25 @@ fn classify_sse2(block: &[u8; 64]) -> Classes {
     (quote, odd, bracket)
 }
 
-/// [`classify_sse2`] 32 bytes at a time.
+/// [`classify_sse2`] 32 bytes at a time: [`classify_stream_avx2`] without its last mask
+/// (which, unused, is not computed once inlined).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
 fn classify_avx2(block: &[u8; 64]) -> Classes {
-    use std::arch::x86_64::*;
-    let (mut quote, mut odd, mut bracket) = (0u64, 0u64, 0u64);
-    for k in 0..2 {
-        // SAFETY: the load reads 32 bytes inside `block` and needs no alignment.
-        let v = unsafe { _mm256_loadu_si256(block.as_ptr().add(32 * k).cast()) };
-        let q = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'"' as i8));
-        let backslash = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\\' as i8));
-        let control = _mm256_cmpeq_epi8(_mm256_min_epu8(v, _mm256_set1_epi8(0x1f)), v);
-        let folded = _mm256_or_si256(v, _mm256_set1_epi8(0x20));
-        let br = _mm256_or_si256(
-            _mm256_cmpeq_epi8(folded, _mm256_set1_epi8(b'{' as i8)),
-            _mm256_cmpeq_epi8(folded, _mm256_set1_epi8(b'}' as i8)),
-        );
-        quote |= (_mm256_movemask_epi8(q) as u32 as u64) << (32 * k);
-        odd |=
-            (_mm256_movemask_epi8(_mm256_or_si256(backslash, control)) as u32 as u64) << (32 * k);
-        bracket |= (_mm256_movemask_epi8(br) as u32 as u64) << (32 * k);
-    }
+    let (quote, odd, bracket, _) = classify_stream_avx2(block);
     (quote, odd, bracket)
 }
 
 /// The bytes that may stand between JSON's strings: whitespace, the quote, brackets, commas,
 /// colons, and what numbers and the literals `true`, `false` and `null` are spelled with.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) const BETWEEN_STRINGS: &[u8] = b" \t\n\r\"[]{},:0123456789-+.eEaflnrstu";
 
 /// Nibble tables for a byte's membership in [`BETWEEN_STRINGS`]: a byte is in the set exactly
 /// when `LOW[byte & 15] & HIGH[byte >> 4]` is not zero (each high nibble that occurs has a bit
 /// of its own).
+#[cfg(target_arch = "x86_64")]
 const fn between_strings_tables() -> ([u8; 16], [u8; 16]) {
     let (mut low, mut high) = ([0u8; 16], [0u8; 16]);
     let mut next_bit = 0;
@@ -538,6 +524,7 @@ const fn between_strings_tables() -> ([u8; 16], [u8; 16]) {
     (low, high)
 }
 
+#[cfg(target_arch = "x86_64")]
 const BETWEEN_STRINGS_TABLES: ([u8; 16], [u8; 16]) = between_strings_tables();
 
 /// A 64-byte block's bitmasks for the streamed-result check (`rpc::stream`), one bit per

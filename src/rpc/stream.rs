@@ -9,7 +9,9 @@
 //! of control characters, escapes well-formed, brackets balanced and matched, nesting at most
 //! [`MAX_DEPTH`]; and what follows the result: only whitespace and the envelope's `}`. As in
 //! that check, what sits between strings and brackets is checked loosely (only the bytes
-//! numbers, literals, commas and colons are made of).
+//! numbers, literals, commas and colons are made of). Whole 64-byte blocks are checked at
+//! once where the CPU has AVX2 ([`ResultCheck::blocks`]); the byte walk takes the blocks that
+//! need it (escapes, control characters, stray bytes, the result's end) and the rest.
 
 use super::jsonscan;
 
